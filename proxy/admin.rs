@@ -1,0 +1,161 @@
+//! The admin API: health, readiness, metrics, token status, forced refresh, dashboard.
+//!
+//! Nothing here ever renders a token value: only names, states, generations and
+//! fingerprints.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use crate::token::{Refreshed, Token, TokenStore};
+
+/// The admin service: cheap to clone, one per connection.
+#[derive(Clone)]
+pub struct Admin {
+    tokens: Arc<TokenStore>,
+    /// Set at shutdown so `/readyz` turns 503 while connections drain.
+    draining: Arc<AtomicBool>,
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+impl Admin {
+    pub fn new(tokens: Arc<TokenStore>, draining: Arc<AtomicBool>) -> Admin {
+        Admin { tokens, draining }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> AdminResponse {
+        let path = req.uri().path();
+        match (req.method(), path) {
+            (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
+            (&Method::GET | &Method::HEAD, "/readyz") => self.readyz(),
+            (&Method::GET | &Method::HEAD, "/metrics") => {
+                text(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::install().render())
+            }
+            (&Method::GET | &Method::HEAD, "/tokens") => {
+                let list: Vec<Value> = self.tokens.iter().map(|t| token_json(t)).collect();
+                json_body(StatusCode::OK, &Value::Array(list))
+            }
+            (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, "text/html; charset=utf-8", self.dashboard()),
+            (&Method::POST, p) if p.starts_with("/tokens/") && p.ends_with("/refresh") => {
+                let name = &p["/tokens/".len()..p.len() - "/refresh".len()];
+                match self.tokens.get(name) {
+                    Some(t) => {
+                        let t = t.clone();
+                        let outcome = t.refresh().await;
+                        let (result, code) = match &outcome {
+                            Refreshed::Rotated { .. } => ("rotated", StatusCode::OK),
+                            Refreshed::Unchanged { .. } => ("unchanged", StatusCode::OK),
+                            Refreshed::Failed { .. } => ("failed", StatusCode::BAD_GATEWAY),
+                        };
+                        let mut body = token_json(&t);
+                        body["result"] = json!(result);
+                        json_body(code, &body)
+                    }
+                    None => json_body(
+                        StatusCode::NOT_FOUND,
+                        &json!({"error": "no_token", "message": "no token of that name"}),
+                    ),
+                }
+            }
+            (_, "/healthz" | "/readyz" | "/metrics" | "/tokens" | "/") => {
+                json_body(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method_not_allowed"}))
+            }
+            _ => json_body(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
+        }
+    }
+
+    fn readyz(&self) -> AdminResponse {
+        let draining = self.draining.load(Ordering::SeqCst);
+        let not_ready = self.tokens.not_ready();
+        if draining || !not_ready.is_empty() {
+            json_body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"ready": false, "draining": draining, "not_ready": not_ready}),
+            )
+        } else {
+            json_body(StatusCode::OK, &json!({"ready": true}))
+        }
+    }
+
+    /// A plain HTML page of the token table, refreshing itself; no outside assets.
+    fn dashboard(&self) -> String {
+        let mut rows = String::new();
+        for t in self.tokens.iter() {
+            let j = token_json(t);
+            let cell = |k: &str| match &j[k] {
+                Value::Null => "-".to_owned(),
+                Value::String(s) => html_escape(s),
+                v => html_escape(&v.to_string()),
+            };
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                cell("name"), cell("source"), cell("state"), cell("state"), cell("generation"), cell("fingerprint"),
+                cell("loaded_at"), cell("last_rotation"), cell("requests"), cell("unauthorized"), cell("last_error"),
+            ));
+        }
+        format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+<title>sidekey</title><style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}.ready{{color:#070}}.unavailable,.expired{{color:#b00}}</style></head>\
+<body><h1>sidekey</h1><p>Tokens (values are never shown; fingerprints are short SHA-256 prefixes).</p>\
+<table><tr><th>token</th><th>source</th><th>state</th><th>generation</th><th>fingerprint</th><th>loaded</th>\
+<th>last rotation</th><th>requests</th><th>401s</th><th>last error</th></tr>\n{rows}</table>\
+<p><a href=\"/tokens\">/tokens</a> · <a href=\"/metrics\">/metrics</a> · <a href=\"/readyz\">/readyz</a></p></body></html>\n"
+        )
+    }
+}
+
+/// The contract's `/tokens` object for one token. Never includes the value.
+pub fn token_json(t: &Token) -> Value {
+    let current = t.current();
+    let status = t.status();
+    let now = SystemTime::now();
+    let state = match &current {
+        Some(v) if v.is_usable(now) => "ready",
+        Some(_) => "expired",
+        None => "unavailable",
+    };
+    json!({
+        "name": t.name(),
+        "source": t.kind(),
+        "state": state,
+        "generation": current.as_ref().map_or(0, |v| v.generation),
+        "fingerprint": current.as_ref().map(|v| v.fingerprint.clone()),
+        "loaded_at": current.as_ref().map(|v| rfc3339(v.loaded_at)),
+        "expires_at": current.as_ref().and_then(|v| v.expires_at).map(rfc3339),
+        "last_rotation": status.last_rotation.map(rfc3339),
+        "last_error": status.last_error,
+        "last_error_at": status.last_error_at.map(rfc3339),
+        "requests": t.requests(),
+        "unauthorized": t.unauthorized(),
+    })
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> AdminResponse {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn json_body(status: StatusCode, body: &Value) -> AdminResponse {
+    let mut s = body.to_string();
+    s.push('\n');
+    text(status, "application/json", s)
+}

@@ -1,0 +1,920 @@
+//! The configuration file: serde structs, then one validation pass over the whole.
+//!
+//! Loading is three steps. The text is parsed into a span-keeping document (`toml_edit`), so
+//! every later error can name its line. Each section and each route and token is then
+//! deserialized on its own (`serde_ignored` collects unknown keys, `serde_path_to_error` names
+//! the failing key), so one bad entry does not hide the errors of the next. Finally the whole
+//! is validated: references, duplicates, URLs, header names. Every error is reported, with
+//! its key path and line, and none of them echoes a secret.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use toml_edit::{Item, TableLike};
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Listen,
+    pub upstream: UpstreamDefaults,
+    pub shutdown: Shutdown,
+    pub routes: Vec<RouteConfig>,
+    /// Token definitions by name, in name order.
+    pub tokens: BTreeMap<String, TokenConfig>,
+}
+
+/// `[listen]`: where the data plane and the admin API listen.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Listen {
+    #[serde(default = "default_proxy_addr")]
+    pub proxy: SocketAddr,
+    #[serde(default = "default_admin_addr")]
+    pub admin: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen { proxy: default_proxy_addr(), admin: default_admin_addr() }
+    }
+}
+
+fn default_proxy_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+
+/// `[upstream]`: defaults for every route's upstream connection.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamDefaults {
+    /// TCP + TLS handshake budget.
+    #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Budget for the whole response head, from sending the request.
+    #[serde(default = "default_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// An extra CA bundle (PEM) trusted beside the platform's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for UpstreamDefaults {
+    fn default() -> Self {
+        UpstreamDefaults { connect_timeout: default_connect_timeout(), timeout: default_timeout(), ca_file: None }
+    }
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[shutdown]`: how long in-flight requests may take to finish after SIGTERM.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Shutdown {
+    #[serde(default = "default_grace", deserialize_with = "de_duration")]
+    pub grace: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown { grace: default_grace() }
+    }
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(20)
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Origin-form path prefix, matched on segment boundaries and stripped.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Host for absolute-form and Host-header routing; the path is kept as is.
+    #[serde(default)]
+    pub host: Option<String>,
+    pub upstream: String,
+    pub token: String,
+    #[serde(default = "default_header")]
+    pub header: String,
+    #[serde(default = "default_format")]
+    pub format: String,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_header() -> String {
+    "Authorization".to_owned()
+}
+
+fn default_format() -> String {
+    "Bearer {token}".to_owned()
+}
+
+/// A `[tokens.NAME]` entry: where the value comes from.
+#[derive(Debug, Clone)]
+pub enum TokenConfig {
+    Env(EnvSource),
+    File(FileSource),
+}
+
+impl TokenConfig {
+    /// The `source` keyword, as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TokenConfig::Env(_) => "env",
+            TokenConfig::File(_) => "file",
+        }
+    }
+}
+
+/// `source = "env"`: the value of an environment variable of sidekey's process.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EnvSource {
+    pub var: String,
+}
+
+/// `source = "file"`: a file's content, one trailing newline trimmed; watched for changes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FileSource {
+    pub path: PathBuf,
+}
+
+/// A reference to a secret held elsewhere: `{ env = "NAME" }` or `{ file = "/path" }`.
+/// A literal string is refused without echoing it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(v) => write!(f, "{{ env = {v:?} }}"),
+            SecretRef::File(p) => write!(f, "{{ file = {p:?} }}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RefVisitor;
+        const REF_ONLY: &str =
+            "a secret must be a reference, { env = \"VAR\" } or { file = \"/path\" }; literal values are not allowed";
+        impl<'de> Visitor<'de> for RefVisitor {
+            type Value = SecretRef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("{ env = \"VAR\" } or { file = \"/path\" }")
+            }
+            // Every non-table form is refused with a message that does not repeat the value.
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<SecretRef, E> {
+                Err(E::custom(REF_ONLY))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<SecretRef, E> {
+                Err(E::custom(REF_ONLY))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<SecretRef, E> {
+                Err(E::custom(REF_ONLY))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<SecretRef, E> {
+                Err(E::custom(REF_ONLY))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<SecretRef, E> {
+                Err(E::custom(REF_ONLY))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<SecretRef, A::Error> {
+                Err(de::Error::custom(REF_ONLY))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SecretRef, A::Error> {
+                let mut found = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    let r = match key.as_str() {
+                        "env" => SecretRef::Env(map.next_value()?),
+                        "file" => SecretRef::File(map.next_value()?),
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                            return Err(de::Error::custom(format!(
+                                "unknown key `{key}` in a secret reference; expected `env` or `file`"
+                            )));
+                        }
+                    };
+                    if found.replace(r).is_some() {
+                        return Err(de::Error::custom("a secret reference takes exactly one of `env` or `file`"));
+                    }
+                }
+                found.ok_or_else(|| de::Error::custom(REF_ONLY))
+            }
+        }
+        d.deserialize_any(RefVisitor)
+    }
+}
+
+impl SecretRef {
+    /// Reads the referenced secret now. Errors name the reference, never the value.
+    pub fn read(&self) -> Result<crate::secret::Secret, String> {
+        match self {
+            SecretRef::Env(var) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Ok(crate::secret::Secret::new(v)),
+                Ok(_) => Err(format!("environment variable {var} is empty")),
+                Err(_) => Err(format!("environment variable {var} is not set")),
+            },
+            SecretRef::File(path) => {
+                let raw = zeroize::Zeroizing::new(
+                    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+                );
+                crate::secret::Secret::from_bytes_trimmed(raw).map_err(|e| format!("{}: {e}", path.display()))
+            }
+        }
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(de::Error::custom)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+/// Parses a humane duration (`"30s"`, `"5m"`, `"250ms"`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (examples: \"250ms\", \"30s\", \"5m\")"))
+}
+
+/// One problem in a config file: where (key path and line) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `routes[1].format` or `tokens.gh.path`; empty for the whole file.
+    pub key: String,
+    /// 1-based line, when the key (or its nearest parent) is written in the file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.key.is_empty()) {
+            (Some(line), false) => write!(f, "line {line}: {}: {}", self.key, self.message),
+            (Some(line), true) => write!(f, "line {line}: {}", self.message),
+            (None, false) => write!(f, "{}: {}", self.key, self.message),
+            (None, true) => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Every problem found in a config file, in file order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors {
+    /// The file, for messages; `None` for configs built from a string.
+    pub file: Option<PathBuf>,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        match &self.file {
+            Some(p) => writeln!(f, "{}: {n} error{} in config", p.display(), if n == 1 { "" } else { "s" })?,
+            None => writeln!(f, "{n} error{} in config", if n == 1 { "" } else { "s" })?,
+        }
+        for e in &self.errors {
+            match &self.file {
+                Some(p) => writeln!(f, "  {}:{e}", p.display())?,
+                None => writeln!(f, "  {e}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: Some(path.to_owned()),
+            errors: vec![ConfigError { key: String::new(), line: None, message: format!("cannot read config: {e}") }],
+        })?;
+        Config::parse(&text).map_err(|mut e| {
+            e.file = Some(path.to_owned());
+            e
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let mut cx = Loader::new(text)?;
+        let config = cx.load();
+        let mut errors = cx.errors;
+        errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        match config {
+            Some(c) if errors.is_empty() => Ok(c),
+            _ => Err(ConfigErrors { file: None, errors }),
+        }
+    }
+}
+
+/// One step of a key path.
+#[derive(Debug, Clone)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn path_string(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// Walks the parsed document and accumulates errors.
+struct Loader<'a> {
+    text: &'a str,
+    doc: toml_edit::Document<&'a str>,
+    errors: Vec<ConfigError>,
+}
+
+const TOP_LEVEL_KEYS: &[&str] = &["listen", "upstream", "shutdown", "routes", "tokens"];
+const TOKEN_SOURCES: &[&str] = &["env", "file"];
+const PLANNED_SOURCES: &[&str] = &["exec", "oauth2", "http"];
+
+impl<'a> Loader<'a> {
+    fn new(text: &'a str) -> Result<Self, ConfigErrors> {
+        match toml_edit::Document::parse(text) {
+            Ok(doc) => Ok(Loader { text, doc, errors: Vec::new() }),
+            Err(e) => {
+                // The error's own Display quotes the offending line, which may hold a secret
+                // someone pasted by mistake: report the message and position only.
+                let line = e.span().map(|s| line_of(text, s.start));
+                Err(ConfigErrors {
+                    file: None,
+                    errors: vec![ConfigError {
+                        key: String::new(),
+                        line,
+                        message: format!("invalid TOML: {}", e.message().trim()),
+                    }],
+                })
+            }
+        }
+    }
+
+    fn error(&mut self, path: &[Seg], message: impl Into<String>) {
+        let line = self.line_of_path(path);
+        self.errors.push(ConfigError { key: path_string(path), line, message: message.into() });
+    }
+
+    /// The line of the deepest node of `path` written in the file.
+    fn line_of_path(&self, path: &[Seg]) -> Option<usize> {
+        let mut best: Option<usize> = None;
+        let mut node = Node::Item(self.doc.as_item());
+        for seg in path {
+            let next = match (seg, node) {
+                (Seg::Key(k), n) => n.table_like().and_then(|t| t.get_key_value(k)).map(|(key, item)| {
+                    if let Some(s) = key.span().or_else(|| item.span()) {
+                        best = Some(s.start);
+                    }
+                    Node::Item(item)
+                }),
+                (Seg::Index(i), Node::Item(Item::ArrayOfTables(a))) => a.get(*i).map(|t| {
+                    if let Some(s) = t.span() {
+                        best = Some(s.start);
+                    }
+                    Node::Table(t)
+                }),
+                (Seg::Index(i), Node::Item(Item::Value(toml_edit::Value::Array(a)))) => a.get(*i).map(|v| {
+                    if let Some(s) = v.span() {
+                        best = Some(s.start);
+                    }
+                    Node::Value(v)
+                }),
+                (Seg::Index(i), Node::Value(toml_edit::Value::Array(a))) => a.get(*i).map(|v| {
+                    if let Some(s) = v.span() {
+                        best = Some(s.start);
+                    }
+                    Node::Value(v)
+                }),
+                _ => None,
+            };
+            match next {
+                Some(n) => node = n,
+                None => break,
+            }
+        }
+        best.map(|offset| line_of(self.text, offset))
+    }
+
+    /// Deserializes one value, recording unknown keys and the first type error under `path`.
+    fn section<T: serde::de::DeserializeOwned>(&mut self, path: &[Seg], value: toml::Value) -> Option<T> {
+        let mut unknown = Vec::new();
+        let result: Result<T, serde_path_to_error::Error<toml::de::Error>> =
+            serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut |p: serde_ignored::Path<
+                '_,
+            >| {
+                unknown.push(ignored_segments(&p))
+            }));
+        for rel in unknown {
+            let mut full = path.to_vec();
+            full.extend(rel);
+            let key = match full.last() {
+                Some(Seg::Key(k)) => k.clone(),
+                _ => String::new(),
+            };
+            let msg = if matches!(key.as_str(), "value" | "token" | "secret" | "password") && is_token_path(&full) {
+                "token values are never written in the config; name where the value lives with `source`".to_owned()
+            } else {
+                "unknown key".to_owned()
+            };
+            self.error(&full, msg);
+        }
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let mut full = path.to_vec();
+                for seg in e.path().iter() {
+                    match seg {
+                        serde_path_to_error::Segment::Seq { index } => full.push(Seg::Index(*index)),
+                        serde_path_to_error::Segment::Map { key } => full.push(Seg::Key(key.clone())),
+                        serde_path_to_error::Segment::Enum { variant } => full.push(Seg::Key(variant.clone())),
+                        serde_path_to_error::Segment::Unknown => {}
+                    }
+                }
+                let message = e.into_inner().message().trim().to_owned();
+                self.error(&full, message);
+                None
+            }
+        }
+    }
+
+    fn load(&mut self) -> Option<Config> {
+        let root: toml::Table = match toml::from_str(self.text) {
+            Ok(t) => t,
+            Err(e) => {
+                let line = e.span().map(|s| line_of(self.text, s.start));
+                self.errors.push(ConfigError {
+                    key: String::new(),
+                    line,
+                    message: format!("invalid TOML: {}", e.message().trim()),
+                });
+                return None;
+            }
+        };
+        for key in root.keys() {
+            if !TOP_LEVEL_KEYS.contains(&key.as_str()) {
+                self.error(
+                    &[Seg::Key(key.clone())],
+                    format!("unknown key; expected one of {}", TOP_LEVEL_KEYS.join(", ")),
+                );
+            }
+        }
+        let mut root = root;
+        let listen = match root.remove("listen") {
+            Some(v) => self.section::<Listen>(&[Seg::Key("listen".into())], v),
+            None => Some(Listen::default()),
+        };
+        let upstream = match root.remove("upstream") {
+            Some(v) => self.section::<UpstreamDefaults>(&[Seg::Key("upstream".into())], v),
+            None => Some(UpstreamDefaults::default()),
+        };
+        let shutdown = match root.remove("shutdown") {
+            Some(v) => self.section::<Shutdown>(&[Seg::Key("shutdown".into())], v),
+            None => Some(Shutdown::default()),
+        };
+
+        let mut tokens = BTreeMap::new();
+        let mut tokens_ok = true;
+        // Names count as defined even when their definition has errors, so a route naming one
+        // is not reported as well.
+        let mut defined: HashSet<String> = HashSet::new();
+        match root.remove("tokens") {
+            Some(toml::Value::Table(t)) => {
+                defined.extend(t.keys().cloned());
+                for (name, value) in t {
+                    match self.token(&name, value) {
+                        Some(tc) => {
+                            tokens.insert(name, tc);
+                        }
+                        None => tokens_ok = false,
+                    }
+                }
+            }
+            Some(_) => {
+                self.error(&[Seg::Key("tokens".into())], "must be a table of token definitions: [tokens.NAME]");
+                tokens_ok = false;
+            }
+            None => {}
+        }
+
+        let mut routes = Vec::new();
+        let mut routes_ok = true;
+        let mut route_token_names: Vec<(usize, String)> = Vec::new();
+        match root.remove("routes") {
+            Some(toml::Value::Array(items)) => {
+                for (i, value) in items.into_iter().enumerate() {
+                    let path = [Seg::Key("routes".into()), Seg::Index(i)];
+                    match self.section::<RouteConfig>(&path, value) {
+                        Some(r) => {
+                            route_token_names.push((i, r.token.clone()));
+                            routes.push((i, r));
+                        }
+                        None => routes_ok = false,
+                    }
+                }
+            }
+            Some(_) => {
+                self.error(&[Seg::Key("routes".into())], "must be an array of tables: [[routes]]");
+                routes_ok = false;
+            }
+            None => {
+                self.error(&[], "no routes: add at least one [[routes]] entry");
+                routes_ok = false;
+            }
+        }
+
+        self.validate_routes(&routes, &defined);
+        if let (Some(l), Some(u)) = (&listen, &upstream) {
+            if l.proxy == l.admin {
+                self.error(&[Seg::Key("listen".into()), Seg::Key("admin".into())], "must differ from listen.proxy");
+            }
+            if let Some(ca) = &u.ca_file {
+                self.check_ca_file(&[Seg::Key("upstream".into()), Seg::Key("ca_file".into())], ca);
+            }
+        }
+
+        if !(routes_ok && tokens_ok) {
+            return None;
+        }
+        Some(Config {
+            listen: listen?,
+            upstream: upstream?,
+            shutdown: shutdown?,
+            routes: routes.into_iter().map(|(_, r)| r).collect(),
+            tokens,
+        })
+    }
+
+    fn token(&mut self, name: &str, value: toml::Value) -> Option<TokenConfig> {
+        let path = vec![Seg::Key("tokens".into()), Seg::Key(name.to_owned())];
+        if !valid_name(name) {
+            self.error(&path, "token names use letters, digits, `-` and `_` only");
+        }
+        let toml::Value::Table(mut table) = value else {
+            self.error(&path, "must be a table with a `source` key");
+            return None;
+        };
+        let source = match table.remove("source") {
+            Some(toml::Value::String(s)) => s,
+            Some(_) => {
+                let mut p = path.clone();
+                p.push(Seg::Key("source".into()));
+                self.error(&p, format!("must be a string, one of {}", TOKEN_SOURCES.join(", ")));
+                return None;
+            }
+            None => {
+                self.error(&path, format!("missing key `source` (one of {})", TOKEN_SOURCES.join(", ")));
+                return None;
+            }
+        };
+        let rest = toml::Value::Table(table);
+        match source.as_str() {
+            "env" => {
+                let s: EnvSource = self.section(&path, rest)?;
+                if s.var.is_empty() {
+                    self.error(&child(&path, "var"), "must not be empty");
+                }
+                Some(TokenConfig::Env(s))
+            }
+            "file" => {
+                let s: FileSource = self.section(&path, rest)?;
+                if s.path.as_os_str().is_empty() {
+                    self.error(&child(&path, "path"), "must not be empty");
+                }
+                Some(TokenConfig::File(s))
+            }
+            other if PLANNED_SOURCES.contains(&other) => {
+                self.error(
+                    &child(&path, "source"),
+                    format!(
+                        "source \"{other}\" is not supported by this version yet; supported: {}",
+                        TOKEN_SOURCES.join(", ")
+                    ),
+                );
+                None
+            }
+            other => {
+                self.error(
+                    &child(&path, "source"),
+                    format!("unknown source {other:?}; expected one of {}", TOKEN_SOURCES.join(", ")),
+                );
+                None
+            }
+        }
+    }
+
+    fn validate_routes(&mut self, routes: &[(usize, RouteConfig)], tokens: &HashSet<String>) {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut prefixes: HashMap<&str, usize> = HashMap::new();
+        let mut hosts: HashMap<String, usize> = HashMap::new();
+        for (i, r) in routes {
+            let base = vec![Seg::Key("routes".into()), Seg::Index(*i)];
+            if !valid_name(&r.name) {
+                self.error(
+                    &child(&base, "name"),
+                    "route names use letters, digits, `-` and `_` only, and are not empty",
+                );
+            } else if let Some(first) = names.insert(&r.name, *i) {
+                self.error(&child(&base, "name"), format!("duplicate route name {:?} (also routes[{first}])", r.name));
+            }
+            if r.prefix.is_none() && r.host.is_none() {
+                self.error(&base, "a route needs a `prefix`, a `host`, or both");
+            }
+            if let Some(p) = &r.prefix {
+                if let Err(m) = check_prefix(p) {
+                    self.error(&child(&base, "prefix"), m);
+                } else if let Some(first) = prefixes.insert(p, *i) {
+                    self.error(&child(&base, "prefix"), format!("duplicate prefix {p:?} (also routes[{first}])"));
+                }
+            }
+            if let Some(h) = &r.host {
+                if let Err(m) = check_host(h) {
+                    self.error(&child(&base, "host"), m);
+                } else if let Some(first) = hosts.insert(h.to_ascii_lowercase(), *i) {
+                    self.error(&child(&base, "host"), format!("duplicate host {h:?} (also routes[{first}])"));
+                }
+            }
+            if let Err(m) = check_upstream(&r.upstream) {
+                self.error(&child(&base, "upstream"), m);
+            }
+            if !tokens.contains(&r.token) {
+                self.error(&child(&base, "token"), format!("no token named {:?} is defined under [tokens]", r.token));
+            }
+            match http::HeaderName::from_bytes(r.header.as_bytes()) {
+                Err(_) => self.error(&child(&base, "header"), "not a valid HTTP header name"),
+                Ok(h) if crate::route::is_hop_by_hop(&h) || h == http::header::HOST => {
+                    self.error(&child(&base, "header"), format!("{h} cannot carry a token: sidekey manages it"))
+                }
+                Ok(_) => {}
+            }
+            if !r.format.contains("{token}") {
+                self.error(&child(&base, "format"), "must contain {token}");
+            } else if http::HeaderValue::from_str(&r.format.replace("{token}", "x")).is_err() {
+                self.error(&child(&base, "format"), "contains characters not allowed in a header value");
+            }
+            if let Some(ca) = &r.ca_file {
+                self.check_ca_file(&child(&base, "ca_file"), ca);
+            }
+        }
+    }
+
+    fn check_ca_file(&mut self, path: &[Seg], file: &Path) {
+        if let Err(e) = crate::upstream::load_ca_file(file) {
+            self.error(path, e);
+        }
+    }
+}
+
+fn child(path: &[Seg], key: &str) -> Vec<Seg> {
+    let mut p = path.to_vec();
+    p.push(Seg::Key(key.to_owned()));
+    p
+}
+
+fn is_token_path(path: &[Seg]) -> bool {
+    matches!(path.first(), Some(Seg::Key(k)) if k == "tokens")
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn check_prefix(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err("must start with `/`".into());
+    }
+    if p.len() > 1 && p.ends_with('/') {
+        return Err("must not end with `/` (prefixes match on segment boundaries)".into());
+    }
+    if p.contains(['?', '#', '%', '\\']) || p.split('/').any(|s| s == "." || s == "..") || p.contains("//") {
+        return Err("must be a plain path: no `?`, `#`, `%`, `\\`, empty or dot segments".into());
+    }
+    if http::uri::PathAndQuery::try_from(p).is_err() {
+        return Err("is not a valid URI path".into());
+    }
+    Ok(())
+}
+
+fn check_host(h: &str) -> Result<(), String> {
+    match http::uri::Authority::try_from(h) {
+        Ok(a) if !h.contains('@') && !a.host().is_empty() => Ok(()),
+        _ => Err("must be a host name, optionally with a port (e.g. \"api.github.com\")".into()),
+    }
+}
+
+fn check_upstream(u: &str) -> Result<(), String> {
+    let url = url::Url::parse(u).map_err(|e| format!("not a valid URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("scheme must be http or https, not {:?}", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must name a host".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials (user:password@); use a token".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Node<'d> {
+    Item(&'d Item),
+    Table(&'d toml_edit::Table),
+    Value(&'d toml_edit::Value),
+}
+
+impl<'d> Node<'d> {
+    fn table_like(self) -> Option<&'d dyn TableLike> {
+        match self {
+            Node::Item(i) => i.as_table_like(),
+            Node::Table(t) => Some(t),
+            Node::Value(v) => v.as_inline_table().map(|t| t as &dyn TableLike),
+        }
+    }
+}
+
+fn ignored_segments(p: &serde_ignored::Path<'_>) -> Vec<Seg> {
+    let mut out = Vec::new();
+    fn walk(p: &serde_ignored::Path<'_>, out: &mut Vec<Seg>) {
+        match p {
+            serde_ignored::Path::Root => {}
+            serde_ignored::Path::Seq { parent, index } => {
+                walk(parent, out);
+                out.push(Seg::Index(*index));
+            }
+            serde_ignored::Path::Map { parent, key } => {
+                walk(parent, out);
+                out.push(Seg::Key(key.clone()));
+            }
+            serde_ignored::Path::Some { parent }
+            | serde_ignored::Path::NewtypeStruct { parent }
+            | serde_ignored::Path::NewtypeVariant { parent } => walk(parent, out),
+        }
+    }
+    walk(p, &mut out);
+    out
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// Names every route that injects a given token, for status output.
+pub fn routes_using<'c>(config: &'c Config, token: &str) -> Vec<&'c str> {
+    config.routes.iter().filter(|r| r.token == token).map(|r| r.name.as_str()).collect()
+}
+
+/// The token names no route uses (a warning, not an error).
+pub fn unused_tokens(config: &Config) -> Vec<&str> {
+    let used: HashSet<&str> = config.routes.iter().map(|r| r.token.as_str()).collect();
+    config.tokens.keys().map(String::as_str).filter(|t| !used.contains(t)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[listen]
+proxy = "127.0.0.1:0"
+admin = "127.0.0.1:1"
+
+[[routes]]
+name = "github"
+prefix = "/github"
+upstream = "https://api.github.com"
+token = "gh"
+
+[tokens.gh]
+source = "env"
+var = "GH_TOKEN"
+"#;
+
+    #[test]
+    fn parses_a_good_config_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.routes[0].header, "Authorization");
+        assert_eq!(c.routes[0].format, "Bearer {token}");
+        assert_eq!(c.upstream.timeout, Duration::from_secs(30));
+        assert!(matches!(c.tokens["gh"], TokenConfig::Env(_)));
+    }
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        Config::parse(text).unwrap_err().errors
+    }
+
+    #[test]
+    fn reports_every_error_with_key_and_line() {
+        let text = r#"
+[[routes]]
+name = "a"
+prefix = "/a"
+upstream = "https://a.example"
+token = "missing"
+colour = "blue"
+
+[[routes]]
+name = "a"
+prefix = "/a"
+upstream = "not a url"
+token = "t"
+format = "Bearer"
+
+[tokens.t]
+source = "file"
+path = "/x"
+value = "ghp_literal"
+"#;
+        let errs = errors(text);
+        let find =
+            |key: &str| errs.iter().find(|e| e.key == key).unwrap_or_else(|| panic!("no error for {key}: {errs:?}"));
+        assert_eq!(find("routes[0].token").line, Some(6));
+        assert_eq!(find("routes[0].colour").line, Some(7));
+        assert_eq!(find("routes[1].name").line, Some(10));
+        assert_eq!(find("routes[1].prefix").line, Some(11));
+        assert_eq!(find("routes[1].upstream").line, Some(12));
+        assert_eq!(find("routes[1].format").line, Some(14));
+        let v = find("tokens.t.value");
+        assert_eq!(v.line, Some(19));
+        assert!(!format!("{errs:?}").contains("ghp_literal"));
+    }
+
+    #[test]
+    fn secret_refs_refuse_literals_without_echoing() {
+        #[derive(Deserialize, Debug)]
+        struct S {
+            #[allow(dead_code)]
+            s: SecretRef,
+        }
+        // toml's own Display quotes the source line; sidekey reports `message()` only.
+        let e = toml::from_str::<S>("s = \"hunter2\"").unwrap_err();
+        assert!(!e.message().contains("hunter2"));
+        assert!(e.message().contains("reference"));
+        let ok: S = toml::from_str("s = { env = \"X\" }").unwrap();
+        assert_eq!(ok.s, SecretRef::Env("X".into()));
+    }
+
+    #[test]
+    fn syntax_errors_do_not_quote_the_line() {
+        let errs = errors("[tokens.t]\nsource = \"env\"\nvar = ghp_secretvalue\n");
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, Some(3));
+        assert!(!errs[0].to_string().contains("ghp_secretvalue"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn planned_sources_are_refused_honestly() {
+        let errs = errors(&GOOD.replace("source = \"env\"\nvar = \"GH_TOKEN\"", "source = \"oauth2\""));
+        assert!(errs.iter().any(|e| e.key == "tokens.gh.source" && e.message.contains("not supported")), "{errs:?}");
+    }
+
+    #[test]
+    fn prefix_rules() {
+        assert!(check_prefix("/github").is_ok());
+        assert!(check_prefix("/").is_ok());
+        assert!(check_prefix("github").is_err());
+        assert!(check_prefix("/github/").is_err());
+        assert!(check_prefix("/a/../b").is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! Typed proxy errors, and the one place they become HTTP responses.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::route::NoRoute;
+use crate::upstream::ConnectTimedOut;
+
+/// The body of every response the proxy sends: the upstream's, streamed, or one of ours.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Why a request was not (fully) proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches the request")]
+    NoRoute(NoRoute),
+    #[error("token {token} has no usable value")]
+    TokenUnavailable { token: String },
+    #[error("the upstream could not be reached")]
+    UpstreamUnreachable,
+    #[error("the upstream did not answer in time")]
+    UpstreamTimeout,
+    #[error("CONNECT is not allowed to this host")]
+    ConnectRefused,
+}
+
+/// Seconds a client should wait before retrying a request refused for a missing token.
+const TOKEN_RETRY_AFTER: &str = "5";
+const UPSTREAM_RETRY_AFTER: &str = "1";
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute(NoRoute::BadPath) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectRefused => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The contract's JSON error body and headers.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let (code, retry_after) = match &self {
+            ProxyError::NoRoute(NoRoute::BadPath) => ("bad_request", None),
+            ProxyError::NoRoute(_) => ("no_route", None),
+            ProxyError::TokenUnavailable { .. } => ("token_unavailable", Some(TOKEN_RETRY_AFTER)),
+            ProxyError::UpstreamUnreachable => ("upstream_unreachable", Some(UPSTREAM_RETRY_AFTER)),
+            ProxyError::UpstreamTimeout => ("upstream_timeout", None),
+            ProxyError::ConnectRefused => ("not_allowed", None),
+        };
+        let message = match &self {
+            ProxyError::NoRoute(NoRoute::BadPath) => "the request path is not one sidekey forwards".to_owned(),
+            ProxyError::NoRoute(NoRoute::ForeignHost) => "no route names the requested host".to_owned(),
+            other => other.to_string(),
+        };
+        let mut body = serde_json::json!({ "error": code, "message": message });
+        if let ProxyError::TokenUnavailable { token } = &self {
+            body["token"] = serde_json::Value::String(token.clone());
+        }
+        json_response(status, &body, retry_after)
+    }
+
+    /// Classifies an upstream client error: timeouts become 504, everything else 502.
+    pub fn from_client_error(err: &(dyn std::error::Error + 'static)) -> ProxyError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = cause {
+            if e.is::<ConnectTimedOut>() {
+                return ProxyError::UpstreamTimeout;
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::TimedOut {
+                    return ProxyError::UpstreamTimeout;
+                }
+            }
+            cause = e.source();
+        }
+        ProxyError::UpstreamUnreachable
+    }
+}
+
+/// A small JSON response of ours.
+pub fn json_response(
+    status: StatusCode,
+    body: &serde_json::Value,
+    retry_after: Option<&'static str>,
+) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(s) = retry_after {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(s));
+    }
+    resp
+}

@@ -1,0 +1,70 @@
+//! sidekey: a credential sidecar. A service points its HTTP client at 127.0.0.1; sidekey picks
+//! the route, attaches the route's token, and forwards over TLS to the real upstream.
+//!
+//! The request flow, module by module:
+//!
+//! ```text
+//! serve (accept, h1 + h2c, graceful drain)
+//!   -> proxy::Proxy::handle
+//!        route::RouteTable::find      host / absolute-form / longest prefix; never an unknown upstream
+//!        token::Token::header         one lock-free load of the current snapshot, a header clone
+//!        route::strip_hop_by_hop      hop-by-hop and Proxy-Authorization dropped, Host re-derived
+//!        upstream::UpstreamClient     pooled hyper-util client over rustls (ALPN h2 / http/1.1)
+//!        error::ProxyError            the one place failures become 404/502/503/504 JSON
+//!        metrics::RouteMetrics        handles resolved at start
+//! ```
+//!
+//! Modules:
+//! - [`config`]: the TOML file, serde structs, whole-file validation with key and line.
+//! - [`secret`]: the redacted, zeroizing type every token value lives in.
+//! - [`token`]: the store behind arc-swap, one file per source, the file watcher.
+//! - [`route`]: request -> route, path normalization, hop-by-hop headers.
+//! - [`proxy`]: the data-plane service.
+//! - [`upstream`]: the pooled rustls client.
+//! - [`error`]: typed errors and their HTTP answers.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/tokens`, the dashboard.
+//! - [`metrics`]: the Prometheus recorder and per-route handles.
+//! - [`serve`]: assembly, listeners, graceful shutdown.
+//! - [`telemetry`]: logging setup.
+//! - [`demo`]: `sidekey demo`.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod route;
+pub mod secret;
+pub mod serve;
+pub mod telemetry;
+pub mod token;
+pub mod upstream;
+
+pub use config::Config;
+pub use serve::{start, Running};
+
+/// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

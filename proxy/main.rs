@@ -1,0 +1,128 @@
+//! The `sidekey` binary: parse the command line, set up logging, load the config, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sidekey::telemetry::{self, LogFormat};
+use sidekey::Config;
+
+#[derive(Parser)]
+#[command(name = "sidekey", version, about = "A credential sidecar: injects API tokens into outbound HTTP requests")]
+struct Cli {
+    /// Log line format (filter with RUST_LOG, e.g. `RUST_LOG=sidekey=debug`).
+    #[arg(long, global = true, value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(short, long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file; every error is printed with its key and line.
+    Check {
+        #[arg(short, long, env = "SIDEKEY_CONFIG")]
+        config: PathBuf,
+    },
+    /// A self-contained demo on loopback: an echo upstream, a rotating token, the proxy between.
+    Demo {
+        /// Proxy port (a free one is chosen if it is taken).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Admin port (a free one is chosen if it is taken).
+        #[arg(long, default_value_t = 9901)]
+        admin_port: u16,
+        /// How often the demo token rotates, e.g. "5s".
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        rotate_every: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    sidekey::config::parse_duration(s)
+}
+
+/// Exit codes of the contract.
+const EXIT_FATAL: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(EXIT_CONFIG),
+            };
+        }
+    };
+    telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!("{}: ok ({} routes, {} tokens)", config.display(), c.routes.len(), c.tokens.len());
+                for t in sidekey::config::unused_tokens(&c) {
+                    eprintln!("warning: token {t} is not used by any route");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            runtime().block_on(run(config))
+        }
+        Command::Demo { port, admin_port, rotate_every } => {
+            let opts = sidekey::demo::DemoOptions { port, admin_port, rotate_every };
+            match runtime().block_on(sidekey::demo::run(opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sidekey demo: {e}");
+                    ExitCode::from(EXIT_FATAL)
+                }
+            }
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("cannot start the tokio runtime")
+}
+
+async fn run(config: Config) -> ExitCode {
+    let running = match sidekey::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    sidekey::shutdown_signal().await;
+    tracing::info!(
+        grace_ms = running.grace().as_millis() as u64,
+        "shutdown signal received; draining (a second signal exits at once)"
+    );
+    tokio::select! {
+        _ = running.shutdown() => ExitCode::SUCCESS,
+        _ = sidekey::shutdown_signal() => {
+            tracing::warn!("second signal; exiting now");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
+}

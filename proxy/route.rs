@@ -1,0 +1,328 @@
+//! Request -> route. A request reaches an upstream only through a route, and the upstream URL
+//! is assembled from the route's own scheme and authority: nothing the client sends can
+//! change where its token goes.
+
+use http::header::{self, HeaderName};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Uri, Version};
+
+/// Where a route forwards to: fixed at config time.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The upstream URL's own path without a trailing `/` (empty for the root).
+    pub base_path: String,
+}
+
+impl Target {
+    /// Parses a validated upstream URL.
+    pub fn parse(upstream: &str) -> Result<Target, String> {
+        let url = url::Url::parse(upstream).map_err(|e| e.to_string())?;
+        let scheme = Scheme::try_from(url.scheme()).map_err(|e| e.to_string())?;
+        let host = url.host_str().ok_or("no host")?;
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        };
+        let authority = Authority::try_from(authority.as_str()).map_err(|e| e.to_string())?;
+        let base_path = url.path().trim_end_matches('/').to_owned();
+        Ok(Target { scheme, authority, base_path })
+    }
+
+    /// The upstream URI for `rest` (a path starting with `/`, or empty) and a query.
+    pub fn uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        let mut pq = String::with_capacity(self.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
+        pq.push_str(&self.base_path);
+        pq.push_str(rest);
+        if pq.is_empty() {
+            pq.push('/');
+        }
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(PathAndQuery::try_from(pq)?)
+            .build()
+    }
+}
+
+/// Why a request matched no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRoute {
+    /// No route's host or prefix matches.
+    Unmatched,
+    /// An absolute-form request for a host that no route names: sidekey is not an open proxy.
+    ForeignHost,
+    /// The path is not one sidekey will forward (encoded dot segments, not origin-form).
+    BadPath,
+}
+
+/// A match: the route's index and the path to append to its upstream base path.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Match<'p> {
+    pub route: usize,
+    pub rest: std::borrow::Cow<'p, str>,
+}
+
+/// The route lookup table, built once from the config.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// (lowercased host, whether it names a port, route) for host routing.
+    hosts: Vec<(String, bool, usize)>,
+    /// (prefix, route), longest prefix first.
+    prefixes: Vec<(String, usize)>,
+}
+
+impl RouteTable {
+    /// Builds the table from each route's optional host and prefix, in route order.
+    pub fn new<'a>(routes: impl IntoIterator<Item = (Option<&'a str>, Option<&'a str>)>) -> RouteTable {
+        let mut t = RouteTable::default();
+        for (i, (host, prefix)) in routes.into_iter().enumerate() {
+            if let Some(h) = host {
+                let has_port = Authority::try_from(h).ok().and_then(|a| a.port_u16()).is_some();
+                t.hosts.push((h.to_ascii_lowercase(), has_port, i));
+            }
+            if let Some(p) = prefix {
+                t.prefixes.push((p.to_owned(), i));
+            }
+        }
+        t.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t
+    }
+
+    /// Finds the route for a request.
+    ///
+    /// An HTTP/1 request in absolute form (`GET http://host/x`) is a proxy request: it goes to
+    /// the route naming that host, or nowhere. Otherwise the Host header (the `:authority` for
+    /// HTTP/2) may select a route by host; failing that the longest prefix wins.
+    pub fn find<'r>(&self, version: Version, uri: &'r Uri, headers: &HeaderMap) -> Result<Match<'r>, NoRoute> {
+        let path = uri.path();
+        if !path.starts_with('/') {
+            return Err(NoRoute::BadPath);
+        }
+        let path = normalize_path(path).ok_or(NoRoute::BadPath)?;
+        let absolute_form = version < Version::HTTP_2 && uri.authority().is_some();
+        let host = if version < Version::HTTP_2 && !absolute_form {
+            headers.get(header::HOST).and_then(|h| h.to_str().ok())
+        } else {
+            uri.authority().map(Authority::as_str)
+        };
+        if let Some(host) = host {
+            if let Some(route) = self.by_host(host) {
+                return Ok(Match { route, rest: path });
+            }
+        }
+        if absolute_form {
+            return Err(NoRoute::ForeignHost);
+        }
+        self.by_prefix(path).ok_or(NoRoute::Unmatched)
+    }
+
+    fn by_host(&self, authority: &str) -> Option<usize> {
+        let hostname = strip_port(authority);
+        self.hosts.iter().find_map(|(h, has_port, i)| {
+            let candidate = if *has_port { authority } else { hostname };
+            candidate.eq_ignore_ascii_case(h).then_some(*i)
+        })
+    }
+
+    fn by_prefix<'p>(&self, path: std::borrow::Cow<'p, str>) -> Option<Match<'p>> {
+        for (prefix, i) in &self.prefixes {
+            if prefix == "/" {
+                return Some(Match { route: *i, rest: path });
+            }
+            if path.starts_with(prefix.as_str()) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')) {
+                let rest = match path {
+                    std::borrow::Cow::Borrowed(p) => std::borrow::Cow::Borrowed(&p[prefix.len()..]),
+                    std::borrow::Cow::Owned(p) => std::borrow::Cow::Owned(p[prefix.len()..].to_owned()),
+                };
+                return Some(Match { route: *i, rest });
+            }
+        }
+        None
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().map_or(authority, |h| &authority[..h.len() + 2]);
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { authority })
+}
+
+/// Removes `.` and `..` segments (RFC 3986 section 5.2.4), so routing and the upstream see
+/// the same path a server would. Encoded dot segments (`%2e`) are refused: servers disagree on
+/// whether to decode them, and a proxy must not guess differently from its upstream.
+pub fn normalize_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let mut needs_work = false;
+    for seg in path.split('/') {
+        if seg == "." || seg == ".." {
+            needs_work = true;
+        }
+        if seg.contains('%') {
+            let lower = seg.to_ascii_lowercase();
+            if lower.replace("%2e", ".").chars().all(|c| c == '.') && lower.contains("%2e") {
+                return None;
+            }
+        }
+    }
+    if !needs_work {
+        return Some(std::borrow::Cow::Borrowed(path));
+    }
+    let mut out: Vec<&str> = Vec::new();
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segs.len().saturating_sub(1);
+    for (i, seg) in segs.iter().enumerate() {
+        match *seg {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let mut s = String::with_capacity(path.len());
+    for seg in &out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    if s.is_empty() {
+        s.push('/');
+    }
+    Some(std::borrow::Cow::Owned(s))
+}
+
+/// Headers that describe one hop, not the request: never forwarded in either direction.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Removes hop-by-hop headers and every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        RouteTable::new([
+            (None, Some("/github")),
+            (Some("api.example.com"), Some("/github/enterprise")),
+            (Some("localhost:9000"), None),
+        ])
+    }
+
+    fn find(version: Version, uri: &str, host: Option<&str>) -> Result<(usize, String), NoRoute> {
+        let uri: Uri = uri.parse().unwrap();
+        let mut h = HeaderMap::new();
+        if let Some(host) = host {
+            h.insert(header::HOST, host.parse().unwrap());
+        }
+        table().find(version, &uri, &h).map(|m| (m.route, m.rest.into_owned()))
+    }
+
+    #[test]
+    fn prefix_matches_on_segment_boundaries_longest_first() {
+        let v = Version::HTTP_11;
+        assert_eq!(find(v, "/github", None), Ok((0, "".into())));
+        assert_eq!(find(v, "/github/x?q=1", None), Ok((0, "/x".into())));
+        assert_eq!(find(v, "/githubx", None), Err(NoRoute::Unmatched));
+        assert_eq!(find(v, "/github/enterprise/y", None), Ok((1, "/y".into())));
+        assert_eq!(find(v, "/github/enterprisey", None), Ok((0, "/enterprisey".into())));
+    }
+
+    #[test]
+    fn host_and_absolute_form() {
+        let v = Version::HTTP_11;
+        assert_eq!(find(v, "/repos", Some("API.example.com")), Ok((1, "/repos".into())));
+        assert_eq!(find(v, "/repos", Some("api.example.com:443")), Ok((1, "/repos".into())));
+        assert_eq!(find(v, "http://api.example.com/repos", None), Ok((1, "/repos".into())));
+        assert_eq!(find(v, "http://evil.example/github/x", None), Err(NoRoute::ForeignHost));
+        assert_eq!(find(v, "/github/x", Some("evil.example")), Ok((0, "/x".into())));
+        assert_eq!(find(v, "/", Some("localhost:9000")), Ok((2, "/".into())));
+        assert_eq!(find(v, "/", Some("localhost:9001")), Err(NoRoute::Unmatched));
+        // HTTP/2 carries the Host in the URI: that is not a proxy request.
+        assert_eq!(find(Version::HTTP_2, "http://127.0.0.1:8080/github/x", None), Ok((0, "/x".into())));
+    }
+
+    #[test]
+    fn dot_segments_are_resolved_and_encoded_ones_refused() {
+        let v = Version::HTTP_11;
+        assert_eq!(find(v, "/github/../admin", None), Err(NoRoute::Unmatched));
+        assert_eq!(find(v, "/x/../github/a", None), Ok((0, "/a".into())));
+        assert_eq!(find(v, "/github/a/./b/../c", None), Ok((0, "/a/c".into())));
+        assert_eq!(find(v, "/github/%2e%2e/x", None), Err(NoRoute::BadPath));
+        assert_eq!(find(v, "/github/.%2E/x", None), Err(NoRoute::BadPath));
+        assert_eq!(find(v, "/github/a%2eb", None), Ok((0, "/a%2eb".into())));
+    }
+
+    #[test]
+    fn the_upstream_authority_is_fixed() {
+        let t = Target::parse("https://api.example.com:8443/v1/").unwrap();
+        for rest in ["//evil.example/x", "/@evil.example", "/http://evil.example/"] {
+            let uri = t.uri(rest, Some("a=b")).unwrap();
+            assert_eq!(uri.authority().unwrap().as_str(), "api.example.com:8443");
+            assert_eq!(uri.scheme_str(), Some("https"));
+            assert!(uri.path().starts_with("/v1/"));
+        }
+        assert_eq!(Target::parse("http://h").unwrap().uri("", None).unwrap().path(), "/");
+    }
+
+    #[test]
+    fn connection_named_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "x-secret-hop, keep-alive".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert(header::PROXY_AUTHORIZATION, "Basic abc".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+}

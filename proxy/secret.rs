@@ -1,0 +1,158 @@
+//! The redacted secret type: token values live here and nowhere else in clear.
+//!
+//! `Secret` prints nothing of its value through `Debug` or `Display`, and zeroizes its whole
+//! buffer (length and spare capacity) when dropped. The rendered header value built from a
+//! secret is backed by a zeroizing owner too, so dropping the last clone scrubs it.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// A token value or other credential. Cheap to move, never printed.
+pub struct Secret(Zeroizing<String>);
+
+impl Secret {
+    /// Wraps a value. The caller's `String` is moved in, not copied.
+    pub fn new(value: String) -> Self {
+        Secret(Zeroizing::new(value))
+    }
+
+    /// Builds a secret from raw bytes read from a file or a process, trimming one trailing
+    /// newline (`\n` or `\r\n`). The input buffer is zeroized whatever the outcome.
+    pub fn from_bytes_trimmed(mut raw: Zeroizing<Vec<u8>>) -> Result<Self, SecretError> {
+        if raw.ends_with(b"\n") {
+            raw.pop();
+            if raw.ends_with(b"\r") {
+                raw.pop();
+            }
+        }
+        if raw.is_empty() {
+            return Err(SecretError::Empty);
+        }
+        match std::str::from_utf8(&raw) {
+            Ok(s) => Ok(Secret::new(s.to_owned())),
+            Err(_) => Err(SecretError::NotUtf8),
+        }
+    }
+
+    /// The value itself. Call sites are few and reviewed: rendering, hashing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `sha256:` and the first 12 hex digits of the value's SHA-256: enough to tell two values
+    /// apart in logs and on the admin API, far too little to recover the value.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        let mut out = String::with_capacity(19);
+        out.push_str("sha256:");
+        for b in &digest[..6] {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+
+    /// Renders `format` with every `{token}` replaced by the value, as a sensitive header
+    /// value whose bytes are zeroized when the last clone is dropped.
+    pub fn render_header(&self, format: &str) -> Result<HeaderValue, SecretError> {
+        let mut buf = Zeroizing::new(Vec::with_capacity(format.len() + self.0.len()));
+        let mut rest = format;
+        while let Some(at) = rest.find("{token}") {
+            buf.extend_from_slice(&rest.as_bytes()[..at]);
+            buf.extend_from_slice(self.0.as_bytes());
+            rest = &rest[at + "{token}".len()..];
+        }
+        buf.extend_from_slice(rest.as_bytes());
+        // Validate before handing the bytes over, so no error path copies them.
+        if !buf.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80) {
+            return Err(SecretError::NotHeaderSafe);
+        }
+        let bytes = Bytes::from_owner(ZeroizingBytes(buf));
+        let mut value = HeaderValue::from_maybe_shared(bytes).map_err(|_| SecretError::NotHeaderSafe)?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+/// Owner of a rendered header's bytes: `Bytes::from_owner` drops it, and so zeroizes it, when
+/// the last `Bytes` (and so the last `HeaderValue`) referring to it goes.
+struct ZeroizingBytes(Zeroizing<Vec<u8>>);
+
+impl AsRef<[u8]> for ZeroizingBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        // Not constant time: equality is only used to skip republishing an unchanged value,
+        // never to check a credential an attacker supplies.
+        self.0.as_bytes() == other.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Why a value could not become a usable secret. Never carries the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("the value is empty")]
+    Empty,
+    #[error("the value is not valid UTF-8")]
+    NotUtf8,
+    #[error("the value contains bytes not allowed in an HTTP header (control characters or newlines)")]
+    NotHeaderSafe,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_are_redacted() {
+        let s = Secret::new("hunter2-token".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!format!("{s}").contains("hunter2"));
+    }
+
+    #[test]
+    fn trims_one_newline_only() {
+        let s = Secret::from_bytes_trimmed(Zeroizing::new(b"abc\n\n".to_vec())).unwrap();
+        assert_eq!(s.expose(), "abc\n");
+        let s = Secret::from_bytes_trimmed(Zeroizing::new(b"abc\r\n".to_vec())).unwrap();
+        assert_eq!(s.expose(), "abc");
+        assert_eq!(Secret::from_bytes_trimmed(Zeroizing::new(b"\n".to_vec())), Err(SecretError::Empty));
+    }
+
+    #[test]
+    fn renders_every_placeholder() {
+        let s = Secret::new("t0k".into());
+        let v = s.render_header("Bearer {token}").unwrap();
+        assert_eq!(v.as_bytes(), b"Bearer t0k");
+        assert!(v.is_sensitive());
+        let v = s.render_header("{token}:{token}").unwrap();
+        assert_eq!(v.as_bytes(), b"t0k:t0k");
+        let bad = Secret::new("a\nb".into());
+        assert_eq!(bad.render_header("{token}").unwrap_err(), SecretError::NotHeaderSafe);
+    }
+
+    #[test]
+    fn fingerprint_is_short_and_stable() {
+        let f = Secret::new("abc".into()).fingerprint();
+        assert_eq!(f, "sha256:ba7816bf8f01");
+    }
+}

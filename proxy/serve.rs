@@ -1,0 +1,216 @@
+//! Assembly and serving: builds routes, tokens and clients from a config, binds the two
+//! listeners, runs the accept loops, and drains them on shutdown.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::metrics::RouteMetrics;
+use crate::proxy::{Proxy, Route};
+use crate::route::{RouteTable, Target};
+use crate::token::{FormatRegistry, TokenStore};
+use crate::upstream::{build_client, UpstreamClient};
+
+/// Why sidekey could not start with a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("route {route}: {message}")]
+    Route { route: String, message: String },
+}
+
+/// A running sidekey: its addresses, its tokens, and the way to stop it.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub tokens: Arc<TokenStore>,
+    grace: Duration,
+    draining: Arc<AtomicBool>,
+    stop_proxy: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    proxy_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+    watcher_task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Graceful shutdown: readiness turns 503, the proxy stops accepting, in-flight requests
+    /// get up to the grace period to finish, then the admin listener closes too.
+    pub async fn shutdown(self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let _ = self.stop_proxy.send(true);
+        let _ = self.proxy_task.await;
+        let _ = self.stop_admin.send(true);
+        let _ = self.admin_task.await;
+        if let Some(w) = self.watcher_task {
+            let _ = w.await;
+        }
+        tracing::info!("stopped");
+    }
+
+    /// The configured grace period.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+}
+
+/// Builds everything from a validated config, loads every token once, and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    crate::metrics::install();
+
+    let mut formats = FormatRegistry::default();
+    let route_formats: Vec<usize> = config.routes.iter().map(|r| formats.register(&r.token, &r.format)).collect();
+    let tokens = Arc::new(TokenStore::new(&config, formats));
+
+    let mut clients: HashMap<(Vec<PathBuf>, Duration), UpstreamClient> = HashMap::new();
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for (rc, format) in config.routes.iter().zip(route_formats) {
+        let err = |message: String| StartError::Route { route: rc.name.clone(), message };
+        let ca_files: Vec<PathBuf> = config.upstream.ca_file.iter().chain(rc.ca_file.iter()).cloned().collect();
+        let connect_timeout = rc.connect_timeout.unwrap_or(config.upstream.connect_timeout);
+        let client = match clients.get(&(ca_files.clone(), connect_timeout)) {
+            Some(c) => c.clone(),
+            None => {
+                let c = build_client(&ca_files, connect_timeout).map_err(err)?;
+                clients.insert((ca_files, connect_timeout), c.clone());
+                c
+            }
+        };
+        let token = tokens.get(&rc.token).cloned().ok_or_else(|| err(format!("token {} is not defined", rc.token)))?;
+        routes.push(Route {
+            name: rc.name.as_str().into(),
+            target: Target::parse(&rc.upstream).map_err(err)?,
+            header: http::HeaderName::from_bytes(rc.header.as_bytes()).map_err(|e| err(e.to_string()))?,
+            format,
+            client,
+            timeout: rc.timeout.unwrap_or(config.upstream.timeout),
+            metrics: RouteMetrics::new(&rc.name, Some(&rc.token)),
+            token,
+        });
+    }
+    let table = RouteTable::new(config.routes.iter().map(|r| (r.host.as_deref(), r.prefix.as_deref())));
+    let proxy = Proxy::new(routes, table);
+
+    let proxy_listener = bind("proxy", config.listen.proxy).await?;
+    let admin_listener = bind("admin", config.listen.admin).await?;
+    let proxy_addr = proxy_listener.local_addr().expect("bound socket has an address");
+    let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
+
+    tokens.load_all().await;
+    for name in tokens.not_ready() {
+        tracing::warn!(token = name, "token has no value yet; its routes answer 503 until one arrives");
+    }
+
+    let (stop_proxy, proxy_stop_rx) = watch::channel(false);
+    let (stop_admin, admin_stop_rx) = watch::channel(false);
+    let watcher_task = crate::token::file::spawn_watcher(tokens.iter().cloned().collect(), admin_stop_rx.clone());
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = Admin::new(tokens.clone(), draining.clone());
+    let grace = config.shutdown.grace;
+    let proxy_task = tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+    }));
+    let admin_task = tokio::spawn(serve(admin_listener, "admin", admin_stop_rx, Duration::from_secs(1), move |req| {
+        let admin = admin.clone();
+        async move { Ok::<_, Infallible>(admin.handle(req).await) }
+    }));
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, routes = config.routes.len(), tokens = config.tokens.len(), "sidekey listening");
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        tokens,
+        grace,
+        draining,
+        stop_proxy,
+        stop_admin,
+        proxy_task,
+        admin_task,
+        watcher_task,
+    })
+}
+
+/// Resolves once the watch value turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Accepts connections (HTTP/1.1, and HTTP/2 with prior knowledge) until `stop` turns true,
+/// then waits up to `grace` for open connections to finish their requests.
+async fn serve<F, Fut, B>(
+    listener: TcpListener,
+    what: &'static str,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    builder.http2().timer(TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(listener = what, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = hyper::service::service_fn(handler.clone());
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    drop(listener);
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(
+            listener = what,
+            connections = open,
+            grace_ms = grace.as_millis() as u64,
+            "draining connections"
+        );
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => tracing::warn!(listener = what, "grace period over; closing remaining connections"),
+    }
+}
