@@ -563,7 +563,7 @@ impl<'a> Loader<'a> {
 
         self.validate_routes(&routes, &defined);
         if let (Some(l), Some(u)) = (&listen, &upstream) {
-            if l.proxy == l.admin {
+            if l.proxy == l.admin && l.proxy.port() != 0 {
                 self.error(&[Seg::Key("listen".into()), Seg::Key("admin".into())], "must differ from listen.proxy");
             }
             if let Some(ca) = &u.ca_file {

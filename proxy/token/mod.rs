@@ -107,6 +107,8 @@ pub struct Token {
     requests: AtomicU64,
     /// Upstream 401s answered to requests carrying this token.
     unauthorized: AtomicU64,
+    /// The published generation, for whoever waits on a rotation (tests, the demo).
+    generation_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Token {
@@ -127,7 +129,13 @@ impl Token {
             refresh_lock: tokio::sync::Mutex::new(()),
             requests: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
+            generation_tx: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Watches the published generation (0 until a first value loads).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation_tx.subscribe()
     }
 
     pub fn name(&self) -> &str {
@@ -243,6 +251,7 @@ impl Token {
         let fingerprint = value.fingerprint.clone();
         let expires_at = value.expires_at;
         self.current.store(Some(Arc::new(value)));
+        self.generation_tx.send_replace(generation);
         {
             let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
             st.last_error = None;

@@ -1,0 +1,410 @@
+//! The data path end to end: routing, injection, header hygiene, errors, streaming, h2c,
+//! TLS upstreams with h2.
+
+mod support;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use support::*;
+
+const TOKEN: &str = "tok_9f8e7d6c5b4a";
+const OTHER: &str = "other_1234567890";
+
+/// Env vars are process-wide: each test uses its own names.
+fn set_env(var: &str, value: &str) {
+    // SAFETY-free: std::env::set_var is safe in edition 2021; tests set distinct names.
+    std::env::set_var(var, value);
+}
+
+fn two_routes(up: &Upstream, var_a: &str, var_b: &str) -> String {
+    format!(
+        r#"{LISTEN}
+[[routes]]
+name = "default"
+prefix = "/api"
+upstream = "{url}/base"
+token = "a"
+
+[[routes]]
+name = "custom"
+prefix = "/custom"
+host = "api.example.com"
+upstream = "{url}"
+token = "b"
+header = "X-Api-Key"
+format = "key={{token}}"
+
+[tokens.a]
+source = "env"
+var = "{var_a}"
+
+[tokens.b]
+source = "env"
+var = "{var_b}"
+"#,
+        url = up.url
+    )
+}
+
+#[tokio::test]
+async fn injects_per_route_with_default_and_custom_header_and_format() {
+    set_env("SK_T1_A", TOKEN);
+    set_env("SK_T1_B", OTHER);
+    let up = Upstream::plain().await;
+    let sk = start_proxy(&two_routes(&up, "SK_T1_A", "SK_T1_B")).await;
+    let c = client();
+
+    let a = get(&c, &format!("http://{}/api/repos/x?page=2&q=a%20b", sk.proxy_addr)).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let seen = up.last();
+    assert_eq!(seen.path, "/base/repos/x?page=2&q=a%20b");
+    assert_eq!(seen.headers["authorization"], format!("Bearer {TOKEN}").as_str());
+    assert_eq!(seen.headers["host"], up.addr.to_string().as_str());
+    assert!(!seen.headers.contains_key("x-api-key"));
+
+    let b = get(&c, &format!("http://{}/custom/v1", sk.proxy_addr)).await;
+    assert_eq!(b.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.path, "/v1");
+    assert_eq!(seen.headers["x-api-key"], format!("key={OTHER}").as_str());
+    assert!(!seen.headers.contains_key("authorization"));
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_client_header_is_replaced_and_hop_by_hop_headers_dropped() {
+    set_env("SK_T2_A", TOKEN);
+    set_env("SK_T2_B", OTHER);
+    let up = Upstream::plain().await;
+    let sk = start_proxy(&two_routes(&up, "SK_T2_A", "SK_T2_B")).await;
+    let req = Request::get(format!("http://{}/api/x", sk.proxy_addr))
+        .header("authorization", "Bearer client-supplied")
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header("x-keep", "kept")
+        .body(Full::default())
+        .unwrap();
+    let a = send(&client(), req).await;
+    assert_eq!(a.status, 200);
+    let seen = up.last();
+    let auth: Vec<_> = seen.headers.get_all("authorization").iter().collect();
+    assert_eq!(auth, [format!("Bearer {TOKEN}").as_str()]);
+    assert!(!seen.headers.contains_key("proxy-authorization"));
+    assert!(!seen.headers.contains_key("x-hop"));
+    assert_eq!(seen.headers["x-keep"], "kept");
+    // The upstream's hop-by-hop response header does not reach the client.
+    assert!(!a.headers.contains_key("keep-alive"));
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn routes_by_prefix_host_and_absolute_form() {
+    set_env("SK_T3_A", TOKEN);
+    set_env("SK_T3_B", OTHER);
+    let up = Upstream::plain().await;
+    let sk = start_proxy(&two_routes(&up, "SK_T3_A", "SK_T3_B")).await;
+    let c = client();
+
+    // Segment boundaries: /apix is not /api.
+    let a = get(&c, &format!("http://{}/apix", sk.proxy_addr)).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.json()["error"], "no_route");
+    let before = up.seen().len();
+
+    // Host header routing keeps the path.
+    let req = Request::get(format!("http://{}/repos/1", sk.proxy_addr))
+        .header("host", "api.example.com")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(&c, req).await.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.path, "/repos/1");
+    assert_eq!(seen.headers["x-api-key"], format!("key={OTHER}").as_str());
+    assert_eq!(up.seen().len(), before + 1);
+
+    // Absolute form (an HTTP_PROXY client).
+    let resp = raw(
+        sk.proxy_addr,
+        b"GET http://api.example.com/abs?x=1 HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(up.last().path, "/abs?x=1");
+
+    // Absolute form for a host no route names: refused, nothing forwarded.
+    let n = up.seen().len();
+    let resp = raw(
+        sk.proxy_addr,
+        b"GET http://evil.example/api/x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    assert!(resp.contains("\"no_route\""), "{resp}");
+    // CONNECT is refused too.
+    let resp = raw(sk.proxy_addr, b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    assert_eq!(up.seen().len(), n);
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn smuggled_authorities_stay_on_the_route_upstream() {
+    set_env("SK_T4_A", TOKEN);
+    set_env("SK_T4_B", OTHER);
+    let up = Upstream::plain().await;
+    let sk = start_proxy(&two_routes(&up, "SK_T4_A", "SK_T4_B")).await;
+    for path in [
+        "/api//evil.example/x",
+        "/api/@evil.example/x",
+        "/api/http://evil.example/x",
+        "/api/x/../../api/y",
+        "/api/..;/x",
+        "/api/%2F%2Fevil.example",
+    ] {
+        let before = up.seen().len();
+        let resp = raw(
+            sk.proxy_addr,
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{path}: {resp}");
+        assert_eq!(up.seen().len(), before + 1, "{path} reached the upstream once");
+        let seen = up.last();
+        assert!(seen.path.starts_with("/base/"), "{path} -> {}", seen.path);
+        assert_eq!(seen.headers["host"], up.addr.to_string().as_str(), "{path}");
+    }
+    // Dot segments that climb out of the prefix leave the route; encoded ones are refused.
+    let before = up.seen().len();
+    let resp = raw(sk.proxy_addr, b"GET /api/../etc HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    let resp =
+        raw(sk.proxy_addr, b"GET /api/%2e%2e/%2e%2e/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert_eq!(up.seen().len(), before);
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn error_answers_are_json_with_the_contract_codes() {
+    set_env("SK_T5_A", TOKEN);
+    let up = Upstream::plain().await;
+    // A port nobody listens on: bind one, note it, close it.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let config = format!(
+        r#"{LISTEN}
+[[routes]]
+name = "dead"
+prefix = "/dead"
+upstream = "http://{dead}"
+token = "a"
+
+[[routes]]
+name = "slow"
+prefix = "/slow"
+upstream = "{url}"
+token = "a"
+timeout = "300ms"
+
+[[routes]]
+name = "missing"
+prefix = "/missing"
+upstream = "{url}"
+token = "unset"
+
+[tokens.a]
+source = "env"
+var = "SK_T5_A"
+
+[tokens.unset]
+source = "env"
+var = "SK_T5_NEVER_SET"
+"#,
+        url = up.url
+    );
+    let sk = start_proxy(&config).await;
+    let c = client();
+    let base = format!("http://{}", sk.proxy_addr);
+
+    let a = get(&c, &format!("{base}/nothing")).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(a.json()["error"], "no_route");
+    assert_eq!(a.headers["content-type"], "application/json");
+
+    let a = get(&c, &format!("{base}/dead/x")).await;
+    assert_eq!(a.status, 502);
+    assert_eq!(a.json()["error"], "upstream_unreachable");
+
+    let a = get(&c, &format!("{base}/slow/never")).await;
+    assert_eq!(a.status, 504);
+    assert_eq!(a.json()["error"], "upstream_timeout");
+
+    let n = up.seen().len();
+    let a = get(&c, &format!("{base}/missing/x")).await;
+    assert_eq!(a.status, 503);
+    let j = a.json();
+    assert_eq!(j["error"], "token_unavailable");
+    assert_eq!(j["token"], "unset");
+    let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    assert_eq!(up.seen().len(), n, "a request without its token is never forwarded");
+
+    // Readiness names the token without a value.
+    let r = get(&c, &format!("http://{}/readyz", sk.admin_addr)).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["not_ready"], serde_json::json!(["unset"]));
+
+    // The counters carry the numeric status.
+    let m = get(&c, &format!("http://{}/metrics", sk.admin_addr)).await.text();
+    assert!(m.contains(r#"sidekey_requests_total{route="dead",status="502"} "#), "{m}");
+    assert!(m.contains(r#"sidekey_requests_total{route="slow",status="504"} "#), "{m}");
+    assert!(m.contains(r#"sidekey_requests_total{route="missing",status="503"} "#), "{m}");
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_get_4xx_and_the_proxy_keeps_serving() {
+    set_env("SK_T6_A", TOKEN);
+    set_env("SK_T6_B", OTHER);
+    let up = Upstream::plain().await;
+    let sk = start_proxy(&two_routes(&up, "SK_T6_A", "SK_T6_B")).await;
+    for bad in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"GET /api/x HTTP/1.1\r\nHo st: a\r\n\r\n",
+        b"GET /api/\x01x HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        let resp = raw(sk.proxy_addr, bad).await;
+        assert!(resp.is_empty() || resp.starts_with("HTTP/1.1 4"), "{:?} -> {resp}", String::from_utf8_lossy(bad));
+    }
+    let a = get(&client(), &format!("http://{}/api/ok", sk.proxy_addr)).await;
+    assert_eq!(a.status, 200);
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_stream_through_unchanged_both_ways() {
+    set_env("SK_T7_A", TOKEN);
+    set_env("SK_T7_B", OTHER);
+    let up = Upstream::plain().await;
+    let sk = start_proxy(&two_routes(&up, "SK_T7_A", "SK_T7_B")).await;
+    let c = client();
+    let upload = Bytes::from(pattern(5 * 1024 * 1024 + 7));
+    let req = Request::post(format!("http://{}/api/upload", sk.proxy_addr)).body(Full::new(upload.clone())).unwrap();
+    let a = send(&c, req).await;
+    assert_eq!(a.status, 200);
+    let j = a.json();
+    assert_eq!(j["body_len"], upload.len());
+    assert_eq!(j["body_sha256"], sha256(&upload));
+
+    let n = 5 * 1024 * 1024 + 3;
+    let a = get(&c, &format!("http://{}/api/bytes/{n}", sk.proxy_addr)).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body.len(), n);
+    assert_eq!(sha256(&a.body), sha256(&pattern(n)));
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn h2c_inbound_and_h2_tls_upstream() {
+    set_env("SK_T8_A", TOKEN);
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca).await;
+    let config = format!(
+        r#"{LISTEN}
+[upstream]
+ca_file = {ca:?}
+
+[[routes]]
+name = "tls"
+prefix = "/tls"
+upstream = "{url}"
+token = "a"
+
+[tokens.a]
+source = "env"
+var = "SK_T8_A"
+"#,
+        ca = ca.ca_file.display().to_string(),
+        url = up.url
+    );
+    let sk = start_proxy(&config).await;
+
+    // HTTP/1.1 in, HTTP/2 out (the upstream offers h2 by ALPN).
+    let a = get(&client(), &format!("http://{}/tls/one", sk.proxy_addr)).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let seen = up.last();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.headers["authorization"], format!("Bearer {TOKEN}").as_str());
+    assert_eq!(seen.path, "/one");
+
+    // h2c prior knowledge in.
+    let h2 = h2c_client();
+    for i in 0..3 {
+        let a = get(&h2, &format!("http://{}/tls/h2c/{i}", sk.proxy_addr)).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(up.last().headers["authorization"], format!("Bearer {TOKEN}").as_str());
+    }
+    // Pooled: one upstream connection served all of it.
+    assert_eq!(up.connection_count(), 1);
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tls_upstream_not_signed_by_a_trusted_ca_is_refused() {
+    set_env("SK_T9_A", TOKEN);
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca).await;
+    let config = format!(
+        r#"{LISTEN}
+[[routes]]
+name = "untrusted"
+prefix = "/u"
+upstream = "{url}"
+token = "a"
+
+[tokens.a]
+source = "env"
+var = "SK_T9_A"
+"#,
+        url = up.url
+    );
+    let sk = start_proxy(&config).await;
+    let a = get(&client(), &format!("http://{}/u/x", sk.proxy_addr)).await;
+    assert_eq!(a.status, 502, "{}", a.text());
+    assert!(up.seen().is_empty(), "no request (and so no token) reached an unverified upstream");
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn http1_tls_upstream_with_a_route_ca_file() {
+    set_env("SK_T10_A", TOKEN);
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca).await;
+    let config = format!(
+        r#"{LISTEN}
+[[routes]]
+name = "tls1"
+prefix = "/t"
+upstream = "{url}"
+token = "a"
+ca_file = {ca:?}
+
+[tokens.a]
+source = "env"
+var = "SK_T10_A"
+"#,
+        ca = ca.ca_file.display().to_string(),
+        url = up.url
+    );
+    let sk = start_proxy(&config).await;
+    let req = Request::post(format!("http://{}/t/x", sk.proxy_addr)).body(Full::new(Bytes::from("abc"))).unwrap();
+    let a = send(&client(), req).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.json()["body_len"], 3);
+    sk.shutdown().await;
+}
