@@ -1,0 +1,232 @@
+//! File tokens rotating under keep-alive traffic: rename-over and the Kubernetes `..data`
+//! symlink swap, no failed request, no stale value after the swap, no new connection; a
+//! broken file keeps the last good value; no value ever appears on the admin API.
+
+mod support;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use support::*;
+
+fn write_rename(path: &Path, value: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{value}\n")).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Lays out a secret volume the way the kubelet does: `token -> ..data/token`,
+/// `..data -> ..TIMESTAMP`, and swaps `..data` atomically to a new directory.
+struct SecretVolume {
+    dir: std::path::PathBuf,
+    n: usize,
+}
+
+impl SecretVolume {
+    fn new(dir: &Path, value: &str) -> SecretVolume {
+        let mut v = SecretVolume { dir: dir.to_owned(), n: 0 };
+        v.swap(value);
+        std::os::unix::fs::symlink("..data/token", dir.join("token")).unwrap();
+        v
+    }
+
+    fn swap(&mut self, value: &str) {
+        self.n += 1;
+        let ts = format!("..2026_11_28_08_00_{:02}.{}", self.n, 1000 + self.n);
+        std::fs::create_dir(self.dir.join(&ts)).unwrap();
+        std::fs::write(self.dir.join(&ts).join("token"), value).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&ts, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+}
+
+fn config(up: &Upstream, path: &Path) -> String {
+    format!(
+        r#"{LISTEN}
+[[routes]]
+name = "r"
+prefix = "/r"
+upstream = "{url}"
+token = "t"
+
+[tokens.t]
+source = "file"
+path = {path:?}
+"#,
+        url = up.url,
+        path = path.display().to_string()
+    )
+}
+
+/// Requests in a loop on keep-alive connections until told to stop; counts failures.
+fn background_load(
+    proxy: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let c = client();
+        while !stop.load(Ordering::SeqCst) {
+            let req = http::Request::get(format!("http://{proxy}/r/bg")).body(Default::default()).unwrap();
+            match tokio::time::timeout(WAIT, c.request(req)).await {
+                Ok(Ok(resp)) if resp.status() == 200 => {
+                    use http_body_util::BodyExt;
+                    let _ = resp.into_body().collect().await;
+                    ok.fetch_add(1, Ordering::SeqCst);
+                }
+                _ => {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    })
+}
+
+async fn rotate_under_load(kubernetes: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let values: Vec<String> = (0..6).map(|i| format!("rot{}_{i}_{}", kubernetes as u8, "x".repeat(i + 8))).collect();
+    let mut volume = None;
+    if kubernetes {
+        volume = Some(SecretVolume::new(dir.path(), &values[0]));
+    } else {
+        write_rename(&path, &values[0]);
+    }
+    let up = Upstream::plain().await;
+    let sk = start_proxy(&config(&up, &path)).await;
+    let c = client();
+    let url = format!("http://{}/r/x", sk.proxy_addr);
+    let a = get(&c, &url).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(up.last().headers["authorization"], format!("Bearer {}", values[0]).as_str());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = background_load(sk.proxy_addr, stop.clone(), ok.clone(), failed.clone());
+    // Let the background client open its connection before counting.
+    let load_started = ok.load(Ordering::SeqCst);
+    bounded("the background client's first answer", async {
+        while ok.load(Ordering::SeqCst) == load_started {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    for (generation, value) in values.iter().enumerate().skip(1) {
+        match &mut volume {
+            Some(v) => v.swap(value),
+            None => write_rename(&path, value),
+        }
+        wait_generation(&sk, "t", generation as u64 + 1).await;
+        // The very next request carries the new value.
+        let a = get(&c, &url).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(up.last().headers["authorization"], format!("Bearer {value}").as_str());
+    }
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed during rotation");
+    assert!(ok.load(Ordering::SeqCst) > 0);
+    // Two clients, each with at most one request in flight: two pooled connections at most,
+    // however many rotations happened.
+    assert!(up.connection_count() <= 2, "rotations opened new upstream connections: {}", up.connection_count());
+
+    // The admin API never shows a value, current or retired.
+    let admin = format!("http://{}", sk.admin_addr);
+    let mut outputs = Vec::new();
+    for p in ["/tokens", "/", "/metrics", "/readyz", "/healthz"] {
+        outputs.push(get(&c, &format!("{admin}{p}")).await.text());
+    }
+    outputs.push(post(&c, &format!("{admin}/tokens/t/refresh")).await.text());
+    for out in &outputs {
+        for v in &values {
+            assert!(!out.contains(v.as_str()), "a token value appeared on the admin API");
+        }
+    }
+    let tokens = get(&c, &format!("{admin}/tokens")).await.json();
+    assert_eq!(tokens[0]["generation"], values.len());
+    assert_eq!(tokens[0]["state"], "ready");
+    assert!(tokens[0]["fingerprint"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(tokens[0]["fingerprint"].as_str().unwrap().len(), "sha256:".len() + 12);
+    sk.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_over_rotation_under_keep_alive_load() {
+    rotate_under_load(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_secret_volume_rotation_under_keep_alive_load() {
+    rotate_under_load(true).await;
+}
+
+#[tokio::test]
+async fn a_broken_file_keeps_the_last_good_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    write_rename(&path, "good_value_123");
+    let up = Upstream::plain().await;
+    let sk = start_proxy(&config(&up, &path)).await;
+    let c = client();
+    let admin = format!("http://{}", sk.admin_addr);
+
+    // Empty file: refused, the old value stays, the error is recorded.
+    std::fs::write(dir.path().join("empty"), "\n").unwrap();
+    std::fs::rename(dir.path().join("empty"), &path).unwrap();
+    let r = post(&c, &format!("{admin}/tokens/t/refresh")).await;
+    assert_eq!(r.status, 502);
+    let j = r.json();
+    assert_eq!(j["result"], "failed");
+    assert_eq!(j["generation"], 1);
+    assert!(j["last_error"].as_str().unwrap().contains("empty"), "{j}");
+    assert_eq!(get(&c, &format!("http://{}/r/x", sk.proxy_addr)).await.status, 200);
+    assert_eq!(up.last().headers["authorization"], "Bearer good_value_123");
+
+    // Missing file: same.
+    std::fs::remove_file(&path).unwrap();
+    let r = post(&c, &format!("{admin}/tokens/t/refresh")).await;
+    assert_eq!(r.json()["result"], "failed");
+    assert_eq!(get(&c, &format!("http://{}/r/x", sk.proxy_addr)).await.status, 200);
+    assert_eq!(up.last().headers["authorization"], "Bearer good_value_123");
+    assert_eq!(get(&c, &format!("{admin}/readyz")).await.status, 200, "a kept value is still a usable one");
+
+    // A value that cannot go in a header: refused too.
+    std::fs::write(&path, "bad\u{7f}value").unwrap();
+    let r = post(&c, &format!("{admin}/tokens/t/refresh")).await;
+    assert_eq!(r.json()["result"], "failed");
+    assert!(!r.text().contains("bad\u{7f}value"));
+
+    // Fixed: picked up (by the watcher or this refresh), the error clears.
+    write_rename(&path, "next_value_456");
+    wait_generation(&sk, "t", 2).await;
+    let j = get(&c, &format!("{admin}/tokens")).await.json();
+    assert_eq!(j[0]["last_error"], serde_json::Value::Null);
+    assert_eq!(get(&c, &format!("http://{}/r/x", sk.proxy_addr)).await.status, 200);
+    assert_eq!(up.last().headers["authorization"], "Bearer next_value_456");
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_file_missing_at_start_is_loaded_when_it_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let up = Upstream::plain().await;
+    let sk = start_proxy(&config(&up, &path)).await;
+    let c = client();
+    let a = get(&c, &format!("http://{}/r/x", sk.proxy_addr)).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.json()["token"], "t");
+    assert_eq!(get(&c, &format!("http://{}/readyz", sk.admin_addr)).await.status, 503);
+    assert!(up.seen().is_empty());
+
+    write_rename(&path, "arrived_later");
+    wait_generation(&sk, "t", 1).await;
+    assert_eq!(get(&c, &format!("http://{}/r/x", sk.proxy_addr)).await.status, 200);
+    assert_eq!(up.last().headers["authorization"], "Bearer arrived_later");
+    assert_eq!(get(&c, &format!("http://{}/readyz", sk.admin_addr)).await.status, 200);
+    sk.shutdown().await;
+}
