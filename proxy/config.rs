@@ -274,8 +274,8 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.line, self.key.is_empty()) {
-            (Some(line), false) => write!(f, "line {line}: {}: {}", self.key, self.message),
-            (Some(line), true) => write!(f, "line {line}: {}", self.message),
+            (Some(line), false) => write!(f, "{line}: {}: {}", self.key, self.message),
+            (Some(line), true) => write!(f, "{line}: {}", self.message),
             (None, false) => write!(f, "{}: {}", self.key, self.message),
             (None, true) => f.write_str(&self.message),
         }
@@ -297,10 +297,11 @@ impl fmt::Display for ConfigErrors {
             Some(p) => writeln!(f, "{}: {n} error{} in config", p.display(), if n == 1 { "" } else { "s" })?,
             None => writeln!(f, "{n} error{} in config", if n == 1 { "" } else { "s" })?,
         }
+        // `file:line: key: message`, the shape editors and CI annotators pick up.
         for e in &self.errors {
             match &self.file {
-                Some(p) => writeln!(f, "  {}:{e}", p.display())?,
-                None => writeln!(f, "  {e}")?,
+                Some(p) => writeln!(f, "{}:{e}", p.display())?,
+                None => writeln!(f, "line {e}")?,
             }
         }
         Ok(())
@@ -434,46 +435,70 @@ impl<'a> Loader<'a> {
         best.map(|offset| line_of(self.text, offset))
     }
 
-    /// Deserializes one value, recording unknown keys and the first type error under `path`.
-    fn section<T: serde::de::DeserializeOwned>(&mut self, path: &[Seg], value: toml::Value) -> Option<T> {
-        let mut unknown = Vec::new();
-        let result: Result<T, serde_path_to_error::Error<toml::de::Error>> =
-            serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut |p: serde_ignored::Path<
-                '_,
-            >| {
-                unknown.push(ignored_segments(&p))
-            }));
-        for rel in unknown {
-            let mut full = path.to_vec();
-            full.extend(rel);
-            let key = match full.last() {
-                Some(Seg::Key(k)) => k.clone(),
-                _ => String::new(),
-            };
-            let msg = if matches!(key.as_str(), "value" | "token" | "secret" | "password") && is_token_path(&full) {
-                "token values are never written in the config; name where the value lives with `source`".to_owned()
-            } else {
-                "unknown key".to_owned()
-            };
-            self.error(&full, msg);
-        }
-        match result {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let mut full = path.to_vec();
-                for seg in e.path().iter() {
-                    match seg {
-                        serde_path_to_error::Segment::Seq { index } => full.push(Seg::Index(*index)),
-                        serde_path_to_error::Segment::Map { key } => full.push(Seg::Key(key.clone())),
-                        serde_path_to_error::Segment::Enum { variant } => full.push(Seg::Key(variant.clone())),
-                        serde_path_to_error::Segment::Unknown => {}
-                    }
+    /// Deserializes one value, recording its unknown keys and type errors under `path`.
+    ///
+    /// serde stops at the first bad field; to report the others too, the bad key is removed
+    /// and the entry deserialized again (a removed required key then ends the entry quietly:
+    /// its error is already reported). An entry that deserializes after removals is returned
+    /// so the whole-config checks still see it; the recorded errors fail the load anyway.
+    fn section<T: serde::de::DeserializeOwned>(&mut self, path: &[Seg], mut value: toml::Value) -> Option<T> {
+        let mut removed: Vec<String> = Vec::new();
+        for attempt in 0..32 {
+            let mut unknown = Vec::new();
+            let result: Result<T, serde_path_to_error::Error<toml::de::Error>> = serde_path_to_error::deserialize(
+                serde_ignored::Deserializer::new(value.clone(), &mut |p: serde_ignored::Path<'_>| {
+                    unknown.push(ignored_segments(&p))
+                }),
+            );
+            if attempt == 0 {
+                for rel in unknown {
+                    self.unknown_key(path, rel);
                 }
-                let message = e.into_inner().message().trim().to_owned();
-                self.error(&full, message);
-                None
+            }
+            let e = match result {
+                Ok(v) => return Some(v),
+                Err(e) => e,
+            };
+            let mut rel = Vec::new();
+            for seg in e.path().iter() {
+                match seg {
+                    serde_path_to_error::Segment::Seq { index } => rel.push(Seg::Index(*index)),
+                    serde_path_to_error::Segment::Map { key } => rel.push(Seg::Key(key.clone())),
+                    serde_path_to_error::Segment::Enum { variant } => rel.push(Seg::Key(variant.clone())),
+                    serde_path_to_error::Segment::Unknown => {}
+                }
+            }
+            let message = e.into_inner().message().trim().to_owned();
+            if removed.iter().any(|k| message.contains(&format!("`{k}`"))) {
+                return None;
+            }
+            let mut full = path.to_vec();
+            full.extend(rel.iter().cloned());
+            self.error(&full, message);
+            match (rel.first(), &mut value) {
+                (Some(Seg::Key(k)), toml::Value::Table(t)) if t.contains_key(k) => {
+                    t.remove(k);
+                    removed.push(k.clone());
+                }
+                _ => return None,
             }
         }
+        None
+    }
+
+    fn unknown_key(&mut self, path: &[Seg], rel: Vec<Seg>) {
+        let mut full = path.to_vec();
+        full.extend(rel);
+        let key = match full.last() {
+            Some(Seg::Key(k)) => k.clone(),
+            _ => String::new(),
+        };
+        let msg = if matches!(key.as_str(), "value" | "token" | "secret" | "password") && is_token_path(&full) {
+            "token values are never written in the config; name where the value lives with `source`"
+        } else {
+            "unknown key"
+        };
+        self.error(&full, msg);
     }
 
     fn load(&mut self) -> Option<Config> {

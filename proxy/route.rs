@@ -90,7 +90,7 @@ impl RouteTable {
                 t.prefixes.push((p.to_owned(), i));
             }
         }
-        t.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        t.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         t
     }
 

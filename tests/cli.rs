@@ -1,0 +1,279 @@
+//! The real `sidekey` binary: `check`, exit codes, logs without secrets, graceful SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sidekey");
+
+fn write_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let p = dir.join("sidekey.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_accepts_a_good_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(
+        dir.path(),
+        r#"
+[[routes]]
+name = "gh"
+prefix = "/github"
+upstream = "https://api.github.com"
+token = "gh"
+
+[tokens.gh]
+source = "file"
+path = "/var/run/secrets/github/token"
+"#,
+    );
+    let out = Command::new(BIN).args(["check", "-c"]).arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+    // The config may also come from SIDEKEY_CONFIG.
+    let out = Command::new(BIN).arg("check").env("SIDEKEY_CONFIG", &p).output().unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn check_reports_every_error_with_key_and_line_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(
+        dir.path(),
+        r#"[listen]
+proxy = "127.0.0.1:8080"
+admin = "not an address"
+
+[[routes]]
+name = "a"
+prefix = "/a"
+upstream = "https://a.example"
+token = "nope"
+
+[[routes]]
+name = "a"
+prefix = "/a"
+upstream = "ftp://b.example"
+token = "t"
+header = "Bad Header"
+timeout = "5 parsecs"
+
+[tokens.t]
+source = "env"
+var = "X"
+value = "ghp_pasted_by_mistake"
+"#,
+    );
+    let out = Command::new(BIN).args(["check", "-c"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "sidekey.toml:3: listen.admin",
+        "sidekey.toml:9: routes[0].token",
+        "sidekey.toml:12: routes[1].name",
+        "sidekey.toml:13: routes[1].prefix",
+        "sidekey.toml:14: routes[1].upstream",
+        "sidekey.toml:16: routes[1].header",
+        "sidekey.toml:17: routes[1].timeout",
+        "sidekey.toml:22: tokens.t.value",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(!err.contains("ghp_pasted_by_mistake"), "an error echoed a secret:\n{err}");
+}
+
+#[test]
+fn bad_invocations_exit_2() {
+    let out = Command::new(BIN).args(["run", "-c", "/nonexistent/sidekey.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config"));
+    let out = Command::new(BIN).arg("run").env_remove("SIDEKEY_CONFIG").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN).arg("frobnicate").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(dir.path(), "this is [not toml\n");
+    let out = Command::new(BIN).args(["run", "-c"]).arg(&p).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sidekey.toml:1: invalid TOML"));
+}
+
+/// A running `sidekey run`, its stderr collected line by line.
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    rx: mpsc::Receiver<String>,
+    proxy: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+}
+
+impl Proc {
+    fn start(config: &std::path::Path, rust_log: &str) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(["run", "--log-format", "json", "-c"])
+            .arg(config)
+            .env("RUST_LOG", rust_log)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                l.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut p = Proc { child, lines, rx, proxy: "0.0.0.0:0".parse().unwrap(), admin: "0.0.0.0:0".parse().unwrap() };
+        let line = p.wait_line("sidekey listening");
+        let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+        p.proxy = j["proxy"].as_str().unwrap().parse().unwrap();
+        p.admin = j["admin"].as_str().unwrap().parse().unwrap();
+        p
+    }
+
+    /// Waits (bounded) for a log line containing `needle`.
+    fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no log line with {needle:?} within {WAIT:?}; got:\n{}",
+                    self.lines.lock().unwrap().join("\n")
+                ),
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Waits (bounded) for the process to exit and returns its exit code.
+    fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sidekey did not exit within {WAIT:?}");
+            }
+            // The exit of a child has no awaitable signal in std; this polls a finished flag.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn file_config(dir: &std::path::Path, upstream: &str, extra: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        &format!(
+            r#"{LISTEN}
+[shutdown]
+grace = "10s"
+
+[[routes]]
+name = "r"
+prefix = "/r"
+upstream = "{upstream}"
+token = "t"
+{extra}
+
+[tokens.t]
+source = "file"
+path = {path:?}
+"#,
+            path = dir.join("token").display().to_string()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_values_never_reach_the_logs_at_debug_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = "ghp_FirstSecretValue0123456789";
+    let second = "ghp_SecondSecretValue987654321";
+    std::fs::write(dir.path().join("token"), format!("{first}\n")).unwrap();
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca).await;
+    let config = file_config(dir.path(), &up.url, &format!("ca_file = {:?}", ca.ca_file.display().to_string()));
+    let mut p = Proc::start(&config, "debug");
+    let c = client();
+    let h2 = h2c_client();
+    for path in ["/r/a", "/r/status/401", "/r/status/500", "/nowhere"] {
+        get(&c, &format!("http://{}{path}", p.proxy)).await;
+        get(&h2, &format!("http://{}{path}", p.proxy)).await;
+    }
+    std::fs::write(dir.path().join("token.new"), format!("{second}\n")).unwrap();
+    std::fs::rename(dir.path().join("token.new"), dir.path().join("token")).unwrap();
+    p.wait_line("token rotated");
+    let a = get(&c, &format!("http://{}/r/b", p.proxy)).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(up.last().headers["authorization"], format!("Bearer {second}").as_str());
+    post(&c, &format!("http://{}/tokens/t/refresh", p.admin)).await;
+    std::fs::write(dir.path().join("token"), "").unwrap();
+    post(&c, &format!("http://{}/tokens/t/refresh", p.admin)).await;
+    p.signal("-TERM");
+    assert_eq!(p.wait_exit(), Some(0));
+    let log = p.log();
+    // The log is not empty at debug level: the test reads real output.
+    assert!(log.contains("\"request\"") || log.contains("request"), "{log}");
+    assert!(log.contains("refresh failed"), "{log}");
+    for secret in [first, second] {
+        assert!(!log.contains(secret), "a token value reached the log");
+        assert!(!log.contains(&secret[4..20]), "part of a token value reached the log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_request_in_flight_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "drain_token\n").unwrap();
+    let up = Upstream::plain().await;
+    let config = file_config(dir.path(), &up.url, "");
+    let mut p = Proc::start(&config, "info");
+    let url = format!("http://{}/r/hold", p.proxy);
+    let in_flight = tokio::spawn(async move { get(&client(), &url).await });
+    up.wait_held().await;
+
+    p.signal("-TERM");
+    p.wait_line("shutdown signal received");
+    // Draining: not ready, and no new connections accepted.
+    let r = get(&client(), &format!("http://{}/readyz", p.admin)).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["draining"], true);
+
+    up.release();
+    let a = bounded("the in-flight request", in_flight).await.unwrap();
+    assert_eq!(a.status, 200);
+    assert_eq!(p.wait_exit(), Some(0));
+    assert!(tokio::net::TcpStream::connect(p.proxy).await.is_err(), "the proxy still accepts after exit");
+}
