@@ -230,3 +230,26 @@ async fn a_file_missing_at_start_is_loaded_when_it_appears() {
     assert_eq!(get(&c, &format!("http://{}/readyz", sk.admin_addr)).await.status, 200);
     sk.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_periodic_check_covers_a_directory_that_cannot_be_watched_yet() {
+    // The token's directory does not exist at start, so there is nothing to watch: the
+    // periodic metadata check must find the file once it appears.
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("not-yet");
+    let path = sub.join("token");
+    let up = Upstream::plain().await;
+    let sk = start_proxy(&config(&up, &path)).await;
+    std::fs::create_dir(&sub).unwrap();
+    write_rename(&path, "polled_value");
+    wait_generation(&sk, "t", 1).await;
+    let c = client();
+    assert_eq!(get(&c, &format!("http://{}/r/x", sk.proxy_addr)).await.status, 200);
+    assert_eq!(up.last().headers["authorization"], "Bearer polled_value");
+    // And a later in-place rewrite is found the same way.
+    std::fs::write(&path, "polled_value_2\n").unwrap();
+    wait_generation(&sk, "t", 2).await;
+    assert_eq!(get(&c, &format!("http://{}/r/x", sk.proxy_addr)).await.status, 200);
+    assert_eq!(up.last().headers["authorization"], "Bearer polled_value_2");
+    sk.shutdown().await;
+}

@@ -121,8 +121,10 @@ pub fn spawn_watcher(
         }
     };
     Some(tokio::spawn(async move {
-        let mut seen: HashMap<PathBuf, Option<Signature>> =
-            files.iter().map(|(_, p)| (p.clone(), signature(p))).collect();
+        // Unknown at first: the first check re-reads every file that exists, so a change made
+        // between the initial load and this task's start is not missed (an unchanged value is
+        // not republished).
+        let mut seen: HashMap<PathBuf, Option<Signature>> = files.iter().map(|(_, p)| (p.clone(), None)).collect();
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -144,6 +146,7 @@ pub fn spawn_watcher(
                     true
                 }
             };
+            tracing::trace!(force, "checking token files");
             for (token, path) in &files {
                 let sig = signature(path);
                 let last = seen.get_mut(path).expect("every watched path is in the map");
