@@ -1,1 +1,89 @@
-fn main() {}
+//! Hot-path benchmarks: the per-request pieces (route lookup, token header) and a whole
+//! proxied request against the same request sent directly, in the same run, so the added
+//! latency reads as a difference (and a ratio) against a baseline measured alongside.
+//!
+//! `cargo bench --bench hot_path`
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, Request, Uri, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sidekey::route::RouteTable;
+
+fn route_lookup(c: &mut Criterion) {
+    let prefixes: Vec<String> = (0..20).map(|i| format!("/service{i}/v1")).collect();
+    let table = RouteTable::new(prefixes.iter().map(|p| (None, Some(p.as_str()))));
+    let uri: Uri = "/service13/v1/items/42?expand=true".parse().unwrap();
+    let headers = HeaderMap::new();
+    c.bench_function("route_lookup_20_routes", |b| {
+        b.iter(|| table.find(Version::HTTP_11, std::hint::black_box(&uri), &headers).unwrap().route)
+    });
+}
+
+fn config(upstream: &str) -> sidekey::Config {
+    std::env::set_var("SIDEKEY_BENCH_TOKEN", "bench_token_0123456789abcdef");
+    sidekey::Config::parse(&format!(
+        r#"
+[listen]
+proxy = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+
+[[routes]]
+name = "bench"
+prefix = "/bench"
+upstream = "{upstream}"
+token = "t"
+
+[tokens.t]
+source = "env"
+var = "SIDEKEY_BENCH_TOKEN"
+"#
+    ))
+    .unwrap()
+}
+
+fn token_header(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let running = rt.block_on(sidekey::start(config("http://127.0.0.1:9"))).unwrap();
+    let token = running.tokens.get("t").unwrap().clone();
+    c.bench_function("token_header_load_and_clone", |b| b.iter(|| token.header(0).unwrap()));
+    rt.block_on(running.shutdown());
+}
+
+fn proxied_vs_direct(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (upstream, running) = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(sidekey::demo::echo_server(l));
+        let running = sidekey::start(config(&format!("http://{addr}"))).await.unwrap();
+        (addr, running)
+    });
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let direct: Uri = format!("http://{upstream}/x").parse().unwrap();
+    let proxied: Uri = format!("http://{}/bench/x", running.proxy_addr).parse().unwrap();
+    let mut group = c.benchmark_group("request_keepalive_h1");
+    group.measurement_time(Duration::from_secs(5));
+    for (name, uri) in [("direct", direct), ("via_sidekey", proxied)] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                let req = Request::get(uri.clone()).body(Full::default()).unwrap();
+                let client = client.clone();
+                async move {
+                    let resp = client.request(req).await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    resp.into_body().collect().await.unwrap();
+                }
+            })
+        });
+    }
+    group.finish();
+    rt.block_on(running.shutdown());
+}
+
+criterion_group!(benches, route_lookup, token_header, proxied_vs_direct);
+criterion_main!(benches);
