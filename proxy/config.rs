@@ -825,11 +825,6 @@ fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
-/// Names every route that injects a given token, for status output.
-pub fn routes_using<'c>(config: &'c Config, token: &str) -> Vec<&'c str> {
-    config.routes.iter().filter(|r| r.token == token).map(|r| r.name.as_str()).collect()
-}
-
 /// The token names no route uses (a warning, not an error).
 pub fn unused_tokens(config: &Config) -> Vec<&str> {
     let used: HashSet<&str> = config.routes.iter().map(|r| r.token.as_str()).collect();

@@ -106,37 +106,71 @@ fn bad_invocations_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("sidekey.toml:1: invalid TOML"));
 }
 
-/// A running `sidekey run`, its stderr collected line by line.
+/// One output stream of a child, collected line by line on a thread.
+struct Lines {
+    all: Arc<Mutex<Vec<String>>>,
+    rx: mpsc::Receiver<String>,
+}
+
+impl Lines {
+    fn collect(stream: impl std::io::Read + Send + 'static) -> Lines {
+        let all = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let a = all.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                a.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Lines { all, rx }
+    }
+
+    /// Waits (bounded) for a line containing `needle`.
+    fn wait(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line with {needle:?} within {WAIT:?}; got:\n{}", self.text()),
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        self.all.lock().unwrap().join("\n")
+    }
+}
+
+/// A running `sidekey` process, its output collected; killed on drop.
 struct Proc {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    rx: mpsc::Receiver<String>,
+    stdout: Lines,
+    stderr: Lines,
     proxy: std::net::SocketAddr,
     admin: std::net::SocketAddr,
 }
 
 impl Proc {
-    fn start(config: &std::path::Path, rust_log: &str) -> Proc {
+    fn spawn(args: &[&str], rust_log: &str) -> Proc {
         let mut child = Command::new(BIN)
-            .args(["run", "--log-format", "json", "-c"])
-            .arg(config)
+            .args(args)
             .env("RUST_LOG", rust_log)
             .stderr(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                l.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let mut p = Proc { child, lines, rx, proxy: "0.0.0.0:0".parse().unwrap(), admin: "0.0.0.0:0".parse().unwrap() };
+        let stdout = Lines::collect(child.stdout.take().unwrap());
+        let stderr = Lines::collect(child.stderr.take().unwrap());
+        let unset = "0.0.0.0:0".parse().unwrap();
+        Proc { child, stdout, stderr, proxy: unset, admin: unset }
+    }
+
+    /// `sidekey run` with JSON logs; returns once it listens.
+    fn start(config: &std::path::Path, rust_log: &str) -> Proc {
+        let mut p = Proc::spawn(&["run", "--log-format", "json", "-c", config.to_str().unwrap()], rust_log);
         let line = p.wait_line("sidekey listening");
         let j: serde_json::Value = serde_json::from_str(&line).unwrap();
         p.proxy = j["proxy"].as_str().unwrap().parse().unwrap();
@@ -146,18 +180,7 @@ impl Proc {
 
     /// Waits (bounded) for a log line containing `needle`.
     fn wait_line(&mut self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "no log line with {needle:?} within {WAIT:?}; got:\n{}",
-                    self.lines.lock().unwrap().join("\n")
-                ),
-            }
-        }
+        self.stderr.wait(needle)
     }
 
     fn signal(&self, sig: &str) {
@@ -182,7 +205,7 @@ impl Proc {
     }
 
     fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        self.stderr.text()
     }
 }
 
@@ -281,41 +304,14 @@ async fn sigterm_lets_a_request_in_flight_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_rotates_and_stops_cleanly() {
-    let mut child = Command::new(BIN)
-        .args(["demo", "--port", "0", "--admin-port", "0", "--rotate-every", "1s", "--log-format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut p = Proc::spawn(
+        &["demo", "--port", "0", "--admin-port", "0", "--rotate-every", "1s", "--log-format", "json"],
+        "info",
+    );
     // stdout: the banner with the curl lines.
-    let stdout = child.stdout.take().unwrap();
-    let (out_tx, out_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = out_tx.send(line);
-        }
-    });
-    let stderr = child.stderr.take().unwrap();
-    let (err_tx, err_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = err_tx.send(line);
-        }
-    });
-    let wait_for = |rx: &mpsc::Receiver<String>, needle: &str| -> String {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("the demo printed no line with {needle:?}"),
-            }
-        }
-    };
-    let curl = wait_for(&out_rx, "/echo/hello");
+    let curl = p.stdout.wait("/echo/hello");
     let url = curl.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_owned();
-    let dashboard = wait_for(&out_rx, "Dashboard:");
+    let dashboard = p.stdout.wait("Dashboard:");
     let admin = dashboard.split_whitespace().last().unwrap().trim_end_matches('/').to_owned();
 
     let c = client();
@@ -324,7 +320,7 @@ async fn the_demo_runs_rotates_and_stops_cleanly() {
     let auth1 = first.json()["headers"]["authorization"].as_str().unwrap().to_owned();
     assert!(auth1.starts_with("Bearer demo_"), "{auth1}");
 
-    let rotated = wait_for(&err_rx, "token rotated");
+    let rotated = p.wait_line("token rotated");
     assert!(rotated.contains("sha256:"), "rotations are logged with fingerprints: {rotated}");
     assert!(!rotated.contains(auth1.trim_start_matches("Bearer ")), "the rotation log shows a value");
     let second = get(&c, &url).await;
@@ -333,16 +329,8 @@ async fn the_demo_runs_rotates_and_stops_cleanly() {
     let tokens = get(&c, &format!("{admin}/tokens")).await.json();
     assert!(tokens[0]["generation"].as_u64().unwrap() >= 2);
 
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < deadline, "the demo did not stop on SIGINT");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    assert_eq!(status.code(), Some(0));
+    p.signal("-INT");
+    assert_eq!(p.wait_exit(), Some(0));
 }
 
 /// Peak resident memory of a process, from /proc (Linux).
