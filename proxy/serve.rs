@@ -174,6 +174,8 @@ async fn serve<F, Fut, B>(
     builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(TokioTimer::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection's task, so the ones still open when the grace period ends can be closed.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -190,12 +192,14 @@ async fn serve<F, Fut, B>(
                 let service = hyper::service::service_fn(handler.clone());
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
                     }
                 });
             }
+            // Reap finished connection tasks as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = stopped(&mut stop) => break,
         }
     }
@@ -213,4 +217,5 @@ async fn serve<F, Fut, B>(
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(grace) => tracing::warn!(listener = what, "grace period over; closing remaining connections"),
     }
+    connections.shutdown().await;
 }
