@@ -53,6 +53,7 @@ impl Admin {
                             Refreshed::Rotated { .. } => ("rotated", StatusCode::OK),
                             Refreshed::Unchanged { .. } => ("unchanged", StatusCode::OK),
                             Refreshed::Failed { .. } => ("failed", StatusCode::BAD_GATEWAY),
+                            Refreshed::Rejected { .. } => ("rejected", StatusCode::BAD_GATEWAY),
                         };
                         let mut body = token_json(&t);
                         body["result"] = json!(result);

@@ -121,7 +121,7 @@ impl Shared {
 }
 
 /// `error: cause: cause`, for logs. Upstream client errors never carry header values.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -77,6 +77,12 @@ impl Secret {
     }
 }
 
+/// `Bytes` over a buffer that is zeroized when the last clone drops: for request bodies that
+/// carry a credential (an OAuth2 client secret, say).
+pub fn zeroizing_bytes(buf: Zeroizing<Vec<u8>>) -> Bytes {
+    Bytes::from_owner(ZeroizingBytes(buf))
+}
+
 /// Owner of a rendered header's bytes: `Bytes::from_owner` drops it, and so zeroizes it, when
 /// the last `Bytes` (and so the last `HeaderValue`) referring to it goes.
 struct ZeroizingBytes(Zeroizing<Vec<u8>>);

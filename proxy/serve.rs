@@ -30,6 +30,8 @@ use crate::upstream::{build_client, UpstreamClient};
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Token(String),
     #[error("route {route}: {message}")]
     Route { route: String, message: String },
 }
@@ -46,6 +48,7 @@ pub struct Running {
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     watcher_task: Option<JoinHandle<()>>,
+    scheduler_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -59,6 +62,9 @@ impl Running {
         let _ = self.admin_task.await;
         if let Some(w) = self.watcher_task {
             let _ = w.await;
+        }
+        for t in self.scheduler_tasks {
+            let _ = t.await;
         }
         tracing::info!("stopped");
     }
@@ -75,7 +81,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let mut formats = FormatRegistry::default();
     let route_formats: Vec<usize> = config.routes.iter().map(|r| formats.register(&r.token, &r.format)).collect();
-    let tokens = Arc::new(TokenStore::new(&config, formats));
+    let tokens = Arc::new(TokenStore::new(&config, formats).map_err(StartError::Token)?);
 
     let mut clients: HashMap<(Vec<PathBuf>, Duration), UpstreamClient> = HashMap::new();
     let mut routes = Vec::with_capacity(config.routes.len());
@@ -119,6 +125,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (stop_proxy, proxy_stop_rx) = watch::channel(false);
     let (stop_admin, admin_stop_rx) = watch::channel(false);
     let watcher_task = crate::token::file::spawn_watcher(tokens.iter().cloned().collect(), admin_stop_rx.clone());
+    let scheduler_tasks = crate::token::schedule::spawn(tokens.iter().cloned().collect(), admin_stop_rx.clone());
 
     let draining = Arc::new(AtomicBool::new(false));
     let admin = Admin::new(tokens.clone(), draining.clone());
@@ -143,6 +150,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy_task,
         admin_task,
         watcher_task,
+        scheduler_tasks,
     })
 }
 

@@ -66,8 +66,15 @@ fn root_store(extra: &[PathBuf]) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
+/// The client token sources and validation use: small buffered bodies.
+pub type SourceClient = Client<Connector, http_body_util::Full<bytes::Bytes>>;
+
 /// Builds a pooled client trusting the platform roots plus `extra` CA files.
-pub fn build_client(extra: &[PathBuf], connect_timeout: Duration) -> Result<UpstreamClient, String> {
+pub fn build_client<B>(extra: &[PathBuf], connect_timeout: Duration) -> Result<Client<Connector, B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

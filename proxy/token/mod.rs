@@ -1,27 +1,36 @@
-//! Tokens: the store behind arc-swap, and the sources that fill it.
+//! Tokens: the store behind arc-swap, the sources that fill it, and the refresh schedule.
 //!
 //! Each configured token is one [`Token`]: its current value is an `ArcSwapOption` holding a
 //! [`TokenValue`] snapshot (the secret, its generation and fingerprint, and the header values
 //! every route renders from it, computed once per generation). Requests load the snapshot
-//! without locking and clone the rendered header; a rotation builds a whole new snapshot and
-//! swaps it in. The replaced snapshot, and with it the secret and the rendered bytes, is
-//! zeroized when the last request holding it finishes.
+//! without locking and clone the rendered header; a rotation fetches, validates, builds a
+//! whole new snapshot and swaps it in. The replaced snapshot, and with it the secret and the
+//! rendered bytes, is zeroized when the last request holding it finishes.
 //!
-//! Sources live one per file: [`env`] and [`file`] (with its watcher).
+//! Sources live one per file: [`env`], [`file`] (with its watcher), [`oauth2`], [`http`],
+//! [`exec`]; [`schedule`] decides when each is fetched again.
 
 pub mod env;
+pub mod exec;
+pub mod fetch;
 pub mod file;
+pub mod http;
+pub mod oauth2;
+pub mod schedule;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
+use ::http::{HeaderName, HeaderValue, Request, StatusCode, Uri};
 use arc_swap::ArcSwapOption;
-use http::HeaderValue;
+use http_body_util::Full;
 
-use crate::config::{Config, TokenConfig};
+use crate::config::{Config, RefreshConfig, SourceConfig, TokenConfig, ValidateConfig};
 use crate::secret::Secret;
+use crate::upstream::{build_client, SourceClient};
 
 /// One immutable generation of a token's value.
 pub struct TokenValue {
@@ -48,23 +57,9 @@ impl TokenValue {
 pub enum Source {
     Env(env::EnvSource),
     File(file::FileSource),
-}
-
-impl Source {
-    fn from_config(config: &TokenConfig) -> Source {
-        match config {
-            TokenConfig::Env(c) => Source::Env(env::EnvSource::new(c)),
-            TokenConfig::File(c) => Source::File(file::FileSource::new(c)),
-        }
-    }
-
-    /// Reads the value now. The error names what failed, never the value.
-    pub fn fetch(&self) -> Result<Fetched, String> {
-        match self {
-            Source::Env(s) => s.fetch(),
-            Source::File(s) => s.fetch(),
-        }
-    }
+    OAuth2(oauth2::OAuth2Source),
+    Http(http::HttpSource),
+    Exec(exec::ExecSource),
 }
 
 /// A freshly fetched value, not yet published.
@@ -82,6 +77,8 @@ pub enum Refreshed {
     Rotated { generation: u64 },
     /// The source failed; the last good value (if any) stays.
     Failed { error: String },
+    /// The fresh value failed validation; the current one stays.
+    Rejected { reason: String },
 }
 
 /// What the admin API and logs know of a token besides its value.
@@ -90,6 +87,36 @@ pub struct Status {
     pub last_error: Option<String>,
     pub last_error_at: Option<SystemTime>,
     pub last_rotation: Option<SystemTime>,
+    /// Failed or rejected refreshes since the last good one.
+    pub consecutive_failures: u32,
+    /// When the scheduler will fetch next, if it will.
+    pub next_refresh: Option<SystemTime>,
+}
+
+/// The check a fresh value passes before it is published.
+struct Validator {
+    url: Uri,
+    expect: StatusCode,
+    header: HeaderName,
+    format: String,
+    client: SourceClient,
+    timeout: Duration,
+}
+
+impl Validator {
+    async fn check(&self, secret: &Secret) -> Result<(), String> {
+        let value = secret.render_header(&self.format).map_err(|e| e.to_string())?;
+        let req = Request::get(self.url.clone())
+            .header(&self.header, value)
+            .body(Full::default())
+            .map_err(|e| e.to_string())?;
+        let (status, _) = fetch::exchange(&self.client, req, self.timeout).await?;
+        if status == self.expect {
+            Ok(())
+        } else {
+            Err(format!("validation at {} answered {status}, expected {}", self.url, self.expect))
+        }
+    }
 }
 
 /// One configured token.
@@ -97,12 +124,22 @@ pub struct Token {
     name: Arc<str>,
     kind: &'static str,
     source: Source,
+    validator: Option<Validator>,
+    refresh_config: RefreshConfig,
     current: ArcSwapOption<TokenValue>,
     /// Header formats the routes use, rendered for every new value (index = format id).
     formats: Vec<String>,
     status: Mutex<Status>,
-    /// Serializes refreshes so a timer, a file event and a forced refresh never race.
+    /// Serializes refreshes; with `attempts` and `last_outcome` it folds triggers that arrive
+    /// while a fetch runs (timer, forced refresh, file event) into that one fetch.
     refresh_lock: tokio::sync::Mutex<()>,
+    attempts: AtomicU64,
+    last_outcome: Mutex<Option<Refreshed>>,
+    /// When the scheduler should fetch next; set after every refresh.
+    next_refresh: Mutex<Option<Instant>>,
+    /// Wakes the scheduler when `next_refresh` changes.
+    schedule_changed: tokio::sync::Notify,
+    consecutive_failures: AtomicU32,
     /// Requests sent with this token (all generations).
     requests: AtomicU64,
     /// Upstream 401s answered to requests carrying this token.
@@ -118,24 +155,37 @@ impl std::fmt::Debug for Token {
 }
 
 impl Token {
-    fn new(name: &str, config: &TokenConfig, formats: Vec<String>) -> Token {
-        Token {
+    fn new(name: &str, config: &TokenConfig, formats: Vec<String>, clients: &mut ClientCache) -> Result<Token, String> {
+        let source = match &config.source {
+            SourceConfig::Env(c) => Source::Env(env::EnvSource::new(c)),
+            SourceConfig::File(c) => Source::File(file::FileSource::new(c)),
+            SourceConfig::OAuth2(c) => Source::OAuth2(oauth2::OAuth2Source::new(c, clients.get(c.ca_file.as_ref())?)?),
+            SourceConfig::Http(c) => Source::Http(http::HttpSource::new(c, clients.get(c.ca_file.as_ref())?)?),
+            SourceConfig::Exec(c) => Source::Exec(exec::ExecSource::new(c)),
+        };
+        let validator = match &config.validate {
+            Some(v) => Some(Validator::new(v, clients)?),
+            None => None,
+        };
+        Ok(Token {
             name: name.into(),
             kind: config.kind(),
-            source: Source::from_config(config),
+            source,
+            validator,
+            refresh_config: config.refresh.clone(),
             current: ArcSwapOption::empty(),
             formats,
             status: Mutex::new(Status::default()),
             refresh_lock: tokio::sync::Mutex::new(()),
+            attempts: AtomicU64::new(0),
+            last_outcome: Mutex::new(None),
+            next_refresh: Mutex::new(None),
+            schedule_changed: tokio::sync::Notify::new(),
+            consecutive_failures: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
             generation_tx: tokio::sync::watch::channel(0).0,
-        }
-    }
-
-    /// Watches the published generation (0 until a first value loads).
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.generation_tx.subscribe()
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -168,11 +218,20 @@ impl Token {
     }
 
     pub fn status(&self) -> Status {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let mut st = lock(&self.status).clone();
+        st.consecutive_failures = self.consecutive_failures.load(Ordering::Relaxed);
+        st.next_refresh =
+            lock(&self.next_refresh).map(|at| SystemTime::now() + at.saturating_duration_since(Instant::now()));
+        st
     }
 
     pub fn is_ready(&self) -> bool {
         self.current.load().as_ref().is_some_and(|v| v.is_usable(SystemTime::now()))
+    }
+
+    /// Watches the published generation (0 until a first value loads).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation_tx.subscribe()
     }
 
     pub fn count_request(&self) {
@@ -191,11 +250,27 @@ impl Token {
         self.unauthorized.load(Ordering::Relaxed)
     }
 
-    /// Fetches from the source and publishes the value if it changed. Concurrent calls are
-    /// serialized; a failure keeps the last good value and records the error.
+    /// Fetches from the source, validates and publishes the value if it changed. A call made
+    /// while another refresh runs waits for it and returns its outcome instead of fetching
+    /// again. A failure keeps the last good value and records the error.
     pub async fn refresh(&self) -> Refreshed {
+        let seen = self.attempts.load(Ordering::SeqCst);
         let _one_at_a_time = self.refresh_lock.lock().await;
+        if self.attempts.load(Ordering::SeqCst) != seen {
+            if let Some(outcome) = lock(&self.last_outcome).clone() {
+                return outcome;
+            }
+        }
+        let outcome = self.fetch_and_publish().await;
+        *lock(&self.last_outcome) = Some(outcome.clone());
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        self.reschedule(&outcome);
+        outcome
+    }
+
+    async fn fetch_and_publish(&self) -> Refreshed {
         let fetched = match &self.source {
+            Source::Env(s) => s.fetch(),
             // File reads are short, but they are blocking syscalls: keep them off the workers.
             Source::File(f) => {
                 let f = f.clone();
@@ -204,33 +279,55 @@ impl Token {
                     Err(e) => Err(format!("reader task failed: {e}")),
                 }
             }
-            other => other.fetch(),
+            Source::OAuth2(s) => s.fetch().await,
+            Source::Http(s) => s.fetch().await,
+            Source::Exec(s) => s.fetch(&self.name).await,
         };
-        match fetched {
-            Ok(f) => self.publish(f),
-            Err(error) => self.fail(error),
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(error) => return self.fail(error),
+        };
+        if let Some(prev) = self.current.load().as_ref() {
+            if prev.secret == fetched.secret && prev.expires_at == fetched.expires_at {
+                lock(&self.status).last_error = None;
+                return Refreshed::Unchanged { generation: prev.generation };
+            }
         }
+        if let Some(v) = &self.validator {
+            if let Err(reason) = v.check(&fetched.secret).await {
+                return self.reject(reason);
+            }
+        }
+        self.publish(fetched)
     }
 
     fn fail(&self, error: String) -> Refreshed {
         tracing::warn!(token = %self.name, error = %error, "token refresh failed; keeping the last good value");
-        metrics::counter!("sidekey_token_rotations_total", "token" => self.name.to_string(), "result" => "failure")
-            .increment(1);
-        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        st.last_error = Some(error.clone());
-        st.last_error_at = Some(SystemTime::now());
+        self.count_rotation("failure");
+        self.record_error(&error);
         Refreshed::Failed { error }
     }
 
-    /// Publishes a fetched value as the next generation, unless it equals the current one.
-    pub fn publish(&self, fetched: Fetched) -> Refreshed {
-        let previous = self.current.load_full();
-        if let Some(prev) = &previous {
-            if prev.secret == fetched.secret && prev.expires_at == fetched.expires_at {
-                self.status.lock().unwrap_or_else(|e| e.into_inner()).last_error = None;
-                return Refreshed::Unchanged { generation: prev.generation };
-            }
-        }
+    fn reject(&self, reason: String) -> Refreshed {
+        tracing::warn!(token = %self.name, reason = %reason, "fresh token rejected by validation; keeping the current one");
+        self.count_rotation("rejected");
+        self.record_error(&format!("rejected: {reason}"));
+        Refreshed::Rejected { reason }
+    }
+
+    fn record_error(&self, error: &str) {
+        let mut st = lock(&self.status);
+        st.last_error = Some(error.to_owned());
+        st.last_error_at = Some(SystemTime::now());
+    }
+
+    fn count_rotation(&self, result: &'static str) {
+        metrics::counter!("sidekey_token_rotations_total", "token" => self.name.to_string(), "result" => result)
+            .increment(1);
+    }
+
+    /// Publishes a fetched value as the next generation.
+    fn publish(&self, fetched: Fetched) -> Refreshed {
         let mut headers = Vec::with_capacity(self.formats.len());
         for format in &self.formats {
             match fetched.secret.render_header(format) {
@@ -238,6 +335,7 @@ impl Token {
                 Err(e) => return self.fail(e.to_string()),
             }
         }
+        let previous = self.current.load_full();
         let generation = previous.as_ref().map_or(1, |p| p.generation + 1);
         let now = SystemTime::now();
         let value = TokenValue {
@@ -253,7 +351,7 @@ impl Token {
         self.current.store(Some(Arc::new(value)));
         self.generation_tx.send_replace(generation);
         {
-            let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = lock(&self.status);
             st.last_error = None;
             if previous.is_some() {
                 st.last_rotation = Some(now);
@@ -267,8 +365,7 @@ impl Token {
         }
         match previous {
             Some(prev) => {
-                metrics::counter!("sidekey_token_rotations_total", "token" => name.clone(), "result" => "success")
-                    .increment(1);
+                self.count_rotation("success");
                 metrics::gauge!("sidekey_token_last_rotation_timestamp_seconds", "token" => name)
                     .set(unix_seconds(now));
                 tracing::info!(token = %self.name, generation, fingerprint = %fingerprint, previous = %prev.fingerprint, "token rotated");
@@ -277,11 +374,83 @@ impl Token {
         }
         Refreshed::Rotated { generation }
     }
+
+    /// Sets when the scheduler fetches next, after a refresh with this outcome.
+    fn reschedule(&self, outcome: &Refreshed) {
+        let name = self.name.to_string();
+        let delay = match outcome {
+            Refreshed::Rotated { .. } | Refreshed::Unchanged { .. } => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                metrics::gauge!("sidekey_token_refresh_backoff_seconds", "token" => name.clone()).set(0.0);
+                let current = self.current.load();
+                schedule::after_success(&self.refresh_config, current.as_ref().map(|v| (v.loaded_at, v.expires_at)))
+            }
+            Refreshed::Failed { .. } | Refreshed::Rejected { .. } => {
+                let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let backoff = schedule::backoff(failures);
+                metrics::gauge!("sidekey_token_refresh_backoff_seconds", "token" => name.clone())
+                    .set(backoff.as_secs_f64());
+                Some(backoff)
+            }
+        };
+        metrics::gauge!("sidekey_token_refresh_failures", "token" => name.clone())
+            .set(self.consecutive_failures.load(Ordering::Relaxed) as f64);
+        let next = delay.map(|d| Instant::now() + d);
+        if let Some(d) = delay {
+            metrics::gauge!("sidekey_token_next_refresh_timestamp_seconds", "token" => name)
+                .set(unix_seconds(SystemTime::now() + d));
+        }
+        *lock(&self.next_refresh) = next;
+        self.schedule_changed.notify_one();
+    }
+
+    /// Whether the scheduler drives this token (file tokens follow their file instead).
+    fn is_scheduled(&self) -> bool {
+        !matches!(self.source, Source::File(_))
+    }
+}
+
+impl Validator {
+    fn new(v: &ValidateConfig, clients: &mut ClientCache) -> Result<Validator, String> {
+        Ok(Validator {
+            url: v.url.parse().map_err(|e| format!("validate.url: {e}"))?,
+            expect: StatusCode::from_u16(v.expect).map_err(|e| e.to_string())?,
+            header: HeaderName::from_bytes(v.header.as_bytes()).map_err(|e| e.to_string())?,
+            format: v.format.clone(),
+            client: clients.get(v.ca_file.as_ref())?,
+            timeout: v.timeout,
+        })
+    }
+}
+
+/// Locks a status mutex; a poisoned one (a panic elsewhere) still holds usable data.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Seconds since the Unix epoch, for timestamp gauges.
 pub fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Clients for the network sources, one per extra CA file.
+struct ClientCache {
+    global_ca: Option<PathBuf>,
+    connect_timeout: Duration,
+    clients: HashMap<Option<PathBuf>, SourceClient>,
+}
+
+impl ClientCache {
+    fn get(&mut self, ca_file: Option<&PathBuf>) -> Result<SourceClient, String> {
+        let key = ca_file.cloned();
+        if let Some(c) = self.clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let files: Vec<PathBuf> = self.global_ca.iter().chain(ca_file).cloned().collect();
+        let c = build_client(&files, self.connect_timeout)?;
+        self.clients.insert(key, c.clone());
+        Ok(c)
+    }
 }
 
 /// Every configured token, by name and by index.
@@ -313,17 +482,23 @@ impl FormatRegistry {
 
 impl TokenStore {
     /// Builds the tokens of a validated config. No value is loaded yet: see [`TokenStore::load_all`].
-    pub fn new(config: &Config, mut formats: FormatRegistry) -> TokenStore {
+    pub fn new(config: &Config, mut formats: FormatRegistry) -> Result<TokenStore, String> {
+        let mut clients = ClientCache {
+            global_ca: config.upstream.ca_file.clone(),
+            connect_timeout: config.upstream.connect_timeout,
+            clients: HashMap::new(),
+        };
         let mut tokens = Vec::new();
         let mut by_name = HashMap::new();
         for (name, tc) in &config.tokens {
             let f = formats.formats.remove(name).unwrap_or_default();
+            let token = Token::new(name, tc, f, &mut clients).map_err(|e| format!("token {name}: {e}"))?;
             by_name.insert(name.clone(), tokens.len());
-            tokens.push(Arc::new(Token::new(name, tc, f)));
+            tokens.push(Arc::new(token));
             metrics::gauge!("sidekey_token_ready", "token" => name.clone()).set(0.0);
             metrics::gauge!("sidekey_token_generation", "token" => name.clone()).set(0.0);
         }
-        TokenStore { tokens, by_name }
+        Ok(TokenStore { tokens, by_name })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Token>> {

@@ -130,6 +130,14 @@ impl Upstream {
         self.seen.lock().unwrap().clone()
     }
 
+    /// The request the upstream saw at `path` (path and query).
+    pub fn find(&self, path: &str) -> Seen {
+        self.seen()
+            .into_iter()
+            .find(|s| s.path == path)
+            .unwrap_or_else(|| panic!("the upstream saw no request for {path}"))
+    }
+
     pub fn last(&self) -> Seen {
         self.seen().pop().expect("the upstream saw no request")
     }

@@ -1,0 +1,59 @@
+//! The HTTP exchange the network sources and validation share: one request, a bounded
+//! wait, a bounded body.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+
+use crate::upstream::SourceClient;
+
+/// Responses from token endpoints and secret stores are small; anything larger is refused.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Sends `req` and reads the whole answer within `timeout`. Errors name the URL and the
+/// cause, never a header or body of the request.
+pub async fn exchange(
+    client: &SourceClient,
+    req: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), String> {
+    let url = req.uri().clone();
+    let work = async {
+        let resp = client.request(req).await.map_err(|e| format!("{url}: {}", crate::proxy::error_chain(&e)))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("{url}: reading the answer failed: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("{url}: no answer within {}", humantime::format_duration(timeout))),
+    }
+}
+
+/// A short, printable excerpt of a server's error text for an error message.
+pub fn excerpt(s: &str) -> String {
+    let clean: String = s.chars().filter(|c| !c.is_control()).take(200).collect();
+    clean
+}
+
+/// Parses an expiry given as seconds from now (a number) or an RFC 3339 time (a string).
+pub fn parse_expiry(v: &serde_json::Value, now: SystemTime) -> Result<SystemTime, String> {
+    match v {
+        serde_json::Value::Number(n) => {
+            let secs = n.as_f64().filter(|s| *s >= 0.0 && s.is_finite()).ok_or("expiry is not a positive number")?;
+            Ok(now + Duration::from_secs_f64(secs))
+        }
+        serde_json::Value::String(s) => match s.parse::<f64>() {
+            Ok(secs) if secs >= 0.0 && secs.is_finite() => Ok(now + Duration::from_secs_f64(secs)),
+            _ => humantime::parse_rfc3339_weak(s)
+                .map_err(|e| format!("expiry {s:?} is neither seconds nor an RFC 3339 time: {e}")),
+        },
+        _ => Err("expiry is neither a number of seconds nor an RFC 3339 time".into()),
+    }
+}

@@ -1,0 +1,164 @@
+//! `source = "oauth2"`: the client-credentials grant (RFC 6749 section 4.4).
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use http::{header, HeaderValue, Request, Uri};
+use http_body_util::Full;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::config::{self, ClientAuth, SecretRef};
+use crate::secret::{zeroizing_bytes, Secret};
+use crate::upstream::SourceClient;
+
+use super::fetch::{excerpt, exchange};
+use super::Fetched;
+
+pub struct OAuth2Source {
+    token_url: Uri,
+    client_id: String,
+    client_secret: SecretRef,
+    auth_method: ClientAuth,
+    /// Form parameters besides the credentials: grant_type, scope, audience, extras.
+    params: Vec<(String, String)>,
+    client: SourceClient,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for OAuth2Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth2Source")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts of a token response sidekey reads.
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+}
+
+/// An error response (RFC 6749 section 5.2).
+#[derive(Deserialize)]
+struct ErrorResponse {
+    error: String,
+    #[serde(default)]
+    error_description: Option<String>,
+}
+
+impl OAuth2Source {
+    pub fn new(c: &config::OAuth2Source, client: SourceClient) -> Result<OAuth2Source, String> {
+        let mut params = vec![("grant_type".to_owned(), "client_credentials".to_owned())];
+        if let Some(s) = &c.scope {
+            params.push(("scope".into(), s.clone()));
+        }
+        if let Some(a) = &c.audience {
+            params.push(("audience".into(), a.clone()));
+        }
+        params.extend(c.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(OAuth2Source {
+            token_url: c.token_url.parse().map_err(|e| format!("token_url: {e}"))?,
+            client_id: c.client_id.clone(),
+            client_secret: c.client_secret.clone(),
+            auth_method: c.auth_method,
+            params,
+            client,
+            timeout: c.timeout,
+        })
+    }
+
+    pub async fn fetch(&self) -> Result<Fetched, String> {
+        // Read on every fetch, so a rotated client secret is picked up.
+        let secret = self.client_secret.read().map_err(|e| format!("client_secret: {e}"))?;
+        let mut form = Form::with_capacity(
+            self.params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                + self.client_id.len()
+                + secret.expose().len(),
+        );
+        for (k, v) in &self.params {
+            form.append(k, v);
+        }
+        let mut req = Request::post(self.token_url.clone())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json");
+        match self.auth_method {
+            ClientAuth::ClientSecretBasic => {
+                // RFC 6749 2.3.1: both parts form-encoded before base64.
+                let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let pair = Zeroizing::new(format!("{}:{}", enc(&self.client_id), enc(secret.expose())));
+                let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
+                let mut value = HeaderValue::from_maybe_shared(zeroizing_bytes(Zeroizing::new(
+                    format!("Basic {}", b64.as_str()).into_bytes(),
+                )))
+                .map_err(|_| "client credentials are not valid in a header".to_owned())?;
+                value.set_sensitive(true);
+                req = req.header(header::AUTHORIZATION, value);
+            }
+            ClientAuth::ClientSecretPost => {
+                form.append("client_id", &self.client_id);
+                form.append("client_secret", secret.expose());
+            }
+        }
+        let body = zeroizing_bytes(form.into_bytes());
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let now = SystemTime::now();
+        let (status, bytes) = exchange(&self.client, req, self.timeout).await?;
+        if !status.is_success() {
+            let detail = match serde_json::from_slice::<ErrorResponse>(&bytes) {
+                Ok(e) => match e.error_description {
+                    Some(d) => format!("{}: {}", excerpt(&e.error), excerpt(&d)),
+                    None => excerpt(&e.error),
+                },
+                Err(_) => "no OAuth2 error in the answer".to_owned(),
+            };
+            return Err(format!("token endpoint {} answered {status}: {detail}", self.token_url));
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| {
+            format!("token endpoint {} answered without a usable access_token: {}", self.token_url, redact_serde(&e))
+        })?;
+        let expires_at = match &parsed.expires_in {
+            Some(v) => Some(super::fetch::parse_expiry(v, now).map_err(|e| format!("expires_in: {e}"))?),
+            None => None,
+        };
+        Ok(Fetched { secret: Secret::new(parsed.access_token), expires_at })
+    }
+}
+
+/// An `application/x-www-form-urlencoded` body in a zeroizing buffer, sized up front so it
+/// never reallocates (a reallocation would leave a copy of the client secret behind).
+struct Form(Zeroizing<Vec<u8>>);
+
+impl Form {
+    fn with_capacity(raw_len: usize) -> Form {
+        // Percent-encoding at most triples a byte; names, `=` and `&` fit in the slack.
+        Form(Zeroizing::new(Vec::with_capacity(raw_len * 3 + 256)))
+    }
+
+    fn append(&mut self, key: &str, value: &str) {
+        if !self.0.is_empty() {
+            self.0.push(b'&');
+        }
+        for part in url::form_urlencoded::byte_serialize(key.as_bytes()) {
+            self.0.extend_from_slice(part.as_bytes());
+        }
+        self.0.push(b'=');
+        for part in url::form_urlencoded::byte_serialize(value.as_bytes()) {
+            self.0.extend_from_slice(part.as_bytes());
+        }
+    }
+
+    fn into_bytes(self) -> Zeroizing<Vec<u8>> {
+        self.0
+    }
+}
+
+/// A serde_json error without the input it quotes (which could be a token).
+pub fn redact_serde(e: &serde_json::Error) -> String {
+    format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
+}
