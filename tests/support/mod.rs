@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -58,11 +60,14 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     release_tx: watch::Sender<bool>,
     pub held: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
+    /// `Authorization` values `/validate` accepts (others get 401).
+    allowed: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 #[derive(Clone)]
 struct UpstreamState {
     seen: Arc<Mutex<Vec<Seen>>>,
+    allowed: Arc<Mutex<std::collections::HashSet<String>>>,
     release: watch::Receiver<bool>,
     held: mpsc::UnboundedSender<()>,
 }
@@ -87,7 +92,8 @@ impl Upstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (release_tx, release) = watch::channel(false);
         let (held_tx, held_rx) = mpsc::unbounded_channel();
-        let state = UpstreamState { seen: seen.clone(), release, held: held_tx };
+        let allowed = Arc::new(Mutex::new(std::collections::HashSet::new()));
+        let state = UpstreamState { seen: seen.clone(), allowed: allowed.clone(), release, held: held_tx };
         let conns = connections.clone();
         tokio::spawn(async move {
             loop {
@@ -113,7 +119,12 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, url, connections, seen, release_tx, held: tokio::sync::Mutex::new(held_rx) }
+        Upstream { addr, url, connections, seen, release_tx, held: tokio::sync::Mutex::new(held_rx), allowed }
+    }
+
+    /// Makes `/validate` accept this `Authorization` value.
+    pub fn allow(&self, authorization: &str) {
+        self.allowed.lock().unwrap().insert(authorization.to_owned());
     }
 
     /// Lets every `/hold` request answer.
@@ -174,6 +185,16 @@ async fn upstream_handle(state: UpstreamState, req: Request<Incoming>) -> Respon
         let _ = state.held.send(());
         let mut release = state.release.clone();
         let _ = release.wait_for(|r| *r).await;
+    }
+    if path.starts_with("/validate") {
+        let ok = seen
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| state.allowed.lock().unwrap().contains(v));
+        let mut r = Response::new(Full::new(Bytes::from_static(b"validate\n")));
+        *r.status_mut() = if ok { StatusCode::OK } else { StatusCode::UNAUTHORIZED };
+        return r;
     }
     if path.starts_with("/never") {
         std::future::pending::<()>().await;

