@@ -3,7 +3,7 @@
 //! Nothing here ever renders a token value: only names, states, generations and
 //! fingerprints.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -13,21 +13,20 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::token::{Refreshed, Token, TokenStore};
+use crate::serve::Live;
+use crate::token::{Refreshed, Token};
 
 /// The admin service: cheap to clone, one per connection.
 #[derive(Clone)]
 pub struct Admin {
-    tokens: Arc<TokenStore>,
-    /// Set at shutdown so `/readyz` turns 503 while connections drain.
-    draining: Arc<AtomicBool>,
+    live: Arc<Live>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
 
 impl Admin {
-    pub fn new(tokens: Arc<TokenStore>, draining: Arc<AtomicBool>) -> Admin {
-        Admin { tokens, draining }
+    pub fn new(live: Arc<Live>) -> Admin {
+        Admin { live }
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> AdminResponse {
@@ -39,13 +38,13 @@ impl Admin {
                 text(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::install().render())
             }
             (&Method::GET | &Method::HEAD, "/tokens") => {
-                let list: Vec<Value> = self.tokens.iter().map(|t| token_json(t)).collect();
+                let list: Vec<Value> = self.live.tokens().iter().map(|t| token_json(t)).collect();
                 json_body(StatusCode::OK, &Value::Array(list))
             }
             (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, "text/html; charset=utf-8", self.dashboard()),
             (&Method::POST, p) if p.starts_with("/tokens/") && p.ends_with("/refresh") => {
                 let name = &p["/tokens/".len()..p.len() - "/refresh".len()];
-                match self.tokens.get(name) {
+                match self.live.tokens().get(name) {
                     Some(t) => {
                         let t = t.clone();
                         let outcome = t.refresh().await;
@@ -73,8 +72,9 @@ impl Admin {
     }
 
     fn readyz(&self) -> AdminResponse {
-        let draining = self.draining.load(Ordering::SeqCst);
-        let not_ready = self.tokens.not_ready();
+        let draining = self.live.draining.load(Ordering::SeqCst);
+        let tokens = self.live.tokens();
+        let not_ready = tokens.not_ready();
         if draining || !not_ready.is_empty() {
             json_body(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -88,7 +88,7 @@ impl Admin {
     /// A plain HTML page of the token table, refreshing itself; no outside assets.
     fn dashboard(&self) -> String {
         let mut rows = String::new();
-        for t in self.tokens.iter() {
+        for t in self.live.tokens().iter() {
             let j = token_json(t);
             let cell = |k: &str| match &j[k] {
                 Value::Null => "-".to_owned(),

@@ -29,7 +29,7 @@ pub struct Config {
 }
 
 /// `[listen]`: where the data plane and the admin API listen.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Listen {
     #[serde(default = "default_proxy_addr")]
     pub proxy: SocketAddr,
@@ -52,7 +52,7 @@ fn default_admin_addr() -> SocketAddr {
 }
 
 /// `[upstream]`: defaults for every route's upstream connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct UpstreamDefaults {
     /// TCP + TLS handshake budget.
     #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
@@ -129,7 +129,7 @@ fn default_format() -> String {
 }
 
 /// A `[tokens.NAME]` entry: where the value comes from, and how it is refreshed and checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TokenConfig {
     pub source: SourceConfig,
     pub refresh: RefreshConfig,
@@ -138,7 +138,7 @@ pub struct TokenConfig {
 }
 
 /// The `source` of a token and its own keys.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SourceConfig {
     Env(EnvSource),
     File(FileSource),
@@ -161,13 +161,13 @@ impl TokenConfig {
 }
 
 /// `source = "env"`: the value of an environment variable of sidekey's process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct EnvSource {
     pub var: String,
 }
 
 /// `source = "file"`: a file's content, one trailing newline trimmed; watched for changes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct FileSource {
     pub path: PathBuf,
 }
@@ -184,7 +184,7 @@ pub enum ClientAuth {
 }
 
 /// `source = "oauth2"`: the client-credentials grant.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct OAuth2Source {
     pub token_url: String,
     pub client_id: String,
@@ -206,7 +206,7 @@ pub struct OAuth2Source {
 }
 
 /// `source = "http"`: a JSON endpoint (Vault KV v2 and the like).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct HttpSource {
     pub url: String,
     /// Request headers; their values are secret references.
@@ -224,7 +224,7 @@ pub struct HttpSource {
 }
 
 /// `source = "exec"`: a command's stdout (argv, no shell).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ExecSource {
     pub command: Vec<String>,
     #[serde(default = "default_source_timeout", deserialize_with = "de_duration")]
@@ -288,7 +288,7 @@ impl<'de> Deserialize<'de> for RefreshBefore {
 }
 
 /// `validate = { url, expect, header, format }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ValidateConfig {
     pub url: String,
     #[serde(default = "default_expect")]

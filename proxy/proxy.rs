@@ -5,6 +5,8 @@
 //! else (header rendering, metric handles, clients) was prepared at start or at rotation.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName};
@@ -33,28 +35,42 @@ pub struct Route {
     pub metrics: RouteMetrics,
 }
 
-/// The proxy service: cheap to clone, one per connection.
+/// The proxy service: cheap to clone, one per connection. Its routes are swapped whole on a
+/// config reload; a request keeps the set it started with.
 #[derive(Clone)]
 pub struct Proxy {
-    shared: Arc<Shared>,
+    routes: Arc<ArcSwap<RouteSet>>,
 }
 
-struct Shared {
+/// Every route of one config, and the table that finds them.
+pub struct RouteSet {
     routes: Vec<Route>,
     table: RouteTable,
     /// Metrics for requests that matched no route.
     unmatched: RouteMetrics,
 }
 
+impl RouteSet {
+    pub fn new(routes: Vec<Route>, table: RouteTable) -> RouteSet {
+        RouteSet { routes, table, unmatched: RouteMetrics::new("unmatched", None) }
+    }
+}
+
 impl Proxy {
-    pub fn new(routes: Vec<Route>, table: RouteTable) -> Proxy {
-        Proxy { shared: Arc::new(Shared { routes, table, unmatched: RouteMetrics::new("unmatched", None) }) }
+    pub fn new(routes: RouteSet) -> Proxy {
+        Proxy { routes: Arc::new(ArcSwap::from_pointee(routes)) }
+    }
+
+    /// Replaces every route at once (a config reload).
+    pub fn swap_routes(&self, routes: RouteSet) {
+        self.routes.store(Arc::new(routes));
     }
 
     /// Serves one request. Never fails: every error is an HTTP answer.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let start = Instant::now();
-        let shared = &*self.shared;
+        let shared = self.routes.load_full();
+        let shared = &*shared;
         let (route, result) = shared.forward(req).await;
         let response = result.unwrap_or_else(ProxyError::into_response);
         let status = response.status().as_u16();
@@ -72,7 +88,7 @@ impl Proxy {
     }
 }
 
-impl Shared {
+impl RouteSet {
     async fn forward(&self, req: Request<Incoming>) -> (Option<&Route>, Result<Response<ProxyBody>, ProxyError>) {
         if req.method() == Method::CONNECT {
             return (None, Err(ProxyError::ConnectRefused));

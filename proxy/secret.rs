@@ -38,6 +38,12 @@ impl Secret {
         }
     }
 
+    /// A second, independent copy (it zeroizes on its own drop). Used only to re-render a
+    /// current value for a reloaded config; ordinary code moves secrets, never copies them.
+    pub fn duplicate(&self) -> Secret {
+        Secret::new(self.0.as_str().to_owned())
+    }
+
     /// The value itself. Call sites are few and reviewed: rendering, hashing.
     pub fn expose(&self) -> &str {
         &self.0

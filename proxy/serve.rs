@@ -6,7 +6,9 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -20,9 +22,9 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
-use crate::proxy::{Proxy, Route};
+use crate::proxy::{Proxy, Route, RouteSet};
 use crate::route::{RouteTable, Target};
-use crate::token::{FormatRegistry, TokenStore};
+use crate::token::{FormatRegistry, Token, TokenStore};
 use crate::upstream::{build_client, UpstreamClient};
 
 /// Why sidekey could not start with a valid config.
@@ -36,56 +38,178 @@ pub enum StartError {
     Route { route: String, message: String },
 }
 
-/// A running sidekey: its addresses, its tokens, and the way to stop it.
+/// A running sidekey: its addresses, its tokens, and the ways to reload and stop it.
 pub struct Running {
     pub proxy_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub tokens: Arc<TokenStore>,
-    grace: Duration,
-    draining: Arc<AtomicBool>,
+    live: Arc<Live>,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
-    watcher_task: Option<JoinHandle<()>>,
-    scheduler_tasks: Vec<JoinHandle<()>>,
+}
+
+/// What a reload replaces, shared by the proxy, the admin API and `Running`.
+pub struct Live {
+    proxy: Proxy,
+    tokens: ArcSwap<TokenStore>,
+    /// Upstream clients by (CA files, connect timeout), kept across reloads so unchanged
+    /// routes keep their pooled connections.
+    clients: Mutex<HashMap<(Vec<PathBuf>, Duration), UpstreamClient>>,
+    /// The config in force.
+    config: Mutex<Config>,
+    /// The file watcher and refresh schedulers of the current token set.
+    background: tokio::sync::Mutex<Background>,
+    /// Serializes reloads.
+    reloading: tokio::sync::Mutex<()>,
+    /// Set at shutdown so `/readyz` turns 503 while connections drain.
+    pub draining: AtomicBool,
+}
+
+impl Live {
+    /// The token set in force.
+    pub fn tokens(&self) -> Arc<TokenStore> {
+        self.tokens.load_full()
+    }
+}
+
+/// Background tasks of one token set, stopped together.
+struct Background {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    fn spawn(tokens: &TokenStore) -> Background {
+        let (stop, rx) = watch::channel(false);
+        let mut tasks = crate::token::schedule::spawn(tokens.iter().cloned().collect(), rx.clone());
+        tasks.extend(crate::token::file::spawn_watcher(tokens.iter().cloned().collect(), rx));
+        Background { stop, tasks }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub routes: usize,
+    /// Tokens kept with their values and schedules.
+    pub tokens_kept: Vec<String>,
+    /// Tokens new or redefined, loaded afresh.
+    pub tokens_loaded: Vec<String>,
+    pub tokens_removed: Vec<String>,
 }
 
 impl Running {
-    /// Graceful shutdown: readiness turns 503, the proxy stops accepting, in-flight requests
-    /// get up to the grace period to finish, then the admin listener closes too.
-    pub async fn shutdown(self) {
-        self.draining.store(true, Ordering::SeqCst);
-        let _ = self.stop_proxy.send(true);
-        let _ = self.proxy_task.await;
-        let _ = self.stop_admin.send(true);
-        let _ = self.admin_task.await;
-        if let Some(w) = self.watcher_task {
-            let _ = w.await;
-        }
-        for t in self.scheduler_tasks {
-            let _ = t.await;
-        }
-        tracing::info!("stopped");
+    /// The token set in force.
+    pub fn tokens(&self) -> Arc<TokenStore> {
+        self.live.tokens()
     }
 
     /// The configured grace period.
     pub fn grace(&self) -> Duration {
-        self.grace
+        lock(&self.live.config).shutdown.grace
+    }
+
+    /// Swaps in a new, validated config: routes and token definitions change at once, tokens
+    /// whose definition is unchanged keep their values and schedules, listeners and open
+    /// connections stay. New tokens are loaded before the swap, so their routes do not answer
+    /// 503 for the want of a first fetch.
+    pub async fn reload(&self, config: Config) -> Result<ReloadSummary, StartError> {
+        let _one_at_a_time = self.live.reloading.lock().await;
+        {
+            let old = lock(&self.live.config);
+            if old.listen != config.listen {
+                tracing::warn!("listen addresses change only on restart; keeping the current ones");
+            }
+        }
+        let previous = self.live.tokens.load_full();
+        let (tokens, fresh) = build_tokens(&config, Some(&previous))?;
+        TokenStore::load(&fresh).await;
+        let routes = build_routes(&config, &tokens, &self.live.clients)?;
+        let summary = ReloadSummary {
+            routes: config.routes.len(),
+            tokens_kept: tokens
+                .iter()
+                .filter(|t| !fresh.iter().any(|f| Arc::ptr_eq(f, t)))
+                .map(|t| t.name().to_owned())
+                .collect(),
+            tokens_loaded: fresh.iter().map(|t| t.name().to_owned()).collect(),
+            tokens_removed: previous
+                .iter()
+                .filter(|t| tokens.get(t.name()).is_none())
+                .map(|t| t.name().to_owned())
+                .collect(),
+        };
+        let tokens = Arc::new(tokens);
+        self.live.proxy.swap_routes(routes);
+        self.live.tokens.store(tokens.clone());
+        {
+            let mut bg = self.live.background.lock().await;
+            let old = std::mem::replace(&mut *bg, Background::spawn(&tokens));
+            old.stop().await;
+        }
+        *lock(&self.live.config) = config;
+        tracing::info!(
+            routes = summary.routes,
+            kept = ?summary.tokens_kept,
+            loaded = ?summary.tokens_loaded,
+            removed = ?summary.tokens_removed,
+            "config reloaded"
+        );
+        Ok(summary)
+    }
+
+    /// Graceful shutdown: readiness turns 503, the proxy stops accepting, in-flight requests
+    /// get up to the grace period to finish, then the admin listener closes too.
+    pub async fn shutdown(self) {
+        self.live.draining.store(true, Ordering::SeqCst);
+        let _ = self.stop_proxy.send(true);
+        let _ = self.proxy_task.await;
+        let _ = self.stop_admin.send(true);
+        let _ = self.admin_task.await;
+        let bg = std::mem::replace(
+            &mut *self.live.background.lock().await,
+            Background { stop: watch::channel(false).0, tasks: Vec::new() },
+        );
+        bg.stop().await;
+        tracing::info!("stopped");
     }
 }
 
-/// Builds everything from a validated config, loads every token once, and starts serving.
-pub async fn start(config: Config) -> Result<Running, StartError> {
-    crate::metrics::install();
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
+fn build_tokens(config: &Config, previous: Option<&TokenStore>) -> Result<(TokenStore, Vec<Arc<Token>>), StartError> {
     let mut formats = FormatRegistry::default();
-    let route_formats: Vec<usize> = config.routes.iter().map(|r| formats.register(&r.token, &r.format)).collect();
-    let tokens = Arc::new(TokenStore::new(&config, formats).map_err(StartError::Token)?);
+    for r in &config.routes {
+        formats.register(&r.token, &r.format);
+    }
+    match previous {
+        Some(p) => TokenStore::rebuild(config, formats, p),
+        None => TokenStore::new(config, formats).map(|s| {
+            let all = s.iter().cloned().collect();
+            (s, all)
+        }),
+    }
+    .map_err(StartError::Token)
+}
 
-    let mut clients: HashMap<(Vec<PathBuf>, Duration), UpstreamClient> = HashMap::new();
+fn build_routes(
+    config: &Config,
+    tokens: &TokenStore,
+    clients: &Mutex<HashMap<(Vec<PathBuf>, Duration), UpstreamClient>>,
+) -> Result<RouteSet, StartError> {
+    let mut clients = lock(clients);
     let mut routes = Vec::with_capacity(config.routes.len());
-    for (rc, format) in config.routes.iter().zip(route_formats) {
+    for rc in &config.routes {
         let err = |message: String| StartError::Route { route: rc.name.clone(), message };
         let ca_files: Vec<PathBuf> = config.upstream.ca_file.iter().chain(rc.ca_file.iter()).cloned().collect();
         let connect_timeout = rc.connect_timeout.unwrap_or(config.upstream.connect_timeout);
@@ -98,6 +222,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             }
         };
         let token = tokens.get(&rc.token).cloned().ok_or_else(|| err(format!("token {} is not defined", rc.token)))?;
+        let format =
+            token.format_index(&rc.format).ok_or_else(|| err("format not registered with its token".into()))?;
         routes.push(Route {
             name: rc.name.as_str().into(),
             target: Target::parse(&rc.upstream).map_err(err)?,
@@ -110,7 +236,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         });
     }
     let table = RouteTable::new(config.routes.iter().map(|r| (r.host.as_deref(), r.prefix.as_deref())));
-    let proxy = Proxy::new(routes, table);
+    Ok(RouteSet::new(routes, table))
+}
+
+/// Builds everything from a validated config, loads every token once, and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    crate::metrics::install();
+    let (tokens, _) = build_tokens(&config, None)?;
+    let clients = Mutex::new(HashMap::new());
+    let routes = build_routes(&config, &tokens, &clients)?;
 
     let proxy_listener = bind("proxy", config.listen.proxy).await?;
     let admin_listener = bind("admin", config.listen.admin).await?;
@@ -121,15 +255,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     for name in tokens.not_ready() {
         tracing::warn!(token = name, "token has no value yet; its routes answer 503 until one arrives");
     }
+    let background = Background::spawn(&tokens);
+    let (route_count, token_count, grace) = (config.routes.len(), config.tokens.len(), config.shutdown.grace);
+    let live = Arc::new(Live {
+        proxy: Proxy::new(routes),
+        tokens: ArcSwap::from_pointee(tokens),
+        clients,
+        config: Mutex::new(config),
+        background: tokio::sync::Mutex::new(background),
+        reloading: tokio::sync::Mutex::new(()),
+        draining: AtomicBool::new(false),
+    });
 
     let (stop_proxy, proxy_stop_rx) = watch::channel(false);
     let (stop_admin, admin_stop_rx) = watch::channel(false);
-    let watcher_task = crate::token::file::spawn_watcher(tokens.iter().cloned().collect(), admin_stop_rx.clone());
-    let scheduler_tasks = crate::token::schedule::spawn(tokens.iter().cloned().collect(), admin_stop_rx.clone());
-
-    let draining = Arc::new(AtomicBool::new(false));
-    let admin = Admin::new(tokens.clone(), draining.clone());
-    let grace = config.shutdown.grace;
+    let admin = Admin::new(live.clone());
+    let proxy = live.proxy.clone();
     let proxy_task = tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, move |req| {
         let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req).await) }
@@ -138,20 +279,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let admin = admin.clone();
         async move { Ok::<_, Infallible>(admin.handle(req).await) }
     }));
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, routes = config.routes.len(), tokens = config.tokens.len(), "sidekey listening");
-    Ok(Running {
-        proxy_addr,
-        admin_addr,
-        tokens,
-        grace,
-        draining,
-        stop_proxy,
-        stop_admin,
-        proxy_task,
-        admin_task,
-        watcher_task,
-        scheduler_tasks,
-    })
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, routes = route_count, tokens = token_count, "sidekey listening");
+    Ok(Running { proxy_addr, admin_addr, live, stop_proxy, stop_admin, proxy_task, admin_task })
 }
 
 /// Resolves once the watch value turns true (or its sender is gone).

@@ -130,7 +130,7 @@ async fn the_endpoint_down_keeps_the_last_token_until_it_expires_then_recovers()
     let sk = start_proxy(&config).await;
     let c = client();
     let admin = format!("http://{}", sk.admin_addr);
-    let first = sk.tokens.get("t").unwrap().current().expect("loaded");
+    let first = sk.tokens().get("t").unwrap().current().expect("loaded");
     let expires_at = first.expires_at.expect("the provider gives expires_in");
     let token1 = bearer_seen(&c, &sk, &up, "r", "before").await;
 
@@ -188,7 +188,7 @@ async fn concurrent_refreshes_collapse_into_one_fetch() {
         oidc.token_url
     );
     let sk = start_proxy(&config).await;
-    let token = sk.tokens.get("t").unwrap().clone();
+    let token = sk.tokens().get("t").unwrap().clone();
     let before = oidc.token_requests().await;
     let outcomes = futures_util::future::join_all((0..8).map(|_| token.refresh())).await;
     assert_eq!(oidc.token_requests().await, before + 1, "eight triggers, one fetch");

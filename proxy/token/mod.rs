@@ -122,13 +122,17 @@ impl Validator {
 /// One configured token.
 pub struct Token {
     name: Arc<str>,
+    /// The definition it was built from: a reload keeps the token (value, schedule) when the
+    /// new definition is equal.
+    config: TokenConfig,
     kind: &'static str,
     source: Source,
     validator: Option<Validator>,
     refresh_config: RefreshConfig,
     current: ArcSwapOption<TokenValue>,
     /// Header formats the routes use, rendered for every new value (index = format id).
-    formats: Vec<String>,
+    /// Only ever appended to, so the indices routes hold stay valid across reloads.
+    formats: Mutex<Vec<String>>,
     status: Mutex<Status>,
     /// Serializes refreshes; with `attempts` and `last_outcome` it folds triggers that arrive
     /// while a fetch runs (timer, forced refresh, file event) into that one fetch.
@@ -146,6 +150,8 @@ pub struct Token {
     unauthorized: AtomicU64,
     /// The published generation, for whoever waits on a rotation (tests, the demo).
     generation_tx: tokio::sync::watch::Sender<u64>,
+    /// Set when a reload drops this token, to stop its scheduler.
+    retired: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Token {
@@ -169,12 +175,13 @@ impl Token {
         };
         Ok(Token {
             name: name.into(),
+            config: config.clone(),
             kind: config.kind(),
             source,
             validator,
             refresh_config: config.refresh.clone(),
             current: ArcSwapOption::empty(),
-            formats,
+            formats: Mutex::new(formats),
             status: Mutex::new(Status::default()),
             refresh_lock: tokio::sync::Mutex::new(()),
             attempts: AtomicU64::new(0),
@@ -185,7 +192,44 @@ impl Token {
             requests: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
             generation_tx: tokio::sync::watch::channel(0).0,
+            retired: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Adds header formats a reloaded config needs and re-renders the current value for them
+    /// (same generation: the value did not change).
+    fn add_formats(&self, wanted: &[String]) -> Result<(), String> {
+        let mut formats = lock(&self.formats);
+        let missing: Vec<&String> = wanted.iter().filter(|f| !formats.contains(f)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        formats.extend(missing.into_iter().cloned());
+        if let Some(cur) = self.current.load_full() {
+            let mut headers = Vec::with_capacity(formats.len());
+            for f in formats.iter() {
+                headers.push(cur.secret.render_header(f).map_err(|e| e.to_string())?);
+            }
+            self.current.store(Some(Arc::new(TokenValue {
+                secret: cur.secret.duplicate(),
+                generation: cur.generation,
+                fingerprint: cur.fingerprint.clone(),
+                loaded_at: cur.loaded_at,
+                expires_at: cur.expires_at,
+                headers: headers.into_boxed_slice(),
+            })));
+        }
+        Ok(())
+    }
+
+    /// The index of `format` among this token's rendered headers.
+    pub fn format_index(&self, format: &str) -> Option<usize> {
+        lock(&self.formats).iter().position(|f| f == format)
+    }
+
+    /// Stops this token's scheduler (a reload removed or replaced it).
+    fn retire(&self) {
+        self.retired.send_replace(true);
     }
 
     pub fn name(&self) -> &str {
@@ -328,8 +372,9 @@ impl Token {
 
     /// Publishes a fetched value as the next generation.
     fn publish(&self, fetched: Fetched) -> Refreshed {
-        let mut headers = Vec::with_capacity(self.formats.len());
-        for format in &self.formats {
+        let formats = lock(&self.formats);
+        let mut headers = Vec::with_capacity(formats.len());
+        for format in formats.iter() {
             match fetched.secret.render_header(format) {
                 Ok(h) => headers.push(h),
                 Err(e) => return self.fail(e.to_string()),
@@ -349,6 +394,7 @@ impl Token {
         let fingerprint = value.fingerprint.clone();
         let expires_at = value.expires_at;
         self.current.store(Some(Arc::new(value)));
+        drop(formats);
         self.generation_tx.send_replace(generation);
         {
             let mut st = lock(&self.status);
@@ -458,6 +504,8 @@ impl ClientCache {
 pub struct TokenStore {
     tokens: Vec<Arc<Token>>,
     by_name: HashMap<String, usize>,
+    /// The global CA file and connect timeout the network sources' clients were built with.
+    upstream_key: (Option<PathBuf>, Duration),
 }
 
 /// The header formats each route registers with its token: (token name, format) -> index.
@@ -468,6 +516,7 @@ pub struct FormatRegistry {
 
 impl FormatRegistry {
     /// Registers a format for a token and returns its index (equal formats share one).
+    /// After a reload the index is looked up on the token itself ([`Token::format_index`]).
     pub fn register(&mut self, token: &str, format: &str) -> usize {
         let list = self.formats.entry(token.to_owned()).or_default();
         match list.iter().position(|f| f == format) {
@@ -482,23 +531,79 @@ impl FormatRegistry {
 
 impl TokenStore {
     /// Builds the tokens of a validated config. No value is loaded yet: see [`TokenStore::load_all`].
-    pub fn new(config: &Config, mut formats: FormatRegistry) -> Result<TokenStore, String> {
+    pub fn new(config: &Config, formats: FormatRegistry) -> Result<TokenStore, String> {
+        TokenStore::build(config, formats, None).map(|(store, _)| store)
+    }
+
+    /// Builds the tokens of a reloaded config, keeping every token of `previous` whose
+    /// definition is unchanged (its value, generation and schedule go on). Returns the store
+    /// and the tokens that are new (to be loaded). Tokens of `previous` not kept are retired.
+    pub fn rebuild(
+        config: &Config,
+        formats: FormatRegistry,
+        previous: &TokenStore,
+    ) -> Result<(TokenStore, Vec<Arc<Token>>), String> {
+        TokenStore::build(config, formats, Some(previous))
+    }
+
+    fn build(
+        config: &Config,
+        mut formats: FormatRegistry,
+        previous: Option<&TokenStore>,
+    ) -> Result<(TokenStore, Vec<Arc<Token>>), String> {
         let mut clients = ClientCache {
             global_ca: config.upstream.ca_file.clone(),
             connect_timeout: config.upstream.connect_timeout,
             clients: HashMap::new(),
         };
+        let same_network =
+            previous.is_some_and(|p| p.upstream_key == (clients.global_ca.clone(), clients.connect_timeout));
         let mut tokens = Vec::new();
+        let mut fresh = Vec::new();
         let mut by_name = HashMap::new();
         for (name, tc) in &config.tokens {
-            let f = formats.formats.remove(name).unwrap_or_default();
-            let token = Token::new(name, tc, f, &mut clients).map_err(|e| format!("token {name}: {e}"))?;
+            let wanted = formats.formats.remove(name).unwrap_or_default();
+            let kept = previous.and_then(|p| p.get(name)).filter(|t| {
+                t.config == *tc
+                    && (same_network
+                        || matches!(tc.source, SourceConfig::Env(_) | SourceConfig::File(_)) && tc.validate.is_none())
+            });
+            let token = match kept {
+                Some(t) => {
+                    t.add_formats(&wanted).map_err(|e| format!("token {name}: {e}"))?;
+                    t.clone()
+                }
+                None => {
+                    let t =
+                        Arc::new(Token::new(name, tc, wanted, &mut clients).map_err(|e| format!("token {name}: {e}"))?);
+                    metrics::gauge!("sidekey_token_ready", "token" => name.clone()).set(0.0);
+                    metrics::gauge!("sidekey_token_generation", "token" => name.clone()).set(0.0);
+                    fresh.push(t.clone());
+                    t
+                }
+            };
             by_name.insert(name.clone(), tokens.len());
-            tokens.push(Arc::new(token));
-            metrics::gauge!("sidekey_token_ready", "token" => name.clone()).set(0.0);
-            metrics::gauge!("sidekey_token_generation", "token" => name.clone()).set(0.0);
+            tokens.push(token);
         }
-        Ok(TokenStore { tokens, by_name })
+        if let Some(p) = previous {
+            for old in &p.tokens {
+                if !tokens.iter().any(|t| Arc::ptr_eq(t, old)) {
+                    old.retire();
+                }
+            }
+        }
+        let upstream_key = (clients.global_ca.clone(), clients.connect_timeout);
+        Ok((TokenStore { tokens, by_name, upstream_key }, fresh))
+    }
+
+    /// Loads the given tokens once, concurrently (see [`TokenStore::load_all`]).
+    pub async fn load(tokens: &[Arc<Token>]) {
+        let mut set = tokio::task::JoinSet::new();
+        for t in tokens {
+            let t = t.clone();
+            set.spawn(async move { t.refresh().await });
+        }
+        while set.join_next().await.is_some() {}
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Token>> {
@@ -512,12 +617,7 @@ impl TokenStore {
     /// Loads every token once, concurrently. Failures are recorded, not fatal: those tokens
     /// answer 503 until a value arrives.
     pub async fn load_all(&self) {
-        let mut set = tokio::task::JoinSet::new();
-        for t in &self.tokens {
-            let t = t.clone();
-            set.spawn(async move { t.refresh().await });
-        }
-        while set.join_next().await.is_some() {}
+        TokenStore::load(&self.tokens).await;
     }
 
     /// Names of tokens without a usable value.

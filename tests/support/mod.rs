@@ -366,7 +366,7 @@ fn response_complete(b: &[u8]) -> bool {
 
 /// Waits until token `name` has published generation `generation` or later.
 pub async fn wait_generation(running: &sidekey::Running, name: &str, generation: u64) {
-    let mut rx = running.tokens.get(name).expect("token exists").subscribe();
+    let mut rx = running.tokens().get(name).expect("token exists").subscribe();
     bounded(&format!("token {name} to reach generation {generation}"), rx.wait_for(|g| *g >= generation))
         .await
         .unwrap();
