@@ -24,7 +24,8 @@
 //! - [`error`]: typed errors and their HTTP answers.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/tokens`, the dashboard.
 //! - [`metrics`]: the Prometheus recorder and per-route handles.
-//! - [`serve`]: assembly, listeners, graceful shutdown.
+//! - [`serve`]: assembly, listeners, config reload, graceful shutdown.
+//! - [`reload`]: what triggers a reload (SIGHUP, `--watch-config`).
 //! - [`telemetry`]: logging setup.
 //! - [`demo`]: `sidekey demo`.
 
@@ -36,6 +37,7 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod secret;
 pub mod serve;

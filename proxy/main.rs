@@ -20,10 +20,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy.
+    /// Run the proxy. SIGHUP reloads the config.
     Run {
         #[arg(short, long, env = "SIDEKEY_CONFIG")]
         config: PathBuf,
+        /// Also reload when the config file changes.
+        #[arg(long)]
+        watch_config: bool,
     },
     /// Validate a config file; every error is printed with its key and line.
     Check {
@@ -78,15 +81,16 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Run { config } => {
-            let config = match Config::load(&config) {
+        Command::Run { config: path, watch_config } => {
+            let loaded = sidekey::reload::digest(&path);
+            let config = match Config::load(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprint!("{e}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            runtime().block_on(run(config))
+            runtime().block_on(run(config, path, loaded, watch_config))
         }
         Command::Demo { port, admin_port, rotate_every } => {
             let opts = sidekey::demo::DemoOptions { port, admin_port, rotate_every };
@@ -105,7 +109,8 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("cannot start the tokio runtime")
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, path: PathBuf, loaded: Option<Vec<u8>>, watch_config: bool) -> ExitCode {
+    let hangup = sidekey::reload::hangup_signal();
     let running = match sidekey::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -113,7 +118,10 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::from(EXIT_FATAL);
         }
     };
-    sidekey::shutdown_signal().await;
+    tokio::select! {
+        _ = sidekey::shutdown_signal() => {}
+        _ = sidekey::reload::reload_loop(&running, path, loaded, watch_config, hangup) => {}
+    }
     tracing::info!(
         grace_ms = running.grace().as_millis() as u64,
         "shutdown signal received; draining (a second signal exits at once)"

@@ -374,3 +374,53 @@ async fn a_large_upload_streams_without_growing_memory() {
     // 128 MiB went through; the proxy's peak memory grew by a few buffers at most.
     assert!(peak < baseline + 32 * 1024, "peak RSS {peak} KiB vs {baseline} KiB at start: the body was buffered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_good_config_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "hup_token\n").unwrap();
+    let up = Upstream::plain().await;
+    let config = file_config(dir.path(), &up.url, "");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let mut p = Proc::start(&config, "info");
+    let c = client();
+    assert_eq!(get(&c, &format!("http://{}/r2/x", p.proxy)).await.status, 404);
+
+    let second_route =
+        format!("\n[[routes]]\nname = \"r2\"\nprefix = \"/r2\"\nupstream = \"{}\"\ntoken = \"t\"\n", up.url);
+    std::fs::write(&config, format!("{original}{second_route}")).unwrap();
+    p.signal("-HUP");
+    p.wait_line("config reloaded");
+    assert_eq!(get(&c, &format!("http://{}/r2/x", p.proxy)).await.status, 200);
+
+    std::fs::write(&config, format!("{original}{second_route}\n[[routes]]\nname = \"bad\"\nprefix = \"nope\"\nupstream = \"{}\"\ntoken = \"t\"\n", up.url)).unwrap();
+    p.signal("-HUP");
+    let line = p.wait_line("invalid config");
+    assert!(line.contains("routes[2].prefix"), "{line}");
+    p.wait_line("config reload refused");
+    assert_eq!(get(&c, &format!("http://{}/r2/y", p.proxy)).await.status, 200, "the running config stays");
+    p.signal("-TERM");
+    assert_eq!(p.wait_exit(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_config_reloads_when_the_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "watch_token\n").unwrap();
+    let up = Upstream::plain().await;
+    let config = file_config(dir.path(), &up.url, "");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let mut p = Proc::spawn(&["run", "--watch-config", "--log-format", "json", "-c", config.to_str().unwrap()], "info");
+    let line = p.wait_line("sidekey listening");
+    let proxy: std::net::SocketAddr =
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["proxy"].as_str().unwrap().parse().unwrap();
+    let tmp = dir.path().join("new.toml");
+    std::fs::write(
+        &tmp,
+        format!("{original}\n[[routes]]\nname = \"w\"\nprefix = \"/w\"\nupstream = \"{}\"\ntoken = \"t\"\n", up.url),
+    )
+    .unwrap();
+    std::fs::rename(&tmp, &config).unwrap();
+    p.wait_line("config reloaded");
+    assert_eq!(get(&client(), &format!("http://{proxy}/w/x")).await.status, 200);
+}

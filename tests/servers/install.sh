@@ -57,3 +57,38 @@ echo "oidc-provider $(node -p 'require(process.argv[1]).version' "$oidc/node_mod
 echo "$("$bao_bin" version)"
 echo "BAO_BIN=$bao_bin"
 echo "bao on PATH: $(command -v bao || echo none)"
+
+# --- apache2 + mod_auth_openidc (Debian packages) ------------------------------------------
+# The OAuth 2.0 resource server of the tests (apache/start.sh). apt-get update runs only when
+# a package is missing. The packages' postinst would start the system apache on port 80 where
+# no policy-rc.d forbids it: a temporary one (exit 101) does, and is removed again; the tests
+# start their own apache instances on free ports.
+apache_pkgs=(apache2 libapache2-mod-auth-openidc)
+apache_installed() {
+  local p
+  for p in "${apache_pkgs[@]}"; do
+    [[ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null)" == "ii "* ]] || return 1
+  done
+}
+if apache_installed && [[ -f /usr/lib/apache2/modules/mod_auth_openidc.so ]]; then
+  echo "apache2 + mod_auth_openidc already installed"
+else
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    own_policy=1
+  fi
+  (
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${apache_pkgs[@]}" >/dev/null
+  ) || { rc=$?; [[ $own_policy == 0 ]] || rm -f "$policy"; exit $rc; }
+  [[ $own_policy == 0 ]] || rm -f "$policy"
+  # A system that runs systemd would still start it at boot: keep it off there too.
+  if [[ -d /run/systemd/system ]]; then
+    systemctl disable --now apache2 apache-htcacheclean >/dev/null 2>&1 || true
+  fi
+fi
+echo "$(/usr/sbin/apache2 -v | head -n1 | sed 's/^Server version: //'), mod_auth_openidc $(dpkg-query -W -f='${Version}' libapache2-mod-auth-openidc)"

@@ -28,8 +28,10 @@ function handle(r)
     return apache2.OK
   end
 
-  local body = ''
-  if r.method == 'POST' or r.method == 'PUT' or r.method == 'PATCH' then
+  -- mod_lua's r:requestbody() reads POST and PUT bodies with a Content-Length only: other
+  -- bodies (other methods, Transfer-Encoding: chunked) are not read and echoed as null.
+  local body
+  if (r.method == 'POST' or r.method == 'PUT') and r.headers_in['Transfer-Encoding'] == nil then
     body = r:requestbody() or ''
   end
 
@@ -46,7 +48,7 @@ function handle(r)
     .. ',"query":' .. str(r.args)
     .. ',"user":' .. str(r.user)
     .. ',"claims":{' .. table.concat(claims, ',') .. '}'
-    .. ',"body_len":' .. #body
+    .. ',"body_len":' .. (body and tostring(#body) or 'null')
     .. ',"body":' .. str(body)
     .. '}\n')
   return apache2.OK

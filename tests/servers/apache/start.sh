@@ -105,15 +105,22 @@ $require_claims  </RequireAll>
 EOF
 
 if [[ "${APACHE_EXIT_WITH_PARENT:-1}" != 0 ]]; then
-  # Watch the process that started us; after the exec below, $$ is apache itself.
+  # Watch the process that started us; after the exec below, $$ is apache itself. Ends when
+  # apache is gone (or a zombie), or stops it once it has been re-parented.
   self=$$ parent=$PPID
   (
-    while [[ -d /proc/$self ]]; do
-      ppid="$(awk '{print $4}' /proc/$self/stat 2>/dev/null || true)"
-      [[ -z "$ppid" || "$ppid" == "$parent" ]] || { kill -TERM "$self" 2>/dev/null; break; }
+    while read -r _ comm state ppid _ < "/proc/$self/stat"; do
+      [[ "$state" != Z ]] || break
+      if [[ "$ppid" != "$parent" ]]; then
+        [[ "$comm" != "(apache2)" ]] || kill -TERM "$self"
+        break
+      fi
       sleep 0.5
     done
   ) </dev/null >/dev/null 2>&1 &
 fi
 
+# A pid file left by an earlier run in this dir would make apache refuse to start if some
+# other process now has that pid ("httpd (pid N) already running").
+rm -f "$work/httpd.pid"
 exec "$apache" -X -f "$work/httpd.conf"
