@@ -14,7 +14,7 @@ use crate::config::{RefreshBefore, RefreshConfig};
 use super::Token;
 
 /// The shortest wait between two scheduled fetches.
-const MIN_DELAY: Duration = Duration::from_millis(500);
+const MIN_DELAY: Duration = Duration::from_millis(100);
 /// The first retry after a failure, doubled per consecutive failure up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);

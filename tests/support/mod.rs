@@ -62,12 +62,15 @@ pub struct Upstream {
     pub held: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
     /// `Authorization` values `/validate` accepts (others get 401).
     allowed: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// When set, every path demands an allowed `Authorization` (a protected upstream).
+    enforce: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Clone)]
 struct UpstreamState {
     seen: Arc<Mutex<Vec<Seen>>>,
     allowed: Arc<Mutex<std::collections::HashSet<String>>>,
+    enforce: Arc<std::sync::atomic::AtomicBool>,
     release: watch::Receiver<bool>,
     held: mpsc::UnboundedSender<()>,
 }
@@ -93,7 +96,14 @@ impl Upstream {
         let (release_tx, release) = watch::channel(false);
         let (held_tx, held_rx) = mpsc::unbounded_channel();
         let allowed = Arc::new(Mutex::new(std::collections::HashSet::new()));
-        let state = UpstreamState { seen: seen.clone(), allowed: allowed.clone(), release, held: held_tx };
+        let enforce = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let state = UpstreamState {
+            seen: seen.clone(),
+            allowed: allowed.clone(),
+            enforce: enforce.clone(),
+            release,
+            held: held_tx,
+        };
         let conns = connections.clone();
         tokio::spawn(async move {
             loop {
@@ -119,12 +129,22 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, url, connections, seen, release_tx, held: tokio::sync::Mutex::new(held_rx), allowed }
+        Upstream { addr, url, connections, seen, release_tx, held: tokio::sync::Mutex::new(held_rx), allowed, enforce }
     }
 
     /// Makes `/validate` accept this `Authorization` value.
     pub fn allow(&self, authorization: &str) {
         self.allowed.lock().unwrap().insert(authorization.to_owned());
+    }
+
+    /// Stops accepting this `Authorization` value.
+    pub fn disallow(&self, authorization: &str) {
+        self.allowed.lock().unwrap().remove(authorization);
+    }
+
+    /// Makes every path answer 401 unless the `Authorization` value is allowed.
+    pub fn protect(&self) {
+        self.enforce.store(true, Ordering::SeqCst);
     }
 
     /// Lets every `/hold` request answer.
@@ -186,7 +206,7 @@ async fn upstream_handle(state: UpstreamState, req: Request<Incoming>) -> Respon
         let mut release = state.release.clone();
         let _ = release.wait_for(|r| *r).await;
     }
-    if path.starts_with("/validate") {
+    if path.starts_with("/validate") || state.enforce.load(Ordering::SeqCst) {
         let ok = seen
             .headers
             .get("authorization")

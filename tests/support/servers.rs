@@ -21,14 +21,30 @@ pub struct Oidc {
     child: Child,
     pub port: u16,
     pub token_url: String,
+    pub issuer: String,
+    /// With [`Oidc::start_https`]: the HTTPS JWKS URL and the CA file that verifies it.
+    pub jwks_https: Option<(String, PathBuf)>,
 }
 
 impl Oidc {
     /// Starts the provider with `clients` (JSON array) and a token lifetime, on `port` (0 = free).
     pub fn start(clients: &str, ttl_secs: u64, port: u16) -> Oidc {
+        Oidc::launch(clients, ttl_secs, port, false)
+    }
+
+    /// The same, with an HTTPS listener too (resource servers fetch the JWKS over HTTPS).
+    pub fn start_https(clients: &str, ttl_secs: u64) -> Oidc {
+        Oidc::launch(clients, ttl_secs, 0, true)
+    }
+
+    fn launch(clients: &str, ttl_secs: u64, port: u16, https: bool) -> Oidc {
         let dir = servers_dir().join("oidc");
         assert!(dir.join("node_modules/oidc-provider").exists(), "oidc-provider is not installed: {INSTALL_HINT}");
-        let mut child = Command::new("node")
+        let mut cmd = Command::new("node");
+        if https {
+            cmd.env("OIDC_HTTPS_PORT", "0");
+        }
+        let mut child = cmd
             .arg(dir.join("server.mjs"))
             .env("OIDC_PORT", port.to_string())
             .env("OIDC_TOKEN_TTL", ttl_secs.to_string())
@@ -49,7 +65,16 @@ impl Oidc {
         });
         let line = rx.recv_timeout(Duration::from_secs(20)).expect("oidc-provider printed no ready line within 20 s");
         let j: serde_json::Value = serde_json::from_str(&line).expect("oidc-provider's ready line is JSON");
-        Oidc { child, port: j["port"].as_u64().unwrap() as u16, token_url: j["token_url"].as_str().unwrap().to_owned() }
+        let jwks_https = j["https_port"].as_u64().map(|p| {
+            (format!("https://127.0.0.1:{p}/jwks"), PathBuf::from(j["ca_file"].as_str().expect("ca_file with https")))
+        });
+        Oidc {
+            child,
+            port: j["port"].as_u64().unwrap() as u16,
+            token_url: j["token_url"].as_str().unwrap().to_owned(),
+            issuer: j["issuer"].as_str().unwrap().to_owned(),
+            jwks_https,
+        }
     }
 
     /// Token requests the provider has answered (its `/_stats`), for counting fetches.
@@ -138,6 +163,66 @@ impl Bao {
 }
 
 impl Drop for Bao {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's apache2 with mod_auth_openidc as an OAuth 2.0 resource server: every request's
+/// JWT is checked against the provider's JWKS (signature, `exp`, `aud`, `iss`); 200 with a JSON
+/// echo, or 401.
+pub struct Apache {
+    child: Child,
+    pub addr: SocketAddr,
+    _work: tempfile::TempDir,
+}
+
+impl Apache {
+    pub async fn start(oidc: &Oidc, audience: &str) -> Apache {
+        let (jwks, ca) = oidc.jwks_https.clone().expect("start the provider with Oidc::start_https");
+        let script = servers_dir().join("apache/start.sh");
+        assert!(
+            std::path::Path::new("/usr/lib/apache2/modules/mod_auth_openidc.so").exists(),
+            "mod_auth_openidc is not installed: {INSTALL_HINT}"
+        );
+        for _ in 0..5 {
+            let work = tempfile::tempdir().unwrap();
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let mut child = Command::new("bash")
+                .arg(&script)
+                .arg(addr.port().to_string())
+                .arg(&jwks)
+                .arg(&ca)
+                .arg(work.path())
+                .arg(audience)
+                .arg(&oidc.issuer)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let c = super::client();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port was taken: try another
+                }
+                let req = http::Request::get(format!("http://{addr}/healthz")).body(Default::default()).unwrap();
+                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), c.request(req)).await {
+                    if r.status() == 200 {
+                        return Apache { child, addr, _work: work };
+                    }
+                }
+                assert!(Instant::now() < deadline, "apache did not become ready within 20 s");
+                // An external process's readiness has no signal but its health endpoint.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("apache could not bind a free port in 5 tries");
+    }
+}
+
+impl Drop for Apache {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
