@@ -135,6 +135,7 @@ pub struct TokenConfig {
     pub refresh: RefreshConfig,
     /// A check a fresh value must pass before it replaces the current one.
     pub validate: Option<ValidateConfig>,
+    pub retry: RetryConfig,
 }
 
 /// The `source` of a token and its own keys.
@@ -316,9 +317,39 @@ struct TokenCommon {
     refresh_before: Option<RefreshBefore>,
     #[serde(default)]
     validate: Option<ValidateConfig>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    overlap: Option<Duration>,
+    #[serde(default)]
+    retry_body_limit: Option<usize>,
+    #[serde(default)]
+    retry_methods: Option<Vec<String>>,
 }
 
-const TOKEN_COMMON_KEYS: &[&str] = &["refresh", "refresh_before", "validate"];
+const TOKEN_COMMON_KEYS: &[&str] =
+    &["refresh", "refresh_before", "validate", "overlap", "retry_body_limit", "retry_methods"];
+
+/// Retrying a request that got a 401 right after a rotation (the new token may not have
+/// reached every server of the provider yet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// How long after a rotation a 401 is retried once, with the previous token (or, when
+    /// there is none, a freshly forced one). Zero turns retries off.
+    pub overlap: Duration,
+    /// The largest request body buffered so it can be sent twice.
+    pub body_limit: usize,
+    /// Methods that may be sent twice (the idempotent ones by default).
+    pub methods: Vec<http::Method>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            overlap: Duration::from_secs(30),
+            body_limit: 64 * 1024,
+            methods: ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"].iter().map(|m| m.parse().expect("a method")).collect(),
+        }
+    }
+}
 
 /// A reference to a secret held elsewhere: `{ env = "NAME" }` or `{ file = "/path" }`.
 /// A literal string is refused without echoing it.
@@ -888,6 +919,22 @@ impl<'a> Loader<'a> {
             SourceConfig::Env(_) | SourceConfig::File(_) => None,
             _ => Some(Duration::from_secs(300)),
         };
+        let mut retry = RetryConfig::default();
+        if let Some(o) = common.overlap {
+            retry.overlap = o;
+        }
+        if let Some(l) = common.retry_body_limit {
+            retry.body_limit = l;
+        }
+        if let Some(methods) = &common.retry_methods {
+            retry.methods.clear();
+            for m in methods {
+                match http::Method::from_bytes(m.as_bytes()) {
+                    Ok(m) => retry.methods.push(m),
+                    Err(_) => self.error(&child(&path, "retry_methods"), format!("{m:?} is not an HTTP method")),
+                }
+            }
+        }
         Some(TokenConfig {
             source,
             refresh: RefreshConfig {
@@ -895,6 +942,7 @@ impl<'a> Loader<'a> {
                 before: common.refresh_before.unwrap_or_default(),
             },
             validate: common.validate,
+            retry,
         })
     }
 

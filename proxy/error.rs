@@ -24,6 +24,8 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("CONNECT is not allowed to this host")]
     ConnectRefused,
+    #[error("the request body could not be read")]
+    ClientBody,
 }
 
 /// Seconds a client should wait before retrying a request refused for a missing token.
@@ -39,6 +41,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ConnectRefused => StatusCode::FORBIDDEN,
+            ProxyError::ClientBody => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -52,6 +55,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable => ("upstream_unreachable", Some(UPSTREAM_RETRY_AFTER)),
             ProxyError::UpstreamTimeout => ("upstream_timeout", None),
             ProxyError::ConnectRefused => ("not_allowed", None),
+            ProxyError::ClientBody => ("bad_request", None),
         };
         let message = match &self {
             ProxyError::NoRoute(NoRoute::BadPath) => "the request path is not one sidekey forwards".to_owned(),

@@ -58,6 +58,11 @@ impl RouteMetrics {
         }
     }
 
+    /// Counts an upstream 401 that the client did not get (a retry replaced it).
+    pub fn count_unauthorized(&self) {
+        self.unauthorized.increment(1);
+    }
+
     /// Records one answered request.
     #[inline]
     pub fn record(&self, status: u16, seconds: f64) {

@@ -10,8 +10,10 @@ use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName};
+use http::{HeaderValue, StatusCode};
 use http::{Method, Request, Response, Version};
-use http_body_util::Either;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Body;
 use hyper::body::Incoming;
 
 use crate::error::{ProxyBody, ProxyError};
@@ -103,7 +105,7 @@ impl RouteSet {
             }
             Err(no) => return (None, Err(ProxyError::NoRoute(no))),
         };
-        let Some(credential) = route.token.header(route.format) else {
+        let Some(credential) = route.token.credential(route.format) else {
             return (Some(route), Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() }));
         };
         let (mut parts, body) = req.into_parts();
@@ -113,10 +115,64 @@ impl RouteSet {
         strip_hop_by_hop(&mut parts.headers);
         // The client derives Host (or :authority) from the upstream URI.
         parts.headers.remove(header::HOST);
-        parts.headers.insert(route.header.clone(), credential);
         route.token.count_request();
-        let sent = route.client.request(Request::from_parts(parts, body));
-        let result = match tokio::time::timeout(route.timeout, sent).await {
+
+        // Right after a rotation a 401 may only mean the new token has not reached every server
+        // of the provider yet: a request that can be sent twice is kept for one retry.
+        let retry = route.token.retry_config();
+        let replayable = credential.fresh
+            && retry.methods.contains(&parts.method)
+            && body.size_hint().exact().is_some_and(|n| n <= retry.body_limit as u64);
+        if !replayable {
+            parts.headers.insert(route.header.clone(), credential.header);
+            let result = route.send(Request::from_parts(parts, Either::Left(body))).await;
+            return (Some(route), result);
+        }
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                tracing::debug!(route = %route.name, error = %e, "client body failed");
+                return (Some(route), Err(ProxyError::ClientBody));
+            }
+        };
+        let copy = |header: HeaderValue| {
+            let mut req = Request::new(Either::Right(Full::new(body.clone())));
+            *req.method_mut() = parts.method.clone();
+            *req.uri_mut() = parts.uri.clone();
+            *req.version_mut() = parts.version;
+            *req.headers_mut() = parts.headers.clone();
+            req.headers_mut().insert(route.header.clone(), header);
+            req
+        };
+        let first = route.send(copy(credential.header)).await;
+        let Ok(resp) = &first else { return (Some(route), first) };
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return (Some(route), first);
+        }
+        let Some((header, with)) = route.token.retry_credential(route.format, credential.generation).await else {
+            // Nothing else to try: the client gets the 401 (counted as every final one is).
+            return (Some(route), first);
+        };
+        // The first answer was a 401 all the same: count it beside the retry's own answer.
+        route.metrics.count_unauthorized();
+        route.token.count_unauthorized();
+        drop(first);
+        let result = route.send(copy(header)).await;
+        let outcome = match &result {
+            Ok(r) if r.status() == StatusCode::UNAUTHORIZED => "unauthorized",
+            Ok(_) => "success",
+            Err(_) => "error",
+        };
+        tracing::info!(route = %route.name, token = route.token.name(), with, outcome, "retried a 401 right after a rotation");
+        metrics::counter!("sidekey_upstream_retries_total", "route" => route.name.to_string(), "token" => route.token.name().to_owned(), "with" => with, "outcome" => outcome).increment(1);
+        (Some(route), result)
+    }
+}
+
+impl Route {
+    /// Sends one request upstream within the route's timeout.
+    async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -124,15 +180,14 @@ impl RouteSet {
             }
             Ok(Err(e)) => {
                 let err = ProxyError::from_client_error(&e);
-                tracing::warn!(route = %route.name, error = %error_chain(&e), "upstream request failed");
+                tracing::warn!(route = %self.name, error = %error_chain(&e), "upstream request failed");
                 Err(err)
             }
             Err(_) => {
-                tracing::warn!(route = %route.name, timeout_ms = route.timeout.as_millis() as u64, "upstream response timed out");
+                tracing::warn!(route = %self.name, timeout_ms = self.timeout.as_millis() as u64, "upstream response timed out");
                 Err(ProxyError::UpstreamTimeout)
             }
-        };
-        (Some(route), result)
+        }
     }
 }
 

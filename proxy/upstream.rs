@@ -12,7 +12,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -23,8 +22,9 @@ use rustls_pki_types::CertificateDer;
 
 /// The connector every upstream client uses.
 pub type Connector = ConnectTimeout<HttpsConnector<HttpConnector>>;
-/// The client that forwards proxied requests (their bodies stream straight through).
-pub type UpstreamClient = Client<Connector, Incoming>;
+/// The client that forwards proxied requests: bodies stream straight through, or (for a
+/// request kept for a retry) are sent from a buffer.
+pub type UpstreamClient = Client<Connector, crate::error::ProxyBody>;
 
 /// Reads a PEM CA bundle; the error says what is wrong with which file.
 pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

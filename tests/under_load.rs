@@ -200,10 +200,13 @@ client_secret = {{ env = "SK_LOAD_STRANGER_SECRET" }}
     assert!(rotations >= 10, "only {rotations} rotations in {RUN:?}");
     assert!(ok > 100);
     let m = get(&c, &format!("http://{}/metrics", sk.admin_addr)).await.text();
-    assert!(m.contains(r#"sidekey_upstream_unauthorized_total{route="stranger",token="s"} 1"#), "{m}");
+    // The stranger's token was fresh, with no previous one: its 401 forced one refresh and one
+    // retry, which the resource server refused too. Both upstream 401s count; the client saw one.
+    assert!(m.contains(r#"sidekey_upstream_unauthorized_total{route="stranger",token="s"} 2"#), "{m}");
+    assert!(m.contains(r#"sidekey_upstream_retries_total{route="stranger",token="s",with="refreshed",outcome="unauthorized"} 1"#));
     assert!(m.contains(r#"sidekey_requests_total{route="stranger",status="401"} 1"#));
     let t = get(&c, &format!("http://{}/tokens", sk.admin_addr)).await.json();
     let s = t.as_array().unwrap().iter().find(|t| t["name"] == "s").unwrap();
-    assert_eq!(s["unauthorized"], 1);
+    assert_eq!(s["unauthorized"], 2);
     sk.shutdown().await;
 }

@@ -52,6 +52,21 @@ impl TokenValue {
     }
 }
 
+/// A credential for one request: the rendered header and what a retry needs to know.
+pub struct Credential {
+    pub header: HeaderValue,
+    pub generation: u64,
+    /// Published within the retry overlap: a 401 to it may be retried.
+    pub fresh: bool,
+}
+
+/// The value a rotation replaced, kept (rendered) for the retry overlap.
+struct Previous {
+    generation: u64,
+    headers: Box<[HeaderValue]>,
+    until: SystemTime,
+}
+
 /// Where a token's value comes from.
 #[derive(Debug)]
 pub enum Source {
@@ -130,6 +145,9 @@ pub struct Token {
     validator: Option<Validator>,
     refresh_config: RefreshConfig,
     current: ArcSwapOption<TokenValue>,
+    /// The replaced value's headers, for retries during the overlap after a rotation; cleared
+    /// when the overlap ends, so the retired value's bytes do not outlive it.
+    previous: Arc<ArcSwapOption<Previous>>,
     /// Header formats the routes use, rendered for every new value (index = format id).
     /// Only ever appended to, so the indices routes hold stay valid across reloads.
     formats: Mutex<Vec<String>>,
@@ -181,6 +199,7 @@ impl Token {
             validator,
             refresh_config: config.refresh.clone(),
             current: ArcSwapOption::empty(),
+            previous: Arc::new(ArcSwapOption::empty()),
             formats: Mutex::new(formats),
             status: Mutex::new(Status::default()),
             refresh_lock: tokio::sync::Mutex::new(()),
@@ -254,6 +273,42 @@ impl Token {
             return None;
         }
         Some(value.headers[format].clone())
+    }
+
+    /// The header for `format` with its generation, and whether a 401 to it may be retried.
+    #[inline]
+    pub fn credential(&self, format: usize) -> Option<Credential> {
+        let guard = self.current.load();
+        let value = guard.as_ref()?;
+        let overlap = self.config.retry.overlap;
+        let needs_clock = value.expires_at.is_some() || !overlap.is_zero();
+        let now = if needs_clock { SystemTime::now() } else { SystemTime::UNIX_EPOCH };
+        if value.expires_at.is_some() && !value.is_usable(now) {
+            return None;
+        }
+        Some(Credential {
+            header: value.headers[format].clone(),
+            generation: value.generation,
+            fresh: !overlap.is_zero() && now < value.loaded_at + overlap,
+        })
+    }
+
+    /// How 401s right after a rotation are retried.
+    pub fn retry_config(&self) -> &crate::config::RetryConfig {
+        &self.config.retry
+    }
+
+    /// What to retry with after a 401 to generation `used`: the value it replaced, while
+    /// the overlap lasts, or else a freshly forced refresh (if it brings a new value).
+    pub async fn retry_credential(&self, format: usize, used: u64) -> Option<(HeaderValue, &'static str)> {
+        if let Some(prev) = self.previous.load().as_ref() {
+            if prev.generation + 1 == used && SystemTime::now() < prev.until {
+                return prev.headers.get(format).cloned().map(|h| (h, "previous"));
+            }
+        }
+        self.refresh().await;
+        let cur = self.current.load_full()?;
+        (cur.generation > used && cur.is_usable(SystemTime::now())).then(|| (cur.headers[format].clone(), "refreshed"))
     }
 
     /// The current snapshot, for status output.
@@ -393,6 +448,25 @@ impl Token {
         };
         let fingerprint = value.fingerprint.clone();
         let expires_at = value.expires_at;
+        let overlap = self.config.retry.overlap;
+        self.previous.store(match &previous {
+            Some(p) if !overlap.is_zero() => {
+                let kept =
+                    Arc::new(Previous { generation: p.generation, headers: p.headers.clone(), until: now + overlap });
+                let slot = self.previous.clone();
+                let weak = Arc::downgrade(&kept);
+                tokio::spawn(async move {
+                    tokio::time::sleep(overlap).await;
+                    // Clear it unless a later rotation already replaced it.
+                    slot.rcu(|cur| match (cur, weak.upgrade()) {
+                        (Some(c), Some(k)) if Arc::ptr_eq(c, &k) => None,
+                        (c, _) => c.clone(),
+                    });
+                });
+                Some(kept)
+            }
+            _ => None,
+        });
         self.current.store(Some(Arc::new(value)));
         drop(formats);
         self.generation_tx.send_replace(generation);
