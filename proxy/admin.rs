@@ -134,6 +134,8 @@ pub fn token_json(t: &Token) -> Value {
         "last_rotation": status.last_rotation.map(rfc3339),
         "last_error": status.last_error,
         "last_error_at": status.last_error_at.map(rfc3339),
+        "consecutive_failures": status.consecutive_failures,
+        "next_refresh": status.next_refresh.map(rfc3339),
         "requests": t.requests(),
         "unauthorized": t.unauthorized(),
     })

@@ -280,6 +280,20 @@ async fn exec_outputs_plain_json_and_broken() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_source_that_hangs_is_cut_off_by_its_timeout() {
+    let up = Upstream::plain().await;
+    let config = format!(
+        "{LISTEN}\n{}\n[tokens.slow]\nsource = \"exec\"\ncommand = [\"sleep\", \"30\"]\ntimeout = \"200ms\"\n",
+        route("r", "slow", &up)
+    );
+    let sk = bounded("start with a hanging token command", start_proxy(&config)).await;
+    let t = &get(&client(), &format!("http://{}/tokens", sk.admin_addr)).await.json()[0];
+    assert!(t["last_error"].as_str().unwrap().contains("did not finish"), "{t}");
+    assert_eq!(t["state"], "unavailable");
+    sk.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_source_follows_new_versions_in_openbao_kv_v2() {
     std::env::set_var("SK_BAO_TOKEN", BAO_ROOT);
     let bao = Bao::start().await;

@@ -203,7 +203,9 @@ client_secret = {{ env = "SK_LOAD_STRANGER_SECRET" }}
     // The stranger's token was fresh, with no previous one: its 401 forced one refresh and one
     // retry, which the resource server refused too. Both upstream 401s count; the client saw one.
     assert!(m.contains(r#"sidekey_upstream_unauthorized_total{route="stranger",token="s"} 2"#), "{m}");
-    assert!(m.contains(r#"sidekey_upstream_retries_total{route="stranger",token="s",with="refreshed",outcome="unauthorized"} 1"#));
+    assert!(m.contains(
+        r#"sidekey_upstream_retries_total{route="stranger",token="s",with="refreshed",outcome="unauthorized"} 1"#
+    ));
     assert!(m.contains(r#"sidekey_requests_total{route="stranger",status="401"} 1"#));
     let t = get(&c, &format!("http://{}/tokens", sk.admin_addr)).await.json();
     let s = t.as_array().unwrap().iter().find(|t| t["name"] == "s").unwrap();

@@ -57,3 +57,30 @@ pub fn parse_expiry(v: &serde_json::Value, now: SystemTime) -> Result<SystemTime
         _ => Err("expiry is neither a number of seconds nor an RFC 3339 time".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_seconds_from_now_or_an_rfc3339_time() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(parse_expiry(&serde_json::json!(60), now).unwrap(), now + Duration::from_secs(60));
+        assert_eq!(parse_expiry(&serde_json::json!("90"), now).unwrap(), now + Duration::from_secs(90));
+        assert_eq!(
+            parse_expiry(&serde_json::json!("2027-01-15T08:00:00Z"), now).unwrap(),
+            humantime::parse_rfc3339("2027-01-15T08:00:00Z").unwrap()
+        );
+        assert!(parse_expiry(&serde_json::json!(-5), now).is_err());
+        assert!(parse_expiry(&serde_json::json!("tomorrow"), now).is_err());
+        assert!(parse_expiry(&serde_json::json!(true), now).is_err());
+    }
+
+    #[test]
+    fn excerpts_are_short_and_printable() {
+        let long = format!("a\nb{}", "x".repeat(500));
+        let e = excerpt(&long);
+        assert_eq!(e.chars().count(), 200);
+        assert!(!e.contains('\n'));
+    }
+}
