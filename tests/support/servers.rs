@@ -122,33 +122,17 @@ impl Bao {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_else(|| panic!("OpenBao is not installed: {INSTALL_HINT}"));
         // bao cannot report a port it picked itself: take a free one (retrying if it is gone).
-        for _ in 0..5 {
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let mut child = Command::new(&bin)
+        let (child, addr) = start_on_free_port("OpenBao", "/v1/sys/health", |addr| {
+            Command::new(&bin)
                 .args(["server", "-dev", "-dev-no-store-token", &format!("-dev-root-token-id={BAO_ROOT}")])
                 .arg(format!("-dev-listen-address={addr}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .unwrap();
-            let c = super::client();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken: try another
-                }
-                let req = http::Request::get(format!("http://{addr}/v1/sys/health")).body(Default::default()).unwrap();
-                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), c.request(req)).await {
-                    if r.status() == 200 {
-                        return Bao { child, addr };
-                    }
-                }
-                assert!(Instant::now() < deadline, "OpenBao did not become healthy within 20 s");
-                // An external process's readiness has no signal but its health endpoint.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        panic!("OpenBao could not bind a free port in 5 tries");
+                .unwrap()
+        })
+        .await;
+        Bao { child, addr }
     }
 
     /// Writes `data` as a new version of `secret/NAME`.
@@ -186,10 +170,10 @@ impl Apache {
             std::path::Path::new("/usr/lib/apache2/modules/mod_auth_openidc.so").exists(),
             "mod_auth_openidc is not installed: {INSTALL_HINT}"
         );
-        for _ in 0..5 {
-            let work = tempfile::tempdir().unwrap();
-            let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let mut child = Command::new("bash")
+        let work = tempfile::tempdir().unwrap();
+        // apache cannot report a port it picked itself either.
+        let (child, addr) = start_on_free_port("apache", "/healthz", |addr| {
+            Command::new("bash")
                 .arg(&script)
                 .arg(addr.port().to_string())
                 .arg(&jwks)
@@ -200,26 +184,40 @@ impl Apache {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .unwrap();
-            let c = super::client();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // the port was taken: try another
-                }
-                let req = http::Request::get(format!("http://{addr}/healthz")).body(Default::default()).unwrap();
-                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), c.request(req)).await {
-                    if r.status() == 200 {
-                        return Apache { child, addr, _work: work };
-                    }
-                }
-                assert!(Instant::now() < deadline, "apache did not become ready within 20 s");
-                // An external process's readiness has no signal but its health endpoint.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        panic!("apache could not bind a free port in 5 tries");
+                .unwrap()
+        })
+        .await;
+        Apache { child, addr, _work: work }
     }
+}
+
+/// Starts a server that must be told its port: picks a free one, spawns, and polls `health`
+/// until it answers 200; tries another port if the process exits (the port was taken).
+async fn start_on_free_port(what: &str, health: &str, spawn: impl Fn(SocketAddr) -> Child) -> (Child, SocketAddr) {
+    for _ in 0..5 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut child = spawn(addr);
+        let c = super::client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break; // the port was taken: try another
+            }
+            let req = http::Request::get(format!("http://{addr}{health}")).body(Default::default()).unwrap();
+            if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), c.request(req)).await {
+                if r.status() == 200 {
+                    return (child, addr);
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{what} did not become ready within 20 s");
+            }
+            // An external process's readiness has no signal but its health endpoint.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    panic!("{what} could not bind a free port in 5 tries");
 }
 
 impl Drop for Apache {
