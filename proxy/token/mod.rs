@@ -168,8 +168,6 @@ pub struct Token {
     unauthorized: AtomicU64,
     /// The published generation, for whoever waits on a rotation (tests, the demo).
     generation_tx: tokio::sync::watch::Sender<u64>,
-    /// Set when a reload drops this token, to stop its scheduler.
-    retired: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Token {
@@ -211,7 +209,6 @@ impl Token {
             requests: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
             generation_tx: tokio::sync::watch::channel(0).0,
-            retired: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -244,11 +241,6 @@ impl Token {
     /// The index of `format` among this token's rendered headers.
     pub fn format_index(&self, format: &str) -> Option<usize> {
         lock(&self.formats).iter().position(|f| f == format)
-    }
-
-    /// Stops this token's scheduler (a reload removed or replaced it).
-    fn retire(&self) {
-        self.retired.send_replace(true);
     }
 
     pub fn name(&self) -> &str {
@@ -611,7 +603,8 @@ impl TokenStore {
 
     /// Builds the tokens of a reloaded config, keeping every token of `previous` whose
     /// definition is unchanged (its value, generation and schedule go on). Returns the store
-    /// and the tokens that are new (to be loaded). Tokens of `previous` not kept are retired.
+    /// and the tokens that are new (to be loaded). The caller restarts the schedulers, so those
+    /// of tokens not kept stop with the old set.
     pub fn rebuild(
         config: &Config,
         formats: FormatRegistry,
@@ -658,13 +651,6 @@ impl TokenStore {
             };
             by_name.insert(name.clone(), tokens.len());
             tokens.push(token);
-        }
-        if let Some(p) = previous {
-            for old in &p.tokens {
-                if !tokens.iter().any(|t| Arc::ptr_eq(t, old)) {
-                    old.retire();
-                }
-            }
         }
         let upstream_key = (clients.global_ca.clone(), clients.connect_timeout);
         Ok((TokenStore { tokens, by_name, upstream_key }, fresh))

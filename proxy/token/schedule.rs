@@ -61,12 +61,10 @@ pub fn spawn(tokens: Vec<Arc<Token>>, shutdown: watch::Receiver<bool>) -> Vec<Jo
         .filter(|t| t.is_scheduled())
         .map(|t| {
             let mut shutdown = shutdown.clone();
-            let mut retired = t.retired.subscribe();
             tokio::spawn(async move {
                 tokio::select! {
                     _ = run(&t) => {}
                     _ = shutdown.wait_for(|s| *s) => {}
-                    _ = retired.wait_for(|r| *r) => {}
                 }
             })
         })
