@@ -138,6 +138,8 @@ pub fn token_json(t: &Token) -> Value {
         "next_refresh": status.next_refresh.map(rfc3339),
         "requests": t.requests(),
         "unauthorized": t.unauthorized(),
+        "unauthorized_since_rotation": t.unauthorized_since_rotation(),
+        "propagation_failures": t.propagation_failures(),
     })
 }
 

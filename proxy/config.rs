@@ -136,6 +136,8 @@ pub struct TokenConfig {
     /// A check a fresh value must pass before it replaces the current one.
     pub validate: Option<ValidateConfig>,
     pub retry: RetryConfig,
+    pub propagation: PropagationConfig,
+    pub on_401: On401,
 }
 
 /// The `source` of a token and its own keys.
@@ -323,10 +325,57 @@ struct TokenCommon {
     retry_body_limit: Option<usize>,
     #[serde(default)]
     retry_methods: Option<Vec<String>>,
+    #[serde(default)]
+    propagation: Option<PropagationConfig>,
+    #[serde(default)]
+    on_401: Option<On401>,
 }
 
 const TOKEN_COMMON_KEYS: &[&str] =
-    &["refresh", "refresh_before", "validate", "overlap", "retry_body_limit", "retry_methods"];
+    &["refresh", "refresh_before", "validate", "overlap", "retry_body_limit", "retry_methods", "propagation", "on_401"];
+
+/// `propagation = { window, min, ratio }`: when upstream 401s mean a rotation did not take.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PropagationConfig {
+    /// How long after a rotation (and, outside one, over what span) 401s are counted.
+    #[serde(default = "default_window", deserialize_with = "de_duration")]
+    pub window: Duration,
+    /// The fewest 401s in a window that count as a failure.
+    #[serde(default = "default_min")]
+    pub min: u64,
+    /// The share of the window's requests that must have got a 401.
+    #[serde(default = "default_ratio")]
+    pub ratio: f64,
+}
+
+impl Default for PropagationConfig {
+    fn default() -> Self {
+        PropagationConfig { window: default_window(), min: default_min(), ratio: default_ratio() }
+    }
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_min() -> u64 {
+    5
+}
+
+fn default_ratio() -> f64 {
+    0.5
+}
+
+/// What a propagation failure does besides being reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum On401 {
+    /// Count, log and audit it.
+    #[default]
+    Report,
+    /// The same, and one early refresh (at most one per window), for tokens an IdP may revoke.
+    Refresh,
+}
 
 /// Retrying a request that got a 401 right after a rotation (the new token may not have
 /// reached every server of the provider yet).
@@ -897,6 +946,14 @@ impl<'a> Loader<'a> {
             }
         };
         let common = common?;
+        if let Some(p) = &common.propagation {
+            if !(p.ratio > 0.0 && p.ratio <= 1.0) {
+                self.error(&child(&child(&path, "propagation"), "ratio"), "must be above 0 and at most 1");
+            }
+            if p.window.is_zero() {
+                self.error(&child(&child(&path, "propagation"), "window"), "must be longer than zero");
+            }
+        }
         if let Some(v) = &common.validate {
             let vpath = child(&path, "validate");
             if let Err(m) = check_url(&v.url) {
@@ -943,6 +1000,8 @@ impl<'a> Loader<'a> {
             },
             validate: common.validate,
             retry,
+            propagation: common.propagation.clone().unwrap_or_default(),
+            on_401: common.on_401.unwrap_or_default(),
         })
     }
 

@@ -80,7 +80,7 @@ impl Proxy {
         metrics.record(status, start.elapsed().as_secs_f64());
         if let Some(r) = route {
             if status == 401 {
-                r.token.count_unauthorized();
+                r.unauthorized();
             }
             tracing::debug!(route = %r.name, status, micros = start.elapsed().as_micros() as u64, "request");
         } else {
@@ -155,7 +155,7 @@ impl RouteSet {
         };
         // The first answer was a 401 all the same: count it beside the retry's own answer.
         route.metrics.count_unauthorized();
-        route.token.count_unauthorized();
+        route.unauthorized();
         drop(first);
         let result = route.send(copy(header)).await;
         let outcome = match &result {
@@ -170,6 +170,19 @@ impl RouteSet {
 }
 
 impl Route {
+    /// Accounts for an upstream 401; a propagation failure with `on_401 = "refresh"` starts
+    /// one early refresh (at most one per window: the tracker reports once).
+    fn unauthorized(&self) {
+        if let Some(failure) = self.token.observe_unauthorized(&self.name) {
+            if failure.refresh {
+                let token = self.token.clone();
+                tokio::spawn(async move {
+                    token.refresh().await;
+                });
+            }
+        }
+    }
+
     /// Sends one request upstream within the route's timeout.
     async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {

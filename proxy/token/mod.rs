@@ -32,6 +32,9 @@ use crate::config::{Config, RefreshConfig, SourceConfig, TokenConfig, ValidateCo
 use crate::secret::Secret;
 use crate::upstream::{build_client, SourceClient};
 
+/// The least time between two refreshes forced by 401s to a fresh value with no previous one.
+const FORCED_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// One immutable generation of a token's value.
 pub struct TokenValue {
     pub secret: Secret,
@@ -65,6 +68,35 @@ struct Previous {
     generation: u64,
     headers: Box<[HeaderValue]>,
     until: SystemTime,
+}
+
+/// The 401s of one window, for propagation-failure detection.
+struct Tracker {
+    start: Instant,
+    /// The window opened with a rotation (else: a plain span of the current token's life).
+    after_rotation: bool,
+    generation: u64,
+    fingerprint: Option<String>,
+    previous_fingerprint: Option<String>,
+    base_requests: u64,
+    base_unauthorized: u64,
+    /// Reported already: one report (and one action) per window.
+    reported: bool,
+}
+
+/// A detected propagation failure (or 401 burst), as reported.
+#[derive(Debug, Clone)]
+pub struct PropagationFailure {
+    pub token: String,
+    pub route: String,
+    pub generation: u64,
+    pub fingerprint: Option<String>,
+    pub previous_fingerprint: Option<String>,
+    pub after_rotation: bool,
+    pub unauthorized: u64,
+    pub requests: u64,
+    /// `on_401 = "refresh"`: the caller starts one early refresh.
+    pub refresh: bool,
 }
 
 /// Where a token's value comes from.
@@ -166,6 +198,14 @@ pub struct Token {
     requests: AtomicU64,
     /// Upstream 401s answered to requests carrying this token.
     unauthorized: AtomicU64,
+    /// `unauthorized` when the current value was published.
+    unauthorized_at_publish: AtomicU64,
+    tracker: Mutex<Tracker>,
+    propagation_failures: AtomicU64,
+    /// When a 401 last forced a refresh (a retry with no previous value, or `on_401 =
+    /// "refresh"`): such refreshes are rate-limited, so a token the upstream keeps refusing
+    /// does not turn every request into a call to the identity provider.
+    last_forced: Mutex<Option<Instant>>,
     /// The published generation, for whoever waits on a rotation (tests, the demo).
     generation_tx: tokio::sync::watch::Sender<u64>,
 }
@@ -208,6 +248,19 @@ impl Token {
             consecutive_failures: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             unauthorized: AtomicU64::new(0),
+            unauthorized_at_publish: AtomicU64::new(0),
+            tracker: Mutex::new(Tracker {
+                start: Instant::now(),
+                after_rotation: false,
+                generation: 0,
+                fingerprint: None,
+                previous_fingerprint: None,
+                base_requests: 0,
+                base_unauthorized: 0,
+                reported: false,
+            }),
+            propagation_failures: AtomicU64::new(0),
+            last_forced: Mutex::new(None),
             generation_tx: tokio::sync::watch::channel(0).0,
         })
     }
@@ -298,9 +351,24 @@ impl Token {
                 return prev.headers.get(format).cloned().map(|h| (h, "previous"));
             }
         }
+        if !self.may_force(FORCED_RETRY_INTERVAL) {
+            return None;
+        }
         self.refresh().await;
         let cur = self.current.load_full()?;
         (cur.generation > used && cur.is_usable(SystemTime::now())).then(|| (cur.headers[format].clone(), "refreshed"))
+    }
+
+    /// Whether a 401 may force a refresh now (none was forced within `interval`); if so,
+    /// records this one.
+    pub fn may_force(&self, interval: Duration) -> bool {
+        let mut last = lock(&self.last_forced);
+        let now = Instant::now();
+        if last.is_some_and(|l| now < l + interval) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// The current snapshot, for status output.
@@ -329,8 +397,77 @@ impl Token {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn count_unauthorized(&self) {
-        self.unauthorized.fetch_add(1, Ordering::Relaxed);
+    /// Counts an upstream 401 to a request `route` sent with this token, and reports a
+    /// propagation failure when the window's 401s pass the configured threshold.
+    pub fn observe_unauthorized(&self, route: &str) -> Option<PropagationFailure> {
+        let unauthorized = self.unauthorized.fetch_add(1, Ordering::Relaxed) + 1;
+        let requests = self.requests.load(Ordering::Relaxed);
+        let cfg = &self.config.propagation;
+        let now = Instant::now();
+        let mut t = lock(&self.tracker);
+        if now >= t.start + cfg.window {
+            // Outside a rotation's window: a fresh span, this 401 and its request included.
+            let current = self.current.load();
+            *t = Tracker {
+                start: now,
+                after_rotation: false,
+                generation: current.as_ref().map_or(0, |v| v.generation),
+                fingerprint: current.as_ref().map(|v| v.fingerprint.clone()),
+                previous_fingerprint: None,
+                base_requests: requests.saturating_sub(1),
+                base_unauthorized: unauthorized - 1,
+                reported: false,
+            };
+        }
+        let w_unauthorized = unauthorized - t.base_unauthorized;
+        let w_requests = requests.saturating_sub(t.base_requests).max(w_unauthorized);
+        if t.reported || w_unauthorized < cfg.min || (w_unauthorized as f64) < cfg.ratio * w_requests as f64 {
+            return None;
+        }
+        t.reported = true;
+        let failure = PropagationFailure {
+            token: self.name.to_string(),
+            route: route.to_owned(),
+            generation: t.generation,
+            fingerprint: t.fingerprint.clone(),
+            previous_fingerprint: t.previous_fingerprint.clone(),
+            after_rotation: t.after_rotation,
+            unauthorized: w_unauthorized,
+            requests: w_requests,
+            // One early refresh per window at most, whatever the generation.
+            refresh: self.config.on_401 == crate::config::On401::Refresh && self.may_force(cfg.window),
+        };
+        drop(t);
+        self.propagation_failures.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("sidekey_propagation_failures_total", "token" => self.name.to_string()).increment(1);
+        let what = if failure.after_rotation {
+            "upstream refuses the rotated token: propagation failure"
+        } else {
+            "upstream refuses the current token: 401 burst"
+        };
+        tracing::error!(
+            route = %failure.route,
+            token = %failure.token,
+            generation = failure.generation,
+            fingerprint = failure.fingerprint.as_deref().unwrap_or("-"),
+            previous = failure.previous_fingerprint.as_deref().unwrap_or("-"),
+            unauthorized = failure.unauthorized,
+            requests = failure.requests,
+            window_secs = cfg.window.as_secs_f64(),
+            action = if self.config.on_401 == crate::config::On401::Refresh { "refresh" } else { "report" },
+            "{what}"
+        );
+        Some(failure)
+    }
+
+    /// Propagation failures (and 401 bursts) reported so far.
+    pub fn propagation_failures(&self) -> u64 {
+        self.propagation_failures.load(Ordering::Relaxed)
+    }
+
+    /// Upstream 401s since the current value was published.
+    pub fn unauthorized_since_rotation(&self) -> u64 {
+        self.unauthorized().saturating_sub(self.unauthorized_at_publish.load(Ordering::Relaxed))
     }
 
     pub fn requests(&self) -> u64 {
@@ -461,6 +598,19 @@ impl Token {
         });
         self.current.store(Some(Arc::new(value)));
         drop(formats);
+        // A new value opens a new 401 window.
+        let unauthorized = self.unauthorized.load(Ordering::Relaxed);
+        self.unauthorized_at_publish.store(unauthorized, Ordering::Relaxed);
+        *lock(&self.tracker) = Tracker {
+            start: Instant::now(),
+            after_rotation: previous.is_some(),
+            generation,
+            fingerprint: Some(fingerprint.clone()),
+            previous_fingerprint: previous.as_ref().map(|p| p.fingerprint.clone()),
+            base_requests: self.requests.load(Ordering::Relaxed),
+            base_unauthorized: unauthorized,
+            reported: false,
+        };
         self.generation_tx.send_replace(generation);
         {
             let mut st = lock(&self.status);
