@@ -23,6 +23,8 @@ pub struct Config {
     pub listen: Listen,
     pub upstream: UpstreamDefaults,
     pub shutdown: Shutdown,
+    /// `[audit]`: the tamper-evident log, if wanted.
+    pub audit: Option<AuditConfig>,
     pub routes: Vec<RouteConfig>,
     /// Token definitions by name, in name order.
     pub tokens: BTreeMap<String, TokenConfig>,
@@ -94,6 +96,18 @@ impl Default for Shutdown {
 
 fn default_grace() -> Duration {
     Duration::from_secs(20)
+}
+
+/// `[audit]`: where the audit log goes and how often usage is summarised in it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+    #[serde(default = "default_summary_interval", deserialize_with = "de_duration")]
+    pub summary_interval: Duration,
+}
+
+fn default_summary_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// One `[[routes]]` entry.
@@ -609,7 +623,7 @@ struct Loader<'a> {
     errors: Vec<ConfigError>,
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["listen", "upstream", "shutdown", "routes", "tokens"];
+const TOP_LEVEL_KEYS: &[&str] = &["listen", "upstream", "shutdown", "audit", "routes", "tokens"];
 const TOKEN_SOURCES: &[&str] = &["env", "file", "oauth2", "http", "exec"];
 
 impl<'a> Loader<'a> {
@@ -777,6 +791,10 @@ impl<'a> Loader<'a> {
             Some(v) => self.section::<Shutdown>(&[Seg::Key("shutdown".into())], v),
             None => Some(Shutdown::default()),
         };
+        let audit = match root.remove("audit") {
+            Some(v) => self.section::<AuditConfig>(&[Seg::Key("audit".into())], v).map(Some),
+            None => Some(None),
+        };
 
         let mut tokens = BTreeMap::new();
         let mut tokens_ok = true;
@@ -845,6 +863,7 @@ impl<'a> Loader<'a> {
             listen: listen?,
             upstream: upstream?,
             shutdown: shutdown?,
+            audit: audit?,
             routes: routes.into_iter().map(|(_, r)| r).collect(),
             tokens,
         })

@@ -23,6 +23,7 @@
 //! - [`upstream`]: the pooled rustls client.
 //! - [`error`]: typed errors and their HTTP answers.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/tokens`, the dashboard.
+//! - [`audit`]: the hash-chained audit log, its writer and `verify`.
 //! - [`metrics`]: the Prometheus recorder and per-route handles.
 //! - [`serve`]: assembly, listeners, config reload, graceful shutdown.
 //! - [`reload`]: what triggers a reload (SIGHUP, `--watch-config`).
@@ -32,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod demo;
 pub mod error;

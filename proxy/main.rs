@@ -33,6 +33,11 @@ enum Command {
         #[arg(short, long, env = "SIDEKEY_CONFIG")]
         config: PathBuf,
     },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// A self-contained demo on loopback: an echo upstream, a rotating token, the proxy between.
     Demo {
         /// Proxy port (a free one is chosen if it is taken).
@@ -45,6 +50,12 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         rotate_every: Duration,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check an audit log's hash chain; exit 0 when intact, else name the first bad line.
+    Verify { file: PathBuf },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -92,6 +103,20 @@ fn main() -> ExitCode {
             };
             runtime().block_on(run(config, path, loaded, watch_config))
         }
+        Command::Audit { command: AuditCommand::Verify { file } } => match sidekey::audit::verify(&file) {
+            Ok(n) => {
+                println!("{}: {n} records, chain intact", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(b) if b.line == 0 => {
+                eprintln!("{}", b.reason);
+                ExitCode::from(EXIT_FATAL)
+            }
+            Err(b) => {
+                eprintln!("{}: line {}: {}", file.display(), b.line, b.reason);
+                ExitCode::from(EXIT_FATAL)
+            }
+        },
         Command::Demo { port, admin_port, rotate_every } => {
             let opts = sidekey::demo::DemoOptions { port, admin_port, rotate_every };
             match runtime().block_on(sidekey::demo::run(opts)) {

@@ -35,6 +35,15 @@ pub struct Route {
     /// Budget for the upstream's response head.
     pub timeout: Duration,
     pub metrics: RouteMetrics,
+    /// Requests and 401s, for the audit log's usage summary (kept across reloads by name).
+    pub usage: Arc<RouteUsage>,
+}
+
+/// A route's request and 401 counts since start.
+#[derive(Debug, Default)]
+pub struct RouteUsage {
+    pub requests: std::sync::atomic::AtomicU64,
+    pub unauthorized: std::sync::atomic::AtomicU64,
 }
 
 /// The proxy service: cheap to clone, one per connection. Its routes are swapped whole on a
@@ -79,6 +88,7 @@ impl Proxy {
         let metrics = route.map_or(&shared.unmatched, |r| &r.metrics);
         metrics.record(status, start.elapsed().as_secs_f64());
         if let Some(r) = route {
+            r.usage.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if status == 401 {
                 r.unauthorized();
             }
@@ -173,6 +183,7 @@ impl Route {
     /// Accounts for an upstream 401; a propagation failure with `on_401 = "refresh"` starts
     /// one early refresh (at most one per window: the tracker reports once).
     fn unauthorized(&self) {
+        self.usage.unauthorized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(failure) = self.token.observe_unauthorized(&self.name) {
             if failure.refresh {
                 let token = self.token.clone();

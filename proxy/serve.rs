@@ -20,9 +20,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::metrics::RouteMetrics;
-use crate::proxy::{Proxy, Route, RouteSet};
+use crate::proxy::{Proxy, Route, RouteSet, RouteUsage};
 use crate::route::{RouteTable, Target};
 use crate::token::{FormatRegistry, Token, TokenStore};
 use crate::upstream::{build_client, UpstreamClient};
@@ -34,6 +35,8 @@ pub enum StartError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Token(String),
+    #[error("{0}")]
+    Audit(String),
     #[error("route {route}: {message}")]
     Route { route: String, message: String },
 }
@@ -47,6 +50,8 @@ pub struct Running {
     stop_admin: watch::Sender<bool>,
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
+    stop_summary: watch::Sender<bool>,
+    summary_task: Option<JoinHandle<()>>,
 }
 
 /// What a reload replaces, shared by the proxy, the admin API and `Running`.
@@ -64,6 +69,10 @@ pub struct Live {
     reloading: tokio::sync::Mutex<()>,
     /// Set at shutdown so `/readyz` turns 503 while connections drain.
     pub draining: AtomicBool,
+    /// The audit log, when `[audit]` is configured (opened once; a reload keeps it).
+    audit: Option<Audit>,
+    /// Requests and 401s per route name, kept across reloads, for the audit usage summary.
+    usage: Mutex<HashMap<String, Arc<RouteUsage>>>,
 }
 
 impl Live {
@@ -128,11 +137,14 @@ impl Running {
             if old.listen != config.listen {
                 tracing::warn!("listen addresses change only on restart; keeping the current ones");
             }
+            if old.audit != config.audit {
+                tracing::warn!("the audit settings change only on restart; keeping the current ones");
+            }
         }
         let previous = self.live.tokens.load_full();
-        let (tokens, fresh) = build_tokens(&config, Some(&previous))?;
+        let (tokens, fresh) = build_tokens(&config, Some(&previous), self.live.audit.clone())?;
         TokenStore::load(&fresh).await;
-        let routes = build_routes(&config, &tokens, &self.live.clients)?;
+        let routes = build_routes(&config, &tokens, &self.live.clients, &self.live.usage)?;
         let summary = ReloadSummary {
             routes: config.routes.len(),
             tokens_kept: tokens
@@ -179,6 +191,13 @@ impl Running {
             Background { stop: watch::channel(false).0, tasks: Vec::new() },
         );
         bg.stop().await;
+        let _ = self.stop_summary.send(true);
+        if let Some(t) = self.summary_task {
+            let _ = t.await;
+        }
+        if let Some(a) = &self.live.audit {
+            a.flush().await;
+        }
         tracing::info!("stopped");
     }
 }
@@ -187,14 +206,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn build_tokens(config: &Config, previous: Option<&TokenStore>) -> Result<(TokenStore, Vec<Arc<Token>>), StartError> {
+fn build_tokens(
+    config: &Config,
+    previous: Option<&TokenStore>,
+    audit: Option<Audit>,
+) -> Result<(TokenStore, Vec<Arc<Token>>), StartError> {
     let mut formats = FormatRegistry::default();
     for r in &config.routes {
         formats.register(&r.token, &r.format);
     }
     match previous {
-        Some(p) => TokenStore::rebuild(config, formats, p),
-        None => TokenStore::new(config, formats).map(|s| {
+        Some(p) => TokenStore::rebuild(config, formats, p, audit),
+        None => TokenStore::new(config, formats, audit).map(|s| {
             let all = s.iter().cloned().collect();
             (s, all)
         }),
@@ -206,8 +229,10 @@ fn build_routes(
     config: &Config,
     tokens: &TokenStore,
     clients: &Mutex<HashMap<(Vec<PathBuf>, Duration), UpstreamClient>>,
+    usage: &Mutex<HashMap<String, Arc<RouteUsage>>>,
 ) -> Result<RouteSet, StartError> {
     let mut clients = lock(clients);
+    let mut usage = lock(usage);
     let mut routes = Vec::with_capacity(config.routes.len());
     for rc in &config.routes {
         let err = |message: String| StartError::Route { route: rc.name.clone(), message };
@@ -232,6 +257,7 @@ fn build_routes(
             client,
             timeout: rc.timeout.unwrap_or(config.upstream.timeout),
             metrics: RouteMetrics::new(&rc.name, Some(&rc.token)),
+            usage: usage.entry(rc.name.clone()).or_default().clone(),
             token,
         });
     }
@@ -242,9 +268,14 @@ fn build_routes(
 /// Builds everything from a validated config, loads every token once, and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     crate::metrics::install();
-    let (tokens, _) = build_tokens(&config, None)?;
+    let audit = match &config.audit {
+        Some(a) => Some(Audit::open(&a.path).map_err(StartError::Audit)?),
+        None => None,
+    };
+    let (tokens, _) = build_tokens(&config, None, audit.clone())?;
     let clients = Mutex::new(HashMap::new());
-    let routes = build_routes(&config, &tokens, &clients)?;
+    let usage = Mutex::new(HashMap::new());
+    let routes = build_routes(&config, &tokens, &clients, &usage)?;
 
     let proxy_listener = bind("proxy", config.listen.proxy).await?;
     let admin_listener = bind("admin", config.listen.admin).await?;
@@ -265,6 +296,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         background: tokio::sync::Mutex::new(background),
         reloading: tokio::sync::Mutex::new(()),
         draining: AtomicBool::new(false),
+        audit,
+        usage,
+    });
+    let (stop_summary, summary_stop_rx) = watch::channel(false);
+    let summary_task = lock(&live.config).audit.as_ref().map(|a| a.summary_interval).and_then(|every| {
+        live.audit.clone().map(|audit| tokio::spawn(summarize_usage(live.clone(), audit, every, summary_stop_rx)))
     });
 
     let (stop_proxy, proxy_stop_rx) = watch::channel(false);
@@ -280,7 +317,55 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         async move { Ok::<_, Infallible>(admin.handle(req).await) }
     }));
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, routes = route_count, tokens = token_count, "sidekey listening");
-    Ok(Running { proxy_addr, admin_addr, live, stop_proxy, stop_admin, proxy_task, admin_task })
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        live,
+        stop_proxy,
+        stop_admin,
+        proxy_task,
+        admin_task,
+        stop_summary,
+        summary_task,
+    })
+}
+
+/// Writes a usage summary per route (requests and 401s since the last one) to the audit log
+/// every `every`, and a last one at shutdown. A summary the log has no room for now is folded
+/// into the next one.
+async fn summarize_usage(live: Arc<Live>, audit: Audit, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut reported: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stopped(&mut stop) => true,
+        };
+        let routes: Vec<(String, String)> =
+            lock(&live.config).routes.iter().map(|r| (r.name.clone(), r.token.clone())).collect();
+        for (route, token) in routes {
+            let Some(u) = lock(&live.usage).get(&route).cloned() else { continue };
+            let now = (u.requests.load(Ordering::Relaxed), u.unauthorized.load(Ordering::Relaxed));
+            let before = reported.get(&route).copied().unwrap_or((0, 0));
+            if now.0 == before.0 && now.1 == before.1 {
+                continue;
+            }
+            let fields = crate::token::audit_fields([
+                ("route", route.as_str().into()),
+                ("token", token.as_str().into()),
+                ("requests", (now.0 - before.0).into()),
+                ("unauthorized", (now.1 - before.1).into()),
+                ("interval_secs", every.as_secs().into()),
+            ]);
+            if audit.try_usage(fields) {
+                reported.insert(route, now);
+            }
+        }
+        if last {
+            break;
+        }
+    }
 }
 
 /// Resolves once the watch value turns true (or its sender is gone).

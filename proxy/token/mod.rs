@@ -202,6 +202,8 @@ pub struct Token {
     unauthorized_at_publish: AtomicU64,
     tracker: Mutex<Tracker>,
     propagation_failures: AtomicU64,
+    /// The audit log, when configured.
+    audit: Option<crate::audit::Audit>,
     /// When a 401 last forced a refresh (a retry with no previous value, or `on_401 =
     /// "refresh"`): such refreshes are rate-limited, so a token the upstream keeps refusing
     /// does not turn every request into a call to the identity provider.
@@ -261,6 +263,7 @@ impl Token {
             }),
             propagation_failures: AtomicU64::new(0),
             last_forced: Mutex::new(None),
+            audit: clients.audit.clone(),
             generation_tx: tokio::sync::watch::channel(0).0,
         })
     }
@@ -438,6 +441,19 @@ impl Token {
             refresh: self.config.on_401 == crate::config::On401::Refresh && self.may_force(cfg.window),
         };
         drop(t);
+        self.audit(
+            "propagation_failure",
+            audit_fields([
+                ("route", failure.route.as_str().into()),
+                ("generation", failure.generation.into()),
+                ("fingerprint", failure.fingerprint.clone().into()),
+                ("previous", failure.previous_fingerprint.clone().into()),
+                ("after_rotation", failure.after_rotation.into()),
+                ("unauthorized", failure.unauthorized.into()),
+                ("requests", failure.requests.into()),
+            ]),
+            true,
+        );
         self.propagation_failures.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("sidekey_propagation_failures_total", "token" => self.name.to_string()).increment(1);
         let what = if failure.after_rotation {
@@ -529,8 +545,38 @@ impl Token {
         self.publish(fetched)
     }
 
+    /// Writes a token event to the audit log, if there is one.
+    pub(crate) fn audit(
+        &self,
+        event: &'static str,
+        mut fields: serde_json::Map<String, serde_json::Value>,
+        sync: bool,
+    ) {
+        if let Some(a) = &self.audit {
+            fields.insert("token".into(), self.name.to_string().into());
+            a.event(event, fields, sync);
+        }
+    }
+
     fn fail(&self, error: String) -> Refreshed {
-        tracing::warn!(token = %self.name, error = %error, "token refresh failed; keeping the last good value");
+        // The same failure again (a broken file seen by every watch event, a retry of an
+        // endpoint still down) is counted, but logged and audited only when it first happens.
+        let repeated = lock(&self.status).last_error.as_deref() == Some(error.as_str());
+        if repeated {
+            tracing::debug!(token = %self.name, error = %error, "token refresh failed again");
+        } else {
+            tracing::warn!(token = %self.name, error = %error, "token refresh failed; keeping the last good value");
+            let current = self.current.load();
+            self.audit(
+                "refresh_failed",
+                audit_fields([
+                    ("error", error.as_str().into()),
+                    ("fingerprint", current.as_ref().map(|v| v.fingerprint.clone()).into()),
+                    ("generation", current.as_ref().map(|v| v.generation).into()),
+                ]),
+                false,
+            );
+        }
         self.count_rotation("failure");
         self.record_error(&error);
         Refreshed::Failed { error }
@@ -538,6 +584,16 @@ impl Token {
 
     fn reject(&self, reason: String) -> Refreshed {
         tracing::warn!(token = %self.name, reason = %reason, "fresh token rejected by validation; keeping the current one");
+        let current = self.current.load();
+        self.audit(
+            "rejected",
+            audit_fields([
+                ("reason", reason.as_str().into()),
+                ("fingerprint", current.as_ref().map(|v| v.fingerprint.clone()).into()),
+                ("generation", current.as_ref().map(|v| v.generation).into()),
+            ]),
+            true,
+        );
         self.count_rotation("rejected");
         self.record_error(&format!("rejected: {reason}"));
         Refreshed::Rejected { reason }
@@ -625,6 +681,16 @@ impl Token {
         if let Some(e) = expires_at {
             metrics::gauge!("sidekey_token_expiry_timestamp_seconds", "token" => name.clone()).set(unix_seconds(e));
         }
+        self.audit(
+            if previous.is_some() { "rotated" } else { "loaded" },
+            audit_fields([
+                ("fingerprint", fingerprint.as_str().into()),
+                ("generation", generation.into()),
+                ("previous", previous.as_ref().map(|p| p.fingerprint.clone()).into()),
+                ("expires_at", expires_at.map(|e| humantime::format_rfc3339_seconds(e).to_string()).into()),
+            ]),
+            true,
+        );
         match previous {
             Some(prev) => {
                 self.count_rotation("success");
@@ -685,6 +751,13 @@ impl Validator {
     }
 }
 
+/// An audit record's fields from (name, value) pairs.
+pub(crate) fn audit_fields<const N: usize>(
+    pairs: [(&str, serde_json::Value); N],
+) -> serde_json::Map<String, serde_json::Value> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
 /// Locks a status mutex; a poisoned one (a panic elsewhere) still holds usable data.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -697,6 +770,7 @@ pub fn unix_seconds(t: SystemTime) -> f64 {
 
 /// Clients for the network sources, one per extra CA file.
 struct ClientCache {
+    audit: Option<crate::audit::Audit>,
     global_ca: Option<PathBuf>,
     connect_timeout: Duration,
     clients: HashMap<Option<PathBuf>, SourceClient>,
@@ -747,8 +821,12 @@ impl FormatRegistry {
 
 impl TokenStore {
     /// Builds the tokens of a validated config. No value is loaded yet: see [`TokenStore::load_all`].
-    pub fn new(config: &Config, formats: FormatRegistry) -> Result<TokenStore, String> {
-        TokenStore::build(config, formats, None).map(|(store, _)| store)
+    pub fn new(
+        config: &Config,
+        formats: FormatRegistry,
+        audit: Option<crate::audit::Audit>,
+    ) -> Result<TokenStore, String> {
+        TokenStore::build(config, formats, None, audit).map(|(store, _)| store)
     }
 
     /// Builds the tokens of a reloaded config, keeping every token of `previous` whose
@@ -759,16 +837,19 @@ impl TokenStore {
         config: &Config,
         formats: FormatRegistry,
         previous: &TokenStore,
+        audit: Option<crate::audit::Audit>,
     ) -> Result<(TokenStore, Vec<Arc<Token>>), String> {
-        TokenStore::build(config, formats, Some(previous))
+        TokenStore::build(config, formats, Some(previous), audit)
     }
 
     fn build(
         config: &Config,
         mut formats: FormatRegistry,
         previous: Option<&TokenStore>,
+        audit: Option<crate::audit::Audit>,
     ) -> Result<(TokenStore, Vec<Arc<Token>>), String> {
         let mut clients = ClientCache {
+            audit,
             global_ca: config.upstream.ca_file.clone(),
             connect_timeout: config.upstream.connect_timeout,
             clients: HashMap::new(),

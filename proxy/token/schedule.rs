@@ -107,6 +107,14 @@ async fn run(token: &Token) {
                 expired_reported = generation;
                 tracing::error!(token = %token.name, generation, "token expired without a successful refresh; its routes answer 503");
                 metrics::gauge!("sidekey_token_ready", "token" => token.name.to_string()).set(0.0);
+                token.audit(
+                    "expired",
+                    super::audit_fields([
+                        ("generation", generation.into()),
+                        ("fingerprint", current.as_ref().map(|v| v.fingerprint.clone()).into()),
+                    ]),
+                    true,
+                );
             }
         }
         if next_refresh.is_some_and(|n| n <= Instant::now()) {

@@ -1,0 +1,211 @@
+//! The tamper-evident audit log: append-only JSON lines, one per token event and a periodic
+//! usage summary per route, each chained to the line before by SHA-256.
+//!
+//! A line is a JSON object with sorted keys: `seq` (1, 2, ...), `ts`, `event`, the event's
+//! fields, `prev` (the previous line's `hash`; 64 zeros for the first) and `hash`, the SHA-256
+//! of the line's own compact JSON without `hash`. Editing, deleting or reordering a line breaks
+//! the chain at that line, which `sidekey audit verify` names. On start the writer continues an
+//! existing file's chain.
+//!
+//! Writing never blocks a request: events go through a bounded channel to a writer thread. A
+//! token event is never dropped (when the channel is full it waits in a task of its own); usage
+//! is summarised from counters, so a full channel only makes a summary cover more time.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+/// Events waiting for the writer.
+const QUEUE: usize = 1024;
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+enum Message {
+    Record {
+        event: &'static str,
+        fields: Map<String, Value>,
+        sync: bool,
+    },
+    /// Answered once every record sent before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// A handle to the audit log: cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Audit {
+    tx: mpsc::Sender<Message>,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Message::Record { event, .. } => write!(f, "Record({event})"),
+            Message::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+impl Audit {
+    /// Opens (or creates) the log, reads where its chain stands, and starts the writer.
+    pub fn open(path: &Path) -> Result<Audit, String> {
+        let shown = path.display().to_string();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)
+            .map_err(|e| format!("cannot open audit log {shown}: {e}"))?;
+        let (seq, prev) = match last_line(&mut file).map_err(|e| format!("cannot read audit log {shown}: {e}"))? {
+            None => (0, GENESIS.to_owned()),
+            Some(line) => {
+                let v: Map<String, Value> = serde_json::from_str(&line).map_err(|_| {
+                    format!("audit log {shown}: its last line is not an audit record; not appending to it")
+                })?;
+                match (v.get("seq").and_then(Value::as_u64), v.get("hash").and_then(Value::as_str)) {
+                    (Some(seq), Some(hash)) => (seq, hash.to_owned()),
+                    _ => return Err(format!("audit log {shown}: its last line has no seq/hash; not appending to it")),
+                }
+            }
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let path = path.to_owned();
+        std::thread::Builder::new()
+            .name("sidekey-audit".into())
+            .spawn(move || writer(file, path, seq, prev, rx))
+            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        Ok(Audit { tx })
+    }
+
+    /// Records an event; never blocks and never drops it.
+    pub fn event(&self, event: &'static str, fields: Map<String, Value>, sync: bool) {
+        match self.tx.try_send(Message::Record { event, fields, sync }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let tx = self.tx.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move {
+                            let _ = tx.send(msg).await;
+                        });
+                    }
+                    Err(_) => {
+                        let _ = tx.blocking_send(msg);
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!(event, "audit writer is gone; event not recorded")
+            }
+        }
+    }
+
+    /// Records a usage summary if there is room now; `false` means try again next interval
+    /// (with the counts of both).
+    pub fn try_usage(&self, fields: Map<String, Value>) -> bool {
+        self.tx.try_send(Message::Record { event: "usage", fields, sync: false }).is_ok()
+    }
+
+    /// Waits until every event sent so far is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Message::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn writer(mut file: File, path: PathBuf, mut seq: u64, mut prev: String, mut rx: mpsc::Receiver<Message>) {
+    while let Some(msg) = rx.blocking_recv() {
+        let (event, mut fields, sync) = match msg {
+            Message::Record { event, fields, sync } => (event, fields, sync),
+            Message::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        seq += 1;
+        fields.insert("seq".into(), seq.into());
+        fields.insert("ts".into(), humantime::format_rfc3339_millis(SystemTime::now()).to_string().into());
+        fields.insert("event".into(), event.into());
+        fields.insert("prev".into(), prev.clone().into());
+        let hash = line_hash(&fields);
+        fields.insert("hash".into(), hash.clone().into());
+        let mut line = Value::Object(fields).to_string();
+        line.push('\n');
+        // One write per line on an O_APPEND file: lines from this writer never interleave.
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            tracing::error!(file = %path.display(), error = %e, event, "cannot write the audit log");
+            seq -= 1;
+            continue;
+        }
+        if sync {
+            if let Err(e) = file.sync_data() {
+                tracing::error!(file = %path.display(), error = %e, "cannot sync the audit log");
+            }
+        }
+        prev = hash;
+    }
+}
+
+/// SHA-256 of the record's compact JSON (sorted keys) without `hash`, in hex.
+fn line_hash(fields: &Map<String, Value>) -> String {
+    let body = Value::Object(
+        fields.iter().filter(|(k, _)| k.as_str() != "hash").map(|(k, v)| (k.clone(), v.clone())).collect(),
+    );
+    Sha256::digest(body.to_string().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The last complete line of a file, if any.
+fn last_line(file: &mut File) -> std::io::Result<Option<String>> {
+    let len = file.seek(SeekFrom::End(0))?;
+    let start = len.saturating_sub(64 * 1024);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = String::new();
+    file.read_to_string(&mut tail)?;
+    Ok(tail.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned))
+}
+
+/// Where a chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// 1-based line number in the file.
+    pub line: usize,
+    pub reason: String,
+}
+
+/// Checks a whole audit log; returns the number of records when the chain is intact.
+pub fn verify(path: &Path) -> Result<usize, Broken> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Broken { line: 0, reason: format!("cannot read {}: {e}", path.display()) })?;
+    let mut prev = GENESIS.to_owned();
+    let mut expected_seq: Option<u64> = None;
+    let mut count = 0;
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let broken = |reason: String| Broken { line: n, reason };
+        let fields: Map<String, Value> = serde_json::from_str(line).map_err(|_| broken("not a JSON record".into()))?;
+        let hash = fields.get("hash").and_then(Value::as_str).ok_or_else(|| broken("no hash".into()))?;
+        if line_hash(&fields) != hash {
+            return Err(broken("its hash does not match its content (edited?)".into()));
+        }
+        let seq = fields.get("seq").and_then(Value::as_u64).ok_or_else(|| broken("no seq".into()))?;
+        if let Some(want) = expected_seq {
+            if seq != want {
+                return Err(broken(format!("seq {seq} where {want} was expected (a line deleted or moved?)")));
+            }
+        }
+        if fields.get("prev").and_then(Value::as_str) != Some(prev.as_str()) {
+            return Err(broken(
+                "prev does not match the hash of the line before (a line deleted, moved or inserted?)".into(),
+            ));
+        }
+        prev = hash.to_owned();
+        expected_seq = Some(seq + 1);
+        count += 1;
+    }
+    Ok(count)
+}
