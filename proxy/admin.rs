@@ -16,6 +16,10 @@ use serde_json::{json, Value};
 use crate::serve::Live;
 use crate::token::{Refreshed, Token};
 
+/// The dashboard: one self-contained page (inline CSS and script, no outside assets) that
+/// polls `/tokens`, `/routes` and `/readyz`.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
 /// The admin service: cheap to clone, one per connection.
 #[derive(Clone)]
 pub struct Admin {
@@ -41,7 +45,8 @@ impl Admin {
                 let list: Vec<Value> = self.live.tokens().iter().map(|t| token_json(t)).collect();
                 json_body(StatusCode::OK, &Value::Array(list))
             }
-            (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, "text/html; charset=utf-8", self.dashboard()),
+            (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
+            (&Method::GET | &Method::HEAD, "/routes") => json_body(StatusCode::OK, &self.live.routes_json()),
             (&Method::POST, p) if p.starts_with("/tokens/") && p.ends_with("/refresh") => {
                 let name = &p["/tokens/".len()..p.len() - "/refresh".len()];
                 match self.live.tokens().get(name) {
@@ -64,7 +69,7 @@ impl Admin {
                     ),
                 }
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/tokens" | "/") => {
+            (_, "/healthz" | "/readyz" | "/metrics" | "/tokens" | "/routes" | "/") => {
                 json_body(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method_not_allowed"}))
             }
             _ => json_body(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
@@ -83,33 +88,6 @@ impl Admin {
         } else {
             json_body(StatusCode::OK, &json!({"ready": true}))
         }
-    }
-
-    /// A plain HTML page of the token table, refreshing itself; no outside assets.
-    fn dashboard(&self) -> String {
-        let mut rows = String::new();
-        for t in self.live.tokens().iter() {
-            let j = token_json(t);
-            let cell = |k: &str| match &j[k] {
-                Value::Null => "-".to_owned(),
-                Value::String(s) => html_escape(s),
-                v => html_escape(&v.to_string()),
-            };
-            rows.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-                cell("name"), cell("source"), cell("state"), cell("state"), cell("generation"), cell("fingerprint"),
-                cell("loaded_at"), cell("last_rotation"), cell("requests"), cell("unauthorized"), cell("last_error"),
-            ));
-        }
-        format!(
-            "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
-<title>sidekey</title><style>body{{font-family:system-ui,sans-serif;margin:2em}}table{{border-collapse:collapse}}\
-td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}.ready{{color:#070}}.unavailable,.expired{{color:#b00}}</style></head>\
-<body><h1>sidekey</h1><p>Tokens (values are never shown; fingerprints are short SHA-256 prefixes).</p>\
-<table><tr><th>token</th><th>source</th><th>state</th><th>generation</th><th>fingerprint</th><th>loaded</th>\
-<th>last rotation</th><th>requests</th><th>401s</th><th>last error</th></tr>\n{rows}</table>\
-<p><a href=\"/tokens\">/tokens</a> · <a href=\"/metrics\">/metrics</a> · <a href=\"/readyz\">/readyz</a></p></body></html>\n"
-        )
     }
 }
 
@@ -140,15 +118,12 @@ pub fn token_json(t: &Token) -> Value {
         "unauthorized": t.unauthorized(),
         "unauthorized_since_rotation": t.unauthorized_since_rotation(),
         "propagation_failures": t.propagation_failures(),
+        "history": t.usage_history(),
     })
 }
 
 fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> AdminResponse {

@@ -44,6 +44,8 @@ pub struct Route {
 pub struct RouteUsage {
     pub requests: std::sync::atomic::AtomicU64,
     pub unauthorized: std::sync::atomic::AtomicU64,
+    /// Answers of 500 and above, ours (502, 503, 504) or the upstream's.
+    pub errors: std::sync::atomic::AtomicU64,
 }
 
 /// The proxy service: cheap to clone, one per connection. Its routes are swapped whole on a
@@ -89,6 +91,9 @@ impl Proxy {
         metrics.record(status, start.elapsed().as_secs_f64());
         if let Some(r) = route {
             r.usage.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if status >= 500 {
+                r.usage.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if status == 401 {
                 r.unauthorized();
             }

@@ -80,6 +80,27 @@ impl Live {
     pub fn tokens(&self) -> Arc<TokenStore> {
         self.tokens.load_full()
     }
+
+    /// Every configured route with its counters, for the admin API.
+    pub fn routes_json(&self) -> serde_json::Value {
+        let config = lock(&self.config);
+        let usage = lock(&self.usage);
+        let routes = config.routes.iter().map(|r| {
+            let u = usage.get(&r.name);
+            let n = |f: fn(&RouteUsage) -> &std::sync::atomic::AtomicU64| u.map_or(0, |u| f(u).load(Ordering::Relaxed));
+            serde_json::json!({
+                "name": r.name,
+                "prefix": r.prefix,
+                "host": r.host,
+                "upstream": r.upstream,
+                "token": r.token,
+                "requests": n(|u| &u.requests),
+                "unauthorized": n(|u| &u.unauthorized),
+                "errors": n(|u| &u.errors),
+            })
+        });
+        serde_json::Value::Array(routes.collect())
+    }
 }
 
 /// Background tasks of one token set, stopped together.
@@ -92,6 +113,7 @@ impl Background {
     fn spawn(tokens: &TokenStore) -> Background {
         let (stop, rx) = watch::channel(false);
         let mut tasks = crate::token::schedule::spawn(tokens.iter().cloned().collect(), rx.clone());
+        tasks.push(tokio::spawn(sample_usage(tokens.iter().cloned().collect(), rx.clone())));
         tasks.extend(crate::token::file::spawn_watcher(tokens.iter().cloned().collect(), rx));
         Background { stop, tasks }
     }
@@ -328,6 +350,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop_summary,
         summary_task,
     })
+}
+
+/// Samples every token's usage counters once a minute, for the history on `/tokens`.
+async fn sample_usage(tokens: Vec<Arc<Token>>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(&mut stop) => break,
+        }
+        let now = std::time::SystemTime::now();
+        for t in &tokens {
+            t.sample_usage(now);
+        }
+    }
 }
 
 /// Writes a usage summary per route (requests and 401s since the last one) to the audit log

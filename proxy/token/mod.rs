@@ -84,6 +84,55 @@ struct Tracker {
     reported: bool,
 }
 
+/// Samples of a token's cumulative counters, one a minute, the last hour's worth: usage
+/// history at no cost to requests (the counters exist anyway) and in bounded memory.
+#[derive(Debug, Default)]
+pub struct History {
+    samples: std::collections::VecDeque<Sample>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: SystemTime,
+    requests: u64,
+    unauthorized: u64,
+}
+
+/// Requests and 401s in one interval of the usage history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Start of the interval, Unix seconds.
+    pub start: u64,
+    pub requests: u64,
+    pub unauthorized: u64,
+}
+
+impl History {
+    /// Samples kept: an hour of minutes, plus the one the first interval starts from.
+    pub const KEEP: usize = 61;
+
+    pub fn record(&mut self, at: SystemTime, requests: u64, unauthorized: u64) {
+        if self.samples.len() == Self::KEEP {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(Sample { at, requests, unauthorized });
+    }
+
+    /// The intervals between samples, oldest first, and the current one up to `now`.
+    pub fn intervals(&self, now: SystemTime, requests: u64, unauthorized: u64) -> Vec<Usage> {
+        let current = Sample { at: now, requests, unauthorized };
+        self.samples
+            .iter()
+            .zip(self.samples.iter().skip(1).chain(std::iter::once(&current)))
+            .map(|(a, b)| Usage {
+                start: a.at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                requests: b.requests.saturating_sub(a.requests),
+                unauthorized: b.unauthorized.saturating_sub(a.unauthorized),
+            })
+            .collect()
+    }
+}
+
 /// A detected propagation failure (or 401 burst), as reported.
 #[derive(Debug, Clone)]
 pub struct PropagationFailure {
@@ -204,6 +253,8 @@ pub struct Token {
     propagation_failures: AtomicU64,
     /// The audit log, when configured.
     audit: Option<crate::audit::Audit>,
+    /// Per-minute samples of `requests` and `unauthorized` for the last hour.
+    history: Mutex<History>,
     /// When a 401 last forced a refresh (a retry with no previous value, or `on_401 =
     /// "refresh"`): such refreshes are rate-limited, so a token the upstream keeps refusing
     /// does not turn every request into a call to the identity provider.
@@ -264,6 +315,7 @@ impl Token {
             propagation_failures: AtomicU64::new(0),
             last_forced: Mutex::new(None),
             audit: clients.audit.clone(),
+            history: Mutex::new(History::default()),
             generation_tx: tokio::sync::watch::channel(0).0,
         })
     }
@@ -474,6 +526,16 @@ impl Token {
             "{what}"
         );
         Some(failure)
+    }
+
+    /// Takes this minute's usage sample.
+    pub fn sample_usage(&self, at: SystemTime) {
+        lock(&self.history).record(at, self.requests(), self.unauthorized());
+    }
+
+    /// Requests and 401s per minute for the last hour, the current minute last.
+    pub fn usage_history(&self) -> Vec<Usage> {
+        lock(&self.history).intervals(SystemTime::now(), self.requests(), self.unauthorized())
     }
 
     /// Propagation failures (and 401 bursts) reported so far.
@@ -914,5 +976,26 @@ impl TokenStore {
     /// Names of tokens without a usable value.
     pub fn not_ready(&self) -> Vec<&str> {
         self.tokens.iter().filter(|t| !t.is_ready()).map(|t| t.name()).collect()
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    #[test]
+    fn history_keeps_an_hour_of_minutes_and_reports_deltas() {
+        let mut h = History::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        for i in 0..100u64 {
+            h.record(t0 + Duration::from_secs(60 * i), i * 10, i);
+        }
+        assert_eq!(h.samples.len(), History::KEEP);
+        let now = t0 + Duration::from_secs(60 * 99 + 30);
+        let iv = h.intervals(now, 99 * 10 + 4, 99);
+        assert_eq!(iv.len(), History::KEEP);
+        assert!(iv[..60].iter().all(|u| u.requests == 10 && u.unauthorized == 1), "{iv:?}");
+        assert_eq!(iv[60], Usage { start: 1_800_000_000 + 60 * 99, requests: 4, unauthorized: 0 });
+        assert_eq!(iv[0].start, 1_800_000_000 + 60 * 39);
     }
 }
