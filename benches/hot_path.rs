@@ -25,12 +25,17 @@ fn route_lookup(c: &mut Criterion) {
 }
 
 fn config(upstream: &str) -> sidekey::Config {
+    config_with(upstream, "")
+}
+
+fn config_with(upstream: &str, extra: &str) -> sidekey::Config {
     std::env::set_var("SIDEKEY_BENCH_TOKEN", "bench_token_0123456789abcdef");
     sidekey::Config::parse(&format!(
         r#"
 [listen]
 proxy = "127.0.0.1:0"
 admin = "127.0.0.1:0"
+{extra}
 
 [[routes]]
 name = "bench"
@@ -56,19 +61,26 @@ fn token_header(c: &mut Criterion) {
 
 fn proxied_vs_direct(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (upstream, running) = rt.block_on(async {
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit = format!(
+        "[audit]\npath = {:?}\nsummary_interval = \"1s\"\n",
+        audit_dir.path().join("audit.log").display().to_string()
+    );
+    let (upstream, running, audited) = rt.block_on(async {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         tokio::spawn(sidekey::demo::echo_server(l));
         let running = sidekey::start(config(&format!("http://{addr}"))).await.unwrap();
-        (addr, running)
+        let audited = sidekey::start(config_with(&format!("http://{addr}"), &audit)).await.unwrap();
+        (addr, running, audited)
     });
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let direct: Uri = format!("http://{upstream}/x").parse().unwrap();
     let proxied: Uri = format!("http://{}/bench/x", running.proxy_addr).parse().unwrap();
+    let with_audit: Uri = format!("http://{}/bench/x", audited.proxy_addr).parse().unwrap();
     let mut group = c.benchmark_group("request_keepalive_h1");
     group.measurement_time(Duration::from_secs(5));
-    for (name, uri) in [("direct", direct), ("via_sidekey", proxied)] {
+    for (name, uri) in [("direct", direct), ("via_sidekey", proxied), ("via_sidekey_with_audit", with_audit)] {
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| {
                 let req = Request::get(uri.clone()).body(Full::default()).unwrap();
@@ -83,6 +95,7 @@ fn proxied_vs_direct(c: &mut Criterion) {
     }
     group.finish();
     rt.block_on(running.shutdown());
+    rt.block_on(audited.shutdown());
 }
 
 criterion_group!(benches, route_lookup, token_header, proxied_vs_direct);
