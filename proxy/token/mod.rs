@@ -813,6 +813,18 @@ impl Validator {
     }
 }
 
+/// Creates a token's series at zero, so that the first failure is an increase Prometheus can
+/// see (`increase()` cannot tell a series born at 1 from one that was always 1).
+fn register_metrics(name: &str) {
+    let token = name.to_owned();
+    metrics::gauge!("sidekey_token_ready", "token" => token.clone()).set(0.0);
+    metrics::gauge!("sidekey_token_generation", "token" => token.clone()).set(0.0);
+    metrics::counter!("sidekey_propagation_failures_total", "token" => token.clone()).increment(0);
+    for result in ["success", "failure", "rejected"] {
+        metrics::counter!("sidekey_token_rotations_total", "token" => token.clone(), "result" => result).increment(0);
+    }
+}
+
 /// An audit record's fields from (name, value) pairs.
 pub(crate) fn audit_fields<const N: usize>(
     pairs: [(&str, serde_json::Value); N],
@@ -936,8 +948,7 @@ impl TokenStore {
                 None => {
                     let t =
                         Arc::new(Token::new(name, tc, wanted, &mut clients).map_err(|e| format!("token {name}: {e}"))?);
-                    metrics::gauge!("sidekey_token_ready", "token" => name.clone()).set(0.0);
-                    metrics::gauge!("sidekey_token_generation", "token" => name.clone()).set(0.0);
+                    register_metrics(name);
                     fresh.push(t.clone());
                     t
                 }
