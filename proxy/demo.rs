@@ -1,13 +1,15 @@
 //! `sidekey demo`: the whole loop on loopback with nothing installed. A local upstream echoes
-//! the headers it receives, a token file in a temp dir is rewritten every few seconds (the way
-//! a secret volume or an issuer would rotate it), and the proxy sits between them.
+//! the headers it receives, a local OAuth2 token issuer (client-credentials grant) hands out
+//! tokens that live twice the rotation period, so sidekey refreshes them every period (at 50 %
+//! of their lifetime), and the proxy sits between them with its admin dashboard.
 
 use std::convert::Infallible;
-use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -27,15 +29,22 @@ pub struct DemoOptions {
     pub rotate_every: Duration,
 }
 
+/// The demo issuer's client credentials (a demo: they are not secret).
+const CLIENT_ID: &str = "demo-service";
+const CLIENT_SECRET: &str = "demo-client-secret";
+const SECRET_VAR: &str = "SIDEKEY_DEMO_CLIENT_SECRET";
+
 /// Runs the demo until Ctrl-C (or SIGTERM).
 pub async fn run(opts: DemoOptions) -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let token_path = dir.path().join("token");
-    write_token(&token_path, 1)?;
-
     let echo = TcpListener::bind("127.0.0.1:0").await?;
     let echo_addr = echo.local_addr()?;
     tokio::spawn(echo_server(echo));
+    let issuer = TcpListener::bind("127.0.0.1:0").await?;
+    let issuer_addr = issuer.local_addr()?;
+    let lifetime = (opts.rotate_every * 2).max(Duration::from_secs(1));
+    tokio::spawn(token_issuer(issuer, lifetime));
+    // The client secret reaches sidekey the way it would in production: by reference.
+    std::env::set_var(SECRET_VAR, CLIENT_SECRET);
 
     let config_for = |port: u16, admin: u16| {
         Config::parse(&format!(
@@ -51,10 +60,13 @@ upstream = "http://{echo_addr}"
 token = "demo"
 
 [tokens.demo]
-source = "file"
-path = {path:?}
-"#,
-            path = token_path.display().to_string()
+source = "oauth2"
+token_url = "http://{issuer_addr}/token"
+client_id = "{CLIENT_ID}"
+client_secret = {{ env = "{SECRET_VAR}" }}
+scope = "echo"
+refresh_before = "50%"
+"#
         ))
     };
     let running = match serve::start(config_for(opts.port, opts.admin_port)?).await {
@@ -68,39 +80,62 @@ path = {path:?}
     let proxy = running.proxy_addr;
     let admin = running.admin_addr;
     println!(
-        "\nsidekey demo is running.\n\n  upstream (echoes what it receives): http://{echo_addr}\n  token file (rewritten every {}s):   {}\n\nTry:\n  curl -s http://{proxy}/echo/hello?x=1          # the echo shows the injected Authorization\n  curl -s -H 'Authorization: Bearer mine' http://{proxy}/echo/   # the client's value is replaced\n  curl -s http://{proxy}/nowhere                 # 404 no_route, nothing forwarded\n  curl -s http://{admin}/tokens                  # generation and fingerprint, never the value\n  curl -s -X POST http://{admin}/tokens/demo/refresh\n  curl -s http://{admin}/metrics | grep sidekey_\n\nDashboard: http://{admin}/\nCtrl-C stops it.\n",
+        "\nsidekey demo is running.\n\n  upstream (echoes what it receives): http://{echo_addr}\n  token issuer (OAuth2, tokens live {}s, rotated every {}s): http://{issuer_addr}/token\n\nTry:\n  curl -s http://{proxy}/echo/hello?x=1          # the echo shows the injected Authorization\n  curl -s -H 'Authorization: Bearer mine' http://{proxy}/echo/   # the client's value is replaced\n  curl -s http://{proxy}/nowhere                 # 404 no_route, nothing forwarded\n  curl -s http://{admin}/tokens                  # generation and fingerprint, never the value\n  curl -s -X POST http://{admin}/tokens/demo/refresh\n  curl -s http://{admin}/metrics | grep sidekey_\n\nDashboard: http://{admin}/\nCtrl-C stops it.\n",
+        lifetime.as_secs_f64(),
         opts.rotate_every.as_secs_f64(),
-        token_path.display(),
     );
-
-    let mut ticker = tokio::time::interval(opts.rotate_every);
-    ticker.tick().await;
-    let mut n = 1u64;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                n += 1;
-                if let Err(e) = write_token(&token_path, n) {
-                    tracing::warn!(error = %e, "demo could not rewrite its token file");
-                }
-            }
-            _ = crate::shutdown_signal() => break,
-        }
-    }
+    crate::shutdown_signal().await;
     tracing::info!("demo stopping");
     running.shutdown().await;
-    drop(dir);
     Ok(())
 }
 
-/// Writes a fresh demo token by rename-over, the way secret managers replace files.
-fn write_token(path: &Path, n: u64) -> std::io::Result<()> {
-    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let digest = Sha256::digest(format!("{nanos}:{n}:{}", std::process::id()));
-    let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("demo_{hex}\n"))?;
-    std::fs::rename(&tmp, path)
+/// The demo's identity provider: the client-credentials grant at `/token`, checking the
+/// client's Basic credentials, each answer a fresh random token.
+async fn token_issuer(listener: TcpListener, lifetime: Duration) {
+    let issued = Arc::new(AtomicU64::new(0));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let issued = issued.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let issued = issued.clone();
+                async move { Ok::<_, Infallible>(issue(&req, &issued, lifetime)) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn issue(req: &Request<Incoming>, issued: &AtomicU64, lifetime: Duration) -> Response<Full<Bytes>> {
+    use base64::Engine;
+    let expected =
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}")));
+    let authorized =
+        req.headers().get(http::header::AUTHORIZATION).is_some_and(|v| v.as_bytes() == expected.as_bytes());
+    let (status, body) = if req.uri().path() != "/token" || req.method() != http::Method::POST {
+        (StatusCode::NOT_FOUND, serde_json::json!({ "error": "not_found" }))
+    } else if !authorized {
+        (
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({ "error": "invalid_client", "error_description": "unknown client credentials" }),
+        )
+    } else {
+        let n = issued.fetch_add(1, Ordering::Relaxed) + 1;
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let digest = Sha256::digest(format!("{nanos}:{n}:{}", std::process::id()));
+        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        (
+            StatusCode::OK,
+            serde_json::json!({ "access_token": format!("demo_{hex}"), "token_type": "Bearer", "expires_in": lifetime.as_secs_f64() }),
+        )
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// The demo upstream: answers every request with the method, path and headers it received.
