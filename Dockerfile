@@ -1,16 +1,43 @@
-# sidekey container image: a static build, then a distroless runtime with no shell.
+# sidekey container image: a release build on Debian bookworm, then a distroless runtime
+# (glibc, CA certificates, no shell, no package manager) running as an unprivileged user.
+#
+#   docker build -t sidekey:0.1.0 .
+#   docker run --rm -v "$PWD/my-sidekey.toml:/etc/sidekey/sidekey.toml:ro" sidekey:0.1.0
+#   docker run --rm -v "$PWD/my-sidekey.toml:/etc/sidekey/sidekey.toml:ro" sidekey:0.1.0 check
+# (to publish a port, the config must listen on 0.0.0.0 rather than 127.0.0.1)
+#
+# Health: the image has no HEALTHCHECK (there is no shell or curl to run one); orchestrators
+# probe the admin listener instead: GET /healthz (liveness), GET /readyz (readiness), see
+# examples/kubernetes/. Lint: tests/servers/lint/run.sh.
+
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY . .
-RUN cargo build --release --locked && strip target/release/sidekey
+# Only what the build reads, so edits to docs, tests or examples reuse the cached layer.
+# (benches/ because Cargo.toml declares a [[bench]] target, which cargo resolves on every build.)
+COPY Cargo.toml Cargo.lock ./
+COPY proxy ./proxy
+COPY benches ./benches
+RUN cargo build --release --locked --bin sidekey \
+ && strip target/release/sidekey \
+ && ./target/release/sidekey --version
 
 FROM gcr.io/distroless/cc-debian12:nonroot
+ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="sidekey" \
       org.opencontainers.image.description="Credential sidecar: injects API tokens into outbound HTTP requests" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
 COPY --from=build /src/target/release/sidekey /usr/local/bin/sidekey
-USER 65532:65532
-EXPOSE 8080 9901
+# The config is mounted here (a ConfigMap, a bind mount); `sidekey run` reads SIDEKEY_CONFIG.
 ENV SIDEKEY_CONFIG=/etc/sidekey/sidekey.toml
+# distroless's "nonroot" user, numerically, so runAsNonRoot can verify it without /etc/passwd.
+USER 65532:65532
+# 8080: the proxy (data plane), 9901: the admin API (/healthz, /readyz, /metrics).
+# Inside a pod the proxy listens on 127.0.0.1 only; see examples/kubernetes/configmap.yaml.
+EXPOSE 8080 9901
+# SIGTERM drains: /readyz turns 503, the proxy stops accepting, in-flight requests get
+# [shutdown] grace (default 20s), then exit 0. A second signal exits at once.
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/sidekey"]
 CMD ["run"]

@@ -178,7 +178,7 @@ impl RouteSet {
             Ok(_) => "success",
             Err(_) => "error",
         };
-        tracing::info!(route = %route.name, token = route.token.name(), with, outcome, "retried a 401 right after a rotation");
+        tracing::debug!(route = %route.name, token = route.token.name(), with, outcome, "retried a 401 right after a rotation");
         metrics::counter!("sidekey_upstream_retries_total", "route" => route.name.to_string(), "token" => route.token.name().to_owned(), "with" => with, "outcome" => outcome).increment(1);
         (Some(route), result)
     }
