@@ -5,83 +5,8 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
+use support::servers::Prometheus;
 use support::*;
-
-struct Prometheus {
-    child: Child,
-    addr: std::net::SocketAddr,
-    _work: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    async fn start(target: std::net::SocketAddr) -> Prometheus {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let script = root.join("tests/servers/prometheus/start.sh");
-        let rules = root.join("examples/prometheus/alerts.yml");
-        assert!(
-            Command::new("prometheus").arg("--version").output().is_ok_and(|o| o.status.success()),
-            "prometheus is not installed: run tests/servers/install.sh"
-        );
-        let work = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let mut child = Command::new("bash")
-                .arg(&script)
-                .arg(port.to_string())
-                .arg(target.to_string())
-                .arg(&rules)
-                .arg(work.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let c = client();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // the port was taken
-                }
-                let req = http::Request::get(format!("http://{addr}/-/ready")).body(Default::default()).unwrap();
-                if let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(1), c.request(req)).await {
-                    if r.status() == 200 {
-                        return Prometheus { child, addr, _work: work };
-                    }
-                }
-                assert!(Instant::now() < deadline, "prometheus did not become ready within 30 s");
-                // An external process's readiness has no signal but its health endpoint.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        panic!("prometheus could not bind a free port in 5 tries");
-    }
-
-    /// Polls `path` on Prometheus' API until `done` holds for its JSON (bounded).
-    async fn until(&self, what: &str, path: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let c = client();
-        loop {
-            let j = get(&c, &format!("http://{}{path}", self.addr)).await.json();
-            if done(&j) {
-                return j;
-            }
-            assert!(Instant::now() < deadline, "{what} not seen through Prometheus within 60 s; last answer: {j}");
-            // Prometheus scrapes and evaluates on its own clock: its API is the only signal.
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_sees_a_propagation_failure_and_fires_the_alert() {
@@ -98,7 +23,8 @@ async fn prometheus_sees_a_propagation_failure_and_fires_the_alert() {
         path.display().to_string()
     );
     let sk = start_proxy(&config).await;
-    let prom = Prometheus::start(sk.admin_addr).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let prom = Prometheus::start(sk.admin_addr, &root.join("examples/prometheus/alerts.yml")).await;
     let query = "/api/v1/query?query=sidekey_propagation_failures_total%7Btoken%3D%22promtok%22%7D";
     // Prometheus has the series at zero before anything happens.
     prom.until("the propagation counter at 0", query, |j| j["data"]["result"][0]["value"][1] == "0").await;

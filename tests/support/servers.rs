@@ -226,3 +226,58 @@ impl Drop for Apache {
         let _ = self.child.wait();
     }
 }
+
+/// A real Prometheus server (Debian's package) scraping one target every second and
+/// evaluating `rules` every second.
+pub struct Prometheus {
+    child: Child,
+    pub addr: SocketAddr,
+    _work: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub async fn start(target: SocketAddr, rules: &std::path::Path) -> Prometheus {
+        assert!(
+            Command::new("prometheus").arg("--version").output().is_ok_and(|o| o.status.success()),
+            "prometheus is not installed: {INSTALL_HINT}"
+        );
+        let script = servers_dir().join("prometheus/start.sh");
+        let work = tempfile::tempdir().unwrap();
+        let (child, addr) = start_on_free_port("prometheus", "/-/ready", |addr| {
+            Command::new("bash")
+                .arg(&script)
+                .arg(addr.port().to_string())
+                .arg(target.to_string())
+                .arg(rules)
+                .arg(work.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .await;
+        Prometheus { child, addr, _work: work }
+    }
+
+    /// Polls `path` on Prometheus' API until `done` holds for its JSON (bounded: 60 s).
+    pub async fn until(&self, what: &str, path: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let c = super::client();
+        loop {
+            let j = super::get(&c, &format!("http://{}{path}", self.addr)).await.json();
+            if done(&j) {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "{what} not seen through Prometheus within 60 s; last answer: {j}");
+            // Prometheus scrapes and evaluates on its own clock: its API is the only signal.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
