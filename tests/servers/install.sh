@@ -136,3 +136,39 @@ else
   )
 fi
 echo "$(chromium --version 2>/dev/null | head -n1)"
+
+# --- lint tools: checkov, kubernetes-validate (PyPI, own venv) ---------------------------------
+# For tests/servers/lint/run.sh (the Dockerfile and examples/kubernetes). A venv of their own,
+# since checkov pins a hundred packages: SIDEKEY_LINT_VENV, default /opt/sidekey-lint-venv.
+# Pinned by lint/requirements.txt + lint/constraints.txt; a stamp of both (and the Python
+# version) skips the install when nothing changed. The first install takes about 1.5 minutes.
+lint_venv="${SIDEKEY_LINT_VENV:-/opt/sidekey-lint-venv}"
+lint_req="$here/lint/requirements.txt"
+lint_con="$here/lint/constraints.txt"
+lint_stamp="$lint_venv/.sidekey-install-stamp"
+lint_want="$(cat "$lint_req" "$lint_con" | sha256sum | cut -d' ' -f1) $(python3 --version 2>&1)"
+if [[ -f "$lint_stamp" && "$(cat "$lint_stamp")" == "$lint_want" &&
+      -x "$lint_venv/bin/checkov" && -x "$lint_venv/bin/kubernetes-validate" ]]; then
+  echo "lint venv up to date ($lint_venv)"
+else
+  rm -rf "$lint_venv"
+  if ! python3 -m venv "$lint_venv" 2>/dev/null; then
+    # Debian's own python3 has venv's ensurepip in a separate package.
+    rm -rf "$lint_venv"
+    (
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    )
+    python3 -m venv "$lint_venv"
+  fi
+  "$lint_venv/bin/python" -m pip install --quiet -r "$lint_req" -c "$lint_con"
+  echo "$lint_want" > "$lint_stamp"
+fi
+# (versions from the package metadata: `checkov --version` alone takes seconds)
+"$lint_venv/bin/python" - "$lint_venv" <<'PY'
+import sys
+from importlib.metadata import version as v
+print(f"checkov {v('checkov')}, kubernetes-validate {v('kubernetes-validate')}, "
+      f"cloudcoil-models-prometheus-operator {v('cloudcoil-models-prometheus-operator')} in {sys.argv[1]}")
+PY
