@@ -1198,6 +1198,55 @@ pub fn unused_tokens(config: &Config) -> Vec<&str> {
     config.tokens.keys().map(String::as_str).filter(|t| !used.contains(t)).collect()
 }
 
+/// Every key the config file accepts, as dotted paths (`routes[].name`, `tokens.*.refresh`,
+/// `tokens.<oauth2>.token_url` for keys of one source kind), read from the serde structs
+/// themselves: the README's reference is checked against this list.
+pub fn accepted_keys() -> Vec<String> {
+    fn fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+        struct Names(Option<&'static [&'static str]>);
+        struct Probe<'a>(&'a mut Names);
+        impl<'de> Deserializer<'de> for Probe<'_> {
+            type Error = de::value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(de::Error::custom("probe"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0 .0 = Some(fields);
+                Err(de::Error::custom("probe"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+                unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+            }
+        }
+        let mut names = Names(None);
+        let _ = T::deserialize(Probe(&mut names));
+        names.0.expect("a struct")
+    }
+    let mut keys: Vec<String> = TOP_LEVEL_KEYS.iter().map(|k| (*k).to_owned()).collect();
+    let mut add = |prefix: &str, names: &[&str]| keys.extend(names.iter().map(|n| format!("{prefix}.{n}")));
+    add("listen", fields::<Listen>());
+    add("upstream", fields::<UpstreamDefaults>());
+    add("shutdown", fields::<Shutdown>());
+    add("audit", fields::<AuditConfig>());
+    add("routes[]", fields::<RouteConfig>());
+    add("tokens.*", &["source"]);
+    add("tokens.*", fields::<TokenCommon>());
+    add("tokens.*.validate", fields::<ValidateConfig>());
+    add("tokens.*.propagation", fields::<PropagationConfig>());
+    add("tokens.<env>", fields::<EnvSource>());
+    add("tokens.<file>", fields::<FileSource>());
+    add("tokens.<oauth2>", fields::<OAuth2Source>());
+    add("tokens.<http>", fields::<HttpSource>());
+    add("tokens.<exec>", fields::<ExecSource>());
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
