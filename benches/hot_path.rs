@@ -24,6 +24,23 @@ fn route_lookup(c: &mut Criterion) {
     });
 }
 
+fn allow_list(c: &mut Criterion) {
+    use sidekey::policy::{AllowList, Rule};
+    let rules: Vec<Rule> = (0..19)
+        .map(|i| Rule::parse(&format!("GET /service{i}/v1/**")).unwrap())
+        .chain(std::iter::once(Rule::parse("POST /repos/*/issues/**").unwrap()))
+        .collect();
+    let list = AllowList::new(rules);
+    let method = http::Method::POST;
+    // The worst case: every rule is tried, the last one matches.
+    c.bench_function("allow_list_20_rules_last_matches", |b| {
+        b.iter(|| list.allows(&method, std::hint::black_box("/repos/sidekey/issues/42/comments")))
+    });
+    c.bench_function("allow_list_20_rules_none_matches", |b| {
+        b.iter(|| list.allows(&method, std::hint::black_box("/admin/users/42")))
+    });
+}
+
 fn config(upstream: &str) -> sidekey::Config {
     config_with(upstream, "")
 }
@@ -98,5 +115,5 @@ fn proxied_vs_direct(c: &mut Criterion) {
     rt.block_on(audited.shutdown());
 }
 
-criterion_group!(benches, route_lookup, token_header, proxied_vs_direct);
+criterion_group!(benches, route_lookup, allow_list, token_header, proxied_vs_direct);
 criterion_main!(benches);

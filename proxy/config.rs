@@ -25,6 +25,8 @@ pub struct Config {
     pub shutdown: Shutdown,
     /// `[audit]`: the tamper-evident log, if wanted.
     pub audit: Option<AuditConfig>,
+    /// Things that are valid but probably not what was meant (a rule that never matches).
+    pub warnings: Vec<ConfigError>,
     pub routes: Vec<RouteConfig>,
     /// Token definitions by name, in name order.
     pub tokens: BTreeMap<String, TokenConfig>,
@@ -132,6 +134,18 @@ pub struct RouteConfig {
     pub timeout: Option<Duration>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// `METHOD /path/glob` rules; when present, only matching requests are forwarded.
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
+    /// Token-bucket limit of requests sent upstream, e.g. `"50/s"`.
+    #[serde(default)]
+    pub rate: Option<String>,
+    /// The bucket's size (default: one second's worth of `rate`, at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// The most concurrent upstream requests.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
 }
 
 fn default_header() -> String {
@@ -621,6 +635,7 @@ struct Loader<'a> {
     text: &'a str,
     doc: toml_edit::Document<&'a str>,
     errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
 }
 
 const TOP_LEVEL_KEYS: &[&str] = &["listen", "upstream", "shutdown", "audit", "routes", "tokens"];
@@ -629,7 +644,7 @@ const TOKEN_SOURCES: &[&str] = &["env", "file", "oauth2", "http", "exec"];
 impl<'a> Loader<'a> {
     fn new(text: &'a str) -> Result<Self, ConfigErrors> {
         match toml_edit::Document::parse(text) {
-            Ok(doc) => Ok(Loader { text, doc, errors: Vec::new() }),
+            Ok(doc) => Ok(Loader { text, doc, errors: Vec::new(), warnings: Vec::new() }),
             Err(e) => {
                 // The error's own Display quotes the offending line, which may hold a secret
                 // someone pasted by mistake: report the message and position only.
@@ -864,6 +879,7 @@ impl<'a> Loader<'a> {
             upstream: upstream?,
             shutdown: shutdown?,
             audit: audit?,
+            warnings: std::mem::take(&mut self.warnings),
             routes: routes.into_iter().map(|(_, r)| r).collect(),
             tokens,
         })
@@ -1075,6 +1091,36 @@ impl<'a> Loader<'a> {
             }
             if let Some(ca) = &r.ca_file {
                 self.check_ca_file(&child(&base, "ca_file"), ca);
+            }
+            for (j, rule) in r.allow.iter().flatten().enumerate() {
+                let mut path = child(&base, "allow");
+                path.push(Seg::Index(j));
+                match crate::policy::Rule::parse(rule) {
+                    Ok(_) => {}
+                    Err(crate::policy::RuleProblem::Invalid(m)) => self.error(&path, m),
+                    Err(crate::policy::RuleProblem::NeverMatches(m)) => {
+                        let line = self.line_of_path(&path);
+                        self.warnings.push(ConfigError {
+                            key: path_string(&path),
+                            line,
+                            message: format!("never matches: {m}"),
+                        });
+                    }
+                }
+            }
+            if let Some(rate) = &r.rate {
+                if let Err(m) = crate::policy::parse_rate(rate) {
+                    self.error(&child(&base, "rate"), m);
+                }
+            }
+            if r.burst == Some(0) {
+                self.error(&child(&base, "burst"), "must be at least 1");
+            }
+            if r.burst.is_some() && r.rate.is_none() {
+                self.error(&child(&base, "burst"), "has no effect without `rate`");
+            }
+            if r.max_in_flight == Some(0) {
+                self.error(&child(&base, "max_in_flight"), "must be at least 1");
             }
         }
     }

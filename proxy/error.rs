@@ -26,6 +26,10 @@ pub enum ProxyError {
     ConnectRefused,
     #[error("the request body could not be read")]
     ClientBody,
+    #[error("the route's allow rules do not permit this request")]
+    NotAllowed,
+    #[error("the route's rate or concurrency limit is reached")]
+    RateLimited { retry_after_secs: u64 },
 }
 
 /// Seconds a client should wait before retrying a request refused for a missing token.
@@ -42,6 +46,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ConnectRefused => StatusCode::FORBIDDEN,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
+            ProxyError::NotAllowed => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -56,6 +62,8 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => ("upstream_timeout", None),
             ProxyError::ConnectRefused => ("not_allowed", None),
             ProxyError::ClientBody => ("bad_request", None),
+            ProxyError::NotAllowed => ("not_allowed", None),
+            ProxyError::RateLimited { .. } => ("rate_limited", None),
         };
         let message = match &self {
             ProxyError::NoRoute(NoRoute::BadPath) => "the request path is not one sidekey forwards".to_owned(),
@@ -66,7 +74,11 @@ impl ProxyError {
         if let ProxyError::TokenUnavailable { token } = &self {
             body["token"] = serde_json::Value::String(token.clone());
         }
-        json_response(status, &body, retry_after)
+        let mut resp = json_response(status, &body, retry_after);
+        if let ProxyError::RateLimited { retry_after_secs } = self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+        }
+        resp
     }
 
     /// Classifies an upstream client error: timeouts become 504, everything else 502.

@@ -20,6 +20,7 @@
 //! - [`token`]: the store behind arc-swap, one file per source, the file watcher.
 //! - [`route`]: request -> route, path normalization, hop-by-hop headers.
 //! - [`proxy`]: the data-plane service.
+//! - [`policy`]: least privilege per route: allow rules, rate, in-flight cap.
 //! - [`upstream`]: the pooled rustls client.
 //! - [`error`]: typed errors and their HTTP answers.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/tokens`, the dashboard.
@@ -38,6 +39,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod route;

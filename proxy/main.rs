@@ -85,6 +85,9 @@ fn main() -> ExitCode {
                 for t in sidekey::config::unused_tokens(&c) {
                     eprintln!("warning: token {t} is not used by any route");
                 }
+                for w in &c.warnings {
+                    eprintln!("warning: {}:{w}", config.display());
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -136,6 +139,9 @@ fn runtime() -> tokio::runtime::Runtime {
 
 async fn run(config: Config, path: PathBuf, loaded: Option<Vec<u8>>, watch_config: bool) -> ExitCode {
     let hangup = sidekey::reload::hangup_signal();
+    for w in &config.warnings {
+        tracing::warn!(key = %w.key, line = w.line, "{}", w.message);
+    }
     let running = match sidekey::start(config).await {
         Ok(r) => r,
         Err(e) => {

@@ -37,6 +37,12 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// Requests and 401s, for the audit log's usage summary (kept across reloads by name).
     pub usage: Arc<RouteUsage>,
+    /// Least privilege: what may pass, how fast, how many at once.
+    pub allow: crate::policy::AllowList,
+    pub bucket: Option<crate::policy::Bucket>,
+    pub in_flight: Option<crate::policy::InFlight>,
+    /// `sidekey_requests_denied_total{route,reason}`: not_allowed, rate_limited.
+    pub denied: [metrics::Counter; 2],
 }
 
 /// A route's request and 401 counts since start.
@@ -46,6 +52,10 @@ pub struct RouteUsage {
     pub unauthorized: std::sync::atomic::AtomicU64,
     /// Answers of 500 and above, ours (502, 503, 504) or the upstream's.
     pub errors: std::sync::atomic::AtomicU64,
+    /// Requests refused by the route's allow rules.
+    pub denied_not_allowed: std::sync::atomic::AtomicU64,
+    /// Requests refused by its rate or in-flight limit.
+    pub denied_rate_limited: std::sync::atomic::AtomicU64,
 }
 
 /// The proxy service: cheap to clone, one per connection. Its routes are swapped whole on a
@@ -113,6 +123,9 @@ impl RouteSet {
         let (route, uri) = match self.table.find(req.version(), req.uri(), req.headers()) {
             Ok(m) => {
                 let route = &self.routes[m.route];
+                if !route.allow.allows(req.method(), &m.rest) {
+                    return (Some(route), Err(route.deny(0)));
+                }
                 match route.target.uri(&m.rest, req.uri().query()) {
                     Ok(uri) => (route, uri),
                     Err(_) => return (Some(route), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath))),
@@ -120,6 +133,23 @@ impl RouteSet {
             }
             Err(no) => return (None, Err(ProxyError::NoRoute(no))),
         };
+        // Held until the upstream's answer is back (or the request fails).
+        let _slot = match &route.in_flight {
+            Some(cap) => match cap.try_enter() {
+                Some(slot) => Some(slot),
+                None => return (Some(route), Err(route.deny(1))),
+            },
+            None => None,
+        };
+        if let Some(bucket) = &route.bucket {
+            if let Err(wait) = bucket.take() {
+                let _ = route.deny(1);
+                return (
+                    Some(route),
+                    Err(ProxyError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 }),
+                );
+            }
+        }
         let Some(credential) = route.token.credential(route.format) else {
             return (Some(route), Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() }));
         };
@@ -185,6 +215,19 @@ impl RouteSet {
 }
 
 impl Route {
+    /// Counts a refusal by policy (0: not allowed, 1: over a limit) and says which.
+    fn deny(&self, reason: usize) -> ProxyError {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.denied[reason].increment(1);
+        if reason == 0 {
+            self.usage.denied_not_allowed.fetch_add(1, Relaxed);
+            ProxyError::NotAllowed
+        } else {
+            self.usage.denied_rate_limited.fetch_add(1, Relaxed);
+            ProxyError::RateLimited { retry_after_secs: 1 }
+        }
+    }
+
     /// Accounts for an upstream 401; a propagation failure with `on_401 = "refresh"` starts
     /// one early refresh (at most one per window: the tracker reports once).
     fn unauthorized(&self) {

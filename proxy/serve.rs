@@ -97,6 +97,8 @@ impl Live {
                 "requests": n(|u| &u.requests),
                 "unauthorized": n(|u| &u.unauthorized),
                 "errors": n(|u| &u.errors),
+                "denied_not_allowed": n(|u| &u.denied_not_allowed),
+                "denied_rate_limited": n(|u| &u.denied_rate_limited),
             })
         });
         serde_json::Value::Array(routes.collect())
@@ -280,6 +282,21 @@ fn build_routes(
             timeout: rc.timeout.unwrap_or(config.upstream.timeout),
             metrics: RouteMetrics::new(&rc.name, Some(&rc.token)),
             usage: usage.entry(rc.name.clone()).or_default().clone(),
+            allow: crate::policy::AllowList::new(
+                rc.allow.iter().flatten().filter_map(|r| crate::policy::Rule::parse(r).ok()).collect(),
+            ),
+            bucket: match &rc.rate {
+                Some(rate) => {
+                    let per_sec = crate::policy::parse_rate(rate).map_err(err)?;
+                    let burst = rc.burst.map_or(per_sec.ceil().max(1.0), f64::from);
+                    Some(crate::policy::Bucket::new(per_sec, burst))
+                }
+                None => None,
+            },
+            in_flight: rc.max_in_flight.map(crate::policy::InFlight::new),
+            denied: ["not_allowed", "rate_limited"].map(|reason| {
+                metrics::counter!("sidekey_requests_denied_total", "route" => rc.name.clone(), "reason" => reason)
+            }),
             token,
         });
     }
@@ -371,7 +388,7 @@ async fn sample_usage(tokens: Vec<Arc<Token>>, mut stop: watch::Receiver<bool>) 
 /// every `every`, and a last one at shutdown. A summary the log has no room for now is folded
 /// into the next one.
 async fn summarize_usage(live: Arc<Live>, audit: Audit, every: Duration, mut stop: watch::Receiver<bool>) {
-    let mut reported: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut reported: HashMap<String, [u64; 4]> = HashMap::new();
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
@@ -383,16 +400,20 @@ async fn summarize_usage(live: Arc<Live>, audit: Audit, every: Duration, mut sto
             lock(&live.config).routes.iter().map(|r| (r.name.clone(), r.token.clone())).collect();
         for (route, token) in routes {
             let Some(u) = lock(&live.usage).get(&route).cloned() else { continue };
-            let now = (u.requests.load(Ordering::Relaxed), u.unauthorized.load(Ordering::Relaxed));
-            let before = reported.get(&route).copied().unwrap_or((0, 0));
-            if now.0 == before.0 && now.1 == before.1 {
+            let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+            let now =
+                [load(&u.requests), load(&u.unauthorized), load(&u.denied_not_allowed), load(&u.denied_rate_limited)];
+            let before = reported.get(&route).copied().unwrap_or_default();
+            if now == before {
                 continue;
             }
             let fields = crate::token::audit_fields([
                 ("route", route.as_str().into()),
                 ("token", token.as_str().into()),
-                ("requests", (now.0 - before.0).into()),
-                ("unauthorized", (now.1 - before.1).into()),
+                ("requests", (now[0] - before[0]).into()),
+                ("unauthorized", (now[1] - before[1]).into()),
+                ("denied_not_allowed", (now[2] - before[2]).into()),
+                ("denied_rate_limited", (now[3] - before[3]).into()),
                 ("interval_secs", every.as_secs().into()),
             ]);
             if audit.try_usage(fields) {

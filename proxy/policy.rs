@@ -1,0 +1,357 @@
+//! Least privilege per route: `allow` rules (`METHOD /path/glob`), a token-bucket `rate` and a
+//! `max_in_flight` cap, all checked before anything is forwarded. Rules are compiled once per
+//! config; matching walks the path in place, without allocating.
+//!
+//! Paths are matched after the prefix strip and after dot segments are resolved (the router
+//! does that, and refuses encoded dot segments). Within a segment, percent-escapes of
+//! unreserved characters match their character (`rep%6fs` is `repos`); an encoded slash
+//! (`%2F`) is never a separator, so `repos%2Fx` is one segment that no `/repos/...` rule names.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::Method;
+
+/// One glob segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Literal(String),
+    /// `*`: exactly one segment.
+    One,
+    /// `**`: any number of segments, none included.
+    Any,
+}
+
+/// One `METHOD /path/glob` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// `None` for `*`.
+    method: Option<Method>,
+    segs: Vec<Seg>,
+}
+
+/// Why a rule is refused, or warned about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleProblem {
+    Invalid(String),
+    /// Valid, but no request can match it.
+    NeverMatches(String),
+}
+
+impl Rule {
+    pub fn parse(text: &str) -> Result<Rule, RuleProblem> {
+        let (method, glob) = text.split_once(' ').ok_or_else(|| {
+            RuleProblem::Invalid(format!("{text:?}: expected \"METHOD /path/glob\", e.g. \"GET /repos/**\""))
+        })?;
+        let method = match method {
+            "*" => None,
+            m if m.bytes().all(|b| b.is_ascii_uppercase()) && !m.is_empty() => {
+                let parsed = Method::from_bytes(m.as_bytes())
+                    .map_err(|_| RuleProblem::Invalid(format!("{m:?} is not an HTTP method")))?;
+                const KNOWN: &[&str] =
+                    &["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"];
+                if !KNOWN.contains(&m) {
+                    return Err(RuleProblem::Invalid(format!(
+                        "unknown method {m:?} (one of {} or *)",
+                        KNOWN.join(", ")
+                    )));
+                }
+                Some(parsed)
+            }
+            m => return Err(RuleProblem::Invalid(format!("{m:?} is not an HTTP method (upper case, or *)"))),
+        };
+        let glob = glob.trim();
+        if !glob.starts_with('/') {
+            return Err(RuleProblem::Invalid(format!("{glob:?}: the path glob starts with `/`")));
+        }
+        if glob.contains(['?', '#', ' ']) {
+            return Err(RuleProblem::Invalid(format!("{glob:?}: no query, fragment or space in a path glob")));
+        }
+        let mut segs = Vec::new();
+        for s in glob[1..].split('/') {
+            segs.push(match s {
+                "**" => Seg::Any,
+                "*" => Seg::One,
+                s if s.contains('*') => {
+                    return Err(RuleProblem::Invalid(format!("{glob:?}: `*` and `**` stand for whole segments only")))
+                }
+                s => Seg::Literal(s.to_owned()),
+            });
+        }
+        let rule = Rule { method, segs };
+        for s in &rule.segs {
+            if let Seg::Literal(l) = s {
+                if l == "." || l == ".." {
+                    return Err(RuleProblem::NeverMatches(format!(
+                        "{glob:?}: paths are matched with dot segments resolved"
+                    )));
+                }
+                if l.to_ascii_lowercase().contains("%2f") {
+                    return Err(RuleProblem::NeverMatches(format!(
+                        "{glob:?}: an encoded slash inside a segment never matches a separator"
+                    )));
+                }
+            }
+        }
+        Ok(rule)
+    }
+
+    /// Whether `method` and `path` (starting with `/`, or empty for the route's root) match.
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        if self.method.as_ref().is_some_and(|m| m != method) {
+            return false;
+        }
+        let path = path.strip_prefix('/').unwrap_or(path);
+        match_segs(&self.segs, path)
+    }
+}
+
+/// Matches glob segments against a `/`-separated path (without its leading `/`).
+fn match_segs(segs: &[Seg], path: &str) -> bool {
+    match segs.split_first() {
+        None => path.is_empty(),
+        Some((Seg::Any, rest)) => {
+            // Zero segments, then each further cut.
+            if rest.is_empty() {
+                return true;
+            }
+            if match_segs(rest, path) {
+                return true;
+            }
+            let mut p = path;
+            while let Some((_, tail)) = p.split_once('/') {
+                if match_segs(rest, tail) {
+                    return true;
+                }
+                p = tail;
+            }
+            false
+        }
+        Some((seg, rest)) => {
+            let (head, tail, more) = match path.split_once('/') {
+                Some((h, t)) => (h, t, true),
+                None => (path, "", false),
+            };
+            let ok = match seg {
+                Seg::One => true,
+                Seg::Literal(l) => segment_eq(head, l),
+                Seg::Any => unreachable!(),
+            };
+            ok && if more { match_segs(rest, tail) } else { rest.is_empty() || rest == [Seg::Any] }
+        }
+    }
+}
+
+/// Compares a path segment with a literal, decoding percent-escapes of unreserved characters
+/// in the segment as it goes (others, `%2F` among them, stay as written).
+fn segment_eq(segment: &str, literal: &str) -> bool {
+    let s = segment.as_bytes();
+    let l = literal.as_bytes();
+    let (mut i, mut j) = (0, 0);
+    while i < s.len() {
+        let c = if s[i] == b'%' {
+            match (hex(s.get(i + 1)), hex(s.get(i + 2))) {
+                (Some(h), Some(lo)) => {
+                    let b = h * 16 + lo;
+                    if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                        i += 3;
+                        b
+                    } else {
+                        i += 1;
+                        b'%'
+                    }
+                }
+                _ => {
+                    i += 1;
+                    b'%'
+                }
+            }
+        } else {
+            i += 1;
+            s[i - 1]
+        };
+        if j >= l.len() || l[j] != c {
+            return false;
+        }
+        j += 1;
+    }
+    j == l.len()
+}
+
+fn hex(b: Option<&u8>) -> Option<u8> {
+    let b = *b?;
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// A route's allow-list; empty means everything is allowed.
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    rules: Vec<Rule>,
+}
+
+impl AllowList {
+    pub fn new(rules: Vec<Rule>) -> AllowList {
+        AllowList { rules }
+    }
+
+    #[inline]
+    pub fn allows(&self, method: &Method, path: &str) -> bool {
+        self.rules.is_empty() || self.rules.iter().any(|r| r.matches(method, path))
+    }
+}
+
+/// `rate = "N/s"` (or `/m`, `/h`): requests per second.
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let (n, unit) = text.split_once('/').ok_or_else(|| format!("{text:?}: expected \"N/s\", \"N/m\" or \"N/h\""))?;
+    let n: f64 = n.trim().parse().map_err(|_| format!("{text:?}: {n:?} is not a number"))?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        u => return Err(format!("{text:?}: unknown unit {u:?} (s, m or h)")),
+    };
+    if !(n > 0.0 && n.is_finite()) {
+        return Err(format!("{text:?}: the rate must be above zero"));
+    }
+    Ok(n / per)
+}
+
+/// A token bucket: `burst` requests at once, refilled at `rate` per second. Fails fast.
+#[derive(Debug)]
+pub struct Bucket {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Bucket {
+    pub fn new(rate: f64, burst: f64) -> Bucket {
+        Bucket { rate, burst, state: Mutex::new((burst, Instant::now())) }
+    }
+
+    /// Takes one token, or says how long until one is there.
+    pub fn take(&self) -> Result<(), Duration> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let tokens = (st.0 + now.duration_since(st.1).as_secs_f64() * self.rate).min(self.burst);
+        st.1 = now;
+        if tokens >= 1.0 {
+            st.0 = tokens - 1.0;
+            Ok(())
+        } else {
+            st.0 = tokens;
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.rate))
+        }
+    }
+}
+
+/// A cap on concurrent upstream requests. Fails fast: a request over it is refused, not queued.
+#[derive(Debug)]
+pub struct InFlight {
+    max: usize,
+    now: Arc<AtomicUsize>,
+}
+
+/// Holds one in-flight slot until dropped.
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl InFlight {
+    pub fn new(max: usize) -> InFlight {
+        InFlight { max, now: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    pub fn try_enter(&self) -> Option<Slot> {
+        let mut cur = self.now.load(Ordering::Acquire);
+        loop {
+            if cur >= self.max {
+                return None;
+            }
+            match self.now.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(Slot(self.now.clone())),
+                Err(c) => cur = c,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allows(rules: &[&str], method: &str, path: &str) -> bool {
+        let list = AllowList::new(rules.iter().map(|r| Rule::parse(r).unwrap()).collect());
+        list.allows(&method.parse().unwrap(), path)
+    }
+
+    #[test]
+    fn globs_match_whole_segments() {
+        let r = ["GET /repos/**", "POST /repos/*/issues"];
+        assert!(allows(&r, "GET", "/repos"));
+        assert!(allows(&r, "GET", "/repos/a/b/c"));
+        assert!(!allows(&r, "GET", "/reposx/a"));
+        assert!(allows(&r, "POST", "/repos/a/issues"));
+        assert!(!allows(&r, "POST", "/repos/a/b/issues"));
+        assert!(!allows(&r, "POST", "/repos/a/issues/1"));
+        assert!(!allows(&r, "DELETE", "/repos/a"));
+        assert!(!allows(&r, "GET", "/user"));
+        assert!(allows(&["* /a/**/z"], "PATCH", "/a/z"));
+        assert!(allows(&["* /a/**/z"], "PATCH", "/a/b/c/z"));
+        assert!(!allows(&["* /a/**/z"], "PATCH", "/a/b/c"));
+        assert!(allows(&[], "DELETE", "/anything"));
+    }
+
+    #[test]
+    fn encodings_do_not_slip_past() {
+        let r = ["GET /repos/**"];
+        assert!(allows(&r, "GET", "/rep%6fs/x"), "an encoded unreserved character is that character");
+        assert!(allows(&r, "GET", "/rep%6Fs/x"));
+        assert!(!allows(&r, "GET", "/repos%2Fx"), "an encoded slash is no separator");
+        assert!(!allows(&r, "GET", "//repos/x"), "an empty first segment is not `repos`");
+
+        assert!(!allows(&r, "GET", "/repo%"));
+    }
+
+    #[test]
+    fn bad_rules_are_refused_and_dead_ones_flagged() {
+        assert!(matches!(Rule::parse("FETCH /x"), Err(RuleProblem::Invalid(_))));
+        assert!(matches!(Rule::parse("get /x"), Err(RuleProblem::Invalid(_))));
+        assert!(matches!(Rule::parse("GET x"), Err(RuleProblem::Invalid(_))));
+        assert!(matches!(Rule::parse("GET /a*b"), Err(RuleProblem::Invalid(_))));
+        assert!(matches!(Rule::parse("GET /a/../b"), Err(RuleProblem::NeverMatches(_))));
+        assert!(matches!(Rule::parse("GET /a%2fb"), Err(RuleProblem::NeverMatches(_))));
+    }
+
+    #[test]
+    fn rates_and_buckets() {
+        assert_eq!(parse_rate("50/s").unwrap(), 50.0);
+        assert_eq!(parse_rate("120/m").unwrap(), 2.0);
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("5/d").is_err());
+        let b = Bucket::new(1.0, 3.0);
+        assert!(b.take().is_ok() && b.take().is_ok() && b.take().is_ok());
+        let wait = b.take().unwrap_err();
+        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn in_flight_caps_and_releases() {
+        let f = InFlight::new(2);
+        let a = f.try_enter().unwrap();
+        let _b = f.try_enter().unwrap();
+        assert!(f.try_enter().is_none());
+        drop(a);
+        assert!(f.try_enter().is_some());
+    }
+}
