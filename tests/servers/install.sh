@@ -59,6 +59,33 @@ echo "$("$bao_bin" version)"
 echo "BAO_BIN=$bao_bin"
 echo "bao on PATH: $(command -v bao || echo none)"
 
+# Installs Debian packages without letting their postinst start a system service (a temporary
+# policy-rc.d that says no, removed again): the tests start their own instances on free ports.
+# On a host that runs systemd, the units given after `--` are disabled too.
+apt_install_quiet() {
+  local pkgs=() units=() seen_sep=0 a
+  for a in "$@"; do
+    if [[ $a == -- ]]; then seen_sep=1; elif [[ $seen_sep == 1 ]]; then units+=("$a"); else pkgs+=("$a"); fi
+  done
+  local policy=/usr/sbin/policy-rc.d own_policy=0
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    own_policy=1
+  fi
+  local rc=0
+  (
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  ) || rc=$?
+  [[ $own_policy == 0 ]] || rm -f "$policy"
+  [[ $rc == 0 ]] || exit "$rc"
+  if [[ ${#units[@]} -gt 0 && -d /run/systemd/system ]]; then
+    systemctl disable --now "${units[@]}" >/dev/null 2>&1 || true
+  fi
+}
+
 # --- apache2 + mod_auth_openidc (Debian packages) ------------------------------------------
 # The OAuth 2.0 resource server of the tests (apache/start.sh). apt-get update runs only when
 # a package is missing. The packages' postinst would start the system apache on port 80 where
@@ -74,23 +101,7 @@ apache_installed() {
 if apache_installed && [[ -f /usr/lib/apache2/modules/mod_auth_openidc.so ]]; then
   echo "apache2 + mod_auth_openidc already installed"
 else
-  policy=/usr/sbin/policy-rc.d
-  own_policy=0
-  if [[ ! -e "$policy" ]]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy"
-    chmod 755 "$policy"
-    own_policy=1
-  fi
-  (
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${apache_pkgs[@]}" >/dev/null
-  ) || { rc=$?; [[ $own_policy == 0 ]] || rm -f "$policy"; exit $rc; }
-  [[ $own_policy == 0 ]] || rm -f "$policy"
-  # A system that runs systemd would still start it at boot: keep it off there too.
-  if [[ -d /run/systemd/system ]]; then
-    systemctl disable --now apache2 apache-htcacheclean >/dev/null 2>&1 || true
-  fi
+  apt_install_quiet "${apache_pkgs[@]}" -- apache2 apache-htcacheclean
 fi
 echo "$(/usr/sbin/apache2 -v | head -n1 | sed 's/^Server version: //'), mod_auth_openidc $(dpkg-query -W -f='${Version}' libapache2-mod-auth-openidc)"
 
@@ -106,22 +117,7 @@ prometheus_installed() {
 if prometheus_installed; then
   echo "prometheus already installed"
 else
-  policy=/usr/sbin/policy-rc.d
-  own_policy=0
-  if [[ ! -e "$policy" ]]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy"
-    chmod 755 "$policy"
-    own_policy=1
-  fi
-  (
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  ) || { rc=$?; [[ $own_policy == 0 ]] || rm -f "$policy"; exit $rc; }
-  [[ $own_policy == 0 ]] || rm -f "$policy"
-  if [[ -d /run/systemd/system ]]; then
-    systemctl disable --now prometheus >/dev/null 2>&1 || true
-  fi
+  apt_install_quiet prometheus -- prometheus
 fi
 echo "prometheus + promtool $(promtool --version 2>&1 | head -n1 | awk '{print $3}')"
 
@@ -129,11 +125,7 @@ echo "prometheus + promtool $(promtool --version 2>&1 | head -n1 | awk '{print $
 if command -v chromium >/dev/null; then
   echo "chromium already installed"
 else
-  (
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends chromium >/dev/null
-  )
+  apt_install_quiet chromium
 fi
 echo "$(chromium --version 2>/dev/null | head -n1)"
 
