@@ -146,6 +146,9 @@ pub struct RouteConfig {
     /// The most concurrent upstream requests.
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// Allow a plain `http://` upstream that is not loopback (the token then travels in clear).
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 fn default_header() -> String {
@@ -1073,6 +1076,11 @@ impl<'a> Loader<'a> {
             }
             if let Err(m) = check_upstream(&r.upstream) {
                 self.error(&child(&base, "upstream"), m);
+            } else if !r.allow_plaintext && is_plaintext_off_host(&r.upstream) {
+                self.error(
+                    &child(&base, "upstream"),
+                    "plain http to a host that is not loopback would send the token in clear; use https, or set allow_plaintext = true",
+                );
             }
             if !tokens.contains(&r.token) {
                 self.error(&child(&base, "token"), format!("no token named {:?} is defined under [tokens]", r.token));
@@ -1166,6 +1174,20 @@ fn check_host(h: &str) -> Result<(), String> {
     match http::uri::Authority::try_from(h) {
         Ok(a) if !h.contains('@') && !a.host().is_empty() => Ok(()),
         _ => Err("must be a host name, optionally with a port (e.g. \"api.github.com\")".into()),
+    }
+}
+
+/// An `http://` URL whose host is not loopback (127.0.0.0/8, ::1, localhost).
+fn is_plaintext_off_host(u: &str) -> bool {
+    let Ok(url) = url::Url::parse(u) else { return false };
+    if url.scheme() != "http" {
+        return false;
+    }
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => !ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => !ip.is_loopback(),
+        Some(url::Host::Domain(d)) => !d.eq_ignore_ascii_case("localhost"),
+        None => false,
     }
 }
 
@@ -1463,6 +1485,20 @@ validate = { url = "https://v.example", format = "Bearer" }
         }
         assert!(!format!("{errs:?}").contains("literal-secret-value"));
         assert_eq!(errs.iter().find(|e| e.key == "tokens.api.client_secret").unwrap().line, Some(12));
+    }
+
+    #[test]
+    fn plaintext_upstreams_off_the_host_need_an_explicit_yes() {
+        let with = |upstream: &str, extra: &str| {
+            GOOD.replace("https://api.github.com", upstream)
+                .replace("token = \"gh\"\n", &format!("token = \"gh\"\n{extra}"))
+        };
+        let errs = errors(&with("http://api.internal.example", ""));
+        assert!(errs.iter().any(|e| e.key == "routes[0].upstream" && e.message.contains("in clear")), "{errs:?}");
+        assert!(Config::parse(&with("http://api.internal.example", "allow_plaintext = true\n")).is_ok());
+        for local in ["http://127.0.0.1:8081", "http://localhost:9000/x", "http://[::1]:80", "http://127.3.4.5"] {
+            assert!(Config::parse(&with(local, "")).is_ok(), "{local}");
+        }
     }
 
     #[test]
