@@ -72,7 +72,7 @@ fn token_header(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let running = rt.block_on(sidekey::start(config("http://127.0.0.1:9"))).unwrap();
     let token = running.tokens().get("t").unwrap().clone();
-    c.bench_function("token_header_load_and_clone", |b| b.iter(|| token.header(0).unwrap()));
+    c.bench_function("token_credential_load_and_clone", |b| b.iter(|| token.credential(0).unwrap()));
     rt.block_on(running.shutdown());
 }
 

@@ -41,8 +41,15 @@ pub struct Route {
     pub allow: crate::policy::AllowList,
     pub bucket: Option<crate::policy::Bucket>,
     pub in_flight: Option<crate::policy::InFlight>,
-    /// `sidekey_requests_denied_total{route,reason}`: not_allowed, rate_limited.
+    /// `sidekey_requests_denied_total{route,reason}`, in [`Denial`] order: not_allowed, rate_limited.
     pub denied: [metrics::Counter; 2],
+}
+
+/// Why policy refused a request; the index into [`Route::denied`].
+#[derive(Clone, Copy)]
+enum Denial {
+    NotAllowed = 0,
+    RateLimited = 1,
 }
 
 /// A route's request and 401 counts since start.
@@ -124,7 +131,8 @@ impl RouteSet {
             Ok(m) => {
                 let route = &self.routes[m.route];
                 if !route.allow.allows(req.method(), &m.rest) {
-                    return (Some(route), Err(route.deny(0)));
+                    route.count_denial(Denial::NotAllowed);
+                    return (Some(route), Err(ProxyError::NotAllowed));
                 }
                 match route.target.uri(&m.rest, req.uri().query()) {
                     Ok(uri) => (route, uri),
@@ -137,13 +145,16 @@ impl RouteSet {
         let _slot = match &route.in_flight {
             Some(cap) => match cap.try_enter() {
                 Some(slot) => Some(slot),
-                None => return (Some(route), Err(route.deny(1))),
+                None => {
+                    route.count_denial(Denial::RateLimited);
+                    return (Some(route), Err(ProxyError::RateLimited { retry_after_secs: 1 }));
+                }
             },
             None => None,
         };
         if let Some(bucket) = &route.bucket {
             if let Err(wait) = bucket.take() {
-                let _ = route.deny(1);
+                route.count_denial(Denial::RateLimited);
                 return (
                     Some(route),
                     Err(ProxyError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 }),
@@ -215,17 +226,14 @@ impl RouteSet {
 }
 
 impl Route {
-    /// Counts a refusal by policy (0: not allowed, 1: over a limit) and says which.
-    fn deny(&self, reason: usize) -> ProxyError {
+    /// Counts a refusal by policy in the metric and the route's usage.
+    fn count_denial(&self, why: Denial) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.denied[reason].increment(1);
-        if reason == 0 {
-            self.usage.denied_not_allowed.fetch_add(1, Relaxed);
-            ProxyError::NotAllowed
-        } else {
-            self.usage.denied_rate_limited.fetch_add(1, Relaxed);
-            ProxyError::RateLimited { retry_after_secs: 1 }
-        }
+        self.denied[why as usize].increment(1);
+        match why {
+            Denial::NotAllowed => self.usage.denied_not_allowed.fetch_add(1, Relaxed),
+            Denial::RateLimited => self.usage.denied_rate_limited.fetch_add(1, Relaxed),
+        };
     }
 
     /// Accounts for an upstream 401; a propagation failure with `on_401 = "refresh"` starts

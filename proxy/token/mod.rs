@@ -364,18 +364,8 @@ impl Token {
         &self.source
     }
 
-    /// The header value for `format` if a usable value is loaded. Lock-free: one atomic load.
-    #[inline]
-    pub fn header(&self, format: usize) -> Option<HeaderValue> {
-        let guard = self.current.load();
-        let value = guard.as_ref()?;
-        if value.expires_at.is_some() && !value.is_usable(SystemTime::now()) {
-            return None;
-        }
-        Some(value.headers[format].clone())
-    }
-
-    /// The header for `format` with its generation, and whether a 401 to it may be retried.
+    /// The header for `format` if a usable value is loaded, with its generation and whether a
+    /// 401 to it may be retried. Lock-free: one atomic load and a header clone.
     #[inline]
     pub fn credential(&self, format: usize) -> Option<Credential> {
         let guard = self.current.load();
@@ -880,16 +870,12 @@ pub struct FormatRegistry {
 }
 
 impl FormatRegistry {
-    /// Registers a format for a token and returns its index (equal formats share one).
-    /// After a reload the index is looked up on the token itself ([`Token::format_index`]).
-    pub fn register(&mut self, token: &str, format: &str) -> usize {
+    /// Registers a format for a token (equal formats share one). A route finds its format's
+    /// index on the token itself ([`Token::format_index`]), which stays valid across reloads.
+    pub fn register(&mut self, token: &str, format: &str) {
         let list = self.formats.entry(token.to_owned()).or_default();
-        match list.iter().position(|f| f == format) {
-            Some(i) => i,
-            None => {
-                list.push(format.to_owned());
-                list.len() - 1
-            }
+        if !list.iter().any(|f| f == format) {
+            list.push(format.to_owned());
         }
     }
 }
