@@ -3,7 +3,13 @@
 //! latency reads as a difference (and a ratio) against a baseline measured alongside.
 //!
 //! `cargo bench --bench hot_path`
+//!
+//! The `sidekey` binary zeroes freed heap memory (`sidekey::memory::ZeroOnFree`); this bench
+//! installs the same allocator behind a switch, so its cost shows as `*_zero_on_free` entries
+//! beside the plain ones (client, proxy and origin share the process and so the allocator).
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +18,41 @@ use http::{HeaderMap, Request, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use sidekey::memory::ZeroOnFree;
 use sidekey::route::RouteTable;
+
+static ZERO_ON_FREE: AtomicBool = AtomicBool::new(false);
+
+/// The system allocator, or the binary's zero-on-free wrapper around it while the switch is on.
+struct Switchable;
+
+// SAFETY: both arms are the same underlying allocator (System), so a block may be freed by
+// either; the wrapper only adds zeroing before the free.
+unsafe impl GlobalAlloc for Switchable {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        System.alloc(l)
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        System.alloc_zeroed(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        if ZERO_ON_FREE.load(Ordering::Relaxed) {
+            ZeroOnFree(System).dealloc(p, l)
+        } else {
+            System.dealloc(p, l)
+        }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        if ZERO_ON_FREE.load(Ordering::Relaxed) {
+            ZeroOnFree(System).realloc(p, l, n)
+        } else {
+            System.realloc(p, l, n)
+        }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Switchable = Switchable;
 
 fn route_lookup(c: &mut Criterion) {
     let prefixes: Vec<String> = (0..20).map(|i| format!("/service{i}/v1")).collect();
@@ -97,7 +137,15 @@ fn proxied_vs_direct(c: &mut Criterion) {
     let with_audit: Uri = format!("http://{}/bench/x", audited.proxy_addr).parse().unwrap();
     let mut group = c.benchmark_group("request_keepalive_h1");
     group.measurement_time(Duration::from_secs(5));
-    for (name, uri) in [("direct", direct), ("via_sidekey", proxied), ("via_sidekey_with_audit", with_audit)] {
+    let targets = [
+        ("direct", &direct, false),
+        ("via_sidekey", &proxied, false),
+        ("via_sidekey_with_audit", &with_audit, false),
+        ("direct_zero_on_free", &direct, true),
+        ("via_sidekey_zero_on_free", &proxied, true),
+    ];
+    for (name, uri, zero_on_free) in targets {
+        ZERO_ON_FREE.store(zero_on_free, Ordering::Relaxed);
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| {
                 let req = Request::get(uri.clone()).body(Full::default()).unwrap();
@@ -110,6 +158,7 @@ fn proxied_vs_direct(c: &mut Criterion) {
             })
         });
     }
+    ZERO_ON_FREE.store(false, Ordering::Relaxed);
     group.finish();
     rt.block_on(running.shutdown());
     rt.block_on(audited.shutdown());

@@ -1,7 +1,10 @@
 //! The admin API: health, readiness, metrics, token status, forced refresh, dashboard.
 //!
 //! Nothing here ever renders a token value: only names, states, generations and
-//! fingerprints.
+//! fingerprints. With `[admin] token` set, every endpoint but `/healthz` and `/readyz` (the
+//! kubelet's probes) requires it, as `Authorization: Bearer TOKEN` (Prometheus, curl) or as
+//! the password of HTTP Basic (so a browser can open the dashboard: it asks once, then sends
+//! it with the dashboard's own requests).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,6 +15,9 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::serve::Live;
 use crate::token::{Refreshed, Token};
@@ -38,6 +44,48 @@ impl Admin {
         match (req.method(), path) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
             (&Method::GET | &Method::HEAD, "/readyz") => self.readyz(),
+            _ => match self.refusal(req.headers()) {
+                None => self.handle_authorized(req).await,
+                Some(refusal) => refusal,
+            },
+        }
+    }
+
+    /// Checks the request's credential against `[admin] token`, read now (a mounted Secret
+    /// that was rotated applies from the next request): the answer refusing it, if it fails.
+    fn refusal(&self, headers: &http::HeaderMap) -> Option<AdminResponse> {
+        let reference = self.live.admin_token()?;
+        let expected = match reference.read() {
+            Ok(t) => t,
+            Err(e) => {
+                // The reference and why it failed; never a value.
+                tracing::error!(error = %e, "cannot read the admin token; refusing admin requests");
+                return Some(json_body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"error": "admin_token_unavailable", "message": "the admin token cannot be read; see the log"}),
+                ));
+            }
+        };
+        let presented = headers.get(header::AUTHORIZATION).and_then(|v| presented_secret(v.as_bytes()));
+        match presented {
+            Some(p) if same_secret(&p, expected.expose().as_bytes()) => None,
+            _ => {
+                let mut resp = json_body(
+                    StatusCode::UNAUTHORIZED,
+                    &json!({"error": "unauthorized", "message": "the admin API needs the [admin] token"}),
+                );
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"sidekey admin\", charset=\"UTF-8\""),
+                );
+                Some(resp)
+            }
+        }
+    }
+
+    async fn handle_authorized(&self, req: Request<Incoming>) -> AdminResponse {
+        let path = req.uri().path();
+        match (req.method(), path) {
             (&Method::GET | &Method::HEAD, "/metrics") => {
                 text(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::install().render())
             }
@@ -91,6 +139,30 @@ impl Admin {
     }
 }
 
+/// The secret a client presented: a Bearer token, or the password of Basic credentials (any
+/// user name). Held in a zeroizing buffer.
+fn presented_secret(value: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    use base64::Engine;
+    let (scheme, rest) = value.split_at(value.iter().position(|&b| b == b' ')?);
+    let rest = rest.trim_ascii();
+    if scheme.eq_ignore_ascii_case(b"bearer") {
+        Some(Zeroizing::new(rest.to_vec()))
+    } else if scheme.eq_ignore_ascii_case(b"basic") {
+        let decoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.decode(rest).ok()?);
+        let colon = decoded.iter().position(|&b| b == b':')?;
+        Some(Zeroizing::new(decoded[colon + 1..].to_vec()))
+    } else {
+        None
+    }
+}
+
+/// Compares two secrets in time that depends on neither (their SHA-256 digests are compared
+/// byte for byte without an early exit).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let (da, db) = (Sha256::digest(a), Sha256::digest(b));
+    da.iter().zip(db.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The contract's `/tokens` object for one token. Never includes the value.
 pub fn token_json(t: &Token) -> Value {
     let current = t.current();
@@ -138,4 +210,29 @@ fn json_body(status: StatusCode, body: &Value) -> AdminResponse {
     let mut s = body.to_string();
     s.push('\n');
     text(status, "application/json", s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bearer_and_basic_credentials() {
+        assert_eq!(presented_secret(b"Bearer s3cret").as_deref().map(Vec::as_slice), Some(&b"s3cret"[..]));
+        assert_eq!(presented_secret(b"bearer  s3cret ").as_deref().map(Vec::as_slice), Some(&b"s3cret"[..]));
+        // "admin:s3cret" and ":pa:ss" (the password may hold colons; the user name may be empty).
+        assert_eq!(presented_secret(b"Basic YWRtaW46czNjcmV0").as_deref().map(Vec::as_slice), Some(&b"s3cret"[..]));
+        assert_eq!(presented_secret(b"Basic OnBhOnNz").as_deref().map(Vec::as_slice), Some(&b"pa:ss"[..]));
+        assert!(presented_secret(b"Basic !!!").is_none());
+        assert!(presented_secret(b"Digest abc").is_none());
+        assert!(presented_secret(b"s3cret").is_none());
+    }
+
+    #[test]
+    fn compares_whole_values() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"", b"abc"));
+    }
 }

@@ -25,6 +25,12 @@ pub struct Config {
     pub shutdown: Shutdown,
     /// `[audit]`: the tamper-evident log, if wanted.
     pub audit: Option<AuditConfig>,
+    /// `[admin]`: who may use the admin API.
+    pub admin: AdminConfig,
+    /// `[limits]`: what a client connection may cost.
+    pub limits: Limits,
+    /// `[hardening]`: process-level protection of the secrets in memory.
+    pub hardening: Hardening,
     /// Things that are valid but probably not what was meant (a rule that never matches).
     pub warnings: Vec<ConfigError>,
     pub routes: Vec<RouteConfig>,
@@ -110,6 +116,100 @@ pub struct AuditConfig {
 
 fn default_summary_interval() -> Duration {
     Duration::from_secs(60)
+}
+
+/// `[admin]`: access to the admin API.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct AdminConfig {
+    /// A bearer token every admin request but `/healthz` and `/readyz` must carry. Required
+    /// when `listen.admin` is not a loopback address.
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+}
+
+/// `[limits]`: bounds on what one client, or all of them together, may hold of the proxy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Limits {
+    /// Request line and headers together, in bytes (HTTP/1.1 buffer; HTTP/2 header list).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Header fields in one request.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Open client connections on the proxy listener; more wait in the accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Concurrent HTTP/2 streams on one client connection.
+    #[serde(default = "default_max_streams")]
+    pub max_streams: u32,
+    /// Time from a request's first byte to the end of its headers (slowloris).
+    #[serde(default = "default_header_read_timeout", deserialize_with = "de_duration")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and nothing received for this long is closed.
+    #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_connections: default_max_connections(),
+            max_streams: default_max_streams(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+/// hyper's smallest HTTP/1.1 read buffer; `max_header_bytes` cannot go below it.
+pub const MIN_HEADER_BYTES: usize = 8192;
+const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_max_headers() -> usize {
+    100
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_max_streams() -> u32 {
+    100
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+
+/// `[hardening]`: Linux process protections, both on by default.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Hardening {
+    /// Lock the pages holding token values in RAM (`mlock`), so they are never swapped out.
+    #[serde(default = "yes")]
+    pub mlock: bool,
+    /// `PR_SET_DUMPABLE=0`: no core dumps, and no ptrace or `/proc/PID/mem` by other users.
+    #[serde(default = "yes")]
+    pub no_dump: bool,
+}
+
+impl Default for Hardening {
+    fn default() -> Self {
+        Hardening { mlock: true, no_dump: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One `[[routes]]` entry.
@@ -641,7 +741,8 @@ struct Loader<'a> {
     warnings: Vec<ConfigError>,
 }
 
-const TOP_LEVEL_KEYS: &[&str] = &["listen", "upstream", "shutdown", "audit", "routes", "tokens"];
+const TOP_LEVEL_KEYS: &[&str] =
+    &["listen", "admin", "upstream", "limits", "hardening", "shutdown", "audit", "routes", "tokens"];
 const TOKEN_SOURCES: &[&str] = &["env", "file", "oauth2", "http", "exec"];
 
 impl<'a> Loader<'a> {
@@ -813,6 +914,18 @@ impl<'a> Loader<'a> {
             Some(v) => self.section::<AuditConfig>(&[Seg::Key("audit".into())], v).map(Some),
             None => Some(None),
         };
+        let admin = match root.remove("admin") {
+            Some(v) => self.section::<AdminConfig>(&[Seg::Key("admin".into())], v),
+            None => Some(AdminConfig::default()),
+        };
+        let limits = match root.remove("limits") {
+            Some(v) => self.section::<Limits>(&[Seg::Key("limits".into())], v),
+            None => Some(Limits::default()),
+        };
+        let hardening = match root.remove("hardening") {
+            Some(v) => self.section::<Hardening>(&[Seg::Key("hardening".into())], v),
+            None => Some(Hardening::default()),
+        };
 
         let mut tokens = BTreeMap::new();
         let mut tokens_ok = true;
@@ -873,6 +986,22 @@ impl<'a> Loader<'a> {
                 self.check_ca_file(&[Seg::Key("upstream".into()), Seg::Key("ca_file".into())], ca);
             }
         }
+        if let (Some(l), Some(a)) = (&listen, &admin) {
+            if !l.admin.ip().is_loopback() && a.token.is_none() {
+                self.error(
+                    &[Seg::Key("listen".into()), Seg::Key("admin".into())],
+                    format!(
+                        "{} is not a loopback address: anyone who can reach it could read token status and force \
+                         refreshes. Set [admin] token = {{ env = \"VAR\" }} or {{ file = \"/path\" }} (a bearer \
+                         token the admin API then requires), or listen on 127.0.0.1",
+                        l.admin
+                    ),
+                );
+            }
+        }
+        if let Some(l) = &limits {
+            self.check_limits(l);
+        }
 
         if !(routes_ok && tokens_ok) {
             return None;
@@ -882,6 +1011,9 @@ impl<'a> Loader<'a> {
             upstream: upstream?,
             shutdown: shutdown?,
             audit: audit?,
+            admin: admin?,
+            limits: limits?,
+            hardening: hardening?,
             warnings: std::mem::take(&mut self.warnings),
             routes: routes.into_iter().map(|(_, r)| r).collect(),
             tokens,
@@ -1133,6 +1265,27 @@ impl<'a> Loader<'a> {
         }
     }
 
+    fn check_limits(&mut self, l: &Limits) {
+        let at = |key: &str| [Seg::Key("limits".into()), Seg::Key(key.into())];
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&l.max_header_bytes) {
+            self.error(&at("max_header_bytes"), format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"));
+        }
+        if !(1..=10_000).contains(&l.max_headers) {
+            self.error(&at("max_headers"), "must be between 1 and 10000");
+        }
+        if l.max_connections == 0 {
+            self.error(&at("max_connections"), "must be at least 1");
+        }
+        if l.max_streams == 0 {
+            self.error(&at("max_streams"), "must be at least 1");
+        }
+        for (key, d) in [("header_read_timeout", l.header_read_timeout), ("idle_timeout", l.idle_timeout)] {
+            if d < Duration::from_millis(10) {
+                self.error(&at(key), "must be at least 10ms");
+            }
+        }
+    }
+
     fn check_ca_file(&mut self, path: &[Seg], file: &Path) {
         if let Err(e) = crate::upstream::load_ca_file(file) {
             self.error(path, e);
@@ -1302,6 +1455,9 @@ pub fn accepted_keys() -> Vec<String> {
     add("upstream", fields::<UpstreamDefaults>());
     add("shutdown", fields::<Shutdown>());
     add("audit", fields::<AuditConfig>());
+    add("admin", fields::<AdminConfig>());
+    add("limits", fields::<Limits>());
+    add("hardening", fields::<Hardening>());
     add("routes[]", fields::<RouteConfig>());
     add("tokens.*", &["source"]);
     add("tokens.*", fields::<TokenCommon>());
@@ -1485,6 +1641,35 @@ validate = { url = "https://v.example", format = "Bearer" }
         }
         assert!(!format!("{errs:?}").contains("literal-secret-value"));
         assert_eq!(errs.iter().find(|e| e.key == "tokens.api.client_secret").unwrap().line, Some(12));
+    }
+
+    #[test]
+    fn an_admin_listener_off_loopback_needs_a_token() {
+        let open = GOOD.replace("admin = \"127.0.0.1:1\"", "admin = \"0.0.0.0:9901\"");
+        let errs = errors(&open);
+        assert!(
+            errs.iter().any(|e| e.key == "listen.admin" && e.line == Some(4) && e.message.contains("[admin] token")),
+            "{errs:?}"
+        );
+        let with_token = format!("{open}\n[admin]\ntoken = {{ env = \"SIDEKEY_ADMIN_TOKEN\" }}\n");
+        let c = Config::parse(&with_token).unwrap();
+        assert_eq!(c.admin.token, Some(SecretRef::Env("SIDEKEY_ADMIN_TOKEN".into())));
+        let errs = errors(&format!("{open}\n[admin]\ntoken = \"hunter2-admin\"\n"));
+        assert!(errs.iter().any(|e| e.key == "admin.token" && !e.message.contains("hunter2")), "{errs:?}");
+    }
+
+    #[test]
+    fn limits_are_checked_with_key_and_line() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert!(c.hardening.mlock && c.hardening.no_dump);
+        let bad = format!("{GOOD}\n[limits]\nmax_header_bytes = 100\nmax_connections = 0\nidle_timeout = \"1ms\"\n");
+        let errs = errors(&bad);
+        for key in ["limits.max_header_bytes", "limits.max_connections", "limits.idle_timeout"] {
+            assert!(errs.iter().any(|e| e.key == key && e.line.is_some()), "{key}: {errs:?}");
+        }
+        let off = Config::parse(&format!("{GOOD}\n[hardening]\nmlock = false\nno_dump = false\n")).unwrap();
+        assert!(!off.hardening.mlock && !off.hardening.no_dump);
     }
 
     #[test]

@@ -4,10 +4,10 @@
 //! The request flow, module by module:
 //!
 //! ```text
-//! serve (accept, h1 + h2c, graceful drain)
+//! conn::serve (accept under a connection cap, h1 + h2c, slow-head and idle timeouts, drain)
 //!   -> proxy::Proxy::handle
 //!        route::RouteTable::find      host / absolute-form / longest prefix; never an unknown upstream
-//!        token::Token::header         one lock-free load of the current snapshot, a header clone
+//!        token::Token::credential        one lock-free load of the current snapshot, a header clone
 //!        route::strip_hop_by_hop      hop-by-hop and Proxy-Authorization dropped, Host re-derived
 //!        upstream::UpstreamClient     pooled hyper-util client over rustls (ALPN h2 / http/1.1)
 //!        error::ProxyError            the one place failures become 404/502/503/504 JSON
@@ -17,6 +17,7 @@
 //! Modules:
 //! - [`config`]: the TOML file, serde structs, whole-file validation with key and line.
 //! - [`secret`]: the redacted, zeroizing type every token value lives in.
+//! - [`memory`]: locked pages for secrets, the zero-on-free allocator, `[hardening]`.
 //! - [`token`]: the store behind arc-swap, one file per source, the file watcher.
 //! - [`route`]: request -> route, path normalization, hop-by-hop headers.
 //! - [`proxy`]: the data-plane service.
@@ -27,17 +28,23 @@
 //! - [`audit`]: the hash-chained audit log, its writer and `verify`.
 //! - [`metrics`]: the Prometheus recorder and per-route handles.
 //! - [`serve`]: assembly, listeners, config reload, graceful shutdown.
+//! - [`conn`]: the accept loop and `[limits]`: connection cap, header and idle timeouts.
 //! - [`reload`]: what triggers a reload (SIGHUP, `--watch-config`).
 //! - [`telemetry`]: logging setup.
 //! - [`demo`]: `sidekey demo`.
 
-#![forbid(unsafe_code)]
+// Unsafe code lives in one reviewed module, `memory` (page allocation, mlock, prctl, the
+// allocator); everywhere else it is an error.
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod audit;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod error;
+#[allow(unsafe_code)]
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 use sidekey::telemetry::{self, LogFormat};
 use sidekey::Config;
 
+/// Freed heap memory is zeroed, so no token bytes linger in it (see `sidekey::memory`).
+#[global_allocator]
+static ALLOC: sidekey::memory::DefaultZeroOnFree = sidekey::memory::ZeroOnFree(std::alloc::System);
+
 #[derive(Parser)]
 #[command(name = "sidekey", version, about = "A credential sidecar: injects API tokens into outbound HTTP requests")]
 struct Cli {

@@ -1,8 +1,9 @@
 //! The redacted secret type: token values live here and nowhere else in clear.
 //!
-//! `Secret` prints nothing of its value through `Debug` or `Display`, and zeroizes its whole
-//! buffer (length and spare capacity) when dropped. The rendered header value built from a
-//! secret is backed by a zeroizing owner too, so dropping the last clone scrubs it.
+//! `Secret` prints nothing of its value through `Debug` or `Display`. Its bytes live in a
+//! [`LockedBuf`] (pages of their own, locked in memory when `[hardening] mlock` is on, zeroized
+//! when dropped). The rendered header value built from a secret is backed by a `LockedBuf` too,
+//! so dropping the last clone scrubs it.
 
 use std::fmt;
 
@@ -11,13 +12,17 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-/// A token value or other credential. Cheap to move, never printed.
-pub struct Secret(Zeroizing<String>);
+use crate::memory::LockedBuf;
+
+/// A token value or other credential: valid UTF-8 in a [`LockedBuf`]. Cheap to move, never
+/// printed.
+pub struct Secret(LockedBuf);
 
 impl Secret {
-    /// Wraps a value. The caller's `String` is moved in, not copied.
+    /// Takes a value: its bytes are copied into locked pages and the `String` is zeroized.
     pub fn new(value: String) -> Self {
-        Secret(Zeroizing::new(value))
+        let value = Zeroizing::new(value);
+        Secret(LockedBuf::copy_of(value.as_bytes()))
     }
 
     /// Builds a secret from raw bytes read from a file or a process, trimming one trailing
@@ -33,7 +38,7 @@ impl Secret {
             return Err(SecretError::Empty);
         }
         match std::str::from_utf8(&raw) {
-            Ok(s) => Ok(Secret::new(s.to_owned())),
+            Ok(s) => Ok(Secret(LockedBuf::copy_of(s.as_bytes()))),
             Err(_) => Err(SecretError::NotUtf8),
         }
     }
@@ -41,18 +46,20 @@ impl Secret {
     /// A second, independent copy (it zeroizes on its own drop). Used only to re-render a
     /// current value for a reloaded config; ordinary code moves secrets, never copies them.
     pub fn duplicate(&self) -> Secret {
-        Secret::new(self.0.as_str().to_owned())
+        Secret(LockedBuf::copy_of(self.0.as_slice()))
     }
 
     /// The value itself. Call sites are few and reviewed: rendering, hashing.
     pub fn expose(&self) -> &str {
-        &self.0
+        // Every constructor stores valid UTF-8 (a `String`, or bytes checked by `from_utf8`)
+        // and the buffer is never written afterwards: the fallback is unreachable.
+        std::str::from_utf8(self.0.as_slice()).unwrap_or_default()
     }
 
     /// `sha256:` and the first 12 hex digits of the value's SHA-256: enough to tell two values
     /// apart in logs and on the admin API, far too little to recover the value.
     pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(self.0.as_bytes());
+        let digest = Sha256::digest(self.0.as_slice());
         let mut out = String::with_capacity(19);
         out.push_str("sha256:");
         for b in &digest[..6] {
@@ -64,19 +71,25 @@ impl Secret {
     /// Renders `format` with every `{token}` replaced by the value, as a sensitive header
     /// value whose bytes are zeroized when the last clone is dropped.
     pub fn render_header(&self, format: &str) -> Result<HeaderValue, SecretError> {
-        let mut buf = Zeroizing::new(Vec::with_capacity(format.len() + self.0.len()));
-        let mut rest = format;
-        while let Some(at) = rest.find("{token}") {
-            buf.extend_from_slice(&rest.as_bytes()[..at]);
-            buf.extend_from_slice(self.0.as_bytes());
-            rest = &rest[at + "{token}".len()..];
+        let value = self.0.as_slice();
+        let pieces: Vec<&str> = format.split("{token}").collect();
+        let len = pieces.iter().map(|p| p.len()).sum::<usize>() + (pieces.len() - 1) * value.len();
+        let mut buf = LockedBuf::zeroed(len);
+        let out = buf.as_mut_slice();
+        let mut at = 0;
+        for (i, piece) in pieces.iter().enumerate() {
+            if i > 0 {
+                out[at..at + value.len()].copy_from_slice(value);
+                at += value.len();
+            }
+            out[at..at + piece.len()].copy_from_slice(piece.as_bytes());
+            at += piece.len();
         }
-        buf.extend_from_slice(rest.as_bytes());
         // Validate before handing the bytes over, so no error path copies them.
-        if !buf.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80) {
+        if !buf.as_slice().iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80) {
             return Err(SecretError::NotHeaderSafe);
         }
-        let bytes = Bytes::from_owner(ZeroizingBytes(buf));
+        let bytes = Bytes::from_owner(buf);
         let mut value = HeaderValue::from_maybe_shared(bytes).map_err(|_| SecretError::NotHeaderSafe)?;
         value.set_sensitive(true);
         Ok(value)
@@ -103,7 +116,7 @@ impl PartialEq for Secret {
     fn eq(&self, other: &Self) -> bool {
         // Not constant time: equality is only used to skip republishing an unchanged value,
         // never to check a credential an attacker supplies.
-        self.0.as_bytes() == other.0.as_bytes()
+        self.0.as_slice() == other.0.as_slice()
     }
 }
 

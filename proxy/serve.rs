@@ -11,10 +11,6 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::Request;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,11 +18,15 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::audit::Audit;
 use crate::config::Config;
+use crate::conn::{serve, stopped, ConnLimits};
 use crate::metrics::RouteMetrics;
 use crate::proxy::{Proxy, Route, RouteSet, RouteUsage};
 use crate::route::{RouteTable, Target};
 use crate::token::{FormatRegistry, Token, TokenStore};
 use crate::upstream::{build_client, UpstreamClient};
+
+/// How long admin connections get to finish after the proxy has drained.
+const ADMIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Why sidekey could not start with a valid config.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,8 @@ pub enum StartError {
     Audit(String),
     #[error("route {route}: {message}")]
     Route { route: String, message: String },
+    #[error("[admin] token: {0}")]
+    AdminToken(String),
 }
 
 /// A running sidekey: its addresses, its tokens, and the ways to reload and stop it.
@@ -76,6 +78,11 @@ pub struct Live {
 }
 
 impl Live {
+    /// `[admin] token` of the config in force.
+    pub fn admin_token(&self) -> Option<crate::config::SecretRef> {
+        lock(&self.config).admin.token.clone()
+    }
+
     /// The token set in force.
     pub fn tokens(&self) -> Arc<TokenStore> {
         self.tokens.load_full()
@@ -160,6 +167,9 @@ impl Running {
             let old = lock(&self.live.config);
             if old.listen != config.listen {
                 tracing::warn!("listen addresses change only on restart; keeping the current ones");
+            }
+            if old.limits != config.limits || old.hardening != config.hardening {
+                tracing::warn!("[limits] and [hardening] change only on restart; keeping the current ones");
             }
             if old.audit != config.audit {
                 tracing::warn!("the audit settings change only on restart; keeping the current ones");
@@ -307,6 +317,10 @@ fn build_routes(
 /// Builds everything from a validated config, loads every token once, and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     crate::metrics::install();
+    let hardened = crate::memory::harden(&config.hardening);
+    if let Some(reference) = &config.admin.token {
+        reference.read().map_err(StartError::AdminToken)?;
+    }
     let audit = match &config.audit {
         Some(a) => Some(Audit::open(&a.path).map_err(StartError::Audit)?),
         None => None,
@@ -327,6 +341,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let background = Background::spawn(&tokens);
     let (route_count, token_count, grace) = (config.routes.len(), config.tokens.len(), config.shutdown.grace);
+    let limits = ConnLimits::from(&config.limits);
     let live = Arc::new(Live {
         proxy: Proxy::new(routes),
         tokens: ArcSwap::from_pointee(tokens),
@@ -347,15 +362,25 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (stop_admin, admin_stop_rx) = watch::channel(false);
     let admin = Admin::new(live.clone());
     let proxy = live.proxy.clone();
-    let proxy_task = tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, move |req| {
+    let proxy_task = tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, limits, move |req| {
         let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req).await) }
     }));
-    let admin_task = tokio::spawn(serve(admin_listener, "admin", admin_stop_rx, Duration::from_secs(1), move |req| {
-        let admin = admin.clone();
-        async move { Ok::<_, Infallible>(admin.handle(req).await) }
-    }));
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, routes = route_count, tokens = token_count, "sidekey listening");
+    let admin_task =
+        tokio::spawn(serve(admin_listener, "admin", admin_stop_rx, ADMIN_GRACE, ConnLimits::admin(), move |req| {
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.handle(req).await) }
+        }));
+    tracing::info!(
+        proxy = %proxy_addr,
+        admin = %admin_addr,
+        routes = route_count,
+        tokens = token_count,
+        no_dump = hardened.no_dump,
+        mlock = hardened.mlock,
+        locked_bytes = crate::memory::locked_bytes(),
+        "sidekey listening"
+    );
     Ok(Running {
         proxy_addr,
         admin_addr,
@@ -426,76 +451,6 @@ async fn summarize_usage(live: Arc<Live>, audit: Audit, every: Duration, mut sto
     }
 }
 
-/// Resolves once the watch value turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
-}
-
-/// Accepts connections (HTTP/1.1, and HTTP/2 with prior knowledge) until `stop` turns true,
-/// then waits up to `grace` for open connections to finish their requests.
-async fn serve<F, Fut, B>(
-    listener: TcpListener,
-    what: &'static str,
-    mut stop: watch::Receiver<bool>,
-    grace: Duration,
-    handler: F,
-) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
-    builder.http2().timer(TokioTimer::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    // Every connection's task, so the ones still open when the grace period ends can be closed.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(listener = what, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = hyper::service::service_fn(handler.clone());
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                connections.spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            // Reap finished connection tasks as they end.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = stopped(&mut stop) => break,
-        }
-    }
-    drop(listener);
-    let open = graceful.count();
-    if open > 0 {
-        tracing::info!(
-            listener = what,
-            connections = open,
-            grace_ms = grace.as_millis() as u64,
-            "draining connections"
-        );
-    }
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => tracing::warn!(listener = what, "grace period over; closing remaining connections"),
-    }
-    connections.shutdown().await;
 }

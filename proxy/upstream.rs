@@ -75,6 +75,21 @@ where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
 {
+    client_builder(extra, connect_timeout, true)
+}
+
+/// A client for token sources (token endpoints, secret stores, validation URLs): no pool. Its
+/// requests are minutes apart, and a connection closed after each exchange takes its buffers,
+/// which held a token, with it (to be zeroed as they are freed) instead of keeping them.
+pub fn build_source_client(extra: &[PathBuf], connect_timeout: Duration) -> Result<SourceClient, String> {
+    client_builder(extra, connect_timeout, false)
+}
+
+fn client_builder<B>(extra: &[PathBuf], connect_timeout: Duration, pooled: bool) -> Result<Client<Connector, B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -95,6 +110,7 @@ where
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(if pooled { usize::MAX } else { 0 })
         .build(connector))
 }
 

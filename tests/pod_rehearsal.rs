@@ -2,7 +2,8 @@
 //! ConfigMap's sidekey config, the container's args, env, ports, probes and mounts are taken
 //! from them, the volumes are laid out the way the kubelet does (`..data` symlinks), and the
 //! real binary runs as the pod would run it: probes answer at the manifest's paths, a Secret
-//! update is picked up, SIGTERM ends it within the pod's grace period. A manifest that drifts
+//! update is picked up, the admin API wants the token the PodMonitor sends, SIGTERM ends it
+//! within the pod's grace period. A manifest that drifts
 //! from the binary (a port, a path, an env name, a key the config does not accept) fails here.
 
 mod support;
@@ -168,6 +169,23 @@ async fn rehearse(deployment_file: &str) {
             other => panic!("token {name}: the rehearsal does not know source {other}"),
         }
     }
+    // The admin token: a file on a Secret volume, the Secret the PodMonitor sends from.
+    let admin_token_path = config["admin"]["token"]["file"]
+        .as_str()
+        .expect("a non-loopback admin listener needs [admin] token = { file = .. }")
+        .to_owned();
+    let (admin_volume, admin_mount) =
+        mounts.iter().find(|(_, m)| admin_token_path.starts_with(m.as_str())).expect("the admin token is on a mount");
+    let admin_secret = volume_of(admin_volume)["secret"]["secretName"].as_str().expect("a Secret volume").to_owned();
+    let admin_key = admin_token_path[admin_mount.len()..].trim_start_matches('/').to_owned();
+    let pod_monitor = manifests("podmonitor.yaml");
+    let credentials =
+        &find(&pod_monitor, "PodMonitor")["spec"]["podMetricsEndpoints"][0]["authorization"]["credentials"];
+    assert_eq!(credentials["name"], admin_secret.as_str(), "the PodMonitor's admin token Secret");
+    assert_eq!(credentials["key"], admin_key.as_str(), "the PodMonitor's admin token key");
+    secret_files.push((admin_token_path.clone(), "rehearsal-admin-token\n".into()));
+    config["admin"]["token"].as_table_mut().unwrap().insert("file".into(), local(&admin_token_path).into());
+
     // Ports: the manifest's are checked above; the rehearsal binds free ones.
     config["listen"].as_table_mut().unwrap().insert("proxy".into(), "127.0.0.1:0".into());
     config["listen"].as_table_mut().unwrap().insert("admin".into(), "127.0.0.1:0".into());
@@ -231,6 +249,17 @@ async fn rehearse(deployment_file: &str) {
         let a = get(&c, &format!("http://{admin_addr}{path}")).await;
         assert_eq!(a.status, 200, "{probe} {path}: {}", a.text());
     }
+    // Prometheus' scrape: refused without the token, served with it.
+    assert_eq!(get(&c, &format!("http://{admin_addr}/metrics")).await.status, 401);
+    let scrape = send(
+        &c,
+        http::Request::get(format!("http://{admin_addr}/metrics"))
+            .header("authorization", "Bearer rehearsal-admin-token")
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(scrape.status, 200, "/metrics with the admin token");
     // The Secret is updated: the kubelet swaps ..data; sidekey picks it up.
     let (_, file, vol) = &mut secret_dirs[0];
     vol.update(&[(file, "rehearsal_rotated_2")]);

@@ -1,7 +1,8 @@
 //! A real Prometheus server (Debian's package) scrapes sidekey's admin port with the alert
 //! rules of `examples/prometheus/alerts.yml`; a rotation the upstream refuses shows up as
 //! `sidekey_propagation_failures_total` and the propagation alert firing, read through
-//! Prometheus' own HTTP API.
+//! Prometheus' own HTTP API. The admin API requires a token here, which Prometheus sends from
+//! a credentials file, as the Kubernetes example's PodMonitor does.
 
 mod support;
 
@@ -13,18 +14,24 @@ async fn prometheus_sees_a_propagation_failure_and_fires_the_alert() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");
     std::fs::write(&path, "prom_value_1").unwrap();
+    let admin_token = dir.path().join("admin-token");
+    std::fs::write(&admin_token, "prom-admin-token\n").unwrap();
     let up = Upstream::plain().await;
     up.protect();
     up.allow("Bearer prom_value_1");
     let config = format!(
-        "{LISTEN}\n[[routes]]\nname = \"promroute\"\nprefix = \"/r\"\nupstream = \"{}\"\ntoken = \"promtok\"\n\n\
+        "{LISTEN}\n[admin]\ntoken = {{ file = {:?} }}\n[[routes]]\nname = \"promroute\"\nprefix = \"/r\"\nupstream = \"{}\"\ntoken = \"promtok\"\n\n\
          [tokens.promtok]\nsource = \"file\"\npath = {:?}\noverlap = \"0s\"\npropagation = {{ min = 3, ratio = 0.5 }}\n",
+        admin_token.display().to_string(),
         up.url,
         path.display().to_string()
     );
     let sk = start_proxy(&config).await;
+    let unauthenticated = get(&client(), &format!("http://{}/metrics", sk.admin_addr)).await;
+    assert_eq!(unauthenticated.status, 401, "the admin token is required for /metrics");
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let prom = Prometheus::start(sk.admin_addr, &root.join("examples/prometheus/alerts.yml")).await;
+    let alerts = root.join("examples/prometheus/alerts.yml");
+    let prom = Prometheus::start(sk.admin_addr, &alerts, Some(&admin_token)).await;
     let query = "/api/v1/query?query=sidekey_propagation_failures_total%7Btoken%3D%22promtok%22%7D";
     // Prometheus has the series at zero before anything happens.
     prom.until("the propagation counter at 0", query, |j| j["data"]["result"][0]["value"][1] == "0").await;

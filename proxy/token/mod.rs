@@ -30,7 +30,7 @@ use http_body_util::Full;
 
 use crate::config::{Config, RefreshConfig, SourceConfig, TokenConfig, ValidateConfig};
 use crate::secret::Secret;
-use crate::upstream::{build_client, SourceClient};
+use crate::upstream::{build_source_client, SourceClient};
 
 /// The least time between two refreshes forced by 401s to a fresh value with no previous one.
 const FORCED_RETRY_INTERVAL: Duration = Duration::from_secs(5);
@@ -848,7 +848,7 @@ impl ClientCache {
             return Ok(c.clone());
         }
         let files: Vec<PathBuf> = self.global_ca.iter().chain(ca_file).cloned().collect();
-        let c = build_client(&files, self.connect_timeout)?;
+        let c = build_source_client(&files, self.connect_timeout)?;
         self.clients.insert(key, c.clone());
         Ok(c)
     }

@@ -48,7 +48,7 @@ pub struct Seen {
 
 /// A loopback upstream that records what it receives.
 ///
-/// Paths: `/status/NNN` answers NNN; `/bytes/N` answers N bytes; `/hold` answers only after
+/// Paths: `/status/NNN` answers NNN; `/redirect?to=URL` answers 302 to URL; `/bytes/N` answers N bytes; `/hold` answers only after
 /// [`Upstream::release`] (and reports its arrival on `held`); `/never` never answers;
 /// anything else answers a JSON echo.
 pub struct Upstream {
@@ -218,6 +218,12 @@ async fn upstream_handle(state: UpstreamState, req: Request<Incoming>) -> Respon
     }
     if path.starts_with("/never") {
         std::future::pending::<()>().await;
+    }
+    if let Some(to) = path.strip_prefix("/redirect?to=") {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"moved\n")));
+        *r.status_mut() = StatusCode::FOUND;
+        r.headers_mut().insert("location", to.parse().unwrap());
+        return r;
     }
     if let Some(code) = path.strip_prefix("/status/") {
         let mut r = Response::new(Full::new(Bytes::from_static(b"status\n")));

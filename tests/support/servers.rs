@@ -236,7 +236,12 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    pub async fn start(target: SocketAddr, rules: &std::path::Path) -> Prometheus {
+    /// Scrapes `target`; with `bearer_file`, sends its content as the admin token.
+    pub async fn start(
+        target: SocketAddr,
+        rules: &std::path::Path,
+        bearer_file: Option<&std::path::Path>,
+    ) -> Prometheus {
         assert!(
             Command::new("prometheus").arg("--version").output().is_ok_and(|o| o.status.success()),
             "prometheus is not installed: {INSTALL_HINT}"
@@ -244,16 +249,18 @@ impl Prometheus {
         let script = servers_dir().join("prometheus/start.sh");
         let work = tempfile::tempdir().unwrap();
         let (child, addr) = start_on_free_port("prometheus", "/-/ready", |addr| {
-            Command::new("bash")
-                .arg(&script)
+            let mut cmd = Command::new("bash");
+            cmd.arg(&script)
                 .arg(addr.port().to_string())
                 .arg(target.to_string())
                 .arg(rules)
                 .arg(work.path())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
+                .stderr(Stdio::null());
+            if let Some(f) = bearer_file {
+                cmd.env("PROMETHEUS_BEARER_FILE", f);
+            }
+            cmd.spawn().unwrap()
         })
         .await;
         Prometheus { child, addr, _work: work }

@@ -12,6 +12,8 @@
 #
 # Env:
 #   PROMETHEUS_LOG_LEVEL         debug|info|warn|error (default warn); the log goes to stderr
+#   PROMETHEUS_BEARER_FILE       a file holding sidekey's [admin] token: scrapes send it as
+#                                `Authorization: Bearer` (authorization.credentials_file)
 #   PROMETHEUS_EXIT_WITH_PARENT  default 1: stop Prometheus (SIGTERM) once the process that ran
 #                                this script is gone, checked every 0.5 s. 0 turns it off.
 #
@@ -37,6 +39,16 @@ prometheus="$(command -v prometheus || true)"
 [[ -n "$prometheus" ]] || prometheus=/usr/bin/prometheus
 [[ -x "$prometheus" ]] || die "prometheus not found (run tests/servers/install.sh)"
 
+auth=""
+if [[ -n "${PROMETHEUS_BEARER_FILE:-}" ]]; then
+  bearer="$PROMETHEUS_BEARER_FILE"
+  [[ -r "$bearer" && -f "$bearer" ]] || die "PROMETHEUS_BEARER_FILE '$bearer' is not a readable file"
+  [[ "$bearer" != *[[:space:]\"\\]* ]] || die "paths must not contain whitespace, quotes or backslashes: '$bearer'"
+  bearer="$(cd "$(dirname "$bearer")" && pwd)/$(basename "$bearer")"
+  auth="    authorization:
+      credentials_file: \"$bearer\""
+fi
+
 mkdir -p "$work"
 work="$(cd "$work" && pwd)"
 rules="$(cd "$(dirname "$rules")" && pwd)/$(basename "$rules")"
@@ -52,6 +64,7 @@ rule_files:
 scrape_configs:
   - job_name: sidekey
     metrics_path: /metrics
+$auth
     static_configs:
       - targets: ["$target"]
 YAML
