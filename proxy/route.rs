@@ -148,9 +148,10 @@ impl RouteTable {
 }
 
 fn strip_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        // [v6]:port
-        return rest.split(']').next().map_or(authority, |h| &authority[..h.len() + 2]);
+    if authority.starts_with('[') {
+        // [v6]:port keeps its brackets; an unclosed bracket (only a hostile Host header has
+        // one) is compared whole and matches no route.
+        return authority.find(']').map_or(authority, |end| &authority[..=end]);
     }
     authority
         .rsplit_once(':')
@@ -287,6 +288,11 @@ mod tests {
         assert_eq!(find(v, "/github/x", Some("evil.example")), Ok((0, "/x".into())));
         assert_eq!(find(v, "/", Some("localhost:9000")), Ok((2, "/".into())));
         assert_eq!(find(v, "/", Some("localhost:9001")), Err(NoRoute::Unmatched));
+        // Unclosed IPv6 brackets in a Host header (found by the `route` fuzz target: this
+        // sliced past the end of the string and panicked) match nothing.
+        assert_eq!(find(v, "/x/y", Some("[yp!")), Err(NoRoute::Unmatched));
+        assert_eq!(find(v, "/github/x", Some("[")), Ok((0, "/x".into())));
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
         // HTTP/2 carries the Host in the URI: that is not a proxy request.
         assert_eq!(find(Version::HTTP_2, "http://127.0.0.1:8080/github/x", None), Ok((0, "/x".into())));
     }

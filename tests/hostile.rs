@@ -349,6 +349,9 @@ async fn the_token_goes_only_to_the_route_upstream() {
         .body(Full::default())
         .unwrap();
     assert_eq!(send(&c, req).await.status, 404);
+    // A Host with an unclosed IPv6 bracket (it once panicked the route lookup): no route.
+    let resp = raw(sk.proxy_addr, b"GET /other HTTP/1.1\r\nHost: [evil\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
     // Absolute-form for another authority, even with a route's path.
     let resp = raw(
         sk.proxy_addr,
