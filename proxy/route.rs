@@ -159,16 +159,24 @@ fn strip_port(authority: &str) -> &str {
 }
 
 /// Removes `.` and `..` segments (RFC 3986 section 5.2.4), so routing and the upstream see
-/// the same path a server would. Encoded dot segments (`%2e`) are refused: servers disagree on
-/// whether to decode them, and a proxy must not guess differently from its upstream.
+/// the same path a server would. Encoded dot segments (`%2e`) and backslashes (`\\`, `%5c`)
+/// are refused: servers disagree on whether to decode the first and whether the second
+/// separates segments (`/a/..\\b` is `/b` to a WHATWG parser), and a proxy must not guess
+/// differently from its upstream.
 pub fn normalize_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
     let mut needs_work = false;
     for seg in path.split('/') {
         if seg == "." || seg == ".." {
             needs_work = true;
         }
+        if seg.contains('\\') {
+            return None;
+        }
         if seg.contains('%') {
             let lower = seg.to_ascii_lowercase();
+            if lower.contains("%5c") {
+                return None;
+            }
             if lower.replace("%2e", ".").chars().all(|c| c == '.') && lower.contains("%2e") {
                 return None;
             }
@@ -300,6 +308,11 @@ mod tests {
     #[test]
     fn dot_segments_are_resolved_and_encoded_ones_refused() {
         let v = Version::HTTP_11;
+        // Backslashes, literal or encoded: a WHATWG parser reads `\\` as `/` (found by the
+        // `route` fuzz target: `/github/.\\../x` reached the upstream, whose parser could
+        // climb out of the route's base path with it).
+        assert_eq!(find(v, "/github/.\\../x", None), Err(NoRoute::BadPath));
+        assert_eq!(find(v, "/github/a%5C..%5cb", None), Err(NoRoute::BadPath));
         assert_eq!(find(v, "/github/../admin", None), Err(NoRoute::Unmatched));
         assert_eq!(find(v, "/x/../github/a", None), Ok((0, "/a".into())));
         assert_eq!(find(v, "/github/a/./b/../c", None), Ok((0, "/a/c".into())));

@@ -78,6 +78,8 @@ async fn conflicting_framing_cannot_smuggle_a_second_request() {
         ("NUL in a header value", b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-Bad: a\x00b\r\n\r\n"),
         ("bare CR in a header value", b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-Bad: a\rb\r\n\r\n"),
         ("space before the colon", b"GET /api/x HTTP/1.1\r\nHost : a\r\n\r\n"),
+        ("a backslash dot segment", b"GET /api/.\\../x HTTP/1.1\r\nHost: a\r\n\r\n"),
+        ("an encoded backslash", b"GET /api/a%5c..%5cx HTTP/1.1\r\nHost: a\r\n\r\n"),
     ] {
         let before = up.seen().len();
         let resp = raw(sk.proxy_addr, bad).await;
