@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# A bounded fuzz run of every target (cargo-fuzz, libFuzzer): SECONDS_PER_TARGET each (default
+# 20), starting from the seed corpus in fuzz/corpus (new inputs found go to a scratch copy, so
+# the committed corpus stays small). A crash fails the run and leaves its input under
+# fuzz/artifacts/TARGET/. Prints each target's execution count.
+#
+# Needs the nightly toolchain (libFuzzer's sanitizer flags are nightly-only) and cargo-fuzz,
+# which it installs when missing.
+set -euo pipefail
+cd "$(dirname "$0")"
+seconds="${1:-20}"
+
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "fuzz: the nightly Rust toolchain is not installed; cargo-fuzz needs it." >&2
+  echo "fuzz: install it with: rustup toolchain install nightly" >&2
+  exit 1
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz: installing cargo-fuzz" >&2
+  cargo install cargo-fuzz --locked --quiet
+fi
+
+targets=(config header_format route)
+cargo +nightly fuzz build 2>&1 | tail -n 3
+for t in "${targets[@]}"; do
+  work="$(mktemp -d)"
+  cp -r "corpus/$t/." "$work/"
+  log="$(mktemp)"
+  if ! cargo +nightly fuzz run "$t" "$work" -- -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "fuzz: target $t failed; the input is under fuzz/artifacts/$t/" >&2
+    exit 1
+  fi
+  runs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo '?')"
+  echo "fuzz: $t: $runs executions in ${seconds}s, no crash ($(ls "$work" | wc -l) inputs in the corpus)"
+  rm -rf "$work" "$log"
+done
