@@ -1,0 +1,890 @@
+//! End-to-end load harness: sidekey against a direct connection, nginx and HAProxy doing the
+//! same injection, on loopback, in one run.
+//!
+//! ```sh
+//! benches/load/setup.sh                       # wrk, nginx, haproxy from Debian (once)
+//! cargo bench --bench load                    # 3 rounds of 10 s runs, table + JSON
+//! cargo bench --bench load -- --rotate 100ms  # and the rotation runs
+//! ```
+//!
+//! A fast origin (this program in `--origin` mode: hyper, one thread) answers `200 ok` and
+//! tracks the `Authorization` values it sees. Each target is measured with wrk (HTTP/1.1,
+//! keep-alive): at concurrency 1 for the latency percentiles (p50/p90/p99/p99.9), at concurrency
+//! 64 for requests/s and the proxy's CPU time per request (utime + stime of its processes from
+//! `/proc`, over the requests wrk completed), and the proxy's peak RSS (`VmHWM`). Targets
+//! alternate within each round and the table shows each figure's median over the rounds, with
+//! ratios against the direct run of the same rounds.
+//!
+//! Pinning (`taskset`, when there are at least 2 CPUs): each proxy runs alone on CPU 1 with one
+//! worker (sidekey: one tokio worker, as its CPU set has one CPU; nginx: `worker_processes 1`;
+//! HAProxy: `nbthread 1`); wrk and the origin share CPU 0.
+//!
+//! `--rotate INTERVAL` adds, per proxy, a concurrency-64 run while the token changes every
+//! INTERVAL (sidekey: its token file is replaced; nginx: its config include is rewritten and
+//! the master gets SIGHUP, as `nginx -s reload` does; HAProxy: `set map` on its runtime API),
+//! reported against a run without rotation right before it: errors, throughput and p99 ratios,
+//! requests the origin saw with a token older than one it had already seen (stale), how long
+//! after each change the origin first saw the new token, and new upstream connections.
+//!
+//! `--soak SECS` adds, per proxy, a concurrency-64 run of SECS with its RSS read every 10 s
+//! (memory must stay flat).
+//!
+//! Options: `--duration SECS` (10), `--rounds N` (3), `--out FILE` (target/load/result.json),
+//! `--only sidekey,nginx,...`, `--rounds 0` to skip the comparison rounds.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+const SIDEKEY: &str = env!("CARGO_BIN_EXE_sidekey");
+const WRK_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/load/report.lua");
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--origin") {
+        origin();
+        return;
+    }
+    let opts = Opts::parse(&args);
+    if let Err(e) = run(&opts) {
+        eprintln!("load: {e}");
+        std::process::exit(1);
+    }
+}
+
+struct Opts {
+    duration: u64,
+    rounds: usize,
+    rotate: Option<Duration>,
+    soak: Option<u64>,
+    out: PathBuf,
+    only: Option<Vec<String>>,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Opts {
+        let mut o = Opts {
+            duration: 10,
+            rounds: 3,
+            rotate: None,
+            soak: None,
+            out: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/load/result.json"),
+            only: None,
+        };
+        let mut it = args.iter().skip(1);
+        while let Some(a) = it.next() {
+            let mut value = || it.next().unwrap_or_else(|| panic!("{a} needs a value")).clone();
+            match a.as_str() {
+                "--duration" => o.duration = value().parse().expect("--duration SECS"),
+                "--rounds" => o.rounds = value().parse().expect("--rounds N"),
+                "--rotate" => o.rotate = Some(sidekey::config::parse_duration(&value()).expect("--rotate 100ms")),
+                "--out" => o.out = PathBuf::from(value()),
+                "--soak" => o.soak = Some(value().parse().expect("--soak SECS")),
+                "--only" => o.only = Some(value().split(',').map(str::to_owned).collect()),
+                // cargo bench passes --bench; anything else is a mistake worth saying.
+                "--bench" => {}
+                other => panic!("unknown option {other} (see the doc at the top of benches/load.rs)"),
+            }
+        }
+        o
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The origin: a separate process of this same program.
+
+/// Serves `200 ok` on a free port (printed as `ORIGIN <port>`), counting connections and the
+/// `Authorization` tokens `Bearer rot-NNNNNN` it sees: `GET /__stats` answers them as JSON.
+fn origin() {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+
+    #[derive(Default)]
+    struct Stats {
+        connections: AtomicU64,
+        requests: AtomicU64,
+        /// Requests whose token was older than the newest one already seen.
+        stale: AtomicU64,
+        newest: AtomicU64,
+        /// Token number -> first time seen, in µs since the Unix epoch.
+        first_seen: Mutex<BTreeMap<u64, u64>>,
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("ORIGIN {}", listener.local_addr().unwrap().port());
+        std::io::stdout().flush().unwrap();
+        let stats = Arc::new(Stats::default());
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            stats.connections.fetch_add(1, Ordering::Relaxed);
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let stats = stats.clone();
+                    async move {
+                        if req.uri().path() == "/__stats" {
+                            let body = json!({
+                                "connections": stats.connections.load(Ordering::Relaxed),
+                                "requests": stats.requests.load(Ordering::Relaxed),
+                                "stale": stats.stale.load(Ordering::Relaxed),
+                                "first_seen_us": *stats.first_seen.lock().unwrap(),
+                            });
+                            return Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                                body.to_string(),
+                            ))));
+                        }
+                        stats.requests.fetch_add(1, Ordering::Relaxed);
+                        let n = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer rot-"))
+                            .and_then(|n| n.parse::<u64>().ok());
+                        if let Some(n) = n {
+                            let newest = stats.newest.fetch_max(n, Ordering::Relaxed);
+                            if n < newest {
+                                stats.stale.fetch_add(1, Ordering::Relaxed);
+                            } else if n > newest || n == 0 {
+                                stats.first_seen.lock().unwrap().entry(n).or_insert_with(now_us);
+                            }
+                        }
+                        Ok(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes.
+
+/// A started server and the processes whose CPU time and memory count as its own.
+struct Server {
+    name: &'static str,
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+    rotate: Rotator,
+}
+
+enum Rotator {
+    File(PathBuf),
+    Nginx { include: PathBuf },
+    Haproxy { socket: PathBuf, map: PathBuf },
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// The process and its descendants (nginx's workers).
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.child.id()];
+        let mut i = 0;
+        while i < pids.len() {
+            let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", pids[i])).unwrap_or_default();
+            pids.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            i += 1;
+        }
+        pids
+    }
+
+    /// utime + stime of all its processes, in µs.
+    fn cpu_us(&self) -> u64 {
+        let tick = 1_000_000 / clock_ticks();
+        self.pids()
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+            .map(|s| {
+                // Fields after the command name (which may hold spaces) start after ") ".
+                let rest = &s[s.rfind(')').unwrap() + 2..];
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) * tick
+            })
+            .sum()
+    }
+
+    /// Peak RSS of all its processes, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        self.pids()
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+            .filter_map(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .sum()
+    }
+
+    /// Puts token number `n` in place the way this proxy takes a new token.
+    fn set_token(&self, n: u64) -> Result<(), String> {
+        let token = format!("rot-{n:06}");
+        match &self.rotate {
+            Rotator::File(path) => {
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, &token).map_err(|e| e.to_string())?;
+                std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+            }
+            Rotator::Nginx { include } => {
+                std::fs::write(include, nginx_include(&token)).map_err(|e| e.to_string())?;
+                let ok = Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status();
+                ok.map_err(|e| e.to_string()).and_then(|s| if s.success() { Ok(()) } else { Err("kill -HUP".into()) })
+            }
+            Rotator::Haproxy { socket, map } => {
+                use std::io::Read;
+                let mut s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| e.to_string())?;
+                writeln!(s, "set map {} t {token}", map.display()).map_err(|e| e.to_string())?;
+                let mut answer = String::new();
+                s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+                if answer.trim().is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("haproxy: {}", answer.trim()))
+                }
+            }
+        }
+    }
+}
+
+fn clock_ticks() -> u64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().ok();
+    out.and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100)
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// `taskset -c CPU` in front of a command when the machine has a CPU to spare for it.
+fn pinned(cpu: usize, program: &str) -> Command {
+    if cpus() >= 2 && which("taskset") {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(cpu.to_string()).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn which(program: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {program}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until `addr` accepts connections.
+fn wait_listening(addr: SocketAddr, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("{what} is not listening on {addr} after 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn start_origin() -> Result<(Child, SocketAddr), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = pinned(0, exe.to_str().unwrap())
+        .arg("--origin")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("origin: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).map_err(|e| e.to_string())?;
+    let port: u16 = line.trim().strip_prefix("ORIGIN ").and_then(|p| p.parse().ok()).ok_or("origin did not start")?;
+    Ok((child, SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
+fn origin_stats(origin: SocketAddr) -> Value {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(origin).unwrap();
+    s.write_all(b"GET /__stats HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    serde_json::from_str(body).unwrap()
+}
+
+fn start_sidekey(origin: SocketAddr) -> Result<Server, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let token = dir.path().join("token");
+    std::fs::write(&token, "rot-000000").unwrap();
+    let config = dir.path().join("sidekey.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"load\"\nprefix = \"/\"\n\
+             upstream = \"http://{origin}\"\ntoken = \"load\"\n\n[tokens.load]\nsource = \"file\"\npath = {:?}\n",
+            token.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = pinned(1, SIDEKEY)
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "warn,sidekey::serve=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("sidekey: {e}"))?;
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let proxy = loop {
+        let line = lines.next().ok_or("sidekey exited before listening")?.map_err(|e| e.to_string())?;
+        if line.contains("sidekey listening") {
+            let v: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+            break v["proxy"].as_str().unwrap().to_owned();
+        }
+    };
+    // Keep draining its log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Server { name: "sidekey", child, url: format!("http://{proxy}/x"), _dir: dir, rotate: Rotator::File(token) })
+}
+
+fn nginx_include(token: &str) -> String {
+    format!("proxy_set_header Authorization \"Bearer {token}\";\n")
+}
+
+fn start_nginx(origin: SocketAddr) -> Result<Server, String> {
+    if !which("nginx") {
+        return Err("nginx is not installed (benches/load/setup.sh)".into());
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port();
+    let include = dir.path().join("token.conf");
+    std::fs::write(&include, nginx_include("rot-000000")).unwrap();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
+             upstream origin {{ server {origin}; keepalive 128; }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://origin;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      include {inc};\n    }}\n  }}\n}}\n",
+            p = dir.path().display(),
+            inc = include.display()
+        ),
+    )
+    .unwrap();
+    let child = pinned(1, "nginx")
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("nginx: {e}"))?;
+    wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), "nginx")?;
+    Ok(Server {
+        name: "nginx",
+        child,
+        url: format!("http://127.0.0.1:{port}/x"),
+        _dir: dir,
+        rotate: Rotator::Nginx { include },
+    })
+}
+
+fn start_haproxy(origin: SocketAddr) -> Result<Server, String> {
+    if !which("haproxy") {
+        return Err("haproxy is not installed (benches/load/setup.sh)".into());
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let port = free_port();
+    let map = dir.path().join("token.map");
+    std::fs::write(&map, "t rot-000000\n").unwrap();
+    let socket = dir.path().join("admin.sock");
+    let conf = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &conf,
+        format!(
+            "global\n  nbthread 1\n  stats socket {sock} level admin\n\n\
+             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\n\
+             frontend fe\n  bind 127.0.0.1:{port}\n  http-request set-header Authorization \"Bearer %[str(t),map({map})]\"\n\
+             default_backend be\n\nbackend be\n  server origin {origin}\n",
+            sock = socket.display(),
+            map = map.display()
+        ),
+    )
+    .unwrap();
+    let child = pinned(1, "haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("haproxy: {e}"))?;
+    wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), "haproxy")?;
+    Ok(Server {
+        name: "haproxy",
+        child,
+        url: format!("http://127.0.0.1:{port}/x"),
+        _dir: dir,
+        rotate: Rotator::Haproxy { socket, map },
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring.
+
+/// One wrk run's figures.
+#[derive(Debug, Clone)]
+struct Wrk {
+    requests: u64,
+    duration_s: f64,
+    errors: u64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+}
+
+fn wrk(url: &str, connections: usize, secs: u64) -> Result<Wrk, String> {
+    let out = pinned(0, "wrk")
+        .args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency", "-s", WRK_SCRIPT, url])
+        .output()
+        .map_err(|e| format!("wrk: {e} (benches/load/setup.sh installs it)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("WRK_JSON "))
+        .ok_or_else(|| format!("wrk printed no result: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
+    let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let e = &v["errors"];
+    let errors = ["connect", "read", "write", "status", "timeout"].iter().map(|k| e[k].as_u64().unwrap()).sum();
+    let f = |k: &str| v[k].as_f64().unwrap();
+    Ok(Wrk {
+        requests: v["requests"].as_u64().unwrap(),
+        duration_s: f("duration_us") / 1e6,
+        errors,
+        p50: f("p50"),
+        p90: f("p90"),
+        p99: f("p99"),
+        p999: f("p999"),
+    })
+}
+
+/// One target's figures in one round.
+#[derive(Debug, Clone)]
+struct Sample {
+    latency: Wrk,
+    rps: f64,
+    cpu_us_per_request: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    errors: u64,
+}
+
+fn measure(url: &str, server: Option<&Server>, secs: u64) -> Result<Sample, String> {
+    // A short warm-up fills pools and caches.
+    wrk(url, 64, 1)?;
+    let latency = wrk(url, 1, secs)?;
+    let cpu_before = server.map(Server::cpu_us);
+    let load = wrk(url, 64, secs)?;
+    let cpu = server.zip(cpu_before).map(|(s, before)| (s.cpu_us() - before) as f64 / load.requests.max(1) as f64);
+    Ok(Sample {
+        rps: load.requests as f64 / load.duration_s,
+        cpu_us_per_request: cpu,
+        peak_rss_kib: server.map(Server::peak_rss_kib),
+        errors: latency.errors + load.errors,
+        latency,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn run(opts: &Opts) -> Result<(), String> {
+    if !which("wrk") {
+        return Err("wrk is not installed: run benches/load/setup.sh".into());
+    }
+    let (mut origin_child, origin) = start_origin()?;
+    let result = (|| {
+        let wanted = |name: &str| opts.only.as_ref().is_none_or(|o| o.iter().any(|w| w == name));
+        let mut servers: Vec<Server> = Vec::new();
+        let mut missing = Vec::new();
+        if wanted("sidekey") {
+            servers.push(start_sidekey(origin)?);
+        }
+        for (name, start) in
+            [("nginx", start_nginx as fn(SocketAddr) -> Result<Server, String>), ("haproxy", start_haproxy)]
+        {
+            if wanted(name) {
+                match start(origin) {
+                    Ok(s) => servers.push(s),
+                    Err(e) => missing.push(format!("{name}: {e}")),
+                }
+            }
+        }
+        for m in &missing {
+            eprintln!("load: skipping {m}");
+        }
+        let direct_url = format!("http://{origin}/x");
+        let mut samples: BTreeMap<&str, Vec<Sample>> = BTreeMap::new();
+        for round in 1..=opts.rounds {
+            eprintln!("load: round {round} of {}", opts.rounds);
+            // Alternate the order from round to round.
+            let mut order: Vec<Option<&Server>> = std::iter::once(None).chain(servers.iter().map(Some)).collect();
+            let shift = (round - 1) % order.len();
+            order.rotate_left(shift);
+            for target in order {
+                let (name, url) = target.map_or(("direct", direct_url.as_str()), |s| (s.name, s.url.as_str()));
+                let s = measure(url, target, opts.duration)?;
+                eprintln!(
+                    "load:   {name:8} c1 p50 {:.0} µs p99 {:.0} µs | c64 {:.0} req/s, {} µs CPU/req",
+                    s.latency.p50,
+                    s.latency.p99,
+                    s.rps,
+                    s.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.1}"))
+                );
+                samples.entry(name).or_default().push(s);
+            }
+        }
+        let rotation = match opts.rotate {
+            Some(every) => Some(rotation_runs(&servers, origin, every, opts.duration)?),
+            None => None,
+        };
+        let soak = match opts.soak {
+            Some(secs) => Some(servers.iter().map(|s| soak_run(s, secs)).collect::<Result<Vec<_>, _>>()?),
+            None => None,
+        };
+        Ok::<_, String>((samples, missing, rotation, soak))
+    })();
+    let _ = origin_child.kill();
+    let _ = origin_child.wait();
+    let (samples, missing, rotation, soak) = result?;
+    report(opts, &samples, &missing, rotation, soak)
+}
+
+/// VmRSS of all the server's processes, in KiB.
+fn rss_kib(server: &Server) -> u64 {
+    server
+        .pids()
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// Load at concurrency 64 for `secs`, the RSS read every 10 s.
+fn soak_run(server: &Server, secs: u64) -> Result<Value, String> {
+    eprintln!("load: soak, {} for {secs} s", server.name);
+    let stop = AtomicBool::new(false);
+    let (load, samples) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let mut samples = vec![rss_kib(server)];
+            let start = Instant::now();
+            let mut next = start + Duration::from_secs(10);
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if Instant::now() >= next {
+                    samples.push(rss_kib(server));
+                    next += Duration::from_secs(10);
+                }
+            }
+            samples
+        });
+        let load = wrk(&server.url, 64, secs);
+        stop.store(true, Ordering::Relaxed);
+        (load, sampler.join().unwrap())
+    });
+    let load = load?;
+    // The first sample is before any load; growth is measured from the first loaded one.
+    let loaded = &samples[1.min(samples.len() - 1)..];
+    let (first, last) = (loaded[0], *loaded.last().unwrap());
+    Ok(json!({
+        "target": server.name,
+        "secs": secs,
+        "requests": load.requests,
+        "errors": load.errors,
+        "rss_kib_every_10s": samples,
+        "growth_kib_after_first_10s": last as i64 - first as i64,
+    }))
+}
+
+fn report(
+    opts: &Opts,
+    samples: &BTreeMap<&str, Vec<Sample>>,
+    missing: &[String],
+    rotation: Option<Vec<Value>>,
+    soak: Option<Vec<Value>>,
+) -> Result<(), String> {
+    let med = |name: &str, f: &dyn Fn(&Sample) -> f64| samples.get(name).map(|v| median(v.iter().map(f).collect()));
+    let direct = |f: &dyn Fn(&Sample) -> f64| med("direct", f).unwrap_or(f64::NAN);
+    let mut rows = Vec::new();
+    let mut table = String::from(
+        "| target | p50 µs | p90 µs | p99 µs | p99.9 µs | added p50 | added p99 | req/s (c64) | x direct | CPU µs/req | peak RSS MiB | errors |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for name in ["direct", "sidekey", "nginx", "haproxy"] {
+        let Some(v) = samples.get(name) else { continue };
+        let m = |f: &dyn Fn(&Sample) -> f64| med(name, f).unwrap();
+        let (p50, p90, p99, p999) =
+            (m(&|s| s.latency.p50), m(&|s| s.latency.p90), m(&|s| s.latency.p99), m(&|s| s.latency.p999));
+        let rps = m(&|s| s.rps);
+        let cpu = v[0].cpu_us_per_request.map(|_| m(&|s| s.cpu_us_per_request.unwrap()));
+        let rss = v.iter().filter_map(|s| s.peak_rss_kib).max().map(|k| k as f64 / 1024.0);
+        let errors: u64 = v.iter().map(|s| s.errors).sum();
+        let (added50, added99) = (p50 - direct(&|s| s.latency.p50), p99 - direct(&|s| s.latency.p99));
+        let ratio = rps / direct(&|s| s.rps);
+        let opt = |x: Option<f64>, d: usize| x.map_or("-".to_owned(), |x| format!("{x:.d$}"));
+        if name == "direct" {
+            table.push_str(&format!(
+                "| direct | {p50:.0} | {p90:.0} | {p99:.0} | {p999:.0} | - | - | {rps:.0} | 1.00 | - | - | {errors} |\n"
+            ));
+        } else {
+            table.push_str(&format!(
+                "| {name} | {p50:.0} | {p90:.0} | {p99:.0} | {p999:.0} | {added50:+.0} | {added99:+.0} | {rps:.0} | {ratio:.2} | {} | {} | {errors} |\n",
+                opt(cpu, 1),
+                opt(rss, 1)
+            ));
+        }
+        rows.push(json!({
+            "target": name, "p50_us": p50, "p90_us": p90, "p99_us": p99, "p999_us": p999,
+            "added_p50_us": if name == "direct" { Value::Null } else { json!(added50) },
+            "added_p99_us": if name == "direct" { Value::Null } else { json!(added99) },
+            "rps_c64": rps, "rps_vs_direct": ratio, "cpu_us_per_request": cpu, "peak_rss_mib": rss, "errors": errors,
+            "rounds": v.len(),
+        }));
+    }
+    // sidekey against each peer, from the same rounds.
+    let value_of = |name: &str, key: &str| rows.iter().find(|r| r["target"] == name).and_then(|r| r[key].as_f64());
+    let mut versus = Vec::new();
+    for peer in ["nginx", "haproxy"] {
+        let pair = |key: &str| value_of("sidekey", key).zip(value_of(peer, key));
+        let Some((sk_rps, peer_rps)) = pair("rps_c64") else { continue };
+        let row = json!({
+            "peer": peer,
+            "added_p50_ratio": pair("added_p50_us").map(|(a, b)| a / b),
+            "added_p99_ratio": pair("added_p99_us").map(|(a, b)| a / b),
+            "rps_ratio": sk_rps / peer_rps,
+            "cpu_ratio": pair("cpu_us_per_request").map(|(a, b)| a / b),
+            "rss_ratio": pair("peak_rss_mib").map(|(a, b)| a / b),
+        });
+        let f = |k: &str| row[k].as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"));
+        table.push_str(&format!(
+            "\nsidekey / {peer}: added p50 x{}, added p99 x{}, req/s x{}, CPU per request x{}, peak RSS x{}",
+            f("added_p50_ratio"),
+            f("added_p99_ratio"),
+            f("rps_ratio"),
+            f("cpu_ratio"),
+            f("rss_ratio")
+        ));
+        versus.push(row);
+    }
+    println!("\n{table}\n");
+    if let Some(rot) = &rotation {
+        println!(
+            "| rotating every {:?} | errors | req/s vs steady | p99 vs steady | stale at origin | new token at origin after \
+             change (median / max ms) | new upstream connections (steady run) |",
+            opts.rotate.unwrap()
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for r in rot {
+            println!(
+                "| {} | {} | {:.2} | {:.2} | {} | {:.1} / {:.1} | {} ({}) |",
+                r["target"].as_str().unwrap(),
+                r["errors"],
+                r["rps_ratio"].as_f64().unwrap(),
+                r["p99_ratio"].as_f64().unwrap(),
+                r["stale"],
+                r["delay_ms_median"].as_f64().unwrap_or(f64::NAN),
+                r["delay_ms_max"].as_f64().unwrap_or(f64::NAN),
+                r["new_upstream_connections"],
+                r["steady_new_upstream_connections"],
+            );
+        }
+    }
+    if let Some(soak) = &soak {
+        for r in soak {
+            println!(
+                "soak {}: {} s, {} requests, {} errors; RSS KiB every 10 s {}; growth after the first 10 s: {} KiB",
+                r["target"].as_str().unwrap(),
+                r["secs"],
+                r["requests"],
+                r["errors"],
+                r["rss_kib_every_10s"],
+                r["growth_kib_after_first_10s"]
+            );
+        }
+    }
+    let versions = json!({
+        "sidekey": env!("CARGO_PKG_VERSION"),
+        "nginx": command_line("nginx", &["-v"]),
+        "haproxy": command_line("haproxy", &["-v"]),
+        "wrk": command_line("wrk", &["-v"]),
+    });
+    let doc = json!({
+        "machine": { "cpus": cpus(), "kernel": command_line("uname", &["-r"]) },
+        "versions": versions,
+        "settings": { "duration_s": opts.duration, "rounds": opts.rounds, "pinned": cpus() >= 2 && which("taskset"),
+                      "rotate_ms": opts.rotate.map(|d| d.as_millis() as u64) },
+        "results": rows,
+        "sidekey_versus": versus,
+        "rotation": rotation,
+        "soak": soak,
+        "skipped": missing,
+    });
+    if let Some(dir) = opts.out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(&opts.out, serde_json::to_string_pretty(&doc).unwrap()).map_err(|e| e.to_string())?;
+    println!("result: {}", opts.out.display());
+    Ok(())
+}
+
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    let text = if out.stdout.is_empty() { out.stderr } else { out.stdout };
+    String::from_utf8(text).ok().and_then(|t| t.lines().next().map(|l| l.trim().to_owned()))
+}
+
+/// Sends one request to `url` and returns whether it got a 2xx.
+fn one_request(url: &str) -> bool {
+    use std::io::Read;
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap());
+    let Ok(mut s) = std::net::TcpStream::connect(authority) else { return false };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    let mut answer = String::new();
+    s.write_all(req.as_bytes()).is_ok() && s.read_to_string(&mut answer).is_ok() && answer.starts_with("HTTP/1.1 2")
+}
+
+/// Switches `server` to token `n` and waits (bounded) until the origin has seen it.
+fn switch_to(server: &Server, origin: SocketAddr, n: u64) -> Result<(), String> {
+    server.set_token(n)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        one_request(&server.url);
+        if !origin_stats(origin)["first_seen_us"][n.to_string()].is_null() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{}: token {n} did not reach the origin within 10 s", server.name));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Per proxy: a steady concurrency-64 run, then one with the token changing every `every`.
+/// Token numbers only grow over the whole run, so the origin can call a lower one stale.
+fn rotation_runs(servers: &[Server], origin: SocketAddr, every: Duration, secs: u64) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    let mut next = origin_stats(origin)["first_seen_us"]
+        .as_object()
+        .and_then(|m| m.keys().filter_map(|k| k.parse::<u64>().ok()).max())
+        .unwrap_or(0)
+        + 1;
+    for server in servers {
+        eprintln!("load: rotation run, {}", server.name);
+        switch_to(server, origin, next)?;
+        next += 1;
+        let at_start = origin_stats(origin);
+        let steady = wrk(&server.url, 64, secs)?;
+        let before = origin_stats(origin);
+        let stop = AtomicBool::new(false);
+        let changes: Mutex<Vec<(u64, u64)>> = Mutex::default();
+        let (load, rotated) = std::thread::scope(|scope| {
+            let rotator = scope.spawn(|| -> Result<(), String> {
+                let mut n = next;
+                let mut due = Instant::now() + every;
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    due += every;
+                    let at = now_us();
+                    server.set_token(n)?;
+                    changes.lock().unwrap().push((n, at));
+                    n += 1;
+                }
+                Ok(())
+            });
+            let load = wrk(&server.url, 64, secs);
+            stop.store(true, Ordering::Relaxed);
+            (load, rotator.join().unwrap())
+        });
+        let load = load?;
+        rotated?;
+        let changes = changes.into_inner().unwrap();
+        next = changes.last().map_or(next, |(n, _)| n + 1);
+        // The origin's view, once the last change has had time to arrive.
+        std::thread::sleep(Duration::from_millis(200));
+        let after = origin_stats(origin);
+        let first_seen = &after["first_seen_us"];
+        let mut delays: Vec<f64> = changes
+            .iter()
+            .filter_map(|(n, at)| {
+                first_seen[n.to_string()].as_u64().map(|seen| seen.saturating_sub(*at) as f64 / 1000.0)
+            })
+            .collect();
+        delays.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let count = |v: &Value, k: &str| v[k].as_u64().unwrap();
+        out.push(json!({
+            "target": server.name,
+            "changes": changes.len(),
+            "changes_seen_at_origin": delays.len(),
+            "errors": load.errors,
+            "steady_rps": steady.requests as f64 / steady.duration_s,
+            "rotating_rps": load.requests as f64 / load.duration_s,
+            "rps_ratio": (load.requests as f64 / load.duration_s) / (steady.requests as f64 / steady.duration_s),
+            "steady_p99_us": steady.p99,
+            "rotating_p99_us": load.p99,
+            "p99_ratio": load.p99 / steady.p99,
+            "stale": count(&after, "stale") - count(&before, "stale"),
+            "delay_ms_median": if delays.is_empty() { Value::Null } else { json!(median(delays.clone())) },
+            "delay_ms_max": delays.last(),
+            "new_upstream_connections": count(&after, "connections") - count(&before, "connections"),
+            "steady_new_upstream_connections": count(&before, "connections") - count(&at_start, "connections"),
+        }));
+    }
+    Ok(out)
+}
