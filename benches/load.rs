@@ -29,6 +29,9 @@
 //! `--soak SECS` adds, per proxy, a concurrency-64 run of SECS with its RSS read every 10 s
 //! (memory must stay flat).
 //!
+//! `--baseline BIN` adds another sidekey binary (say, one built before a change) as target
+//! `baseline`, measured in the same rounds: an optimisation's before/after figure.
+//!
 //! Options: `--duration SECS` (10), `--rounds N` (3), `--out FILE` (target/load/result.json),
 //! `--only sidekey,nginx,...`, `--rounds 0` to skip the comparison rounds.
 
@@ -64,6 +67,7 @@ struct Opts {
     rounds: usize,
     rotate: Option<Duration>,
     soak: Option<u64>,
+    baseline: Option<PathBuf>,
     out: PathBuf,
     only: Option<Vec<String>>,
 }
@@ -75,6 +79,7 @@ impl Opts {
             rounds: 3,
             rotate: None,
             soak: None,
+            baseline: None,
             out: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/load/result.json"),
             only: None,
         };
@@ -86,6 +91,7 @@ impl Opts {
                 "--rounds" => o.rounds = value().parse().expect("--rounds N"),
                 "--rotate" => o.rotate = Some(sidekey::config::parse_duration(&value()).expect("--rotate 100ms")),
                 "--out" => o.out = PathBuf::from(value()),
+                "--baseline" => o.baseline = Some(PathBuf::from(value())),
                 "--soak" => o.soak = Some(value().parse().expect("--soak SECS")),
                 "--only" => o.only = Some(value().split(',').map(str::to_owned).collect()),
                 // cargo bench passes --bench; anything else is a mistake worth saying.
@@ -344,7 +350,7 @@ fn origin_stats(origin: SocketAddr) -> Value {
     serde_json::from_str(body).unwrap()
 }
 
-fn start_sidekey(origin: SocketAddr) -> Result<Server, String> {
+fn start_sidekey(origin: SocketAddr, name: &'static str, bin: &Path) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let token = dir.path().join("token");
     std::fs::write(&token, "rot-000000").unwrap();
@@ -358,7 +364,7 @@ fn start_sidekey(origin: SocketAddr) -> Result<Server, String> {
         ),
     )
     .unwrap();
-    let mut child = pinned(1, SIDEKEY)
+    let mut child = pinned(1, bin.to_str().unwrap())
         .args(["run", "--log-format", "json", "-c"])
         .arg(&config)
         .env("RUST_LOG", "warn,sidekey::serve=info")
@@ -377,7 +383,7 @@ fn start_sidekey(origin: SocketAddr) -> Result<Server, String> {
     };
     // Keep draining its log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Ok(Server { name: "sidekey", child, url: format!("http://{proxy}/x"), _dir: dir, rotate: Rotator::File(token) })
+    Ok(Server { name, child, url: format!("http://{proxy}/x"), _dir: dir, rotate: Rotator::File(token) })
 }
 
 fn nginx_include(token: &str) -> String {
@@ -552,7 +558,10 @@ fn run(opts: &Opts) -> Result<(), String> {
         let mut servers: Vec<Server> = Vec::new();
         let mut missing = Vec::new();
         if wanted("sidekey") {
-            servers.push(start_sidekey(origin)?);
+            servers.push(start_sidekey(origin, "sidekey", Path::new(SIDEKEY))?);
+        }
+        if let Some(bin) = &opts.baseline {
+            servers.push(start_sidekey(origin, "baseline", bin)?);
         }
         for (name, start) in
             [("nginx", start_nginx as fn(SocketAddr) -> Result<Server, String>), ("haproxy", start_haproxy)]
@@ -666,7 +675,7 @@ fn report(
         "| target | p50 µs | p90 µs | p99 µs | p99.9 µs | added p50 | added p99 | req/s (c64) | x direct | CPU µs/req | peak RSS MiB | errors |\n\
          | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
-    for name in ["direct", "sidekey", "nginx", "haproxy"] {
+    for name in ["direct", "sidekey", "baseline", "nginx", "haproxy"] {
         let Some(v) = samples.get(name) else { continue };
         let m = |f: &dyn Fn(&Sample) -> f64| med(name, f).unwrap();
         let (p50, p90, p99, p999) =
@@ -700,7 +709,7 @@ fn report(
     // sidekey against each peer, from the same rounds.
     let value_of = |name: &str, key: &str| rows.iter().find(|r| r["target"] == name).and_then(|r| r[key].as_f64());
     let mut versus = Vec::new();
-    for peer in ["nginx", "haproxy"] {
+    for peer in ["baseline", "nginx", "haproxy"] {
         let pair = |key: &str| value_of("sidekey", key).zip(value_of(peer, key));
         let Some((sk_rps, peer_rps)) = pair("rps_c64") else { continue };
         let row = json!({

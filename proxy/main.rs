@@ -137,8 +137,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// One CPU to run on (a sidecar's usual CPU limit, or `taskset`): a current-thread runtime, which
+/// skips the work-stealing machinery a single worker cannot use. More: one worker per CPU.
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("cannot start the tokio runtime")
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build().expect("cannot start the tokio runtime")
 }
 
 async fn run(config: Config, path: PathBuf, loaded: Option<Vec<u8>>, watch_config: bool) -> ExitCode {
