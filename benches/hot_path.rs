@@ -37,14 +37,14 @@ unsafe impl GlobalAlloc for Switchable {
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         if ZERO_ON_FREE.load(Ordering::Relaxed) {
-            ZeroOnFree(System).dealloc(p, l)
+            ZeroOnFree.dealloc(p, l)
         } else {
             System.dealloc(p, l)
         }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         if ZERO_ON_FREE.load(Ordering::Relaxed) {
-            ZeroOnFree(System).realloc(p, l, n)
+            ZeroOnFree.realloc(p, l, n)
         } else {
             System.realloc(p, l, n)
         }

@@ -10,7 +10,7 @@ use sidekey::Config;
 
 /// Freed heap memory is zeroed, so no token bytes linger in it (see `sidekey::memory`).
 #[global_allocator]
-static ALLOC: sidekey::memory::DefaultZeroOnFree = sidekey::memory::ZeroOnFree(std::alloc::System);
+static ALLOC: sidekey::memory::ZeroOnFree = sidekey::memory::ZeroOnFree;
 
 #[derive(Parser)]
 #[command(name = "sidekey", version, about = "A credential sidecar: injects API tokens into outbound HTTP requests")]

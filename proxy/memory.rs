@@ -165,38 +165,47 @@ pub struct Hardened {
 /// freed heap memory holds no token bytes. Reallocation always moves through a fresh block so
 /// the old one is zeroed too.
 ///
+/// It wraps the system allocator (malloc).
+///
 /// ```ignore
 /// #[global_allocator]
-/// static ALLOC: sidekey::memory::ZeroOnFree<std::alloc::System> = sidekey::memory::ZeroOnFree(std::alloc::System);
+/// static ALLOC: sidekey::memory::ZeroOnFree = sidekey::memory::ZeroOnFree;
 /// ```
-pub struct ZeroOnFree<A>(pub A);
+pub struct ZeroOnFree;
 
-/// The allocator the `sidekey` binary installs.
-pub type DefaultZeroOnFree = ZeroOnFree<System>;
-
-// SAFETY: every method forwards to the inner allocator with the same layouts; the only extra
-// work is writing zeroes into a block we still own before releasing it.
-unsafe impl<A: GlobalAlloc> GlobalAlloc for ZeroOnFree<A> {
+// SAFETY: every method forwards to the system allocator with the same layouts; the extra work
+// is writing zeroes into a block we still own before releasing it, and keeping a block in
+// place when malloc says it is already large enough (any later free of it is a plain free).
+unsafe impl GlobalAlloc for ZeroOnFree {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        self.0.alloc(layout)
+        System.alloc(layout)
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        self.0.alloc_zeroed(layout)
+        System.alloc_zeroed(layout)
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         wipe(ptr, layout.size());
-        self.0.dealloc(ptr, layout)
+        System.dealloc(ptr, layout)
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // Within the block malloc already gave (a shrink, or growth into its slack): keep it,
+        // zeroing what a shrink gives up. Only the system allocator's blocks can be asked.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        if new_size <= libc::malloc_usable_size(ptr.cast()) {
+            if new_size < layout.size() {
+                wipe(ptr.add(new_size), layout.size() - new_size);
+            }
+            return ptr;
+        }
         let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
-        let new = self.0.alloc(new_layout);
+        let new = System.alloc(new_layout);
         if !new.is_null() {
             std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
             wipe(ptr, layout.size());
-            self.0.dealloc(ptr, layout);
+            System.dealloc(ptr, layout);
         }
         new
     }
@@ -252,7 +261,7 @@ mod tests {
 
     #[test]
     fn zero_on_free_zeroes_what_it_frees() {
-        let a = ZeroOnFree(System);
+        let a = ZeroOnFree;
         let layout = Layout::from_size_align(64, 8).unwrap();
         // SAFETY: plain alloc/realloc/dealloc with matching layouts; the freed block is only
         // inspected through the wipe itself, which is what is under test.
