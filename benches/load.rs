@@ -239,17 +239,20 @@ impl Server {
             .sum()
     }
 
-    /// Peak RSS of all its processes, in KiB.
-    fn peak_rss_kib(&self) -> u64 {
+    /// A `/proc/PID/status` memory field (`VmHWM:`, `VmRSS:`) summed over its processes, in KiB.
+    fn status_kib(&self, field: &str) -> u64 {
         self.pids()
             .iter()
             .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
             .filter_map(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmHWM:"))
-                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
             })
             .sum()
+    }
+
+    /// Peak RSS of all its processes, in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
     }
 
     /// Puts token number `n` in place the way this proxy takes a new token.
@@ -413,23 +416,28 @@ fn start_nginx(origin: SocketAddr) -> Result<Server, String> {
         ),
     )
     .unwrap();
-    let child = pinned(1, "nginx")
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf)
+    let prefix = dir.path().to_owned();
+    let args = ["-p".as_ref(), prefix.as_os_str(), "-c".as_ref(), conf.as_os_str()];
+    spawn_peer("nginx", &args, port, dir, Rotator::Nginx { include })
+}
+
+/// Starts a peer proxy (pinned, output discarded) and waits until it accepts on `port`.
+fn spawn_peer(
+    name: &'static str,
+    args: &[&std::ffi::OsStr],
+    port: u16,
+    dir: tempfile::TempDir,
+    rotate: Rotator,
+) -> Result<Server, String> {
+    let child = pinned(1, name)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("nginx: {e}"))?;
-    wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), "nginx")?;
-    Ok(Server {
-        name: "nginx",
-        child,
-        url: format!("http://127.0.0.1:{port}/x"),
-        _dir: dir,
-        rotate: Rotator::Nginx { include },
-    })
+        .map_err(|e| format!("{name}: {e}"))?;
+    let server = Server { name, child, url: format!("http://127.0.0.1:{port}/x"), _dir: dir, rotate };
+    wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), name)?;
+    Ok(server)
 }
 
 fn start_haproxy(origin: SocketAddr) -> Result<Server, String> {
@@ -454,22 +462,8 @@ fn start_haproxy(origin: SocketAddr) -> Result<Server, String> {
         ),
     )
     .unwrap();
-    let child = pinned(1, "haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("haproxy: {e}"))?;
-    wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), "haproxy")?;
-    Ok(Server {
-        name: "haproxy",
-        child,
-        url: format!("http://127.0.0.1:{port}/x"),
-        _dir: dir,
-        rotate: Rotator::Haproxy { socket, map },
-    })
+    let args = ["-db".as_ref(), "-f".as_ref(), conf.as_os_str()];
+    spawn_peer("haproxy", &args, port, dir, Rotator::Haproxy { socket, map })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -613,31 +607,19 @@ fn run(opts: &Opts) -> Result<(), String> {
     report(opts, &samples, &missing, rotation, soak)
 }
 
-/// VmRSS of all the server's processes, in KiB.
-fn rss_kib(server: &Server) -> u64 {
-    server
-        .pids()
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .filter_map(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .sum()
-}
-
 /// Load at concurrency 64 for `secs`, the RSS read every 10 s.
 fn soak_run(server: &Server, secs: u64) -> Result<Value, String> {
     eprintln!("load: soak, {} for {secs} s", server.name);
     let stop = AtomicBool::new(false);
     let (load, samples) = std::thread::scope(|scope| {
         let sampler = scope.spawn(|| {
-            let mut samples = vec![rss_kib(server)];
+            let mut samples = vec![server.status_kib("VmRSS:")];
             let start = Instant::now();
             let mut next = start + Duration::from_secs(10);
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 if Instant::now() >= next {
-                    samples.push(rss_kib(server));
+                    samples.push(server.status_kib("VmRSS:"));
                     next += Duration::from_secs(10);
                 }
             }

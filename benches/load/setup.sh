@@ -15,22 +15,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     echo "load setup: installing ${missing[*]} needs root (or run: sudo $0)" >&2
     exit 1
   fi
-  policy=/usr/sbin/policy-rc.d own_policy=0
-  if [[ ! -e "$policy" ]]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy"
-    chmod 755 "$policy"
-    own_policy=1
-  fi
-  rc=0
-  (
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  ) || rc=$?
-  [[ $own_policy == 0 ]] || rm -f "$policy"
-  [[ $rc == 0 ]] || exit "$rc"
-  if [[ -d /run/systemd/system ]]; then
-    systemctl disable --now nginx haproxy >/dev/null 2>&1 || true
-  fi
+  . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/../../tests/servers/apt.sh"
+  apt_install_quiet "${missing[@]}" -- nginx haproxy
 fi
 echo "wrk $(wrk -v 2>&1 | head -n1 | awk '{print $2}'), $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -n1 | awk '{print "HAProxy", $3}')"
