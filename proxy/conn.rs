@@ -99,7 +99,7 @@ impl ConnWatch {
     }
 
     /// When to look again, or what to do now.
-    fn check(&self, limits: &ConnLimits) -> Verdict {
+    fn check(&self, limits: &Limits) -> Verdict {
         let now = now_ms();
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             // A request is being served; the upstream timeout bounds it. Look again later.
@@ -203,59 +203,34 @@ impl<B: Body> Body for Tracked<B> {
     }
 }
 
-/// The limits one listener enforces.
-#[derive(Debug, Clone)]
-pub struct ConnLimits {
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub max_connections: usize,
-    pub max_streams: u32,
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
+/// The admin listener's limits: a handful of scrapers and probes.
+pub fn admin_limits() -> Limits {
+    Limits { max_connections: 64, max_streams: 16, ..Limits::default() }
 }
 
-impl From<&Limits> for ConnLimits {
-    fn from(l: &Limits) -> Self {
-        ConnLimits {
-            max_header_bytes: l.max_header_bytes,
-            max_headers: l.max_headers,
-            max_connections: l.max_connections,
-            max_streams: l.max_streams,
-            header_read_timeout: l.header_read_timeout,
-            idle_timeout: l.idle_timeout,
-        }
+/// The hyper connection builder for a listener's limits.
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut h1 = builder.http1();
+    // The header timeout is ours (see the module doc): hyper's would close idle
+    // keep-alive connections after it too.
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(crate::config::MIN_HEADER_BYTES));
+    if limits.max_headers != 100 {
+        // Any other value moves hyper's header array from the stack to the heap.
+        h1.max_headers(limits.max_headers);
     }
-}
-
-impl ConnLimits {
-    /// The admin listener's: a handful of scrapers and probes.
-    pub fn admin() -> ConnLimits {
-        ConnLimits { max_connections: 64, max_streams: 16, ..ConnLimits::from(&Limits::default()) }
-    }
-
-    fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        let mut h1 = builder.http1();
-        // The header timeout is ours (see the module doc): hyper's would close idle
-        // keep-alive connections after it too.
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_buf_size(self.max_header_bytes.max(crate::config::MIN_HEADER_BYTES));
-        if self.max_headers != 100 {
-            // Any other value moves hyper's header array from the stack to the heap.
-            h1.max_headers(self.max_headers);
-        }
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(self.max_streams)
-            .max_header_list_size(self.max_header_bytes as u32)
-            // Streams a client opens and resets before they are served (rapid reset): past
-            // this many at once, the connection gets GOAWAY.
-            .max_pending_accept_reset_streams(20)
-            .max_local_error_reset_streams(256);
-        builder
-    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        // Streams a client opens and resets before they are served (rapid reset): past
+        // this many at once, the connection gets GOAWAY.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(256);
+    builder
 }
 
 /// Accepts connections (HTTP/1.1, and HTTP/2 with prior knowledge) until `stop` turns true,
@@ -265,7 +240,7 @@ pub async fn serve<F, Fut, B>(
     what: &'static str,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
-    limits: ConnLimits,
+    limits: Limits,
     handler: F,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -274,7 +249,7 @@ pub async fn serve<F, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = Arc::new(limits.builder());
+    let builder = Arc::new(builder(&limits));
     let limits = Arc::new(limits);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics::gauge!("sidekey_open_connections", "listener" => what);

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::audit::Audit;
 use crate::config::Config;
-use crate::conn::{serve, stopped, ConnLimits};
+use crate::conn::{admin_limits, serve, stopped};
 use crate::metrics::RouteMetrics;
 use crate::proxy::{Proxy, Route, RouteSet, RouteUsage};
 use crate::route::{RouteTable, Target};
@@ -341,7 +341,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let background = Background::spawn(&tokens);
     let (route_count, token_count, grace) = (config.routes.len(), config.tokens.len(), config.shutdown.grace);
-    let limits = ConnLimits::from(&config.limits);
+    let limits = config.limits.clone();
     let live = Arc::new(Live {
         proxy: Proxy::new(routes),
         tokens: ArcSwap::from_pointee(tokens),
@@ -367,7 +367,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         async move { Ok::<_, Infallible>(proxy.handle(req).await) }
     }));
     let admin_task =
-        tokio::spawn(serve(admin_listener, "admin", admin_stop_rx, ADMIN_GRACE, ConnLimits::admin(), move |req| {
+        tokio::spawn(serve(admin_listener, "admin", admin_stop_rx, ADMIN_GRACE, admin_limits(), move |req| {
             let admin = admin.clone();
             async move { Ok::<_, Infallible>(admin.handle(req).await) }
         }));

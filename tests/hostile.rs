@@ -138,7 +138,7 @@ async fn a_slow_head_is_cut_off_but_an_idle_keep_alive_connection_is_not() {
     sk.shutdown().await;
 }
 
-/// Reads one response with a Content-Length body.
+/// Reads one response with a Content-Length body from a connection that stays open.
 async fn read_response(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
     bounded("a response", async {
@@ -147,16 +147,8 @@ async fn read_response(s: &mut TcpStream) -> String {
             let n = s.read(&mut buf).await.unwrap();
             assert!(n > 0, "closed before a whole response: {}", String::from_utf8_lossy(&out));
             out.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&out).to_string();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let len = text[..end]
-                    .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0);
-                if out.len() >= end + 4 + len {
-                    break;
-                }
+            if response_complete(&out) {
+                break;
             }
         }
     })

@@ -379,7 +379,8 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn response_complete(b: &[u8]) -> bool {
+/// Whether `b` holds one whole response: its head and a body of its Content-Length.
+pub fn response_complete(b: &[u8]) -> bool {
     let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
     let head = String::from_utf8_lossy(&b[..end]).to_ascii_lowercase();
     let len =
