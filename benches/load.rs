@@ -32,6 +32,17 @@
 //! `--baseline BIN` adds another sidekey binary (say, one built before a change) as target
 //! `baseline`, measured in the same rounds: an optimisation's before/after figure.
 //!
+//! `--tls-upstream`: the proxies reach the origin over TLS 1.3 (HTTP/1.1, pooled connections;
+//! the origin's self-signed certificate is trusted through each proxy's CA setting and verified:
+//! sidekey's route `ca_file`, nginx `proxy_ssl_verify`, HAProxy `verify required`). The client
+//! side stays plain HTTP, and the direct runs go to the origin's plain port.
+//!
+//! `--audit`: sidekey runs with its audit log on (`[audit] path`), as for the rotation runs with
+//! the audit log writing an event per change.
+//!
+//! CPU per request is also split out: the kernel's part (`stime`) is the socket work every proxy
+//! pays alike (two reads and two writes per request on loopback); the rest is the proxy's own.
+//!
 //! Options: `--duration SECS` (10), `--rounds N` (3), `--out FILE` (target/load/result.json),
 //! `--only sidekey,nginx,...`, `--rounds 0` to skip the comparison rounds.
 
@@ -52,7 +63,8 @@ const WRK_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/load/repo
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--origin") {
-        origin();
+        let cert_out = args.iter().position(|a| a == "--cert-out").map(|i| PathBuf::from(&args[i + 1]));
+        origin(cert_out);
         return;
     }
     let opts = Opts::parse(&args);
@@ -70,6 +82,8 @@ struct Opts {
     baseline: Option<PathBuf>,
     out: PathBuf,
     only: Option<Vec<String>>,
+    tls_upstream: bool,
+    audit: bool,
 }
 
 impl Opts {
@@ -82,6 +96,8 @@ impl Opts {
             baseline: None,
             out: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/load/result.json"),
             only: None,
+            tls_upstream: false,
+            audit: false,
         };
         let mut it = args.iter().skip(1);
         while let Some(a) = it.next() {
@@ -94,6 +110,8 @@ impl Opts {
                 "--baseline" => o.baseline = Some(PathBuf::from(value())),
                 "--soak" => o.soak = Some(value().parse().expect("--soak SECS")),
                 "--only" => o.only = Some(value().split(',').map(str::to_owned).collect()),
+                "--tls-upstream" => o.tls_upstream = true,
+                "--audit" => o.audit = true,
                 // cargo bench passes --bench; anything else is a mistake worth saying.
                 "--bench" => {}
                 other => panic!("unknown option {other} (see the doc at the top of benches/load.rs)"),
@@ -106,72 +124,116 @@ impl Opts {
 // ---------------------------------------------------------------------------------------------
 // The origin: a separate process of this same program.
 
-/// Serves `200 ok` on a free port (printed as `ORIGIN <port>`), counting connections and the
-/// `Authorization` tokens `Bearer rot-NNNNNN` it sees: `GET /__stats` answers them as JSON.
-fn origin() {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
+/// What the origin has seen, over all its connections (plain and TLS).
+#[derive(Default)]
+struct Stats {
+    connections: AtomicU64,
+    requests: AtomicU64,
+    /// Requests whose token was older than the newest one already seen.
+    stale: AtomicU64,
+    newest: AtomicU64,
+    /// Token number -> first time seen, in µs since the Unix epoch.
+    first_seen: Mutex<BTreeMap<u64, u64>>,
+}
 
-    #[derive(Default)]
-    struct Stats {
-        connections: AtomicU64,
-        requests: AtomicU64,
-        /// Requests whose token was older than the newest one already seen.
-        stale: AtomicU64,
-        newest: AtomicU64,
-        /// Token number -> first time seen, in µs since the Unix epoch.
-        first_seen: Mutex<BTreeMap<u64, u64>>,
-    }
+/// Serves `200 ok` on a free port (printed as `ORIGIN <port> <tls port>`), counting connections
+/// and the `Authorization` tokens `Bearer rot-NNNNNN` it sees: `GET /__stats` answers them as
+/// JSON. With `cert_out`, it also serves TLS (1.3, HTTP/1.1) on a second port, with a
+/// self-signed certificate for `localhost` and `127.0.0.1` written there as PEM; else the TLS
+/// port is printed as 0.
+fn origin(cert_out: Option<PathBuf>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("ORIGIN {}", listener.local_addr().unwrap().port());
-        std::io::stdout().flush().unwrap();
         let stats = Arc::new(Stats::default());
+        let mut tls_port = 0;
+        if let Some(path) = cert_out {
+            let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tls_port = tls_listener.local_addr().unwrap().port();
+            let acceptor = origin_tls(&path);
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = tls_listener.accept().await else { continue };
+                    let _ = stream.set_nodelay(true);
+                    stats.connections.fetch_add(1, Ordering::Relaxed);
+                    let (acceptor, stats) = (acceptor.clone(), stats.clone());
+                    tokio::spawn(async move {
+                        if let Ok(tls) = acceptor.accept(stream).await {
+                            serve_origin(tls, stats).await;
+                        }
+                    });
+                }
+            });
+        }
+        println!("ORIGIN {} {tls_port}", listener.local_addr().unwrap().port());
+        std::io::stdout().flush().unwrap();
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let _ = stream.set_nodelay(true);
             stats.connections.fetch_add(1, Ordering::Relaxed);
-            let stats = stats.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let stats = stats.clone();
-                    async move {
-                        if req.uri().path() == "/__stats" {
-                            let body = json!({
-                                "connections": stats.connections.load(Ordering::Relaxed),
-                                "requests": stats.requests.load(Ordering::Relaxed),
-                                "stale": stats.stale.load(Ordering::Relaxed),
-                                "first_seen_us": *stats.first_seen.lock().unwrap(),
-                            });
-                            return Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
-                                body.to_string(),
-                            ))));
-                        }
-                        stats.requests.fetch_add(1, Ordering::Relaxed);
-                        let n = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.strip_prefix("Bearer rot-"))
-                            .and_then(|n| n.parse::<u64>().ok());
-                        if let Some(n) = n {
-                            let newest = stats.newest.fetch_max(n, Ordering::Relaxed);
-                            if n < newest {
-                                stats.stale.fetch_add(1, Ordering::Relaxed);
-                            } else if n > newest || n == 0 {
-                                stats.first_seen.lock().unwrap().entry(n).or_insert_with(now_us);
-                            }
-                        }
-                        Ok(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+            tokio::spawn(serve_origin(stream, stats.clone()));
         }
     });
+}
+
+/// A TLS acceptor with a fresh self-signed certificate, written to `cert_out` for the proxies
+/// to trust.
+fn origin_tls(cert_out: &Path) -> tokio_rustls::TlsAcceptor {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(cert_out, cert.cert.pem()).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// One origin connection: HTTP/1.1, `200 ok`, the token noted.
+async fn serve_origin<I>(io: I, stats: Arc<Stats>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let stats = stats.clone();
+        async move {
+            if req.uri().path() == "/__stats" {
+                let body = json!({
+                    "connections": stats.connections.load(Ordering::Relaxed),
+                    "requests": stats.requests.load(Ordering::Relaxed),
+                    "stale": stats.stale.load(Ordering::Relaxed),
+                    "first_seen_us": *stats.first_seen.lock().unwrap(),
+                });
+                return Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                    body.to_string(),
+                ))));
+            }
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            let n = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer rot-"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(n) = n {
+                let newest = stats.newest.fetch_max(n, Ordering::Relaxed);
+                if n < newest {
+                    stats.stale.fetch_add(1, Ordering::Relaxed);
+                } else if n > newest || n == 0 {
+                    stats.first_seen.lock().unwrap().entry(n).or_insert_with(now_us);
+                }
+            }
+            Ok(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), svc).await;
 }
 
 fn now_us() -> u64 {
@@ -224,8 +286,8 @@ impl Server {
         pids
     }
 
-    /// utime + stime of all its processes, in µs.
-    fn cpu_us(&self) -> u64 {
+    /// CPU time of all its processes, in µs: (user + kernel, kernel).
+    fn cpu_us(&self) -> (u64, u64) {
         let tick = 1_000_000 / clock_ticks();
         self.pids()
             .iter()
@@ -234,9 +296,10 @@ impl Server {
                 // Fields after the command name (which may hold spaces) start after ") ".
                 let rest = &s[s.rfind(')').unwrap() + 2..];
                 let f: Vec<&str> = rest.split_whitespace().collect();
-                (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) * tick
+                let (user, kernel) = (f[11].parse::<u64>().unwrap(), f[12].parse::<u64>().unwrap());
+                ((user + kernel) * tick, kernel * tick)
             })
-            .sum()
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     /// A `/proc/PID/status` memory field (`VmHWM:`, `VmRSS:`) summed over its processes, in KiB.
@@ -330,17 +393,53 @@ fn wait_listening(addr: SocketAddr, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn start_origin() -> Result<(Child, SocketAddr), String> {
+/// Where the proxies send their requests.
+struct Origin {
+    child: Child,
+    /// Plain HTTP; also where the direct runs go and where its stats are read.
+    plain: SocketAddr,
+    /// With `--tls-upstream`: the TLS port and the certificate to trust for it.
+    tls: Option<(u16, PathBuf)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Origin {
+    /// `(upstream URL, CA file)` for a proxy.
+    fn upstream(&self) -> (String, Option<&Path>) {
+        match &self.tls {
+            Some((port, cert)) => (format!("https://127.0.0.1:{port}"), Some(cert.as_path())),
+            None => (format!("http://{}", self.plain), None),
+        }
+    }
+}
+
+fn start_origin(tls: bool) -> Result<Origin, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut child = pinned(0, exe.to_str().unwrap())
-        .arg("--origin")
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("origin: {e}"))?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let cert = dir.path().join("origin.pem");
+    let mut command = pinned(0, exe.to_str().unwrap());
+    command.arg("--origin");
+    if tls {
+        command.arg("--cert-out").arg(&cert);
+    }
+    let mut child = command.stdout(Stdio::piped()).spawn().map_err(|e| format!("origin: {e}"))?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).map_err(|e| e.to_string())?;
-    let port: u16 = line.trim().strip_prefix("ORIGIN ").and_then(|p| p.parse().ok()).ok_or("origin did not start")?;
-    Ok((child, SocketAddr::from(([127, 0, 0, 1], port))))
+    let ports: Vec<u16> = line.split_whitespace().skip(1).filter_map(|p| p.parse().ok()).collect();
+    let [port, tls_port] = ports[..] else { return Err(format!("origin did not start: {line:?}")) };
+    Ok(Origin {
+        child,
+        plain: SocketAddr::from(([127, 0, 0, 1], port)),
+        tls: tls.then_some((tls_port, cert)),
+        _dir: dir,
+    })
 }
 
 fn origin_stats(origin: SocketAddr) -> Value {
@@ -353,20 +452,24 @@ fn origin_stats(origin: SocketAddr) -> Value {
     serde_json::from_str(body).unwrap()
 }
 
-fn start_sidekey(origin: SocketAddr, name: &'static str, bin: &Path) -> Result<Server, String> {
+fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, audit: bool) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let token = dir.path().join("token");
     std::fs::write(&token, "rot-000000").unwrap();
     let config = dir.path().join("sidekey.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"load\"\nprefix = \"/\"\n\
-             upstream = \"http://{origin}\"\ntoken = \"load\"\n\n[tokens.load]\nsource = \"file\"\npath = {:?}\n",
-            token.display().to_string()
-        ),
-    )
-    .unwrap();
+    let (upstream, ca) = origin.upstream();
+    let mut text = format!(
+        "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"load\"\nprefix = \"/\"\n\
+         upstream = \"{upstream}\"\ntoken = \"load\"\n"
+    );
+    if let Some(ca) = ca {
+        text.push_str(&format!("ca_file = {:?}\n", ca.display().to_string()));
+    }
+    text.push_str(&format!("\n[tokens.load]\nsource = \"file\"\npath = {:?}\n", token.display().to_string()));
+    if audit {
+        text.push_str(&format!("\n[audit]\npath = {:?}\n", dir.path().join("audit.log").display().to_string()));
+    }
+    std::fs::write(&config, text).unwrap();
     let mut child = pinned(1, bin.to_str().unwrap())
         .args(["run", "--log-format", "json", "-c"])
         .arg(&config)
@@ -393,7 +496,7 @@ fn nginx_include(token: &str) -> String {
     format!("proxy_set_header Authorization \"Bearer {token}\";\n")
 }
 
-fn start_nginx(origin: SocketAddr) -> Result<Server, String> {
+fn start_nginx(origin: &Origin) -> Result<Server, String> {
     if !which("nginx") {
         return Err("nginx is not installed (benches/load/setup.sh)".into());
     }
@@ -402,15 +505,27 @@ fn start_nginx(origin: SocketAddr) -> Result<Server, String> {
     let include = dir.path().join("token.conf");
     std::fs::write(&include, nginx_include("rot-000000")).unwrap();
     let conf = dir.path().join("nginx.conf");
+    let (server, pass, tls) = match &origin.tls {
+        Some((port, ca)) => (
+            format!("127.0.0.1:{port}"),
+            "https",
+            format!(
+                "      proxy_ssl_trusted_certificate {};\n      proxy_ssl_verify on;\n      proxy_ssl_name localhost;\n\
+                 proxy_ssl_server_name on;\n      proxy_ssl_session_reuse on;\n      proxy_ssl_protocols TLSv1.3;\n",
+                ca.display()
+            ),
+        ),
+        None => (origin.plain.to_string(), "http", String::new()),
+    };
     std::fs::write(
         &conf,
         format!(
             "worker_processes 1;\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n\
-             upstream origin {{ server {origin}; keepalive 128; }}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://origin;\n\
-             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      include {inc};\n    }}\n  }}\n}}\n",
+             upstream origin {{ server {server}; keepalive 128; }}\n\
+             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass {pass}://origin;\n\
+             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      include {inc};\n{tls}    }}\n  }}\n}}\n",
             p = dir.path().display(),
             inc = include.display()
         ),
@@ -440,7 +555,7 @@ fn spawn_peer(
     Ok(server)
 }
 
-fn start_haproxy(origin: SocketAddr) -> Result<Server, String> {
+fn start_haproxy(origin: &Origin) -> Result<Server, String> {
     if !which("haproxy") {
         return Err("haproxy is not installed (benches/load/setup.sh)".into());
     }
@@ -450,13 +565,22 @@ fn start_haproxy(origin: SocketAddr) -> Result<Server, String> {
     std::fs::write(&map, "t rot-000000\n").unwrap();
     let socket = dir.path().join("admin.sock");
     let conf = dir.path().join("haproxy.cfg");
+    let server = match &origin.tls {
+        Some((port, ca)) => {
+            format!(
+                "127.0.0.1:{port} ssl verify required ca-file {} sni str(localhost) ssl-min-ver TLSv1.3",
+                ca.display()
+            )
+        }
+        None => origin.plain.to_string(),
+    };
     std::fs::write(
         &conf,
         format!(
             "global\n  nbthread 1\n  stats socket {sock} level admin\n\n\
              defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\n\
              frontend fe\n  bind 127.0.0.1:{port}\n  http-request set-header Authorization \"Bearer %[str(t),map({map})]\"\n\
-             default_backend be\n\nbackend be\n  server origin {origin}\n",
+             default_backend be\n\nbackend be\n  server origin {server}\n",
             sock = socket.display(),
             map = map.display()
         ),
@@ -512,6 +636,8 @@ struct Sample {
     latency: Wrk,
     rps: f64,
     cpu_us_per_request: Option<f64>,
+    /// The part of it spent in the kernel.
+    kernel_us_per_request: Option<f64>,
     peak_rss_kib: Option<u64>,
     errors: u64,
 }
@@ -522,10 +648,14 @@ fn measure(url: &str, server: Option<&Server>, secs: u64) -> Result<Sample, Stri
     let latency = wrk(url, 1, secs)?;
     let cpu_before = server.map(Server::cpu_us);
     let load = wrk(url, 64, secs)?;
-    let cpu = server.zip(cpu_before).map(|(s, before)| (s.cpu_us() - before) as f64 / load.requests.max(1) as f64);
+    let cpu = server.zip(cpu_before).map(|(s, before)| {
+        let (after, n) = (s.cpu_us(), load.requests.max(1) as f64);
+        ((after.0 - before.0) as f64 / n, (after.1 - before.1) as f64 / n)
+    });
     Ok(Sample {
         rps: load.requests as f64 / load.duration_s,
-        cpu_us_per_request: cpu,
+        cpu_us_per_request: cpu.map(|c| c.0),
+        kernel_us_per_request: cpu.map(|c| c.1),
         peak_rss_kib: server.map(Server::peak_rss_kib),
         errors: latency.errors + load.errors,
         latency,
@@ -546,22 +676,23 @@ fn run(opts: &Opts) -> Result<(), String> {
     if !which("wrk") {
         return Err("wrk is not installed: run benches/load/setup.sh".into());
     }
-    let (mut origin_child, origin) = start_origin()?;
+    let origin_server = start_origin(opts.tls_upstream)?;
+    let origin = origin_server.plain;
     let result = (|| {
         let wanted = |name: &str| opts.only.as_ref().is_none_or(|o| o.iter().any(|w| w == name));
         let mut servers: Vec<Server> = Vec::new();
         let mut missing = Vec::new();
         if wanted("sidekey") {
-            servers.push(start_sidekey(origin, "sidekey", Path::new(SIDEKEY))?);
+            servers.push(start_sidekey(&origin_server, "sidekey", Path::new(SIDEKEY), opts.audit)?);
         }
         if let Some(bin) = &opts.baseline {
-            servers.push(start_sidekey(origin, "baseline", bin)?);
+            servers.push(start_sidekey(&origin_server, "baseline", bin, opts.audit)?);
         }
         for (name, start) in
-            [("nginx", start_nginx as fn(SocketAddr) -> Result<Server, String>), ("haproxy", start_haproxy)]
+            [("nginx", start_nginx as fn(&Origin) -> Result<Server, String>), ("haproxy", start_haproxy)]
         {
             if wanted(name) {
-                match start(origin) {
+                match start(&origin_server) {
                     Ok(s) => servers.push(s),
                     Err(e) => missing.push(format!("{name}: {e}")),
                 }
@@ -601,8 +732,7 @@ fn run(opts: &Opts) -> Result<(), String> {
         };
         Ok::<_, String>((samples, missing, rotation, soak))
     })();
-    let _ = origin_child.kill();
-    let _ = origin_child.wait();
+    drop(origin_server);
     let (samples, missing, rotation, soak) = result?;
     report(opts, &samples, &missing, rotation, soak)
 }
@@ -654,8 +784,8 @@ fn report(
     let direct = |f: &dyn Fn(&Sample) -> f64| med("direct", f).unwrap_or(f64::NAN);
     let mut rows = Vec::new();
     let mut table = String::from(
-        "| target | p50 µs | p90 µs | p99 µs | p99.9 µs | added p50 | added p99 | req/s (c64) | x direct | CPU µs/req | peak RSS MiB | errors |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| target | p50 µs | p90 µs | p99 µs | p99.9 µs | added p50 | added p99 | req/s (c64) | x direct | CPU µs/req | of it kernel | peak RSS MiB | errors |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for name in ["direct", "sidekey", "baseline", "nginx", "haproxy"] {
         let Some(v) = samples.get(name) else { continue };
@@ -664,6 +794,7 @@ fn report(
             (m(&|s| s.latency.p50), m(&|s| s.latency.p90), m(&|s| s.latency.p99), m(&|s| s.latency.p999));
         let rps = m(&|s| s.rps);
         let cpu = v[0].cpu_us_per_request.map(|_| m(&|s| s.cpu_us_per_request.unwrap()));
+        let kernel = v[0].kernel_us_per_request.map(|_| m(&|s| s.kernel_us_per_request.unwrap()));
         let rss = v.iter().filter_map(|s| s.peak_rss_kib).max().map(|k| k as f64 / 1024.0);
         let errors: u64 = v.iter().map(|s| s.errors).sum();
         let (added50, added99) = (p50 - direct(&|s| s.latency.p50), p99 - direct(&|s| s.latency.p99));
@@ -671,12 +802,13 @@ fn report(
         let opt = |x: Option<f64>, d: usize| x.map_or("-".to_owned(), |x| format!("{x:.d$}"));
         if name == "direct" {
             table.push_str(&format!(
-                "| direct | {p50:.0} | {p90:.0} | {p99:.0} | {p999:.0} | - | - | {rps:.0} | 1.00 | - | - | {errors} |\n"
+                "| direct | {p50:.0} | {p90:.0} | {p99:.0} | {p999:.0} | - | - | {rps:.0} | 1.00 | - | - | - | {errors} |\n"
             ));
         } else {
             table.push_str(&format!(
-                "| {name} | {p50:.0} | {p90:.0} | {p99:.0} | {p999:.0} | {added50:+.0} | {added99:+.0} | {rps:.0} | {ratio:.2} | {} | {} | {errors} |\n",
+                "| {name} | {p50:.0} | {p90:.0} | {p99:.0} | {p999:.0} | {added50:+.0} | {added99:+.0} | {rps:.0} | {ratio:.2} | {} | {} | {} | {errors} |\n",
                 opt(cpu, 1),
+                opt(kernel, 1),
                 opt(rss, 1)
             ));
         }
@@ -684,7 +816,7 @@ fn report(
             "target": name, "p50_us": p50, "p90_us": p90, "p99_us": p99, "p999_us": p999,
             "added_p50_us": if name == "direct" { Value::Null } else { json!(added50) },
             "added_p99_us": if name == "direct" { Value::Null } else { json!(added99) },
-            "rps_c64": rps, "rps_vs_direct": ratio, "cpu_us_per_request": cpu, "peak_rss_mib": rss, "errors": errors,
+            "rps_c64": rps, "rps_vs_direct": ratio, "cpu_us_per_request": cpu, "kernel_us_per_request": kernel, "peak_rss_mib": rss, "errors": errors,
             "rounds": v.len(),
         }));
     }
@@ -759,6 +891,7 @@ fn report(
         "machine": { "cpus": cpus(), "kernel": command_line("uname", &["-r"]) },
         "versions": versions,
         "settings": { "duration_s": opts.duration, "rounds": opts.rounds, "pinned": cpus() >= 2 && which("taskset"),
+                      "tls_upstream": opts.tls_upstream, "audit": opts.audit,
                       "rotate_ms": opts.rotate.map(|d| d.as_millis() as u64) },
         "results": rows,
         "sidekey_versus": versus,

@@ -184,11 +184,27 @@ impl RouteSet {
             let result = route.send(Request::from_parts(parts, Either::Left(body))).await;
             return (Some(route), result);
         }
+        // Rare (the first requests after a rotation): boxed, so every other request's future
+        // stays small (it is moved into place on each request).
+        let result = Box::pin(route.send_replayable(parts, body, credential)).await;
+        (Some(route), result)
+    }
+}
+
+impl Route {
+    /// Sends a request that may be sent twice: its body buffered, and once more with the
+    /// other token if the first answer is a 401 right after a rotation.
+    async fn send_replayable(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        credential: crate::token::Credential,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let body = match body.collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
-                tracing::debug!(route = %route.name, error = %e, "client body failed");
-                return (Some(route), Err(ProxyError::ClientBody));
+                tracing::debug!(route = %self.name, error = %e, "client body failed");
+                return Err(ProxyError::ClientBody);
             }
         };
         let copy = |header: HeaderValue| {
@@ -197,35 +213,33 @@ impl RouteSet {
             *req.uri_mut() = parts.uri.clone();
             *req.version_mut() = parts.version;
             *req.headers_mut() = parts.headers.clone();
-            req.headers_mut().insert(route.header.clone(), header);
+            req.headers_mut().insert(self.header.clone(), header);
             req
         };
-        let first = route.send(copy(credential.header)).await;
-        let Ok(resp) = &first else { return (Some(route), first) };
+        let first = self.send(copy(credential.header)).await;
+        let Ok(resp) = &first else { return first };
         if resp.status() != StatusCode::UNAUTHORIZED {
-            return (Some(route), first);
+            return first;
         }
-        let Some((header, with)) = route.token.retry_credential(route.format, credential.generation).await else {
+        let Some((header, with)) = self.token.retry_credential(self.format, credential.generation).await else {
             // Nothing else to try: the client gets the 401 (counted as every final one is).
-            return (Some(route), first);
+            return first;
         };
         // The first answer was a 401 all the same: count it beside the retry's own answer.
-        route.metrics.count_unauthorized();
-        route.unauthorized();
+        self.metrics.count_unauthorized();
+        self.unauthorized();
         drop(first);
-        let result = route.send(copy(header)).await;
+        let result = self.send(copy(header)).await;
         let outcome = match &result {
             Ok(r) if r.status() == StatusCode::UNAUTHORIZED => "unauthorized",
             Ok(_) => "success",
             Err(_) => "error",
         };
-        tracing::debug!(route = %route.name, token = route.token.name(), with, outcome, "retried a 401 right after a rotation");
-        metrics::counter!("sidekey_upstream_retries_total", "route" => route.name.to_string(), "token" => route.token.name().to_owned(), "with" => with, "outcome" => outcome).increment(1);
-        (Some(route), result)
+        tracing::debug!(route = %self.name, token = self.token.name(), with, outcome, "retried a 401 right after a rotation");
+        metrics::counter!("sidekey_upstream_retries_total", "route" => self.name.to_string(), "token" => self.token.name().to_owned(), "with" => with, "outcome" => outcome).increment(1);
+        result
     }
-}
 
-impl Route {
     /// Counts a refusal by policy in the metric and the route's usage.
     fn count_denial(&self, why: Denial) {
         use std::sync::atomic::Ordering::Relaxed;

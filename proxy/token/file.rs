@@ -23,8 +23,9 @@ use super::{Fetched, Source, Token};
 
 /// How often the metadata of every token file is checked, watcher or not.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// After a change notification, further events for this long are folded into one read, so a
-/// writer's truncate-then-write is not read half done.
+/// After a change notification that may be a write in progress, further events for this long
+/// are folded into one read, so a writer's truncate-then-write is not read half done. A
+/// notification that the file is complete (see [`complete`]) is acted on at once.
 const SETTLE: Duration = Duration::from_millis(15);
 /// Token files larger than this are refused: a token is not a megabyte long.
 const MAX_TOKEN_FILE: u64 = 64 * 1024;
@@ -78,6 +79,28 @@ fn signature(path: &Path) -> Option<Signature> {
     Some(Signature { dev: m.dev(), ino: m.ino(), len: m.len(), modified: m.modified().ok() })
 }
 
+/// What a notification means for the token files: `None` when nothing changed (a file was
+/// opened or read: sidekey's own reads of its token files are seen too, and must not trigger
+/// another read); `Some(true)` when a token file now has its complete new content: it was
+/// renamed or created in place (an atomic replacement, the Kubernetes `..data` swap among
+/// them) or a writer closed it; `Some(false)` for other changes (a write in progress, a
+/// temporary file beside it), folded into a read [`SETTLE`] later.
+fn change(event: &notify::Event, tokens: &[PathBuf]) -> Option<bool> {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+    if matches!(event.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write)) {
+        return None;
+    }
+    let finished = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    );
+    // For a rename seen as one event the new name is the last path.
+    let path = event.paths.last();
+    Some(finished && path.is_some_and(|p| tokens.contains(p) || p.file_name().is_some_and(|n| n == "..data")))
+}
+
 /// Watches every file token and refreshes it when its file changes, until `shutdown` turns
 /// true. Returns at once if there are no file tokens.
 pub fn spawn_watcher(
@@ -94,11 +117,12 @@ pub fn spawn_watcher(
     if files.is_empty() {
         return None;
     }
-    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
+    let paths: Vec<PathBuf> = files.iter().map(|(_, p)| p.clone()).collect();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
         Ok(ev) => {
-            for p in ev.paths {
-                let _ = tx.send(p);
+            if let Some(done) = change(&ev, &paths) {
+                let _ = tx.send(done);
             }
         }
         Err(e) => tracing::debug!(error = %e, "file watch error"),
@@ -132,17 +156,20 @@ pub fn spawn_watcher(
             let force = tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = tick.tick() => false,
-                Some(first) = rx.recv() => {
-                    let mut changed = vec![first];
-                    let settle = tokio::time::sleep(SETTLE);
-                    tokio::pin!(settle);
-                    loop {
-                        tokio::select! {
-                            _ = &mut settle => break,
-                            Some(p) = rx.recv() => changed.push(p),
+                Some(done) = rx.recv() => {
+                    if !done {
+                        let settle = tokio::time::sleep(SETTLE);
+                        tokio::pin!(settle);
+                        loop {
+                            tokio::select! {
+                                _ = &mut settle => break,
+                                Some(done) = rx.recv() => if done { break },
+                            }
                         }
                     }
-                    tracing::trace!(events = changed.len(), "token directory changed");
+                    // Whatever else arrived meanwhile is covered by this read.
+                    while rx.try_recv().is_ok() {}
+                    tracing::trace!(done, "token directory changed");
                     true
                 }
             };
@@ -159,4 +186,43 @@ pub fn spawn_watcher(
         }
         drop(watcher.take());
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RenameMode};
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
+        let mut e = notify::Event::new(kind);
+        e.paths = paths.iter().map(PathBuf::from).collect();
+        e
+    }
+
+    #[test]
+    fn reading_a_token_file_is_not_a_change() {
+        let tokens = [PathBuf::from("/s/token")];
+        for kind in
+            [AccessKind::Open(AccessMode::Read), AccessKind::Read, AccessKind::Close(AccessMode::Read), AccessKind::Any]
+        {
+            assert_eq!(change(&event(EventKind::Access(kind), &["/s/token"]), &tokens), None, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_complete_replacement_is_read_at_once_and_a_write_in_progress_later() {
+        let tokens = [PathBuf::from("/s/token")];
+        let c = |kind, paths: &[&str]| change(&event(kind, paths), &tokens);
+        // Renamed over, created, closed after writing: complete.
+        assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::To)), &["/s/token"]), Some(true));
+        assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::Both)), &["/s/token.tmp", "/s/token"]), Some(true));
+        assert_eq!(c(EventKind::Create(CreateKind::File), &["/s/token"]), Some(true));
+        assert_eq!(c(EventKind::Access(AccessKind::Close(AccessMode::Write)), &["/s/token"]), Some(true));
+        // The Kubernetes secret volume swap.
+        assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::To)), &["/s/..data"]), Some(true));
+        // A write still open, a temporary file, the old name renamed away: settle first.
+        assert_eq!(c(EventKind::Modify(ModifyKind::Data(DataChange::Any)), &["/s/token"]), Some(false));
+        assert_eq!(c(EventKind::Create(CreateKind::File), &["/s/token.tmp"]), Some(false));
+        assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::From)), &["/s/token"]), Some(false));
+    }
 }
