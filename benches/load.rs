@@ -40,6 +40,13 @@
 //! `--audit`: sidekey runs with its audit log on (`[audit] path`), as for the rotation runs with
 //! the audit log writing an event per change.
 //!
+//! `--callgrind N` (with `--rounds 0` to skip the rest): instructions per request in sidekey's
+//! process, counted by valgrind's callgrind over N keep-alive requests (and in the baseline's,
+//! with `--baseline`): stable figures for a change too small for timings on a noisy machine.
+//! Each binary runs twice under callgrind, with N requests and with none; the difference over
+//! N is the figure. The retry window after a token change is off in these runs
+//! (`overlap = "0s"`), so every request takes the steady path.
+//!
 //! CPU per request is also split out: the kernel's part (`stime`) is the socket work every proxy
 //! pays alike (two reads and two writes per request on loopback); the rest is the proxy's own.
 //!
@@ -84,6 +91,7 @@ struct Opts {
     only: Option<Vec<String>>,
     tls_upstream: bool,
     audit: bool,
+    callgrind: Option<u64>,
 }
 
 impl Opts {
@@ -98,6 +106,7 @@ impl Opts {
             only: None,
             tls_upstream: false,
             audit: false,
+            callgrind: None,
         };
         let mut it = args.iter().skip(1);
         while let Some(a) = it.next() {
@@ -112,6 +121,7 @@ impl Opts {
                 "--only" => o.only = Some(value().split(',').map(str::to_owned).collect()),
                 "--tls-upstream" => o.tls_upstream = true,
                 "--audit" => o.audit = true,
+                "--callgrind" => o.callgrind = Some(value().parse().expect("--callgrind REQUESTS")),
                 // cargo bench passes --bench; anything else is a mistake worth saying.
                 "--bench" => {}
                 other => panic!("unknown option {other} (see the doc at the top of benches/load.rs)"),
@@ -261,7 +271,8 @@ enum Rotator {
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Long enough for callgrind to write its profile.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if self.child.try_wait().ok().flatten().is_some() {
                 return;
@@ -452,7 +463,16 @@ fn origin_stats(origin: SocketAddr) -> Value {
     serde_json::from_str(body).unwrap()
 }
 
-fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, audit: bool) -> Result<Server, String> {
+/// How a sidekey under test runs.
+#[derive(Clone, Copy, Default)]
+struct Run<'a> {
+    audit: bool,
+    /// Under callgrind, writing its profile here (and with the 401-retry window off, so every
+    /// request takes the steady path).
+    callgrind: Option<&'a Path>,
+}
+
+fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let token = dir.path().join("token");
     std::fs::write(&token, "rot-000000").unwrap();
@@ -466,11 +486,22 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, audit: bool) -
         text.push_str(&format!("ca_file = {:?}\n", ca.display().to_string()));
     }
     text.push_str(&format!("\n[tokens.load]\nsource = \"file\"\npath = {:?}\n", token.display().to_string()));
-    if audit {
+    if run.callgrind.is_some() {
+        text.push_str("overlap = \"0s\"\n");
+    }
+    if run.audit {
         text.push_str(&format!("\n[audit]\npath = {:?}\n", dir.path().join("audit.log").display().to_string()));
     }
     std::fs::write(&config, text).unwrap();
-    let mut child = pinned(1, bin.to_str().unwrap())
+    let mut command = match run.callgrind {
+        Some(out) => {
+            let mut c = pinned(1, "valgrind");
+            c.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", out.display())).arg(bin);
+            c
+        }
+        None => pinned(1, bin.to_str().unwrap()),
+    };
+    let mut child = command
         .args(["run", "--log-format", "json", "-c"])
         .arg(&config)
         .env("RUST_LOG", "warn,sidekey::serve=info")
@@ -683,10 +714,15 @@ fn run(opts: &Opts) -> Result<(), String> {
         let mut servers: Vec<Server> = Vec::new();
         let mut missing = Vec::new();
         if wanted("sidekey") {
-            servers.push(start_sidekey(&origin_server, "sidekey", Path::new(SIDEKEY), opts.audit)?);
+            servers.push(start_sidekey(
+                &origin_server,
+                "sidekey",
+                Path::new(SIDEKEY),
+                Run { audit: opts.audit, ..Run::default() },
+            )?);
         }
         if let Some(bin) = &opts.baseline {
-            servers.push(start_sidekey(&origin_server, "baseline", bin, opts.audit)?);
+            servers.push(start_sidekey(&origin_server, "baseline", bin, Run { audit: opts.audit, ..Run::default() })?);
         }
         for (name, start) in
             [("nginx", start_nginx as fn(&Origin) -> Result<Server, String>), ("haproxy", start_haproxy)]
@@ -730,11 +766,88 @@ fn run(opts: &Opts) -> Result<(), String> {
             Some(secs) => Some(servers.iter().map(|s| soak_run(s, secs)).collect::<Result<Vec<_>, _>>()?),
             None => None,
         };
-        Ok::<_, String>((samples, missing, rotation, soak))
+        drop(servers);
+        let callgrind = match opts.callgrind {
+            Some(n) => Some(callgrind_runs(opts, &origin_server, n)?),
+            None => None,
+        };
+        Ok::<_, String>((samples, missing, rotation, soak, callgrind))
     })();
     drop(origin_server);
-    let (samples, missing, rotation, soak) = result?;
-    report(opts, &samples, &missing, rotation, soak)
+    let (samples, missing, rotation, soak, callgrind) = result?;
+    report(opts, &samples, &missing, Extra { rotation, soak, callgrind })
+}
+
+/// Instructions per request in sidekey's own process, counted by callgrind (stable where
+/// timings are not): the total of a run with `n` requests less that of a run with none, over
+/// `n`. Both runs start sidekey under callgrind and send 50 warm-up requests; the measured ones
+/// go one at a time over one keep-alive connection.
+fn callgrind_runs(opts: &Opts, origin: &Origin, n: u64) -> Result<Vec<Value>, String> {
+    if !which("valgrind") {
+        return Err("valgrind is not installed: run benches/load/setup.sh".into());
+    }
+    let mut bins = vec![("sidekey", PathBuf::from(SIDEKEY))];
+    bins.extend(opts.baseline.clone().map(|b| ("baseline", b)));
+    let mut out = Vec::new();
+    for (name, bin) in bins {
+        let total = |requests: u64| -> Result<u64, String> {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let profile = dir.path().join("callgrind.out");
+            let server = start_sidekey(origin, name, &bin, Run { callgrind: Some(&profile), ..Run::default() })?;
+            eprintln!("load: callgrind, {name}, {requests} requests");
+            keep_alive_requests(&server.url, 50)?;
+            keep_alive_requests(&server.url, requests)?;
+            drop(server);
+            let text = std::fs::read_to_string(&profile).map_err(|e| format!("callgrind profile: {e}"))?;
+            let line = text.lines().find_map(|l| l.strip_prefix("summary: ").or_else(|| l.strip_prefix("totals: ")));
+            line.and_then(|l| l.trim().parse().ok()).ok_or_else(|| "no totals in the callgrind profile".to_owned())
+        };
+        let (idle, loaded) = (total(0)?, total(n)?);
+        out.push(json!({
+            "target": name,
+            "requests": n,
+            "instructions_per_request": loaded.saturating_sub(idle) as f64 / n as f64,
+        }));
+    }
+    Ok(out)
+}
+
+/// Sends `n` GETs to `url` one after another on one connection; each must get a 200.
+fn keep_alive_requests(url: &str, n: u64) -> Result<(), String> {
+    use std::io::Read;
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(authority).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: load\r\nAccept: */*\r\n\r\n");
+    let mut buf = Vec::new();
+    for _ in 0..n {
+        s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + length {
+                    if !head.starts_with("http/1.1 200") {
+                        return Err(format!("unexpected answer: {}", head.lines().next().unwrap_or("")));
+                    }
+                    buf.drain(..end + 4 + length);
+                    break;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let got = s.read(&mut chunk).map_err(|e| e.to_string())?;
+            if got == 0 {
+                return Err("connection closed".into());
+            }
+            buf.extend_from_slice(&chunk[..got]);
+        }
+    }
+    Ok(())
 }
 
 /// Load at concurrency 64 for `secs`, the RSS read every 10 s.
@@ -773,13 +886,15 @@ fn soak_run(server: &Server, secs: u64) -> Result<Value, String> {
     }))
 }
 
-fn report(
-    opts: &Opts,
-    samples: &BTreeMap<&str, Vec<Sample>>,
-    missing: &[String],
+/// The optional runs' results.
+struct Extra {
     rotation: Option<Vec<Value>>,
     soak: Option<Vec<Value>>,
-) -> Result<(), String> {
+    callgrind: Option<Vec<Value>>,
+}
+
+fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String], extra: Extra) -> Result<(), String> {
+    let Extra { rotation, soak, callgrind } = extra;
     let med = |name: &str, f: &dyn Fn(&Sample) -> f64| samples.get(name).map(|v| median(v.iter().map(f).collect()));
     let direct = |f: &dyn Fn(&Sample) -> f64| med("direct", f).unwrap_or(f64::NAN);
     let mut rows = Vec::new();
@@ -881,6 +996,16 @@ fn report(
             );
         }
     }
+    if let Some(runs) = &callgrind {
+        for r in runs {
+            println!(
+                "callgrind {}: {:.0} instructions per request in sidekey's process ({} requests)",
+                r["target"].as_str().unwrap(),
+                r["instructions_per_request"].as_f64().unwrap(),
+                r["requests"]
+            );
+        }
+    }
     let versions = json!({
         "sidekey": env!("CARGO_PKG_VERSION"),
         "nginx": command_line("nginx", &["-v"]),
@@ -897,6 +1022,7 @@ fn report(
         "sidekey_versus": versus,
         "rotation": rotation,
         "soak": soak,
+        "callgrind": callgrind,
         "skipped": missing,
     });
     if let Some(dir) = opts.out.parent() {

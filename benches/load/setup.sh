@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs the load harness's peers from Debian's packages: wrk (the load generator), nginx and
-# HAProxy (the proxies sidekey is compared with). Their packaged services are kept from
-# starting (a temporary policy-rc.d): the harness runs its own instances on free ports.
+# Installs the load harness's tools from Debian's packages: wrk (the load generator), nginx and
+# HAProxy (the proxies sidekey is compared with), valgrind (for --callgrind). The packaged
+# services are kept from starting (a temporary policy-rc.d): the harness runs its own instances
+# on free ports.
 # Idempotent: apt-get runs only when something is missing.
 set -euo pipefail
 
-pkgs=(wrk nginx-light haproxy)
+pkgs=(wrk nginx-light haproxy valgrind)
 missing=()
 for p in "${pkgs[@]}"; do
   [[ "$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null)" == "ii "* ]] || missing+=("$p")
