@@ -122,45 +122,6 @@ impl Proxy {
     }
 }
 
-/// Moves an HTTP/1 request's target and header values out of the connection's read buffer
-/// into one small buffer of their own. Call it before the request's future is first polled.
-///
-/// hyper parses a request head in place: its URI and header values are slices of the
-/// connection's read buffer (8 KiB or more). While the request is in flight hyper reads on
-/// (to notice a client that goes away), and a buffer still shared with a request cannot be
-/// reused, so each request would cost a fresh read buffer, allocated and, since sidekey
-/// zeroes what it frees, zeroed when the request is done. Copying the few hundred bytes the
-/// request uses keeps the read buffer to itself (callgrind: see the module doc of
-/// `benches/load.rs` for the figures).
-pub fn detach<B>(req: &mut Request<B>) {
-    if req.version() == Version::HTTP_2 {
-        // HTTP/2 header blocks are decoded into values of their own.
-        return;
-    }
-    let uri = req.uri().to_string();
-    let len = uri.len() + req.headers().values().map(|v| v.len()).sum::<usize>();
-    let mut buf = bytes::BytesMut::with_capacity(len);
-    buf.extend_from_slice(uri.as_bytes());
-    for v in req.headers().values() {
-        buf.extend_from_slice(v.as_bytes());
-    }
-    let buf = buf.freeze();
-    if let Ok(copy) = http::Uri::from_maybe_shared(buf.slice(..uri.len())) {
-        *req.uri_mut() = copy;
-    }
-    let mut at = uri.len();
-    for v in req.headers_mut().values_mut() {
-        let end = at + v.len();
-        // The bytes were a valid value a moment ago, so this cannot fail; if it did, the
-        // value would simply stay where it was.
-        if let Ok(mut copy) = HeaderValue::from_maybe_shared(buf.slice(at..end)) {
-            copy.set_sensitive(v.is_sensitive());
-            *v = copy;
-        }
-        at = end;
-    }
-}
-
 impl RouteSet {
     async fn forward(&self, req: Request<Incoming>) -> (Option<&Route>, Result<Response<ProxyBody>, ProxyError>) {
         if req.method() == Method::CONNECT {
@@ -334,46 +295,4 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    #[test]
-    fn detach_copies_the_target_and_values_out_of_the_read_buffer() {
-        // As hyper parses a head: the target and the values are slices of one buffer.
-        let head = Bytes::from_static(b"/api/v1/items?page=2 example.com secret-ish text/plain");
-        let within = |p: *const u8| head.as_ptr_range().contains(&p);
-        let mut req = Request::new(());
-        *req.uri_mut() = http::Uri::from_maybe_shared(head.slice(0..20)).unwrap();
-        let mut sensitive = HeaderValue::from_maybe_shared(head.slice(33..43)).unwrap();
-        sensitive.set_sensitive(true);
-        req.headers_mut().insert(header::HOST, HeaderValue::from_maybe_shared(head.slice(21..32)).unwrap());
-        req.headers_mut().insert("x-note", sensitive);
-        req.headers_mut().append(header::ACCEPT, HeaderValue::from_maybe_shared(head.slice(44..)).unwrap());
-        assert!(within(req.uri().path().as_ptr()));
-
-        detach(&mut req);
-
-        assert_eq!(req.uri(), "/api/v1/items?page=2");
-        assert_eq!(req.headers()[header::HOST], "example.com");
-        assert_eq!(req.headers()["x-note"], "secret-ish");
-        assert!(req.headers()["x-note"].is_sensitive());
-        assert_eq!(req.headers()[header::ACCEPT], "text/plain");
-        assert!(!within(req.uri().path().as_ptr()));
-        for v in req.headers().values() {
-            assert!(!within(v.as_bytes().as_ptr()), "{v:?} still points into the read buffer");
-        }
-    }
-
-    #[test]
-    fn detach_keeps_an_absolute_target() {
-        let mut req = Request::new(());
-        *req.uri_mut() = "http://api.example.com:8080/x?y=1".parse().unwrap();
-        detach(&mut req);
-        assert_eq!(req.uri(), "http://api.example.com:8080/x?y=1");
-        assert_eq!(req.uri().authority().unwrap(), "api.example.com:8080");
-    }
 }

@@ -362,9 +362,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (stop_admin, admin_stop_rx) = watch::channel(false);
     let admin = Admin::new(live.clone());
     let proxy = live.proxy.clone();
-    let proxy_task = tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, limits, move |mut req| {
-        // Before hyper reads on, so its read buffer is not shared with the request.
-        crate::proxy::detach(&mut req);
+    let proxy_task = tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, limits, move |req| {
         let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req).await) }
     }));
