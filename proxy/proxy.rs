@@ -184,8 +184,8 @@ impl RouteSet {
             let result = route.send(Request::from_parts(parts, Either::Left(body))).await;
             return (Some(route), result);
         }
-        // Rare (the first requests after a rotation): boxed, so every other request's future
-        // stays small (it is moved into place on each request).
+        // Only within `overlap` of a new value: boxed, so the common request's future stays
+        // small (it is moved into place on each request).
         let result = Box::pin(route.send_replayable(parts, body, credential)).await;
         (Some(route), result)
     }

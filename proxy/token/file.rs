@@ -25,7 +25,7 @@ use super::{Fetched, Source, Token};
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// After a change notification that may be a write in progress, further events for this long
 /// are folded into one read, so a writer's truncate-then-write is not read half done. A
-/// notification that the file is complete (see [`complete`]) is acted on at once.
+/// notification that the file is complete (see [`change`]) is acted on at once.
 const SETTLE: Duration = Duration::from_millis(15);
 /// Token files larger than this are refused: a token is not a megabyte long.
 const MAX_TOKEN_FILE: u64 = 64 * 1024;
@@ -81,10 +81,11 @@ fn signature(path: &Path) -> Option<Signature> {
 
 /// What a notification means for the token files: `None` when nothing changed (a file was
 /// opened or read: sidekey's own reads of its token files are seen too, and must not trigger
-/// another read); `Some(true)` when a token file now has its complete new content: it was
-/// renamed or created in place (an atomic replacement, the Kubernetes `..data` swap among
-/// them) or a writer closed it; `Some(false)` for other changes (a write in progress, a
-/// temporary file beside it), folded into a read [`SETTLE`] later.
+/// another read); `Some(true)` when a token file now has its complete new content: something
+/// was renamed onto it (an atomic replacement, the Kubernetes `..data` swap among them) or a
+/// writer closed it; `Some(false)` for other changes (a file just created and perhaps still
+/// empty, a write in progress, a temporary file beside it), folded into a read [`SETTLE`]
+/// later.
 fn change(event: &notify::Event, tokens: &[PathBuf]) -> Option<bool> {
     use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
     if matches!(event.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write)) {
@@ -92,8 +93,7 @@ fn change(event: &notify::Event, tokens: &[PathBuf]) -> Option<bool> {
     }
     let finished = matches!(
         event.kind,
-        EventKind::Create(_)
-            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
             | EventKind::Access(AccessKind::Close(AccessMode::Write))
     );
     // For a rename seen as one event the new name is the last path.
@@ -213,14 +213,15 @@ mod tests {
     fn a_complete_replacement_is_read_at_once_and_a_write_in_progress_later() {
         let tokens = [PathBuf::from("/s/token")];
         let c = |kind, paths: &[&str]| change(&event(kind, paths), &tokens);
-        // Renamed over, created, closed after writing: complete.
+        // Renamed over, closed after writing: complete.
         assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::To)), &["/s/token"]), Some(true));
         assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::Both)), &["/s/token.tmp", "/s/token"]), Some(true));
-        assert_eq!(c(EventKind::Create(CreateKind::File), &["/s/token"]), Some(true));
         assert_eq!(c(EventKind::Access(AccessKind::Close(AccessMode::Write)), &["/s/token"]), Some(true));
         // The Kubernetes secret volume swap.
         assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::To)), &["/s/..data"]), Some(true));
-        // A write still open, a temporary file, the old name renamed away: settle first.
+        // Just created (a writer's open with O_CREAT, still empty), a write still open, a
+        // temporary file, the old name renamed away: settle first.
+        assert_eq!(c(EventKind::Create(CreateKind::File), &["/s/token"]), Some(false));
         assert_eq!(c(EventKind::Modify(ModifyKind::Data(DataChange::Any)), &["/s/token"]), Some(false));
         assert_eq!(c(EventKind::Create(CreateKind::File), &["/s/token.tmp"]), Some(false));
         assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::From)), &["/s/token"]), Some(false));
