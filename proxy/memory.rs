@@ -161,8 +161,9 @@ pub struct Hardened {
     pub mlock: bool,
 }
 
-/// A global allocator that zeroes every block before it goes back to the inner allocator, so
-/// freed heap memory holds no token bytes. Reallocation always moves through a fresh block so
+/// A global allocator that zeroes every block before it goes back to the system allocator, so
+/// freed heap memory holds no token bytes. A reallocation that fits the block malloc already
+/// gave keeps it (zeroing what a shrink gives up); any other moves through a fresh block, and
 /// the old one is zeroed too.
 ///
 /// It wraps the system allocator (malloc).
