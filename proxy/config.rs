@@ -31,6 +31,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[hardening]`: process-level protection of the secrets in memory.
     pub hardening: Hardening,
+    /// `[intercept]`: HTTPS interception for clients that use `HTTPS_PROXY`, if wanted.
+    pub intercept: Option<InterceptConfig>,
     /// Things that are valid but probably not what was meant (a rule that never matches).
     pub warnings: Vec<ConfigError>,
     pub routes: Vec<RouteConfig>,
@@ -116,6 +118,34 @@ pub struct AuditConfig {
 
 fn default_summary_interval() -> Duration {
     Duration::from_secs(60)
+}
+
+/// `[intercept]`: TLS interception of `CONNECT host:443` for hosts a route names.
+///
+/// The CA is either a certificate and key held elsewhere (`ca_cert`, `ca_key`, as references
+/// like secrets, watched for rotation when they are files) or made at start (`generate =
+/// true`, its key in memory only). Its certificate is written to `ca_cert_out` for the app to
+/// trust.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct InterceptConfig {
+    #[serde(default)]
+    pub ca_cert: Option<SecretRef>,
+    #[serde(default)]
+    pub ca_key: Option<SecretRef>,
+    #[serde(default)]
+    pub generate: bool,
+    #[serde(default)]
+    pub ca_cert_out: Option<PathBuf>,
+    /// CONNECT targets tunnelled untouched: `host` (port 443) or `host:port`.
+    #[serde(default)]
+    pub passthrough: Vec<String>,
+    /// Leaf certificates kept minted at once (one per intercepted host).
+    #[serde(default = "default_max_leaf_certs")]
+    pub max_leaf_certs: usize,
+}
+
+fn default_max_leaf_certs() -> usize {
+    1024
 }
 
 /// `[admin]`: access to the admin API.
@@ -742,7 +772,7 @@ struct Loader<'a> {
 }
 
 const TOP_LEVEL_KEYS: &[&str] =
-    &["listen", "admin", "upstream", "limits", "hardening", "shutdown", "audit", "routes", "tokens"];
+    &["listen", "admin", "upstream", "limits", "hardening", "shutdown", "audit", "intercept", "routes", "tokens"];
 const TOKEN_SOURCES: &[&str] = &["env", "file", "oauth2", "http", "exec"];
 
 impl<'a> Loader<'a> {
@@ -926,6 +956,16 @@ impl<'a> Loader<'a> {
             Some(v) => self.section::<Hardening>(&[Seg::Key("hardening".into())], v),
             None => Some(Hardening::default()),
         };
+        let intercept = match root.remove("intercept") {
+            Some(v) => {
+                let i = self.section::<InterceptConfig>(&[Seg::Key("intercept".into())], v);
+                if let Some(i) = &i {
+                    self.check_intercept(i);
+                }
+                i.map(Some)
+            }
+            None => Some(None),
+        };
 
         let mut tokens = BTreeMap::new();
         let mut tokens_ok = true;
@@ -1014,6 +1054,7 @@ impl<'a> Loader<'a> {
             admin: admin?,
             limits: limits?,
             hardening: hardening?,
+            intercept: intercept?,
             warnings: std::mem::take(&mut self.warnings),
             routes: routes.into_iter().map(|(_, r)| r).collect(),
             tokens,
@@ -1265,6 +1306,52 @@ impl<'a> Loader<'a> {
         }
     }
 
+    fn check_intercept(&mut self, i: &InterceptConfig) {
+        let path = [Seg::Key("intercept".into())];
+        match (i.generate, &i.ca_cert, &i.ca_key) {
+            (true, None, None) => {
+                if i.ca_cert_out.is_none() {
+                    self.error(
+                        &child(&path, "ca_cert_out"),
+                        "generate = true needs ca_cert_out: the path the generated CA certificate is written to, \
+                         for the app to trust (its key never leaves sidekey's memory)",
+                    );
+                }
+            }
+            (true, _, _) => self.error(
+                &child(&path, "generate"),
+                "generate = true makes a CA at start; it cannot be combined with ca_cert and ca_key",
+            ),
+            (false, Some(cert), Some(key)) => {
+                // Loaded now, so `sidekey check` reports a CA that cannot be used.
+                match (cert.read(), key.read()) {
+                    (Ok(cert), Ok(key)) => {
+                        if let Err(e) = crate::intercept::Ca::from_pem(cert.expose(), &key) {
+                            self.error(&child(&path, "ca_key"), e);
+                        }
+                    }
+                    (Err(e), _) => self.error(&child(&path, "ca_cert"), e),
+                    (_, Err(e)) => self.error(&child(&path, "ca_key"), e),
+                }
+            }
+            (false, _, _) => self.error(
+                &path,
+                "needs a CA: ca_cert and ca_key ({ file = \"...\" } each; `sidekey ca init --out DIR` makes a pair), \
+                 or generate = true with ca_cert_out",
+            ),
+        }
+        for (n, entry) in i.passthrough.iter().enumerate() {
+            if let Err(e) = crate::intercept::HostPort::parse(entry, 443) {
+                let mut p = child(&path, "passthrough");
+                p.push(Seg::Index(n));
+                self.error(&p, e);
+            }
+        }
+        if i.max_leaf_certs == 0 {
+            self.error(&child(&path, "max_leaf_certs"), "must be at least 1");
+        }
+    }
+
     fn check_limits(&mut self, l: &Limits) {
         let at = |key: &str| [Seg::Key("limits".into()), Seg::Key(key.into())];
         if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&l.max_header_bytes) {
@@ -1458,6 +1545,7 @@ pub fn accepted_keys() -> Vec<String> {
     add("admin", fields::<AdminConfig>());
     add("limits", fields::<Limits>());
     add("hardening", fields::<Hardening>());
+    add("intercept", fields::<InterceptConfig>());
     add("routes[]", fields::<RouteConfig>());
     add("tokens.*", &["source"]);
     add("tokens.*", fields::<TokenCommon>());

@@ -233,14 +233,142 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// What every connection of one listener shares.
+struct ConnCtx {
+    builder: auto::Builder<TokioExecutor>,
+    limits: Limits,
+    what: &'static str,
+    /// Whether a CONNECT may take the connection over (the proxy listener).
+    tunnels: bool,
+}
+
+type TunnelFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Lets the answer to an HTTP/1 `CONNECT` keep the connection: found in the request's
+/// extensions on a listener that allows tunnels. What is given to [`Tunnel::run`] runs on the
+/// connection's own task once the answer has been sent, so a tunnel keeps its place under the
+/// connection cap and is drained (or closed) at shutdown like any connection.
+#[derive(Clone)]
+pub struct Tunnel {
+    slot: Arc<std::sync::Mutex<Option<TunnelFuture>>>,
+    ctx: Arc<ConnCtx>,
+    stop: watch::Receiver<bool>,
+    /// The client's address.
+    pub peer: std::net::SocketAddr,
+}
+
+impl Tunnel {
+    /// Runs `fut` on the connection's task after the (2xx) answer to the CONNECT is sent.
+    pub fn run(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::pin(fut));
+    }
+
+    /// The budget for a TLS handshake inside the tunnel: the listener's header timeout.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.ctx.limits.header_read_timeout
+    }
+
+    /// Serves HTTP/1.1 or HTTP/2 over a stream inside the tunnel (the client's TLS, terminated)
+    /// with the listener's limits, timeouts and shutdown, until the client is done.
+    pub async fn serve<I, F, Fut, B>(&self, io: I, handler: F)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // No tunnels inside a tunnel.
+        connection(io, self.peer, self.ctx.clone(), self.stop.clone(), handler, false).await;
+    }
+}
+
+/// Serves one client connection until it closes, times out, or is drained at shutdown; then
+/// runs the tunnel a CONNECT handed it, if any.
+async fn connection<I, F, Fut, B>(
+    io: I,
+    peer: std::net::SocketAddr,
+    ctx: Arc<ConnCtx>,
+    mut stop: watch::Receiver<bool>,
+    handler: F,
+    tunnels: bool,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let what = ctx.what;
+    let watch = ConnWatch::new();
+    let io = TokioIo::new(Watched { io, watch: watch.clone() });
+    let slot: Arc<std::sync::Mutex<Option<TunnelFuture>>> = Arc::default();
+    let tunnel = tunnels.then(|| Tunnel { slot: slot.clone(), ctx: ctx.clone(), stop: stop.clone(), peer });
+    let service_watch = watch.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let in_flight = service_watch.begin(req.version() == http::Version::HTTP_2);
+        if let Some(t) = &tunnel {
+            if req.method() == http::Method::CONNECT && req.version() < http::Version::HTTP_2 {
+                req.extensions_mut().insert(t.clone());
+            }
+        }
+        let response = handler(req);
+        async move {
+            let response = response.await?;
+            Ok::<_, Infallible>(response.map(|body| Tracked { body, _in_flight: in_flight }))
+        }
+    });
+    let limits = &ctx.limits;
+    let conn = ctx.builder.serve_connection_with_upgrades(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = false;
+    loop {
+        let next = match watch.check(limits) {
+            Verdict::Wait(at) => instant_of(at),
+            Verdict::SlowHead => {
+                tracing::debug!(listener = what, %peer, "request head too slow; closing the connection");
+                break;
+            }
+            Verdict::Idle if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                continue;
+            }
+            // Closing already: a last response is being sent; look again later.
+            Verdict::Idle => tokio::time::Instant::now() + limits.idle_timeout,
+        };
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = stopped(&mut stop), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep_until(next) => {}
+        }
+    }
+    let tunnel = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(tunnel) = tunnel {
+        tunnel.await;
+    }
+}
+
 /// Accepts connections (HTTP/1.1, and HTTP/2 with prior knowledge) until `stop` turns true,
 /// then waits up to `grace` for open connections to finish their requests and closes the rest.
+/// With `tunnels`, an HTTP/1 CONNECT request carries a [`Tunnel`] its handler may use.
 pub async fn serve<F, Fut, B>(
     listener: TcpListener,
     what: &'static str,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     limits: Limits,
+    tunnels: bool,
     handler: F,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
@@ -249,8 +377,8 @@ pub async fn serve<F, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = Arc::new(builder(&limits));
-    let limits = Arc::new(limits);
+    let ctx = Arc::new(ConnCtx { builder: builder(&limits), limits, what, tunnels });
+    let limits = &ctx.limits;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics::gauge!("sidekey_open_connections", "listener" => what);
     let mut warned_full: Option<Instant> = None;
@@ -293,53 +421,11 @@ pub async fn serve<F, Fut, B>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let watch = ConnWatch::new();
-        let io = TokioIo::new(Watched { io: stream, watch: watch.clone() });
-        let (handler, service_watch) = (handler.clone(), watch.clone());
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let in_flight = service_watch.begin(req.version() == http::Version::HTTP_2);
-            let response = handler(req);
-            async move {
-                let response = response.await?;
-                Ok::<_, Infallible>(response.map(|body| Tracked { body, _in_flight: in_flight }))
-            }
-        });
-        let (builder, limits, mut stop) = (builder.clone(), limits.clone(), stop.clone());
         let open = Open::new(open.clone());
+        let task = connection(stream, peer, ctx.clone(), stop.clone(), handler.clone(), ctx.tunnels);
         connections.spawn(async move {
             let _held = (permit, open);
-            let conn = builder.serve_connection(io, service);
-            let mut conn = std::pin::pin!(conn);
-            let mut closing = false;
-            loop {
-                let next = match watch.check(&limits) {
-                    Verdict::Wait(at) => instant_of(at),
-                    Verdict::SlowHead => {
-                        tracing::debug!(listener = what, %peer, "request head too slow; closing the connection");
-                        break;
-                    }
-                    Verdict::Idle if !closing => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                        continue;
-                    }
-                    // Closing already: a last response is being sent; look again later.
-                    Verdict::Idle => tokio::time::Instant::now() + limits.idle_timeout,
-                };
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = stopped(&mut stop), if !closing => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    _ = tokio::time::sleep_until(next) => {}
-                }
-            }
+            task.await;
         });
     }
     drop(listener);

@@ -24,6 +24,10 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("CONNECT is not allowed to this host")]
     ConnectRefused,
+    #[error("a CONNECT target is host:port")]
+    ConnectTarget,
+    #[error("the intercepted host's certificate could not be made")]
+    InterceptFailed,
     #[error("the request body could not be read")]
     ClientBody,
     #[error("the route's allow rules do not permit this request")]
@@ -45,6 +49,8 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::ConnectRefused => StatusCode::FORBIDDEN,
+            ProxyError::ConnectTarget => StatusCode::BAD_REQUEST,
+            ProxyError::InterceptFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::NotAllowed => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -61,6 +67,8 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable => ("upstream_unreachable", Some(UPSTREAM_RETRY_AFTER)),
             ProxyError::UpstreamTimeout => ("upstream_timeout", None),
             ProxyError::ConnectRefused => ("not_allowed", None),
+            ProxyError::ConnectTarget => ("bad_request", None),
+            ProxyError::InterceptFailed => ("intercept_failed", None),
             ProxyError::ClientBody => ("bad_request", None),
             ProxyError::NotAllowed => ("not_allowed", None),
             ProxyError::RateLimited { .. } => ("rate_limited", None),

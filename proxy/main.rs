@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// HTTPS interception CA tools.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// A self-contained demo on loopback: an echo upstream, a rotating token, the proxy between.
     Demo {
         /// Proxy port (a free one is chosen if it is taken).
@@ -60,6 +65,16 @@ enum Command {
 enum AuditCommand {
     /// Check an audit log's hash chain; exit 0 when intact, else name the first bad line.
     Verify { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Write a new interception CA pair, DIR/ca.crt and DIR/ca.key (owner-only), for
+    /// `[intercept] ca_cert` and `ca_key`. Never overwrites.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -121,6 +136,25 @@ fn main() -> ExitCode {
             }
             Err(b) => {
                 eprintln!("{}: line {}: {}", file.display(), b.line, b.reason);
+                ExitCode::from(EXIT_FATAL)
+            }
+        },
+        Command::Ca { command: CaCommand::Init { out } } => match sidekey::intercept::init_files(&out) {
+            Ok((cert, key)) => {
+                println!(
+                    "wrote {} (give it to the apps to trust) and {} (keep it secret)",
+                    cert.display(),
+                    key.display()
+                );
+                println!(
+                    "[intercept]\nca_cert = {{ file = {:?} }}\nca_key = {{ file = {:?} }}",
+                    cert.display().to_string(),
+                    key.display().to_string()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sidekey ca init: {e}");
                 ExitCode::from(EXIT_FATAL)
             }
         },

@@ -16,7 +16,9 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body;
 use hyper::body::Incoming;
 
+use crate::conn::Tunnel;
 use crate::error::{ProxyBody, ProxyError};
+use crate::intercept::{HostPort, Intercept};
 use crate::metrics::RouteMetrics;
 use crate::route::{strip_hop_by_hop, RouteTable, Target};
 use crate::token::Token;
@@ -70,6 +72,10 @@ pub struct RouteUsage {
 #[derive(Clone)]
 pub struct Proxy {
     routes: Arc<ArcSwap<RouteSet>>,
+    /// `[intercept]`, when configured: what a CONNECT may become.
+    intercept: Option<Arc<Intercept>>,
+    /// Budget for connecting to a passthrough host.
+    connect_timeout: Duration,
 }
 
 /// Every route of one config, and the table that finds them.
@@ -88,7 +94,19 @@ impl RouteSet {
 
 impl Proxy {
     pub fn new(routes: RouteSet) -> Proxy {
-        Proxy { routes: Arc::new(ArcSwap::from_pointee(routes)) }
+        Proxy {
+            routes: Arc::new(ArcSwap::from_pointee(routes)),
+            intercept: None,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Turns HTTPS interception on: CONNECT to a host a route names is intercepted, to a
+    /// passthrough host tunnelled (connecting within `connect_timeout`).
+    pub fn with_intercept(mut self, intercept: Arc<Intercept>, connect_timeout: Duration) -> Proxy {
+        self.intercept = Some(intercept);
+        self.connect_timeout = connect_timeout;
+        self
     }
 
     /// Replaces every route at once (a config reload).
@@ -98,10 +116,18 @@ impl Proxy {
 
     /// Serves one request. Never fails: every error is an HTTP answer.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if req.method() == Method::CONNECT {
+            return self.connect(req).await;
+        }
+        self.handle_via(req, None).await
+    }
+
+    /// Serves one request; `via` is the CONNECT target of an intercepted tunnel it came through.
+    async fn handle_via(&self, req: Request<Incoming>, via: Option<&str>) -> Response<ProxyBody> {
         let start = Instant::now();
         let shared = self.routes.load_full();
         let shared = &*shared;
-        let (route, result) = shared.forward(req).await;
+        let (route, result) = shared.forward(req, via).await;
         let response = result.unwrap_or_else(ProxyError::into_response);
         let status = response.status().as_u16();
         let metrics = route.map_or(&shared.unmatched, |r| &r.metrics);
@@ -122,12 +148,111 @@ impl Proxy {
     }
 }
 
+/// What a CONNECT became, for `sidekey_connect_total{result}`.
+fn count_connect(result: &'static str) {
+    metrics::counter!("sidekey_connect_total", "result" => result).increment(1);
+}
+
+impl Proxy {
+    /// `CONNECT host:port`: intercepted when a route names the host, tunnelled untouched when it
+    /// is a passthrough host, refused otherwise (sidekey is never an open proxy).
+    async fn connect(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+        let result = self.open_tunnel(&mut req).await;
+        let (outcome, response) = match result {
+            Ok((outcome, response)) => (outcome, response),
+            Err(e) => {
+                let outcome = match e {
+                    ProxyError::ConnectRefused | ProxyError::ConnectTarget => "refused",
+                    _ => "failed",
+                };
+                (outcome, e.into_response())
+            }
+        };
+        count_connect(outcome);
+        let target = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
+        tracing::debug!(target, outcome, status = response.status().as_u16(), "CONNECT");
+        response
+    }
+
+    async fn open_tunnel(
+        &self,
+        req: &mut Request<Incoming>,
+    ) -> Result<(&'static str, Response<ProxyBody>), ProxyError> {
+        let authority = req.uri().authority().cloned().ok_or(ProxyError::ConnectTarget)?;
+        let target = HostPort::parse(authority.as_str(), 443).map_err(|_| ProxyError::ConnectTarget)?;
+        let Some(intercept) = &self.intercept else { return Err(ProxyError::ConnectRefused) };
+        // Absent for HTTP/2 CONNECT: clients use HTTP/1.1 to talk to an HTTP proxy.
+        let Some(tunnel) = req.extensions_mut().remove::<Tunnel>() else { return Err(ProxyError::ConnectRefused) };
+        let ok = || Response::new(Either::Right(Full::new(bytes::Bytes::new())));
+        if self.routes.load().table.host_route(authority.as_str()).is_some() {
+            let tls = intercept.server_config(&target.host).map_err(|e| {
+                tracing::error!(host = %target.host, error = %e, "cannot mint a certificate for an intercepted host");
+                ProxyError::InterceptFailed
+            })?;
+            let on_upgrade = hyper::upgrade::on(&mut *req);
+            let (proxy, via): (Proxy, Arc<str>) = (self.clone(), authority.as_str().into());
+            let inner = tunnel.clone();
+            tunnel.run(async move {
+                let upgraded = match on_upgrade.await {
+                    Ok(u) => u,
+                    Err(e) => return tracing::debug!(error = %e, "CONNECT upgrade failed"),
+                };
+                let accept = tokio_rustls::TlsAcceptor::from(tls).accept(hyper_util::rt::TokioIo::new(upgraded));
+                let stream = match tokio::time::timeout(inner.handshake_timeout(), accept).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        return tracing::warn!(target = %via, peer = %inner.peer, error = %e,
+                            "client TLS handshake failed in an intercepted tunnel (does the client trust sidekey's CA?)")
+                    }
+                    Err(_) => return tracing::debug!(target = %via, peer = %inner.peer, "client TLS handshake timed out"),
+                };
+                inner
+                    .serve(stream, move |req| {
+                        let (proxy, via) = (proxy.clone(), via.clone());
+                        async move { Ok::<_, std::convert::Infallible>(proxy.handle_via(req, Some(&via)).await) }
+                    })
+                    .await;
+            });
+            return Ok(("intercepted", ok()));
+        }
+        if intercept.is_passthrough(&target) {
+            let connect = tokio::net::TcpStream::connect((target.host.as_str(), target.port));
+            let mut upstream = match tokio::time::timeout(self.connect_timeout, connect).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!(target = %authority, error = %e, "cannot reach a passthrough host");
+                    return Err(ProxyError::UpstreamUnreachable);
+                }
+                Err(_) => return Err(ProxyError::UpstreamTimeout),
+            };
+            let _ = upstream.set_nodelay(true);
+            let on_upgrade = hyper::upgrade::on(&mut *req);
+            tunnel.run(async move {
+                let Ok(upgraded) = on_upgrade.await else { return };
+                let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+            return Ok(("passthrough", ok()));
+        }
+        Err(ProxyError::ConnectRefused)
+    }
+}
+
 impl RouteSet {
-    async fn forward(&self, req: Request<Incoming>) -> (Option<&Route>, Result<Response<ProxyBody>, ProxyError>) {
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        via: Option<&str>,
+    ) -> (Option<&Route>, Result<Response<ProxyBody>, ProxyError>) {
         if req.method() == Method::CONNECT {
+            // Only on the listener itself, never inside a tunnel.
             return (None, Err(ProxyError::ConnectRefused));
         }
-        let (route, uri) = match self.table.find(req.version(), req.uri(), req.headers()) {
+        let found = match via {
+            None => self.table.find(req.version(), req.uri(), req.headers()),
+            Some(authority) => self.table.find_via(authority, req.uri()),
+        };
+        let (route, uri) = match found {
             Ok(m) => {
                 let route = &self.routes[m.route];
                 if !route.allow.allows(req.method(), &m.rest) {

@@ -122,6 +122,23 @@ impl RouteTable {
         self.by_prefix(path).ok_or(NoRoute::Unmatched)
     }
 
+    /// The route whose `host` names `authority` (a CONNECT target), if any.
+    pub fn host_route(&self, authority: &str) -> Option<usize> {
+        self.by_host(authority)
+    }
+
+    /// Finds the route for a request inside an intercepted tunnel to `authority`: the route the
+    /// CONNECT target named, whatever Host the request itself carries, with its path unchanged.
+    pub fn find_via<'r>(&self, authority: &str, uri: &'r Uri) -> Result<Match<'r>, NoRoute> {
+        let path = uri.path();
+        if !path.starts_with('/') {
+            return Err(NoRoute::BadPath);
+        }
+        let rest = normalize_path(path).ok_or(NoRoute::BadPath)?;
+        let route = self.by_host(authority).ok_or(NoRoute::ForeignHost)?;
+        Ok(Match { route, rest })
+    }
+
     fn by_host(&self, authority: &str) -> Option<usize> {
         let hostname = strip_port(authority);
         self.hosts.iter().find_map(|(h, has_port, i)| {

@@ -41,6 +41,8 @@ pub enum StartError {
     Route { route: String, message: String },
     #[error("[admin] token: {0}")]
     AdminToken(String),
+    #[error("[intercept]: {0}")]
+    Intercept(String),
 }
 
 /// A running sidekey: its addresses, its tokens, and the ways to reload and stop it.
@@ -54,6 +56,8 @@ pub struct Running {
     admin_task: JoinHandle<()>,
     stop_summary: watch::Sender<bool>,
     summary_task: Option<JoinHandle<()>>,
+    /// Watches the interception CA's files.
+    ca_task: Option<JoinHandle<()>>,
 }
 
 /// What a reload replaces, shared by the proxy, the admin API and `Running`.
@@ -174,6 +178,11 @@ impl Running {
             if old.audit != config.audit {
                 tracing::warn!("the audit settings change only on restart; keeping the current ones");
             }
+            if old.intercept != config.intercept {
+                tracing::warn!(
+                    "[intercept] changes only on restart (its CA files are watched); keeping the current one"
+                );
+            }
         }
         let previous = self.live.tokens.load_full();
         let (tokens, fresh) = build_tokens(&config, Some(&previous), self.live.audit.clone())?;
@@ -227,6 +236,9 @@ impl Running {
         bg.stop().await;
         let _ = self.stop_summary.send(true);
         if let Some(t) = self.summary_task {
+            let _ = t.await;
+        }
+        if let Some(t) = self.ca_task {
             let _ = t.await;
         }
         if let Some(a) = &self.live.audit {
@@ -325,6 +337,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(a) => Some(Audit::open(&a.path).map_err(StartError::Audit)?),
         None => None,
     };
+    let intercept = match &config.intercept {
+        Some(i) => Some(Arc::new(crate::intercept::Intercept::new(i).map_err(StartError::Intercept)?)),
+        None => None,
+    };
     let (tokens, _) = build_tokens(&config, None, audit.clone())?;
     let clients = Mutex::new(HashMap::new());
     let usage = Mutex::new(HashMap::new());
@@ -342,8 +358,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let background = Background::spawn(&tokens);
     let (route_count, token_count, grace) = (config.routes.len(), config.tokens.len(), config.shutdown.grace);
     let limits = config.limits.clone();
+    let mut proxy = Proxy::new(routes);
+    if let Some(i) = &intercept {
+        proxy = proxy.with_intercept(i.clone(), config.upstream.connect_timeout);
+    }
     let live = Arc::new(Live {
-        proxy: Proxy::new(routes),
+        proxy,
         tokens: ArcSwap::from_pointee(tokens),
         clients,
         config: Mutex::new(config),
@@ -358,16 +378,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         live.audit.clone().map(|audit| tokio::spawn(summarize_usage(live.clone(), audit, every, summary_stop_rx)))
     });
 
+    let ca_task = intercept.as_ref().and_then(|i| i.spawn_watcher(stop_summary.subscribe()));
+
     let (stop_proxy, proxy_stop_rx) = watch::channel(false);
     let (stop_admin, admin_stop_rx) = watch::channel(false);
     let admin = Admin::new(live.clone());
     let proxy = live.proxy.clone();
-    let proxy_task = tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, limits, move |req| {
+    let proxy_task = tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, limits, true, move |req| {
         let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req).await) }
     }));
     let admin_task =
-        tokio::spawn(serve(admin_listener, "admin", admin_stop_rx, ADMIN_GRACE, admin_limits(), move |req| {
+        tokio::spawn(serve(admin_listener, "admin", admin_stop_rx, ADMIN_GRACE, admin_limits(), false, move |req| {
             let admin = admin.clone();
             async move { Ok::<_, Infallible>(admin.handle(req).await) }
         }));
@@ -391,6 +413,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_task,
         stop_summary,
         summary_task,
+        ca_task,
     })
 }
 

@@ -1,0 +1,536 @@
+//! HTTPS interception for clients that only speak `https://` and honour `HTTPS_PROXY`.
+//!
+//! Such a client sends `CONNECT api.example.com:443` and then speaks TLS through the tunnel. For
+//! a host a route names, sidekey answers the TLS itself with a leaf certificate for that host,
+//! minted on the fly and signed by its own CA (which the app trusts), and serves the requests
+//! inside exactly as routed requests: inject, forward over its own verified TLS connection to
+//! the route's upstream, count. A `passthrough` host is tunnelled byte for byte (no
+//! interception, no credentials); any other CONNECT is refused. Nothing here weakens upstream
+//! verification: the inner requests go out through the route's ordinary client.
+//!
+//! The CA is a certificate and key read from files (watched, so a rotated pair is picked up
+//! without a restart) or made at start with its key only in memory. Leaves are ECDSA P-256,
+//! valid for a day, kept per host in a bounded cache, and minted afresh when the CA changes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use notify::Watcher;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256,
+};
+use rustls::client::danger::ServerCertVerifier;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{InterceptConfig, SecretRef};
+use crate::secret::Secret;
+
+/// How long a minted leaf is valid.
+const LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// A cached leaf older than this is minted again, so none served is close to expiry.
+const LEAF_REMINT: Duration = Duration::from_secs(12 * 3600);
+/// Leaves and a generated CA start this far in the past, for clients whose clock is behind.
+const BACKDATE: Duration = Duration::from_secs(3600);
+/// A generated CA's lifetime (it lives only as long as the process anyway).
+const CA_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Changes to the CA files are folded into one reload after this long (a certificate and a
+/// key written one after the other are read as a pair).
+const CA_SETTLE: Duration = Duration::from_millis(100);
+/// How often the CA files are checked where notifications are not available.
+const CA_POLL: Duration = Duration::from_secs(1);
+
+/// `host` or `host:port` from a `passthrough` entry or a CONNECT target, host lowercased, IPv6
+/// brackets removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    /// Parses `host[:port]`; `default_port` when none is given.
+    pub fn parse(s: &str, default_port: u16) -> Result<HostPort, String> {
+        let authority = http::uri::Authority::try_from(s).map_err(|_| format!("{s:?} is not a host or host:port"))?;
+        let after_host = &authority.as_str()[authority.host().len()..];
+        if authority.as_str().contains('@') || (!after_host.is_empty() && authority.port_u16().is_none()) {
+            return Err(format!("{s:?} is not a host or host:port"));
+        }
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        if host.is_empty() {
+            return Err(format!("{s:?} has no host"));
+        }
+        Ok(HostPort { host, port: authority.port_u16().unwrap_or(default_port) })
+    }
+}
+
+/// The interception CA: its certificate, and the key that signs leaves (never printed).
+pub struct Ca {
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+    /// SHA-256 of the key's PEM, to tell a changed key from an unchanged one on reload.
+    key_digest: [u8; 32],
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").field("certificate", &self.fingerprint()).field("key", &"<redacted>").finish()
+    }
+}
+
+impl Ca {
+    /// A new CA: ECDSA P-256, valid for a year, allowed to sign leaves only (path length 0).
+    pub fn generate() -> Result<Ca, String> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| format!("cannot make a CA key: {e}"))?;
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(|e| format!("cannot make a CA certificate: {e}"))?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.distinguished_name.push(DnType::CommonName, "sidekey interception CA");
+        params.distinguished_name.push(DnType::OrganizationName, "sidekey");
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + CA_LIFETIME;
+        let cert = params.self_signed(&key).map_err(|e| format!("cannot make a CA certificate: {e}"))?;
+        let key_digest = Sha256::digest(zeroize::Zeroizing::new(key.serialize_pem()).as_bytes()).into();
+        Ok(Ca { cert_pem: cert.pem(), cert_der: cert.der().clone(), issuer: Issuer::new(params, key), key_digest })
+    }
+
+    /// A CA from a PEM certificate and PEM private key (PKCS#8, or SEC1 for EC keys). Checks
+    /// that the key belongs to the certificate by verifying a leaf it signs. Errors never
+    /// quote the key.
+    pub fn from_pem(cert_pem: &str, key_pem: &Secret) -> Result<Ca, String> {
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| format!("the CA certificate is not a PEM certificate: {e}"))?;
+        let key = KeyPair::from_pem(key_pem.expose())
+            .map_err(|_| "the CA key is not a PEM private key (PKCS#8, or SEC1 for EC keys)".to_owned())?;
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
+            .map_err(|e| format!("the CA certificate cannot be used to sign: {e}"))?;
+        let key_digest = Sha256::digest(key_pem.expose().as_bytes()).into();
+        let ca = Ca { cert_pem: cert_to_pem(&cert_der), cert_der, issuer, key_digest };
+        ca.check_pair()?;
+        Ok(ca)
+    }
+
+    /// The certificate, PEM-encoded, as written to `ca_cert_out`.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// The certificate, DER-encoded.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// `sha256:` and 12 hex digits of the certificate's hash (the certificate is public).
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.cert_der.as_ref());
+        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+
+    /// Mints a leaf for `host` (a DNS name or an IP address): its chain and key.
+    pub fn mint(&self, host: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| format!("cannot make a leaf key: {e}"))?;
+        let mut params = CertificateParams::new(vec![host.to_owned()])
+            .map_err(|e| format!("cannot make a certificate for {host:?}: {e}"))?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, host);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - BACKDATE;
+        params.not_after = now + LEAF_LIFETIME;
+        let leaf = params.signed_by(&key, &self.issuer).map_err(|e| format!("cannot sign a leaf for {host:?}: {e}"))?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Ok((vec![leaf.der().clone(), self.cert_der.clone()], key))
+    }
+
+    /// Signs a leaf and verifies it against the certificate as the only root: fails when the
+    /// key is not the certificate's, or the certificate cannot act as a CA.
+    fn check_pair(&self) -> Result<(), String> {
+        const PROBE: &str = "pair-check.sidekey.invalid";
+        let (chain, _) = self.mint(PROBE)?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert_der.clone()).map_err(|e| format!("the CA certificate cannot be a trust root: {e}"))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| format!("the CA certificate cannot be a trust root: {e}"))?;
+        let name = ServerName::try_from(PROBE).expect("a valid DNS name");
+        verifier
+            .verify_server_cert(&chain[0], &[], &name, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| format!("ca_key does not belong to ca_cert, or the certificate is not a usable CA ({e})"))
+    }
+}
+
+/// One certificate in PEM.
+fn cert_to_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Writes a new CA pair to `dir` (`ca.crt`, and `ca.key` readable by the owner only) for
+/// operators who keep the CA in a secret store. Refuses to overwrite either file.
+pub fn init_files(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let (cert_path, key_path) = (dir.join("ca.crt"), dir.join("ca.key"));
+    for p in [&cert_path, &key_path] {
+        if p.exists() {
+            return Err(format!("{} exists already; remove it or choose another directory", p.display()));
+        }
+    }
+    let ca = Ca::generate()?;
+    let key_pem = zeroize::Zeroizing::new(ca.issuer.key().serialize_pem());
+    let mut key_file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_path)
+        .map_err(|e| format!("cannot create {}: {e}", key_path.display()))?;
+    key_file.write_all(key_pem.as_bytes()).map_err(|e| format!("cannot write {}: {e}", key_path.display()))?;
+    std::fs::write(&cert_path, ca.cert_pem()).map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
+    Ok((cert_path, key_path))
+}
+
+/// Writes the CA certificate where the app reads it: to a temporary file beside it, then
+/// renamed over, so a reader never sees half a certificate.
+fn write_cert_out(path: &Path, pem: &str) -> Result<(), String> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut tmp, pem.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
+    tmp.persist(path).map_err(|e| format!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
+/// A minted leaf, ready to terminate TLS with.
+struct Leaf {
+    tls: Arc<ServerConfig>,
+    minted: Instant,
+    /// The CA generation that signed it.
+    generation: u64,
+}
+
+struct CaState {
+    ca: Ca,
+    generation: u64,
+}
+
+/// The interception state of a running proxy: the CA, the leaf cache, the passthrough list.
+pub struct Intercept {
+    ca: ArcSwap<CaState>,
+    leaves: Mutex<HashMap<String, Leaf>>,
+    max_leaves: usize,
+    passthrough: Vec<HostPort>,
+    config: InterceptConfig,
+    minted: metrics::Counter,
+}
+
+impl std::fmt::Debug for Intercept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intercept").field("ca", &self.ca.load().ca).field("passthrough", &self.passthrough).finish()
+    }
+}
+
+impl Intercept {
+    /// Loads (or makes) the CA and writes its certificate to `ca_cert_out`.
+    pub fn new(config: &InterceptConfig) -> Result<Intercept, String> {
+        let ca = if config.generate { Ca::generate()? } else { load_ca(config)? };
+        if let Some(out) = &config.ca_cert_out {
+            write_cert_out(out, ca.cert_pem())?;
+        }
+        tracing::info!(
+            ca = %ca.fingerprint(),
+            generated = config.generate,
+            ca_cert_out = config.ca_cert_out.as_ref().map(|p| p.display().to_string()),
+            "HTTPS interception on"
+        );
+        let passthrough = config.passthrough.iter().filter_map(|p| HostPort::parse(p, 443).ok()).collect();
+        Ok(Intercept {
+            ca: ArcSwap::from_pointee(CaState { ca, generation: 0 }),
+            leaves: Mutex::new(HashMap::new()),
+            max_leaves: config.max_leaf_certs.max(1),
+            passthrough,
+            config: config.clone(),
+            minted: metrics::counter!("sidekey_intercept_leaf_certs_minted_total"),
+        })
+    }
+
+    /// The CA in force.
+    pub fn ca_fingerprint(&self) -> String {
+        self.ca.load().ca.fingerprint()
+    }
+
+    /// The CA certificate in force, PEM-encoded.
+    pub fn ca_cert_pem(&self) -> String {
+        self.ca.load().ca.cert_pem().to_owned()
+    }
+
+    /// Whether CONNECT to `target` is tunnelled untouched.
+    pub fn is_passthrough(&self, target: &HostPort) -> bool {
+        self.passthrough.contains(target)
+    }
+
+    /// The TLS configuration that answers as `host`: a cached leaf, or one minted now.
+    pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, String> {
+        let state = self.ca.load();
+        if let Some(leaf) = lock(&self.leaves).get(host) {
+            if leaf.generation == state.generation && leaf.minted.elapsed() < LEAF_REMINT {
+                return Ok(leaf.tls.clone());
+            }
+        }
+        // Minted outside the lock: two first CONNECTs to one host may both mint, which is harmless.
+        let (chain, key) = state.ca.mint(host)?;
+        let mut tls = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| format!("cannot use the leaf for {host:?}: {e}"))?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tls = Arc::new(tls);
+        self.minted.increment(1);
+        let mut leaves = lock(&self.leaves);
+        if leaves.len() >= self.max_leaves && !leaves.contains_key(host) {
+            if let Some(oldest) = leaves.iter().min_by_key(|(_, l)| l.minted).map(|(h, _)| h.clone()) {
+                leaves.remove(&oldest);
+            }
+        }
+        leaves.insert(host.to_owned(), Leaf { tls: tls.clone(), minted: Instant::now(), generation: state.generation });
+        Ok(tls)
+    }
+
+    /// Leaves in the cache.
+    pub fn cached_leaves(&self) -> usize {
+        lock(&self.leaves).len()
+    }
+
+    /// Reads the CA files again; a changed, valid pair replaces the CA (new CONNECTs get leaves
+    /// it signs; established sessions keep theirs) and is written to `ca_cert_out`. A pair that
+    /// does not load keeps the CA in force. `Ok(true)` when the CA changed.
+    pub fn reload_ca(&self) -> Result<bool, String> {
+        if self.config.generate {
+            return Ok(false);
+        }
+        let ca = load_ca(&self.config)?;
+        let current = self.ca.load();
+        if ca.cert_der == current.ca.cert_der && ca.key_digest == current.ca.key_digest {
+            return Ok(false);
+        }
+        if let Some(out) = &self.config.ca_cert_out {
+            write_cert_out(out, ca.cert_pem())?;
+        }
+        let (old, new) = (current.ca.fingerprint(), ca.fingerprint());
+        self.ca.store(Arc::new(CaState { ca, generation: current.generation + 1 }));
+        lock(&self.leaves).clear();
+        tracing::info!(old = %old, new = %new, "interception CA rotated");
+        Ok(true)
+    }
+
+    /// Watches the CA files (when they are files) and reloads the CA when they change, until
+    /// `stop` turns true.
+    pub fn spawn_watcher(self: &Arc<Self>, mut stop: watch::Receiver<bool>) -> Option<tokio::task::JoinHandle<()>> {
+        let files: Vec<PathBuf> = [&self.config.ca_cert, &self.config.ca_key]
+            .into_iter()
+            .filter_map(|r| match r {
+                Some(SecretRef::File(p)) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        if files.is_empty() {
+            return None;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let watched = files.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(ev) = event {
+                let relevant =
+                    ev.paths.iter().any(|p| watched.contains(p) || p.file_name().is_some_and(|n| n == "..data"))
+                        && !matches!(ev.kind, notify::EventKind::Access(_));
+                if relevant {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let watcher = watcher.ok().map(|mut w| {
+            let mut dirs: Vec<&Path> = files.iter().filter_map(|p| p.parent()).collect();
+            dirs.sort();
+            dirs.dedup();
+            for dir in dirs {
+                if let Err(e) = w.watch(dir, notify::RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the CA directory; checking it every second instead");
+                }
+            }
+            w
+        });
+        let this = self.clone();
+        Some(tokio::spawn(async move {
+            let _watcher = watcher;
+            let mut poll = tokio::time::interval(CA_POLL);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    Some(()) = rx.recv() => {
+                        // Fold the burst of events of one update into one read.
+                        let settle = tokio::time::sleep(CA_SETTLE);
+                        tokio::pin!(settle);
+                        loop {
+                            tokio::select! {
+                                _ = &mut settle => break,
+                                Some(()) = rx.recv() => {}
+                            }
+                        }
+                    }
+                    _ = poll.tick() => {}
+                    _ = crate::conn::stopped(&mut stop) => break,
+                }
+                let this = this.clone();
+                match tokio::task::spawn_blocking(move || this.reload_ca()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cannot reload the interception CA; keeping the current one")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "CA reload task failed"),
+                }
+            }
+        }))
+    }
+}
+
+fn load_ca(config: &InterceptConfig) -> Result<Ca, String> {
+    let (Some(cert), Some(key)) = (&config.ca_cert, &config.ca_key) else {
+        return Err("[intercept] needs ca_cert and ca_key, or generate = true".into());
+    };
+    let cert = cert.read().map_err(|e| format!("ca_cert: {e}"))?;
+    let key = key.read().map_err(|e| format!("ca_key: {e}"))?;
+    Ca::from_pem(cert.expose(), &key)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier_for(ca: &Ca) -> Arc<rustls::client::WebPkiServerVerifier> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap()
+    }
+
+    #[test]
+    fn minted_leaves_verify_against_the_ca_for_names_and_addresses() {
+        let ca = Ca::generate().unwrap();
+        let v = verifier_for(&ca);
+        for host in ["api.example.com", "127.0.0.1", "::1"] {
+            let (chain, _) = ca.mint(host).unwrap();
+            let name = ServerName::try_from(host).unwrap();
+            v.verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
+                .unwrap_or_else(|e| panic!("{host}: {e}"));
+        }
+        // A leaf is for its host only.
+        let (chain, _) = ca.mint("api.example.com").unwrap();
+        let other = ServerName::try_from("evil.example.com").unwrap();
+        assert!(v.verify_server_cert(&chain[0], &[], &other, &[], UnixTime::now()).is_err());
+    }
+
+    #[test]
+    fn a_pair_loads_and_a_mismatched_key_is_refused_without_quoting_it() {
+        let a = Ca::generate().unwrap();
+        let b = Ca::generate().unwrap();
+        let a_key = Secret::new(a.issuer.key().serialize_pem());
+        let b_key = Secret::new(b.issuer.key().serialize_pem());
+        let loaded = Ca::from_pem(a.cert_pem(), &a_key).unwrap();
+        assert_eq!(loaded.cert_der(), a.cert_der());
+        // A leaf the loaded CA signs verifies against the original certificate.
+        let (chain, _) = loaded.mint("x.example").unwrap();
+        let name = ServerName::try_from("x.example").unwrap();
+        verifier_for(&a).verify_server_cert(&chain[0], &[], &name, &[], UnixTime::now()).unwrap();
+
+        let err = Ca::from_pem(a.cert_pem(), &b_key).unwrap_err();
+        assert!(err.contains("does not belong"), "{err}");
+        let key_body: String = b_key.expose().lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(!err.contains(&key_body[..20]), "the error quotes the key: {err}");
+
+        let err = Ca::from_pem(a.cert_pem(), &Secret::new("not a key".into())).unwrap_err();
+        assert!(!err.contains("not a key\""), "{err}");
+        assert!(Ca::from_pem("garbage", &a_key).is_err());
+        assert!(!format!("{loaded:?}").contains(&key_body[..20]));
+    }
+
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(HostPort::parse("PyPI.org", 443).unwrap(), HostPort { host: "pypi.org".into(), port: 443 });
+        assert_eq!(HostPort::parse("h:8443", 443).unwrap(), HostPort { host: "h".into(), port: 8443 });
+        assert_eq!(HostPort::parse("[::1]:9", 443).unwrap(), HostPort { host: "::1".into(), port: 9 });
+        for bad in ["", "user@h", "h:x", "a b", "http://h"] {
+            assert!(HostPort::parse(bad, 443).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_leaf_cache_is_bounded_and_follows_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let write_pair = |ca: &Ca| {
+            std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+            std::fs::write(dir.path().join("ca.key"), ca.issuer.key().serialize_pem()).unwrap();
+        };
+        let first = Ca::generate().unwrap();
+        write_pair(&first);
+        let config = InterceptConfig {
+            ca_cert: Some(SecretRef::File(dir.path().join("ca.crt"))),
+            ca_key: Some(SecretRef::File(dir.path().join("ca.key"))),
+            generate: false,
+            ca_cert_out: Some(dir.path().join("out.crt")),
+            passthrough: vec!["pypi.org".into()],
+            max_leaf_certs: 2,
+        };
+        let i = Intercept::new(&config).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("out.crt")).unwrap(), first.cert_pem());
+        let a = i.server_config("a.example").unwrap();
+        assert!(Arc::ptr_eq(&a, &i.server_config("a.example").unwrap()), "a cached leaf is reused");
+        i.server_config("b.example").unwrap();
+        i.server_config("c.example").unwrap();
+        assert_eq!(i.cached_leaves(), 2);
+        assert!(i.is_passthrough(&HostPort::parse("pypi.org:443", 443).unwrap()));
+        assert!(!i.is_passthrough(&HostPort::parse("pypi.org:22", 443).unwrap()));
+
+        assert!(!i.reload_ca().unwrap(), "unchanged files are no rotation");
+        let second = Ca::generate().unwrap();
+        write_pair(&second);
+        assert!(i.reload_ca().unwrap());
+        assert_eq!(i.ca_fingerprint(), second.fingerprint());
+        assert_eq!(i.cached_leaves(), 0, "leaves of the old CA are dropped");
+        assert_eq!(std::fs::read_to_string(dir.path().join("out.crt")).unwrap(), second.cert_pem());
+        // A broken pair keeps the CA in force.
+        std::fs::write(dir.path().join("ca.key"), first.issuer.key().serialize_pem()).unwrap();
+        assert!(i.reload_ca().is_err());
+        assert_eq!(i.ca_fingerprint(), second.fingerprint());
+    }
+}
