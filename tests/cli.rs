@@ -424,3 +424,96 @@ async fn watch_config_reloads_when_the_file_changes() {
     p.wait_line("config reloaded");
     assert_eq!(get(&client(), &format!("http://{proxy}/w/x")).await.status, 200);
 }
+
+/// The base64 lines of a PEM private key, for searching output for any part of it.
+fn key_fragments(pem: &str) -> Vec<String> {
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    // Every 16-character window that starts on a 4-character boundary.
+    (0..body.len().saturating_sub(16)).step_by(4).map(|i| body[i..i + 16].to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interception_ca_key_never_reaches_the_logs_errors_or_the_admin_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = Command::new(BIN).args(["ca", "init", "--out"]).arg(dir.path().join("ca")).output().unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let init_out = String::from_utf8_lossy(&init.stdout).into_owned();
+    let key_path = dir.path().join("ca/ca.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777, 0o600);
+    let key = std::fs::read_to_string(&key_path).unwrap();
+    // A second init into the same directory refuses and keeps the pair.
+    let again = Command::new(BIN).args(["ca", "init", "--out"]).arg(dir.path().join("ca")).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), key);
+
+    std::fs::write(dir.path().join("token"), "intercept_token_value\n").unwrap();
+    let ca = TestCa::new();
+    let up = Upstream::tls(&ca).await;
+    let config = file_config(
+        dir.path(),
+        &up.url,
+        &format!(
+            "host = \"api.test\"\nca_file = {:?}\n\n[intercept]\nca_cert = {{ file = {:?} }}\nca_key = {{ file = {:?} }}\n\
+             ca_cert_out = {:?}\n",
+            ca.ca_file.display().to_string(),
+            dir.path().join("ca/ca.crt").display().to_string(),
+            key_path.display().to_string(),
+            dir.path().join("trust.crt").display().to_string(),
+        ),
+    );
+    let check = Command::new(BIN).args(["check", "-c"]).arg(&config).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let mut p = Proc::start(&config, "debug");
+    let curl = tokio::process::Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "10", "-o", "/dev/null", "--cacert"])
+        .arg(dir.path().join("trust.crt"))
+        .arg("https://api.test/r/x")
+        .env("HTTPS_PROXY", format!("http://{}", p.proxy))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run curl ({e}): install it (tests/servers/install.sh does)"));
+    assert!(curl.status.success(), "{}", String::from_utf8_lossy(&curl.stderr));
+    // A client that does not trust the CA: the failed handshake is logged.
+    let untrusting = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&ca.ca_file)
+        .arg("https://api.test/r/y")
+        .env("HTTPS_PROXY", format!("http://{}", p.proxy))
+        .output()
+        .await
+        .unwrap();
+    assert!(!untrusting.status.success());
+    p.wait_line("client TLS handshake failed");
+    // A key that does not match the certificate: refused on reload, the CA in force kept.
+    let other = tempfile::tempdir().unwrap();
+    Command::new(BIN).args(["ca", "init", "--out"]).arg(other.path()).output().unwrap();
+    let other_key = std::fs::read_to_string(other.path().join("ca.key")).unwrap();
+    std::fs::write(&key_path, &other_key).unwrap();
+    p.wait_line("cannot reload the interception CA");
+    let c = client();
+    let mut admin_text = String::new();
+    for path in ["/tokens", "/routes", "/metrics", "/"] {
+        admin_text.push_str(&get(&c, &format!("http://{}{path}", p.admin)).await.text());
+    }
+    p.signal("-TERM");
+    assert_eq!(p.wait_exit(), Some(0));
+    let log = p.log();
+    assert!(log.contains("HTTPS interception on"), "{log}");
+    assert!(log.contains("does not belong"), "the reload error is logged: {log}");
+    // A check of the mismatched pair says so without quoting either key.
+    let check = Command::new(BIN).args(["check", "-c"]).arg(&config).output().unwrap();
+    assert_eq!(check.status.code(), Some(2));
+    let check_err = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(check_err.contains("intercept.ca_key"), "{check_err}");
+    for (what, text) in
+        [("log", &log), ("admin API", &admin_text), ("ca init output", &init_out), ("check", &check_err)]
+    {
+        for k in [&key, &other_key] {
+            for fragment in key_fragments(k) {
+                assert!(!text.contains(&fragment), "part of a CA key reached the {what}");
+            }
+        }
+        assert!(!text.contains("intercept_token_value"), "the token reached the {what}");
+    }
+}

