@@ -49,6 +49,16 @@
 //! memcpy and memmove are also given apart: callgrind counts every byte a `rep stos` fills as
 //! an instruction, so zeroing and copying weigh far more there than in cycles.
 //!
+//! `--intercept` (with `--rounds 0` to skip the rest): the cost of HTTPS interception, for
+//! clients that only speak `https://` and reach sidekey through `CONNECT`. A client in this
+//! program (rustls, HTTP/1.1 keep-alive, one request at a time for `--duration` seconds per
+//! target, targets alternating over `--rounds-intercept N` rounds, 3 by default) measures: the
+//! origin directly over TLS; sidekey's ordinary route (plain HTTP in, TLS to the origin); and
+//! the same route through an intercepted tunnel (TLS to sidekey with a leaf it minted, TLS on
+//! to the origin). It reports p50/p99 latency, sidekey's CPU per request, and the cost of a new
+//! tunnel (CONNECT plus the TLS handshake with a cached leaf) against a new TLS connection to
+//! the origin.
+//!
 //! CPU per request is also split out: the kernel's part (`stime`) is the socket work every proxy
 //! pays alike (two reads and two writes per request on loopback); the rest is the proxy's own.
 //!
@@ -94,6 +104,7 @@ struct Opts {
     tls_upstream: bool,
     audit: bool,
     callgrind: Option<u64>,
+    intercept: Option<usize>,
 }
 
 impl Opts {
@@ -109,6 +120,7 @@ impl Opts {
             tls_upstream: false,
             audit: false,
             callgrind: None,
+            intercept: None,
         };
         let mut it = args.iter().skip(1);
         while let Some(a) = it.next() {
@@ -124,6 +136,8 @@ impl Opts {
                 "--tls-upstream" => o.tls_upstream = true,
                 "--audit" => o.audit = true,
                 "--callgrind" => o.callgrind = Some(value().parse().expect("--callgrind REQUESTS")),
+                "--intercept" => o.intercept = Some(o.intercept.unwrap_or(3)),
+                "--rounds-intercept" => o.intercept = Some(value().parse().expect("--rounds-intercept N")),
                 // cargo bench passes --bench; anything else is a mistake worth saying.
                 "--bench" => {}
                 other => panic!("unknown option {other} (see the doc at the top of benches/load.rs)"),
@@ -472,6 +486,9 @@ struct Run<'a> {
     /// Under callgrind, writing its profile here (and with the 401-retry window off, so every
     /// request takes the steady path).
     callgrind: Option<&'a Path>,
+    /// With `[intercept]` (a generated CA written to `intercept-ca.crt` in its directory), the
+    /// route naming host `origin.test`.
+    intercept: bool,
 }
 
 fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> Result<Server, String> {
@@ -484,6 +501,9 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> R
         "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"load\"\nprefix = \"/\"\n\
          upstream = \"{upstream}\"\ntoken = \"load\"\n"
     );
+    if run.intercept {
+        text.push_str("host = \"origin.test\"\n");
+    }
     if let Some(ca) = ca {
         text.push_str(&format!("ca_file = {:?}\n", ca.display().to_string()));
     }
@@ -493,6 +513,10 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> R
     }
     if run.audit {
         text.push_str(&format!("\n[audit]\npath = {:?}\n", dir.path().join("audit.log").display().to_string()));
+    }
+    if run.intercept {
+        let out = dir.path().join("intercept-ca.crt");
+        text.push_str(&format!("\n[intercept]\ngenerate = true\nca_cert_out = {:?}\n", out.display().to_string()));
     }
     std::fs::write(&config, text).unwrap();
     let mut command = match run.callgrind {
@@ -777,7 +801,11 @@ fn run(opts: &Opts) -> Result<(), String> {
     })();
     drop(origin_server);
     let (samples, missing, rotation, soak, callgrind) = result?;
-    report(opts, &samples, &missing, Extra { rotation, soak, callgrind })
+    let intercept = match opts.intercept {
+        Some(rounds) => Some(intercept_runs(rounds, opts.duration)?),
+        None => None,
+    };
+    report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept })
 }
 
 /// Instructions per request in sidekey's own process, counted by callgrind (stable where
@@ -840,7 +868,6 @@ fn callgrind_totals(profile: &Path) -> Result<(u64, u64), String> {
 
 /// Sends `n` GETs to `url` one after another on one connection; each must get a 200.
 fn keep_alive_requests(url: &str, n: u64) -> Result<(), String> {
-    use std::io::Read;
     let rest = url.strip_prefix("http://").unwrap();
     let (authority, path) = rest.split_at(rest.find('/').unwrap());
     let mut s = std::net::TcpStream::connect(authority).map_err(|e| e.to_string())?;
@@ -848,32 +875,204 @@ fn keep_alive_requests(url: &str, n: u64) -> Result<(), String> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: load\r\nAccept: */*\r\n\r\n");
     let mut buf = Vec::new();
     for _ in 0..n {
-        s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                if buf.len() >= end + 4 + length {
-                    if !head.starts_with("http/1.1 200") {
-                        return Err(format!("unexpected answer: {}", head.lines().next().unwrap_or("")));
-                    }
-                    buf.drain(..end + 4 + length);
-                    break;
-                }
-            }
-            let mut chunk = [0u8; 4096];
-            let got = s.read(&mut chunk).map_err(|e| e.to_string())?;
-            if got == 0 {
-                return Err("connection closed".into());
-            }
-            buf.extend_from_slice(&chunk[..got]);
-        }
+        exchange(&mut s, request.as_bytes(), &mut buf)?;
     }
     Ok(())
+}
+
+/// Sends one HTTP/1.1 request on a keep-alive stream and reads its answer, which must be a 200
+/// with a Content-Length body. `buf` carries bytes read past it to the next call.
+fn exchange<S: std::io::Read + Write>(s: &mut S, request: &[u8], buf: &mut Vec<u8>) -> Result<(), String> {
+    s.write_all(request).map_err(|e| e.to_string())?;
+    s.flush().map_err(|e| e.to_string())?;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                if !head.starts_with("http/1.1 200") {
+                    return Err(format!("unexpected answer: {}", head.lines().next().unwrap_or("")));
+                }
+                buf.drain(..end + 4 + length);
+                return Ok(());
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let got = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        if got == 0 {
+            return Err("connection closed".into());
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTPS interception.
+
+/// A client TLS configuration trusting only the certificates in `pem_file`.
+fn client_tls(pem_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(pem_file).map_err(|e| e.to_string())? {
+        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+type TlsClient = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// A TLS connection: to `addr` itself, or through a CONNECT tunnel to `target` on the proxy at
+/// `addr`; the handshake completed.
+fn tls_connect(
+    addr: SocketAddr,
+    tunnel_to: Option<&str>,
+    name: &str,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<TlsClient, String> {
+    use std::io::Read;
+    let mut tcp = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    if let Some(target) = tunnel_to {
+        tcp.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if tcp.read(&mut byte).map_err(|e| e.to_string())? == 0 {
+                return Err("the proxy closed the CONNECT".into());
+            }
+            head.push(byte[0]);
+        }
+        if !head.starts_with(b"HTTP/1.1 200") {
+            return Err(format!("CONNECT refused: {}", String::from_utf8_lossy(&head)));
+        }
+    }
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(config.clone(), server_name).map_err(|e| e.to_string())?;
+    let mut stream = rustls::StreamOwned::new(conn, tcp);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).map_err(|e| format!("TLS handshake: {e}"))?;
+    }
+    Ok(stream)
+}
+
+/// Latency percentiles (µs) of one keep-alive connection sending requests one at a time for
+/// `secs`, and how many it sent.
+fn sequential<S: std::io::Read + Write>(s: &mut S, request: &[u8], secs: u64) -> Result<(Vec<f64>, u64), String> {
+    let mut buf = Vec::new();
+    for _ in 0..200 {
+        exchange(s, request, &mut buf)?;
+    }
+    let mut times = Vec::new();
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        let t = Instant::now();
+        exchange(s, request, &mut buf)?;
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let n = times.len() as u64;
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let pct = |p: f64| times[((times.len() as f64 * p) as usize).min(times.len() - 1)];
+    Ok((vec![pct(0.5), pct(0.99)], n))
+}
+
+/// The interception runs (see the module doc): per round and target, p50/p99 at concurrency 1
+/// and sidekey's CPU per request; then the cost of new connections.
+fn intercept_runs(rounds: usize, secs: u64) -> Result<Value, String> {
+    let origin = start_origin(true)?;
+    let (tls_port, origin_cert) = origin.tls.clone().expect("a TLS origin");
+    let sidekey = start_sidekey(&origin, "sidekey", Path::new(SIDEKEY), Run { intercept: true, ..Run::default() })?;
+    let proxy: SocketAddr = sidekey.url.strip_prefix("http://").unwrap().trim_end_matches("/x").parse().unwrap();
+    let sidekey_ca = client_tls(&sidekey._dir.path().join("intercept-ca.crt"))?;
+    let origin_tls = client_tls(&origin_cert)?;
+    let origin_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let request = |host: &str| format!("GET /x HTTP/1.1\r\nHost: {host}\r\nUser-Agent: load\r\nAccept: */*\r\n\r\n");
+    // Per target, per round: (p50, p99, sidekey CPU µs per request).
+    type Round = (f64, f64, Option<f64>);
+    let mut figures: BTreeMap<&str, Vec<Round>> = BTreeMap::new();
+    for round in 1..=rounds {
+        eprintln!("load: interception round {round} of {rounds}");
+        let mut order = ["direct TLS", "sidekey route", "sidekey intercepted"];
+        let targets = order.len();
+        order.rotate_left((round - 1) % targets);
+        for target in order {
+            let cpu_before = sidekey.cpu_us().0;
+            let (p, n) = match target {
+                "direct TLS" => {
+                    let mut s = tls_connect(origin_addr, None, "localhost", &origin_tls)?;
+                    sequential(&mut s, request("localhost").as_bytes(), secs)?
+                }
+                "sidekey route" => {
+                    let mut s = std::net::TcpStream::connect(proxy).map_err(|e| e.to_string())?;
+                    s.set_nodelay(true).map_err(|e| e.to_string())?;
+                    sequential(&mut s, request("127.0.0.1").as_bytes(), secs)?
+                }
+                _ => {
+                    let mut s = tls_connect(proxy, Some("origin.test:443"), "origin.test", &sidekey_ca)?;
+                    sequential(&mut s, request("origin.test").as_bytes(), secs)?
+                }
+            };
+            let cpu = (target != "direct TLS").then(|| (sidekey.cpu_us().0 - cpu_before) as f64 / n as f64);
+            eprintln!(
+                "load:   {target:20} c1 p50 {:.0} µs p99 {:.0} µs, {n} requests, sidekey CPU {} µs/req",
+                p[0],
+                p[1],
+                cpu.map_or("-".into(), |c| format!("{c:.1}"))
+            );
+            figures.entry(target).or_default().push((p[0], p[1], cpu));
+        }
+    }
+    // New connections: a TLS handshake with the origin, against CONNECT plus a handshake with
+    // sidekey (its leaf for the host cached after the first).
+    let mut new_conn: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for _ in 0..200 {
+        for target in ["direct TLS", "sidekey intercepted"] {
+            let t = Instant::now();
+            let mut s = match target {
+                "direct TLS" => tls_connect(origin_addr, None, "localhost", &origin_tls)?,
+                _ => tls_connect(proxy, Some("origin.test:443"), "origin.test", &sidekey_ca)?,
+            };
+            let host = if target == "direct TLS" { "localhost" } else { "origin.test" };
+            exchange(&mut s, request(host).as_bytes(), &mut Vec::new())?;
+            new_conn.entry(target).or_default().push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let med = |v: Vec<f64>| median(v);
+    let mut out = serde_json::Map::new();
+    println!("\n## HTTPS interception: {rounds} rounds of {secs} s, concurrency 1, keep-alive\n");
+    println!("| target | p50 µs | p99 µs | sidekey CPU µs/req | new connection + first request, median µs |");
+    println!("| --- | --- | --- | --- | --- |");
+    for target in ["direct TLS", "sidekey route", "sidekey intercepted"] {
+        let f = &figures[target];
+        let p50 = med(f.iter().map(|x| x.0).collect());
+        let p99 = med(f.iter().map(|x| x.1).collect());
+        let cpu = f.iter().filter_map(|x| x.2).collect::<Vec<_>>();
+        let cpu = (!cpu.is_empty()).then(|| med(cpu));
+        let conn = new_conn.get(target).map(|v| med(v.clone()));
+        println!(
+            "| {target} | {p50:.0} | {p99:.0} | {} | {} |",
+            cpu.map_or("-".into(), |c| format!("{c:.1}")),
+            conn.map_or("-".into(), |c| format!("{c:.0}"))
+        );
+        out.insert(
+            target.into(),
+            json!({ "p50_us": p50, "p99_us": p99, "sidekey_cpu_us_per_request": cpu, "new_connection_us": conn }),
+        );
+    }
+    drop(sidekey);
+    drop(origin);
+    Ok(Value::Object(out))
 }
 
 /// Load at concurrency 64 for `secs`, the RSS read every 10 s.
@@ -914,13 +1113,14 @@ fn soak_run(server: &Server, secs: u64) -> Result<Value, String> {
 
 /// The optional runs' results.
 struct Extra {
+    intercept: Option<Value>,
     rotation: Option<Vec<Value>>,
     soak: Option<Vec<Value>>,
     callgrind: Option<Vec<Value>>,
 }
 
 fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String], extra: Extra) -> Result<(), String> {
-    let Extra { rotation, soak, callgrind } = extra;
+    let Extra { rotation, soak, callgrind, intercept } = extra;
     let med = |name: &str, f: &dyn Fn(&Sample) -> f64| samples.get(name).map(|v| median(v.iter().map(f).collect()));
     let direct = |f: &dyn Fn(&Sample) -> f64| med("direct", f).unwrap_or(f64::NAN);
     let mut rows = Vec::new();
@@ -986,7 +1186,9 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         ));
         versus.push(row);
     }
-    println!("\n{table}\n");
+    if !samples.is_empty() {
+        println!("\n{table}\n");
+    }
     if let Some(rot) = &rotation {
         println!(
             "| rotating every {:?} | errors | req/s vs steady | p99 vs steady | stale at origin | new token at origin after \
@@ -1051,6 +1253,7 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         "rotation": rotation,
         "soak": soak,
         "callgrind": callgrind,
+        "intercept": intercept,
         "skipped": missing,
     });
     if let Some(dir) = opts.out.parent() {

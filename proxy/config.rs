@@ -1593,6 +1593,37 @@ var = "GH_TOKEN"
     }
 
     #[test]
+    fn intercept_needs_exactly_one_ca_and_valid_passthrough_entries() {
+        let base = "[[routes]]\nname = \"a\"\nprefix = \"/a\"\nupstream = \"https://a.example\"\ntoken = \"t\"\n\
+                    [tokens.t]\nsource = \"env\"\nvar = \"T\"\n";
+        let keys = |intercept: &str| -> Vec<(String, Option<usize>)> {
+            errors(&format!("{intercept}\n{base}")).into_iter().map(|e| (e.key, e.line)).collect()
+        };
+        assert_eq!(keys("[intercept]\ngenerate = true\n"), [("intercept.ca_cert_out".to_owned(), Some(1))]);
+        assert_eq!(keys("[intercept]\n"), [("intercept".to_owned(), Some(1))]);
+        assert_eq!(
+            keys("[intercept]\ngenerate = true\nca_cert_out = \"/x\"\nca_cert = { file = \"/c\" }\n"),
+            [("intercept.generate".to_owned(), Some(2))]
+        );
+        assert_eq!(
+            keys("[intercept]\ngenerate = true\nca_cert_out = \"/x\"\npassthrough = [\"ok.example\", \"bad host\"]\n"),
+            [("intercept.passthrough[1]".to_owned(), Some(4))]
+        );
+        let missing = errors(&format!(
+            "[intercept]\nca_cert = {{ file = \"/nonexistent/ca.crt\" }}\nca_key = {{ file = \"/nonexistent/ca.key\" }}\n{base}"
+        ));
+        assert_eq!(missing[0].key, "intercept.ca_cert");
+        assert!(missing[0].message.contains("/nonexistent/ca.crt"), "{}", missing[0].message);
+        let ok = Config::parse(&format!(
+            "[intercept]\ngenerate = true\nca_cert_out = \"/x\"\npassthrough = [\"pypi.org\", \"h:8443\"]\n{base}"
+        ))
+        .unwrap();
+        let i = ok.intercept.unwrap();
+        assert_eq!(i.max_leaf_certs, 1024);
+        assert_eq!(i.passthrough, ["pypi.org", "h:8443"]);
+    }
+
+    #[test]
     fn reports_every_error_with_key_and_line() {
         let text = r#"
 [[routes]]

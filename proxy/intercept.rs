@@ -248,6 +248,8 @@ pub struct Intercept {
     passthrough: Vec<HostPort>,
     config: InterceptConfig,
     minted: metrics::Counter,
+    /// Where CA changes are recorded, when `[audit]` is on.
+    audit: Option<crate::audit::Audit>,
 }
 
 impl std::fmt::Debug for Intercept {
@@ -257,8 +259,9 @@ impl std::fmt::Debug for Intercept {
 }
 
 impl Intercept {
-    /// Loads (or makes) the CA and writes its certificate to `ca_cert_out`.
-    pub fn new(config: &InterceptConfig) -> Result<Intercept, String> {
+    /// Loads (or makes) the CA and writes its certificate to `ca_cert_out`. The CA in use, and
+    /// each change of it, is recorded in `audit` (by certificate fingerprint).
+    pub fn new(config: &InterceptConfig, audit: Option<crate::audit::Audit>) -> Result<Intercept, String> {
         let ca = if config.generate { Ca::generate()? } else { load_ca(config)? };
         if let Some(out) = &config.ca_cert_out {
             write_cert_out(out, ca.cert_pem())?;
@@ -269,6 +272,14 @@ impl Intercept {
             ca_cert_out = config.ca_cert_out.as_ref().map(|p| p.display().to_string()),
             "HTTPS interception on"
         );
+        if let Some(a) = &audit {
+            let fields = crate::token::audit_fields([
+                ("ca", ca.fingerprint().into()),
+                ("generated", config.generate.into()),
+                ("passthrough", config.passthrough.clone().into()),
+            ]);
+            a.event("intercept_ca_loaded", fields, true);
+        }
         let passthrough = config.passthrough.iter().filter_map(|p| HostPort::parse(p, 443).ok()).collect();
         Ok(Intercept {
             ca: ArcSwap::from_pointee(CaState { ca, generation: 0 }),
@@ -277,6 +288,7 @@ impl Intercept {
             passthrough,
             config: config.clone(),
             minted: metrics::counter!("sidekey_intercept_leaf_certs_minted_total"),
+            audit,
         })
     }
 
@@ -336,7 +348,17 @@ impl Intercept {
         if self.config.generate {
             return Ok(false);
         }
-        let ca = load_ca(&self.config)?;
+        let ca = match load_ca(&self.config) {
+            Ok(ca) => ca,
+            Err(e) => {
+                if let Some(a) = &self.audit {
+                    let fields =
+                        crate::token::audit_fields([("ca", self.ca_fingerprint().into()), ("error", e.clone().into())]);
+                    a.event("intercept_ca_rejected", fields, true);
+                }
+                return Err(e);
+            }
+        };
         let current = self.ca.load();
         if ca.cert_der == current.ca.cert_der && ca.key_digest == current.ca.key_digest {
             return Ok(false);
@@ -348,6 +370,13 @@ impl Intercept {
         self.ca.store(Arc::new(CaState { ca, generation: current.generation + 1 }));
         lock(&self.leaves).clear();
         tracing::info!(old = %old, new = %new, "interception CA rotated");
+        if let Some(a) = &self.audit {
+            a.event(
+                "intercept_ca_rotated",
+                crate::token::audit_fields([("old", old.into()), ("new", new.into())]),
+                true,
+            );
+        }
         Ok(true)
     }
 
@@ -511,7 +540,7 @@ mod tests {
             passthrough: vec!["pypi.org".into()],
             max_leaf_certs: 2,
         };
-        let i = Intercept::new(&config).unwrap();
+        let i = Intercept::new(&config, None).unwrap();
         assert_eq!(std::fs::read_to_string(dir.path().join("out.crt")).unwrap(), first.cert_pem());
         let a = i.server_config("a.example").unwrap();
         assert!(Arc::ptr_eq(&a, &i.server_config("a.example").unwrap()), "a cached leaf is reused");

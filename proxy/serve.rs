@@ -338,7 +338,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => None,
     };
     let intercept = match &config.intercept {
-        Some(i) => Some(Arc::new(crate::intercept::Intercept::new(i).map_err(StartError::Intercept)?)),
+        Some(i) => Some(Arc::new(crate::intercept::Intercept::new(i, audit.clone()).map_err(StartError::Intercept)?)),
         None => None,
     };
     let (tokens, _) = build_tokens(&config, None, audit.clone())?;

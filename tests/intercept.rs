@@ -377,13 +377,16 @@ async fn a_rotated_ca_signs_new_sessions_and_established_ones_carry_on() {
     sidekey::intercept::init_files(&ca_dir).unwrap();
     let (cert, key) = (ca_dir.join("ca.crt"), ca_dir.join("ca.key"));
     let out = dir.path().join("trust.crt");
+    let audit = dir.path().join("audit.log");
     let config = format!(
-        "{LISTEN}\n[intercept]\nca_cert = {{ file = {cert:?} }}\nca_key = {{ file = {key:?} }}\nca_cert_out = {out:?}\n\
+        "{LISTEN}\n[audit]\npath = {audit:?}\n\
+         [intercept]\nca_cert = {{ file = {cert:?} }}\nca_key = {{ file = {key:?} }}\nca_cert_out = {out:?}\n\
          [[routes]]\nname = \"api\"\nhost = \"api.test\"\nupstream = {url:?}\nca_file = {ca:?}\ntoken = \"t\"\n\
          [tokens.t]\nsource = \"env\"\nvar = \"PATH\"\n",
         cert = cert.display().to_string(),
         key = key.display().to_string(),
         out = out.display().to_string(),
+        audit = audit.display().to_string(),
         url = up.url,
         ca = upstream_ca.ca_file.display().to_string(),
     );
@@ -416,4 +419,13 @@ async fn a_rotated_ca_signs_new_sessions_and_established_ones_carry_on() {
     assert_eq!(fresh.get("api.test", "/two").await.status, StatusCode::OK);
     assert_eq!(established.get("api.test", "/three").await.status, StatusCode::OK, "the established session lives on");
     running.shutdown().await;
+    // The audit log records the CA in use and its change, by fingerprint.
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(&audit).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let event = |name: &str| records.iter().find(|r| r["event"] == name).cloned();
+    let loaded = event("intercept_ca_loaded").expect("an intercept_ca_loaded record");
+    let rotated = event("intercept_ca_rotated").expect("an intercept_ca_rotated record");
+    assert_eq!(rotated["old"], loaded["ca"]);
+    assert_ne!(rotated["new"], rotated["old"]);
+    assert!(sidekey::audit::verify(&audit).is_ok());
 }
