@@ -250,6 +250,8 @@ pub struct Intercept {
     minted: metrics::Counter,
     /// Where CA changes are recorded, when `[audit]` is on.
     audit: Option<crate::audit::Audit>,
+    /// The CA files' stamps when last read, for the periodic check.
+    stamps: Mutex<[Stamp; 2]>,
 }
 
 impl std::fmt::Debug for Intercept {
@@ -262,6 +264,7 @@ impl Intercept {
     /// Loads (or makes) the CA and writes its certificate to `ca_cert_out`. The CA in use, and
     /// each change of it, is recorded in `audit` (by certificate fingerprint).
     pub fn new(config: &InterceptConfig, audit: Option<crate::audit::Audit>) -> Result<Intercept, String> {
+        let stamps = ca_stamps(config);
         let ca = if config.generate { Ca::generate()? } else { load_ca(config)? };
         if let Some(out) = &config.ca_cert_out {
             write_cert_out(out, ca.cert_pem())?;
@@ -289,6 +292,7 @@ impl Intercept {
             config: config.clone(),
             minted: metrics::counter!("sidekey_intercept_leaf_certs_minted_total"),
             audit,
+            stamps: Mutex::new(stamps),
         })
     }
 
@@ -348,21 +352,19 @@ impl Intercept {
         if self.config.generate {
             return Ok(false);
         }
-        let ca = match load_ca(&self.config) {
-            Ok(ca) => ca,
-            Err(e) => {
-                if let Some(a) = &self.audit {
-                    let fields =
-                        crate::token::audit_fields([("ca", self.ca_fingerprint().into()), ("error", e.clone().into())]);
-                    a.event("intercept_ca_rejected", fields, true);
-                }
-                return Err(e);
-            }
+        *lock(&self.stamps) = ca_stamps(&self.config);
+        let (cert, key) = match read_pair(&self.config) {
+            Ok(pair) => pair,
+            Err(e) => return Err(self.rejected(e)),
         };
         let current = self.ca.load();
-        if ca.cert_der == current.ca.cert_der && ca.key_digest == current.ca.key_digest {
+        let unchanged = CertificateDer::from_pem_slice(cert.expose().as_bytes())
+            .is_ok_and(|d| d == current.ca.cert_der)
+            && <[u8; 32]>::from(Sha256::digest(key.expose().as_bytes())) == current.ca.key_digest;
+        if unchanged {
             return Ok(false);
         }
+        let ca = Ca::from_pem(cert.expose(), &key).map_err(|e| self.rejected(e))?;
         if let Some(out) = &self.config.ca_cert_out {
             write_cert_out(out, ca.cert_pem())?;
         }
@@ -378,6 +380,25 @@ impl Intercept {
             );
         }
         Ok(true)
+    }
+
+    /// The periodic check: reloads only when a CA file's identity, size or time changed since
+    /// the last read (a notification reloads at once, whatever the stamps say).
+    fn poll_ca(&self) -> Result<bool, String> {
+        if *lock(&self.stamps) == ca_stamps(&self.config) {
+            return Ok(false);
+        }
+        self.reload_ca()
+    }
+
+    /// Records a pair that does not load in the audit log; returns the error.
+    fn rejected(&self, error: String) -> String {
+        if let Some(a) = &self.audit {
+            let fields =
+                crate::token::audit_fields([("ca", self.ca_fingerprint().into()), ("error", error.clone().into())]);
+            a.event("intercept_ca_rejected", fields, true);
+        }
+        error
     }
 
     /// Watches the CA files (when they are files) and reloads the CA when they change, until
@@ -422,7 +443,7 @@ impl Intercept {
             let mut poll = tokio::time::interval(CA_POLL);
             poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
+                let notified = tokio::select! {
                     Some(()) = rx.recv() => {
                         // Fold the burst of events of one update into one read.
                         let settle = tokio::time::sleep(CA_SETTLE);
@@ -433,12 +454,14 @@ impl Intercept {
                                 Some(()) = rx.recv() => {}
                             }
                         }
+                        true
                     }
-                    _ = poll.tick() => {}
+                    _ = poll.tick() => false,
                     _ = crate::conn::stopped(&mut stop) => break,
-                }
+                };
                 let this = this.clone();
-                match tokio::task::spawn_blocking(move || this.reload_ca()).await {
+                let reload = move || if notified { this.reload_ca() } else { this.poll_ca() };
+                match tokio::task::spawn_blocking(reload).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "cannot reload the interception CA; keeping the current one")
@@ -450,13 +473,30 @@ impl Intercept {
     }
 }
 
-fn load_ca(config: &InterceptConfig) -> Result<Ca, String> {
+fn read_pair(config: &InterceptConfig) -> Result<(Secret, Secret), String> {
     let (Some(cert), Some(key)) = (&config.ca_cert, &config.ca_key) else {
         return Err("[intercept] needs ca_cert and ca_key, or generate = true".into());
     };
     let cert = cert.read().map_err(|e| format!("ca_cert: {e}"))?;
     let key = key.read().map_err(|e| format!("ca_key: {e}"))?;
+    Ok((cert, key))
+}
+
+fn load_ca(config: &InterceptConfig) -> Result<Ca, String> {
+    let (cert, key) = read_pair(config)?;
     Ca::from_pem(cert.expose(), &key)
+}
+
+/// What identifies a file's content without reading it: device, inode, size and mtime of its
+/// target (symlinks followed, so a Kubernetes `..data` swap shows).
+type Stamp = Option<(u64, u64, u64, Option<std::time::SystemTime>)>;
+
+fn ca_stamps(config: &InterceptConfig) -> [Stamp; 2] {
+    use std::os::unix::fs::MetadataExt;
+    [&config.ca_cert, &config.ca_key].map(|r| match r {
+        Some(SecretRef::File(p)) => std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino(), m.len(), m.modified().ok())),
+        _ => None,
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
