@@ -95,6 +95,17 @@ impl Admin {
             }
             (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
             (&Method::GET | &Method::HEAD, "/routes") => json_body(StatusCode::OK, &self.live.routes_json()),
+            (&Method::GET | &Method::HEAD, "/intercept") => match &self.live.intercept {
+                Some(i) => json_body(StatusCode::OK, &i.status_json()),
+                None => json_body(StatusCode::OK, &json!({ "enabled": false })),
+            },
+            (&Method::GET | &Method::HEAD, "/intercept/ca.crt") => match &self.live.intercept {
+                Some(i) => text(StatusCode::OK, "application/x-pem-file", i.ca_cert_pem()),
+                None => json_body(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": "no_intercept", "message": "[intercept] is not configured"}),
+                ),
+            },
             (&Method::POST, p) if p.starts_with("/tokens/") && p.ends_with("/refresh") => {
                 let name = &p["/tokens/".len()..p.len() - "/refresh".len()];
                 match self.live.tokens().get(name) {
@@ -117,9 +128,10 @@ impl Admin {
                     ),
                 }
             }
-            (_, "/healthz" | "/readyz" | "/metrics" | "/tokens" | "/routes" | "/") => {
-                json_body(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method_not_allowed"}))
-            }
+            (
+                _,
+                "/healthz" | "/readyz" | "/metrics" | "/tokens" | "/routes" | "/intercept" | "/intercept/ca.crt" | "/",
+            ) => json_body(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method_not_allowed"})),
             _ => json_body(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
         }
     }

@@ -79,6 +79,8 @@ pub struct Live {
     audit: Option<Audit>,
     /// Requests and 401s per route name, kept across reloads, for the audit usage summary.
     usage: Mutex<HashMap<String, Arc<RouteUsage>>>,
+    /// `[intercept]`, when configured.
+    pub intercept: Option<Arc<crate::intercept::Intercept>>,
 }
 
 impl Live {
@@ -372,13 +374,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         draining: AtomicBool::new(false),
         audit,
         usage,
+        intercept,
     });
     let (stop_summary, summary_stop_rx) = watch::channel(false);
     let summary_task = lock(&live.config).audit.as_ref().map(|a| a.summary_interval).and_then(|every| {
         live.audit.clone().map(|audit| tokio::spawn(summarize_usage(live.clone(), audit, every, summary_stop_rx)))
     });
 
-    let ca_task = intercept.as_ref().and_then(|i| i.spawn_watcher(stop_summary.subscribe()));
+    let ca_task = live.intercept.as_ref().and_then(|i| i.spawn_watcher(stop_summary.subscribe()));
 
     let (stop_proxy, proxy_stop_rx) = watch::channel(false);
     let (stop_admin, admin_stop_rx) = watch::channel(false);

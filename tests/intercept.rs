@@ -394,6 +394,9 @@ async fn a_rotated_ca_signs_new_sessions_and_established_ones_carry_on() {
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&cert).unwrap(), "ca_cert_out holds the CA certificate");
     let old_ca = dir.path().join("old.crt");
     std::fs::copy(&cert, &old_ca).unwrap();
+    let status = get(&client(), &format!("http://{}/intercept", running.admin_addr)).await.json();
+    assert_eq!(status["ca_generation"], 0, "{status}");
+    assert_eq!(status["generated"], false);
     let (_, tcp) = connect(running.proxy_addr, "api.test:443").await;
     let mut established = Session::open(tls(tcp.unwrap(), "api.test", &old_ca, &[b"http/1.1"]).await.unwrap()).await;
     assert_eq!(established.get("api.test", "/one").await.status, StatusCode::OK);
@@ -412,6 +415,14 @@ async fn a_rotated_ca_signs_new_sessions_and_established_ones_carry_on() {
     })
     .await;
 
+    let admin = |path: &'static str| {
+        let url = format!("http://{}{path}", running.admin_addr);
+        async move { get(&client(), &url).await }
+    };
+    let status = admin("/intercept").await.json();
+    assert_eq!(status["ca_generation"], 1, "{status}");
+    assert_eq!(status["leaf_certs_cached"], 0, "the old CA's leaves are gone: {status}");
+    assert_eq!(admin("/intercept/ca.crt").await.body, new_pem, "the admin API serves the CA certificate");
     let (_, tcp) = connect(running.proxy_addr, "api.test:443").await;
     assert!(tls(tcp.unwrap(), "api.test", &old_ca, &[b"http/1.1"]).await.is_err(), "a new session uses the new CA");
     let (_, tcp) = connect(running.proxy_addr, "api.test:443").await;
