@@ -253,11 +253,24 @@ pub struct RouteConfig {
     #[serde(default)]
     pub host: Option<String>,
     pub upstream: String,
-    pub token: String,
-    #[serde(default = "default_header")]
-    pub header: String,
-    #[serde(default = "default_format")]
-    pub format: String,
+    /// The token to inject, with `header`/`format` or `query` (`headers` and `basic` name theirs).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// See [`RouteConfig::header`].
+    #[serde(default, rename = "header")]
+    pub header_name: Option<String>,
+    /// See [`RouteConfig::format`].
+    #[serde(default, rename = "format")]
+    pub header_format: Option<String>,
+    /// `query = "api_key"`: the token as this query parameter, replacing the client's.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// `headers = { "X-Key" = "{token:a}" }`: several headers, each naming its token.
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// `basic = { username = "{token:user}", password = "{token:pass}" }`.
+    #[serde(default)]
+    pub basic: Option<BasicConfig>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_duration")]
@@ -299,6 +312,73 @@ pub struct TokenConfig {
     pub retry: RetryConfig,
     pub propagation: PropagationConfig,
     pub on_401: On401,
+}
+
+/// `basic`: HTTP Basic credentials from templates naming tokens (`{token:NAME}`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct BasicConfig {
+    pub username: String,
+    pub password: String,
+}
+
+/// How a route attaches its credential.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Injection<'a> {
+    /// One header from the route's token (`header`, `format`; the default).
+    Header { token: &'a str, header: &'a str, format: &'a str },
+    /// The route's token as a query parameter.
+    Query { token: &'a str, name: &'a str },
+    /// Several headers, each from the token its template names.
+    Headers(&'a BTreeMap<String, String>),
+    /// HTTP Basic from two templates.
+    Basic(&'a BasicConfig),
+}
+
+impl RouteConfig {
+    /// The header the token goes in (`header`, default `Authorization`).
+    pub fn header(&self) -> &str {
+        self.header_name.as_deref().unwrap_or("Authorization")
+    }
+
+    /// The header's value (`format`, default `Bearer {token}`).
+    pub fn format(&self) -> &str {
+        self.header_format.as_deref().unwrap_or("Bearer {token}")
+    }
+
+    /// The injection form of a validated route.
+    pub fn injection(&self) -> Injection<'_> {
+        let token = self.token.as_deref().unwrap_or("");
+        if let Some(h) = &self.headers {
+            Injection::Headers(h)
+        } else if let Some(b) = &self.basic {
+            Injection::Basic(b)
+        } else if let Some(name) = &self.query {
+            Injection::Query { token, name }
+        } else {
+            Injection::Header { token, header: self.header(), format: self.format() }
+        }
+    }
+
+    /// Every token the route uses, without repeats, the main one first.
+    pub fn token_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.token.iter().cloned().collect();
+        let templates: Vec<&String> = match (&self.headers, &self.basic) {
+            (Some(h), _) => h.values().collect(),
+            (None, Some(b)) => vec![&b.username, &b.password],
+            (None, None) => Vec::new(),
+        };
+        for t in templates {
+            for n in crate::inject::parse_template(t)
+                .map(|p| crate::inject::template_tokens(&p).into_iter().map(str::to_owned).collect::<Vec<_>>())
+                .unwrap_or_default()
+            {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        names
+    }
 }
 
 /// The `source` of a token and its own keys.
@@ -993,16 +1073,12 @@ impl<'a> Loader<'a> {
 
         let mut routes = Vec::new();
         let mut routes_ok = true;
-        let mut route_token_names: Vec<(usize, String)> = Vec::new();
         match root.remove("routes") {
             Some(toml::Value::Array(items)) => {
                 for (i, value) in items.into_iter().enumerate() {
                     let path = [Seg::Key("routes".into()), Seg::Index(i)];
                     match self.section::<RouteConfig>(&path, value) {
-                        Some(r) => {
-                            route_token_names.push((i, r.token.clone()));
-                            routes.push((i, r));
-                        }
+                        Some(r) => routes.push((i, r)),
                         None => routes_ok = false,
                     }
                 }
@@ -1255,21 +1331,7 @@ impl<'a> Loader<'a> {
                     "plain http to a host that is not loopback would send the token in clear; use https, or set allow_plaintext = true",
                 );
             }
-            if !tokens.contains(&r.token) {
-                self.error(&child(&base, "token"), format!("no token named {:?} is defined under [tokens]", r.token));
-            }
-            match http::HeaderName::from_bytes(r.header.as_bytes()) {
-                Err(_) => self.error(&child(&base, "header"), "not a valid HTTP header name"),
-                Ok(h) if crate::route::is_hop_by_hop(&h) || h == http::header::HOST => {
-                    self.error(&child(&base, "header"), format!("{h} cannot carry a token: sidekey manages it"))
-                }
-                Ok(_) => {}
-            }
-            if !r.format.contains("{token}") {
-                self.error(&child(&base, "format"), "must contain {token}");
-            } else if http::HeaderValue::from_str(&r.format.replace("{token}", "x")).is_err() {
-                self.error(&child(&base, "format"), "contains characters not allowed in a header value");
-            }
+            self.check_injection(&base, r, tokens);
             if let Some(ca) = &r.ca_file {
                 self.check_ca_file(&child(&base, "ca_file"), ca);
             }
@@ -1302,6 +1364,113 @@ impl<'a> Loader<'a> {
             }
             if r.max_in_flight == Some(0) {
                 self.error(&child(&base, "max_in_flight"), "must be at least 1");
+            }
+        }
+    }
+
+    /// Exactly one injection form, with the tokens it names defined and its parts valid.
+    fn check_injection(&mut self, base: &[Seg], r: &RouteConfig, tokens: &HashSet<String>) {
+        let mut forms: Vec<&str> = Vec::new();
+        if r.header_name.is_some() || r.header_format.is_some() {
+            forms.push(if r.header_name.is_some() { "header" } else { "format" });
+        }
+        for (key, present) in
+            [("query", r.query.is_some()), ("headers", r.headers.is_some()), ("basic", r.basic.is_some())]
+        {
+            if present {
+                forms.push(key);
+            }
+        }
+        if forms.len() > 1 {
+            self.error(
+                &child(base, forms[1]),
+                format!("a route injects one way: `{}` and `{}` cannot be combined", forms[0], forms[1]),
+            );
+            return;
+        }
+        let check_token = |this: &mut Self, path: &[Seg], name: &str| {
+            if !tokens.contains(name) {
+                this.error(path, format!("no token named {name:?} is defined under [tokens]"));
+            }
+        };
+        let names_own = matches!(forms.first(), Some(&"headers") | Some(&"basic"));
+        match (&r.token, names_own) {
+            (Some(_), true) => self.error(
+                &child(base, "token"),
+                format!("`{}` names its tokens in {{token:NAME}} placeholders; remove `token`", forms[0]),
+            ),
+            (None, false) => self.error(base, "missing key `token` (the token to inject)"),
+            (Some(t), false) => check_token(self, &child(base, "token"), t),
+            (None, true) => {}
+        }
+        if let Some(h) = &r.header_name {
+            match http::HeaderName::from_bytes(h.as_bytes()) {
+                Err(_) => self.error(&child(base, "header"), "not a valid HTTP header name"),
+                Ok(h) if crate::route::is_hop_by_hop(&h) || h == http::header::HOST => {
+                    self.error(&child(base, "header"), format!("{h} cannot carry a token: sidekey manages it"))
+                }
+                Ok(_) => {}
+            }
+        }
+        if let Some(f) = &r.header_format {
+            if !f.contains("{token}") {
+                self.error(&child(base, "format"), "must contain {token}");
+            } else if http::HeaderValue::from_str(&f.replace("{token}", "x")).is_err() {
+                self.error(&child(base, "format"), "contains characters not allowed in a header value");
+            }
+        }
+        if let Some(q) = &r.query {
+            if q.is_empty() || q.bytes().any(|b| matches!(b, b'&' | b'=' | b'#' | b'?') || b.is_ascii_whitespace()) {
+                self.error(&child(base, "query"), "a query parameter name, without `&`, `=`, `#`, `?` or spaces");
+            }
+        }
+        if let Some(headers) = &r.headers {
+            if headers.is_empty() {
+                self.error(&child(base, "headers"), "names no header");
+            }
+            for (name, template) in headers {
+                let mut path = child(base, "headers");
+                path.push(Seg::Key(name.clone()));
+                match http::HeaderName::from_bytes(name.as_bytes()) {
+                    Err(_) => self.error(&path, "not a valid HTTP header name"),
+                    Ok(h) if crate::route::is_hop_by_hop(&h) || h == http::header::HOST => {
+                        self.error(&path, format!("{h} cannot carry a token: sidekey manages it"))
+                    }
+                    Ok(_) => {}
+                }
+                match crate::inject::parse_template(template).and_then(|p| crate::inject::as_format(&p)) {
+                    Err(m) => self.error(&path, m),
+                    Ok((token, format)) => {
+                        check_token(self, &path, &token);
+                        if http::HeaderValue::from_str(&format.replace("{token}", "x")).is_err() {
+                            self.error(&path, "contains characters not allowed in a header value");
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(b) = &r.basic {
+            let mut named = 0;
+            for (key, template) in [("username", &b.username), ("password", &b.password)] {
+                let mut path = child(base, "basic");
+                path.push(Seg::Key(key.into()));
+                match crate::inject::parse_template(template) {
+                    Err(m) => self.error(&path, m),
+                    Ok(pieces) => {
+                        for t in crate::inject::template_tokens(&pieces) {
+                            named += 1;
+                            check_token(self, &path, t);
+                        }
+                        let literal_colon =
+                            pieces.iter().any(|p| matches!(p, crate::inject::Piece::Text(t) if t.contains(':')));
+                        if key == "username" && literal_colon {
+                            self.error(&path, "a Basic username cannot contain `:`");
+                        }
+                    }
+                }
+            }
+            if named == 0 {
+                self.error(&child(base, "basic"), "names no token: use {token:NAME} in username or password");
             }
         }
     }
@@ -1502,8 +1671,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// The token names no route uses (a warning, not an error).
 pub fn unused_tokens(config: &Config) -> Vec<&str> {
-    let used: HashSet<&str> = config.routes.iter().map(|r| r.token.as_str()).collect();
-    config.tokens.keys().map(String::as_str).filter(|t| !used.contains(t)).collect()
+    let used: HashSet<String> = config.routes.iter().flat_map(RouteConfig::token_names).collect();
+    config.tokens.keys().map(String::as_str).filter(|t| !used.contains(*t)).collect()
 }
 
 /// Every key the config file accepts, as dotted paths (`routes[].name`, `tokens.*.refresh`,
@@ -1582,14 +1751,54 @@ var = "GH_TOKEN"
     #[test]
     fn parses_a_good_config_with_defaults() {
         let c = Config::parse(GOOD).unwrap();
-        assert_eq!(c.routes[0].header, "Authorization");
-        assert_eq!(c.routes[0].format, "Bearer {token}");
+        assert_eq!(c.routes[0].header(), "Authorization");
+        assert_eq!(c.routes[0].format(), "Bearer {token}");
         assert_eq!(c.upstream.timeout, Duration::from_secs(30));
         assert!(matches!(c.tokens["gh"].source, SourceConfig::Env(_)));
     }
 
     fn errors(text: &str) -> Vec<ConfigError> {
         Config::parse(text).unwrap_err().errors
+    }
+
+    #[test]
+    fn a_route_injects_one_way_with_the_tokens_it_names() {
+        let tokens = "[tokens.a]\nsource = \"env\"\nvar = \"A\"\n[tokens.b]\nsource = \"env\"\nvar = \"B\"\n";
+        let route = |body: &str| {
+            format!("[[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstream = \"https://a.example\"\n{body}\n{tokens}")
+        };
+        let problems = |body: &str| -> Vec<(String, String)> {
+            errors(&route(body)).into_iter().map(|e| (e.key, e.message)).collect()
+        };
+        let key_of = |body: &str| problems(body).first().map(|p| p.0.clone()).unwrap_or_default();
+        for ok in [
+            "token = \"a\"",
+            "token = \"a\"\nheader = \"X-Key\"\nformat = \"{token}\"",
+            "token = \"a\"\nquery = \"api_key\"",
+            "headers = { \"X-A\" = \"{token:a}\", \"X-B\" = \"Key {token:b}\" }",
+            "basic = { username = \"{token:a}\", password = \"{token:b}\" }",
+            "basic = { username = \"fixed\", password = \"{token:b}\" }",
+        ] {
+            Config::parse(&route(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        assert_eq!(key_of("token = \"a\"\nquery = \"k\"\nheader = \"X\""), "routes[0].query");
+        assert_eq!(
+            key_of("headers = { \"X\" = \"{token:a}\" }\nbasic = { username = \"u\", password = \"{token:a}\" }"),
+            "routes[0].basic"
+        );
+        assert_eq!(key_of("token = \"a\"\nheaders = { \"X\" = \"{token:a}\" }"), "routes[0].token");
+        assert_eq!(key_of("query = \"k\""), "routes[0]");
+        assert_eq!(key_of(""), "routes[0]");
+        assert_eq!(key_of("headers = { \"X\" = \"{token:a}:{token:b}\" }"), "routes[0].headers.X");
+        assert_eq!(key_of("headers = { \"X\" = \"{token:nope}\" }"), "routes[0].headers.X");
+        assert_eq!(key_of("headers = { \"X\" = \"Bearer {token}\" }"), "routes[0].headers.X");
+        assert_eq!(key_of("headers = { \"Connection\" = \"{token:a}\" }"), "routes[0].headers.Connection");
+        assert_eq!(key_of("headers = {}"), "routes[0].headers");
+        assert_eq!(key_of("basic = { username = \"u:x\", password = \"{token:a}\" }"), "routes[0].basic.username");
+        assert_eq!(key_of("basic = { username = \"u\", password = \"p\" }"), "routes[0].basic");
+        assert_eq!(key_of("token = \"a\"\nquery = \"a&b\""), "routes[0].query");
+        let c = Config::parse(&route("headers = { \"X-A\" = \"{token:b}\", \"X-B\" = \"{token:a}\" }")).unwrap();
+        assert!(unused_tokens(&c).is_empty(), "tokens named in templates are used");
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod error;
+pub mod inject;
 pub mod intercept;
 #[allow(unsafe_code)]
 pub mod memory;

@@ -33,6 +33,10 @@ pub struct Route {
     pub header: HeaderName,
     /// Index of this route's format among the token's rendered headers.
     pub format: usize,
+    /// How the credential is attached: `header` from `token` at `format`, or another form.
+    pub inject: Inject,
+    /// Every token the route uses (`token` first), each counted once per request.
+    pub tokens: Box<[Arc<Token>]>,
     pub client: UpstreamClient,
     /// Budget for the upstream's response head.
     pub timeout: Duration,
@@ -45,6 +49,18 @@ pub struct Route {
     pub in_flight: Option<crate::policy::InFlight>,
     /// `sidekey_requests_denied_total{route,reason}`, in [`Denial`] order: not_allowed, rate_limited.
     pub denied: [metrics::Counter; 2],
+}
+
+/// How a route attaches its credential.
+pub enum Inject {
+    /// One header, [`Route::header`], rendered from [`Route::token`] at [`Route::format`].
+    Header,
+    /// [`Route::token`]'s value as this query parameter, replacing the client's.
+    Query(Box<str>),
+    /// Several headers, each a rendered format of its token.
+    Headers(Box<[(HeaderName, Arc<Token>, usize)]>),
+    /// `Authorization: Basic` from a username and a password naming tokens.
+    Basic(Box<crate::inject::Basic>),
 }
 
 /// Why policy refused a request; the index into [`Route::denied`].
@@ -259,7 +275,19 @@ impl RouteSet {
                     route.count_denial(Denial::NotAllowed);
                     return (Some(route), Err(ProxyError::NotAllowed));
                 }
-                match route.target.uri(&m.rest, req.uri().query()) {
+                let uri = match &route.inject {
+                    Inject::Query(name) => {
+                        let value = route.token.current().filter(|v| v.is_usable(std::time::SystemTime::now()));
+                        let Some(value) = value else {
+                            let token = route.token.name().to_owned();
+                            return (Some(route), Err(ProxyError::TokenUnavailable { token }));
+                        };
+                        let query = crate::inject::replace_query_param(req.uri().query(), name, value.secret.expose());
+                        route.target.uri(&m.rest, Some(&query))
+                    }
+                    _ => route.target.uri(&m.rest, req.uri().query()),
+                };
+                match uri {
                     Ok(uri) => (route, uri),
                     Err(_) => return (Some(route), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath))),
                 }
@@ -285,6 +313,10 @@ impl RouteSet {
                     Err(ProxyError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 }),
                 );
             }
+        }
+        if !matches!(route.inject, Inject::Header) {
+            let result = Box::pin(route.send_other(req, uri)).await;
+            return (Some(route), result);
         }
         let Some(credential) = route.token.credential(route.format) else {
             return (Some(route), Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() }));
@@ -317,6 +349,41 @@ impl RouteSet {
 }
 
 impl Route {
+    /// Sends a request of a route that injects otherwise than one header of one token (no
+    /// 401 retry: that is for a single rotating token).
+    async fn send_other(&self, req: Request<Incoming>, uri: http::Uri) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        match &self.inject {
+            Inject::Header | Inject::Query(_) => {}
+            Inject::Headers(list) => {
+                for (name, token, format) in list.iter() {
+                    let Some(credential) = token.credential(*format) else {
+                        return Err(ProxyError::TokenUnavailable { token: token.name().to_owned() });
+                    };
+                    parts.headers.insert(name.clone(), credential.header);
+                }
+            }
+            Inject::Basic(basic) => match basic.credential() {
+                Ok(value) => {
+                    parts.headers.insert(header::AUTHORIZATION, value);
+                }
+                Err(crate::inject::Unavailable::Token(token)) => return Err(ProxyError::TokenUnavailable { token }),
+                Err(crate::inject::Unavailable::NotHeaderSafe) => {
+                    tracing::warn!(route = %self.name, "the Basic credential's values make no valid header");
+                    return Err(ProxyError::TokenUnavailable { token: self.token.name().to_owned() });
+                }
+            },
+        }
+        for t in self.tokens.iter() {
+            t.count_request();
+        }
+        self.send(Request::from_parts(parts, Either::Left(body))).await
+    }
+
     /// Sends a request that may be sent twice: its body buffered, and once more with the
     /// other token if the first answer is a 401 right after a rotation.
     async fn send_replayable(

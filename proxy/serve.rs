@@ -18,9 +18,10 @@ use tokio::task::JoinHandle;
 use crate::admin::Admin;
 use crate::audit::Audit;
 use crate::config::Config;
+use crate::config::Injection;
 use crate::conn::{admin_limits, serve, stopped};
 use crate::metrics::RouteMetrics;
-use crate::proxy::{Proxy, Route, RouteSet, RouteUsage};
+use crate::proxy::{Inject, Proxy, Route, RouteSet, RouteUsage};
 use crate::route::{RouteTable, Target};
 use crate::token::{FormatRegistry, Token, TokenStore};
 use crate::upstream::{build_client, UpstreamClient};
@@ -106,7 +107,8 @@ impl Live {
                 "prefix": r.prefix,
                 "host": r.host,
                 "upstream": r.upstream,
-                "token": r.token,
+                "token": r.token_names().first(),
+                "tokens": r.token_names(),
                 "requests": n(|u| &u.requests),
                 "unauthorized": n(|u| &u.unauthorized),
                 "errors": n(|u| &u.errors),
@@ -261,7 +263,20 @@ fn build_tokens(
 ) -> Result<(TokenStore, Vec<Arc<Token>>), StartError> {
     let mut formats = FormatRegistry::default();
     for r in &config.routes {
-        formats.register(&r.token, &r.format);
+        match r.injection() {
+            Injection::Header { token, format, .. } => formats.register(token, format),
+            Injection::Headers(headers) => {
+                for template in headers.values() {
+                    if let Ok((token, format)) =
+                        crate::inject::parse_template(template).and_then(|p| crate::inject::as_format(&p))
+                    {
+                        formats.register(&token, &format);
+                    }
+                }
+            }
+            // Rendered per request (query) or per change of either token (basic).
+            Injection::Query { .. } | Injection::Basic(_) => {}
+        }
     }
     match previous {
         Some(p) => TokenStore::rebuild(config, formats, p, audit),
@@ -294,17 +309,46 @@ fn build_routes(
                 c
             }
         };
-        let token = tokens.get(&rc.token).cloned().ok_or_else(|| err(format!("token {} is not defined", rc.token)))?;
-        let format =
-            token.format_index(&rc.format).ok_or_else(|| err("format not registered with its token".into()))?;
+        let get = |name: &str| tokens.get(name).cloned().ok_or_else(|| err(format!("token {name} is not defined")));
+        let all: Vec<Arc<Token>> = rc.token_names().iter().map(|n| get(n)).collect::<Result<_, _>>()?;
+        let token = all.first().cloned().ok_or_else(|| err("names no token".into()))?;
+        let format_of = |token: &Token, format: &str| {
+            token.format_index(format).ok_or_else(|| err("format not registered with its token".into()))
+        };
+        let header_name = |name: &str| http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| err(e.to_string()));
+        let (header, format, inject) = match rc.injection() {
+            Injection::Header { header, format, .. } => {
+                (header_name(header)?, format_of(&token, format)?, Inject::Header)
+            }
+            Injection::Query { name, .. } => (http::header::AUTHORIZATION, 0, Inject::Query(name.into())),
+            Injection::Headers(headers) => {
+                let mut list = Vec::with_capacity(headers.len());
+                for (name, template) in headers {
+                    let (t, format) = crate::inject::parse_template(template)
+                        .and_then(|p| crate::inject::as_format(&p))
+                        .map_err(err)?;
+                    let t = get(&t)?;
+                    let index = format_of(&t, &format)?;
+                    list.push((header_name(name)?, t, index));
+                }
+                (http::header::AUTHORIZATION, 0, Inject::Headers(list.into()))
+            }
+            Injection::Basic(b) => {
+                let parse = |t: &str| crate::inject::parse_template(t).map_err(err);
+                let basic = crate::inject::Basic::new(parse(&b.username)?, parse(&b.password)?, all.clone());
+                (http::header::AUTHORIZATION, 0, Inject::Basic(Box::new(basic)))
+            }
+        };
         routes.push(Route {
             name: rc.name.as_str().into(),
             target: Target::parse(&rc.upstream).map_err(err)?,
-            header: http::HeaderName::from_bytes(rc.header.as_bytes()).map_err(|e| err(e.to_string()))?,
+            header,
             format,
+            inject,
+            tokens: all.into(),
             client,
             timeout: rc.timeout.unwrap_or(config.upstream.timeout),
-            metrics: RouteMetrics::new(&rc.name, Some(&rc.token)),
+            metrics: RouteMetrics::new(&rc.name, Some(token.name())),
             usage: usage.entry(rc.name.clone()).or_default().clone(),
             allow: crate::policy::AllowList::new(
                 rc.allow.iter().flatten().filter_map(|r| crate::policy::Rule::parse(r).ok()).collect(),
@@ -448,7 +492,7 @@ async fn summarize_usage(live: Arc<Live>, audit: Audit, every: Duration, mut sto
             _ = stopped(&mut stop) => true,
         };
         let routes: Vec<(String, String)> =
-            lock(&live.config).routes.iter().map(|r| (r.name.clone(), r.token.clone())).collect();
+            lock(&live.config).routes.iter().map(|r| (r.name.clone(), r.token_names().join(","))).collect();
         for (route, token) in routes {
             let Some(u) = lock(&live.usage).get(&route).cloned() else { continue };
             let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);

@@ -528,3 +528,53 @@ async fn the_interception_ca_key_never_reaches_the_logs_errors_or_the_admin_api(
         assert!(!text.contains("intercept_token_value"), "the token reached the {what}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_and_basic_values_never_reach_the_logs_or_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (query_value, password) = ("qv_QuerySecretValue4242", "pw_BasicSecretValue7777");
+    std::fs::write(dir.path().join("q"), format!("{query_value}\n")).unwrap();
+    std::fs::write(dir.path().join("p"), format!("{password}\n")).unwrap();
+    let up = Upstream::plain().await;
+    let audit = dir.path().join("audit.log");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{LISTEN}[audit]\npath = {audit:?}\nsummary_interval = \"1s\"\n\
+             [[routes]]\nname = \"q\"\nprefix = \"/q\"\nupstream = {url:?}\ntoken = \"q\"\nquery = \"key\"\n\
+             [[routes]]\nname = \"b\"\nprefix = \"/b\"\nupstream = {url:?}\n\
+             basic = {{ username = \"svc\", password = \"{{token:p}}\" }}\n\
+             [tokens.q]\nsource = \"file\"\npath = {q:?}\n[tokens.p]\nsource = \"file\"\npath = {p:?}\n",
+            audit = audit.display().to_string(),
+            url = up.url,
+            q = dir.path().join("q").display().to_string(),
+            p = dir.path().join("p").display().to_string(),
+        ),
+    );
+    let mut p = Proc::start(&config, "debug");
+    let c = client();
+    for path in ["/q/a?x=1", "/q/b", "/b/a", "/b/status/401", "/b/status/500", "/nowhere?key=k"] {
+        get(&c, &format!("http://{}{path}", p.proxy)).await;
+    }
+    let with_key = format!("/a?x=1&key={query_value}");
+    assert!(up.seen().iter().any(|s| s.path == with_key), "the upstream got the query value");
+    let basic = format!("svc:{password}");
+    let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic.as_bytes());
+    assert_eq!(up.last().headers["authorization"], format!("Basic {encoded}").as_str());
+    std::fs::write(dir.path().join("q.new"), "qv_second_value_5151\n").unwrap();
+    std::fs::rename(dir.path().join("q.new"), dir.path().join("q")).unwrap();
+    p.wait_line("token rotated");
+    get(&c, &format!("http://{}/q/after", p.proxy)).await;
+    p.wait_line("\"request\"");
+    p.signal("-TERM");
+    assert_eq!(p.wait_exit(), Some(0));
+    let log = p.log();
+    let audit_text = std::fs::read_to_string(&audit).unwrap();
+    assert!(audit_text.contains("\"usage\""), "the audit log has the usage summary: {audit_text}");
+    for (what, text) in [("log", &log), ("audit log", &audit_text)] {
+        for secret in [query_value, "qv_second_value_5151", password, encoded.as_str()] {
+            assert!(!text.contains(secret), "a credential reached the {what}");
+            assert!(!text.contains(&secret[3..15]), "part of a credential reached the {what}");
+        }
+    }
+}
