@@ -271,6 +271,10 @@ pub struct RouteConfig {
     /// `basic = { username = "{token:user}", password = "{token:pass}" }`.
     #[serde(default)]
     pub basic: Option<BasicConfig>,
+    /// `sign = { aws_sigv4 = { service = "s3", region = "eu-west-1" } }`: sign with the token's
+    /// AWS credentials.
+    #[serde(default)]
+    pub sign: Option<SignConfig>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_duration")]
@@ -321,6 +325,31 @@ pub struct BasicConfig {
     pub password: String,
 }
 
+/// `sign`: how requests are signed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SignConfig {
+    pub aws_sigv4: AwsSigV4Config,
+}
+
+/// `sign.aws_sigv4`: AWS Signature Version 4.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AwsSigV4Config {
+    /// The signing name of the service (`s3`, `secretsmanager`, `sts`, ...).
+    pub service: String,
+    pub region: String,
+    /// The largest body (bytes) buffered to sign with its hash.
+    #[serde(default = "default_sign_body_limit")]
+    pub body_limit: usize,
+    /// Send larger bodies, and bodies of unknown length, as `UNSIGNED-PAYLOAD` (default: for
+    /// `s3` only, which accepts it); otherwise they are refused with 413.
+    #[serde(default)]
+    pub unsigned_payload: Option<bool>,
+}
+
+fn default_sign_body_limit() -> usize {
+    1024 * 1024
+}
+
 /// How a route attaches its credential.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Injection<'a> {
@@ -332,6 +361,8 @@ pub enum Injection<'a> {
     Headers(&'a BTreeMap<String, String>),
     /// HTTP Basic from two templates.
     Basic(&'a BasicConfig),
+    /// AWS SigV4 with the route's token's credentials.
+    Sign { token: &'a str, aws_sigv4: &'a AwsSigV4Config },
 }
 
 impl RouteConfig {
@@ -352,6 +383,8 @@ impl RouteConfig {
             Injection::Headers(h)
         } else if let Some(b) = &self.basic {
             Injection::Basic(b)
+        } else if let Some(sign) = &self.sign {
+            Injection::Sign { token, aws_sigv4: &sign.aws_sigv4 }
         } else if let Some(name) = &self.query {
             Injection::Query { token, name }
         } else {
@@ -1447,6 +1480,19 @@ impl<'a> Loader<'a> {
                         }
                     }
                 }
+            }
+        }
+        if let Some(sign) = &r.sign {
+            let mut path = child(base, "sign");
+            path.push(Seg::Key("aws_sigv4".into()));
+            let s = &sign.aws_sigv4;
+            for (key, v) in [("service", &s.service), ("region", &s.region)] {
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                    self.error(&child(&path, key), "letters, digits and `-` (e.g. \"s3\", \"eu-west-1\")");
+                }
+            }
+            if s.body_limit == 0 {
+                self.error(&child(&path, "body_limit"), "must be at least 1");
             }
         }
         if let Some(b) = &r.basic {

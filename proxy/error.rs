@@ -28,6 +28,12 @@ pub enum ProxyError {
     ConnectTarget,
     #[error("the intercepted host's certificate could not be made")]
     InterceptFailed,
+    #[error(
+        "the request body is larger than the route signs ({limit} bytes) and the service takes no unsigned payload"
+    )]
+    BodyTooLarge { limit: usize },
+    #[error("the request cannot be signed as sent (a header value that is not text, say)")]
+    Unsignable,
     #[error("the request body could not be read")]
     ClientBody,
     #[error("the route's allow rules do not permit this request")]
@@ -51,6 +57,8 @@ impl ProxyError {
             ProxyError::ConnectRefused => StatusCode::FORBIDDEN,
             ProxyError::ConnectTarget => StatusCode::BAD_REQUEST,
             ProxyError::InterceptFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Unsignable => StatusCode::BAD_REQUEST,
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::NotAllowed => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -69,6 +77,8 @@ impl ProxyError {
             ProxyError::ConnectRefused => ("not_allowed", None),
             ProxyError::ConnectTarget => ("bad_request", None),
             ProxyError::InterceptFailed => ("intercept_failed", None),
+            ProxyError::BodyTooLarge { .. } => ("body_too_large", None),
+            ProxyError::Unsignable => ("bad_request", None),
             ProxyError::ClientBody => ("bad_request", None),
             ProxyError::NotAllowed => ("not_allowed", None),
             ProxyError::RateLimited { .. } => ("rate_limited", None),

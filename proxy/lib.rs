@@ -39,6 +39,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod aws;
 pub mod config;
 pub mod conn;
 pub mod demo;

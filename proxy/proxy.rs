@@ -61,6 +61,8 @@ pub enum Inject {
     Headers(Box<[(HeaderName, Arc<Token>, usize)]>),
     /// `Authorization: Basic` from a username and a password naming tokens.
     Basic(Box<crate::inject::Basic>),
+    /// AWS SigV4 with [`Route::token`]'s credentials.
+    Sign(Box<crate::aws::SigV4>),
 }
 
 /// Why policy refused a request; the index into [`Route::denied`].
@@ -358,6 +360,7 @@ impl Route {
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
         match &self.inject {
+            Inject::Sign(signer) => return self.send_signed(signer, parts, body).await,
             Inject::Header | Inject::Query(_) => {}
             Inject::Headers(list) => {
                 for (name, token, format) in list.iter() {
@@ -382,6 +385,64 @@ impl Route {
             t.count_request();
         }
         self.send(Request::from_parts(parts, Either::Left(body))).await
+    }
+
+    /// Signs and sends: a body within the signer's limit is buffered and signed with its hash;
+    /// a larger one, or one of unknown length, goes out unsigned where the service allows it
+    /// and is refused with 413 where it does not.
+    async fn send_signed(
+        &self,
+        signer: &crate::aws::SigV4,
+        mut parts: http::request::Parts,
+        body: Incoming,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        crate::aws::SigV4::strip_client_signature(&mut parts.headers);
+        if let Some(authority) = parts.uri.authority() {
+            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::ClientBody)?;
+            parts.headers.insert(header::HOST, host);
+        }
+        let limit = signer.config.body_limit;
+        let exact = body.size_hint().exact();
+        let buffer = exact.map_or(!signer.unsigned_payload(), |n| n <= limit as u64);
+        let req = if buffer {
+            let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return Err(ProxyError::BodyTooLarge { limit });
+                }
+                Err(e) => {
+                    tracing::debug!(route = %self.name, error = %e, "client body failed");
+                    return Err(ProxyError::ClientBody);
+                }
+            };
+            let mut req = Request::from_parts(parts, Either::Right(Full::new(bytes.clone())));
+            self.sign(signer, &mut req, Some(&bytes))?;
+            req
+        } else if signer.unsigned_payload() {
+            let mut req = Request::from_parts(parts, Either::Left(body));
+            self.sign(signer, &mut req, None)?;
+            req
+        } else {
+            return Err(ProxyError::BodyTooLarge { limit });
+        };
+        // Host stays as signed (the route's authority, which hyper would derive alike).
+        self.token.count_request();
+        self.send(req).await
+    }
+
+    fn sign<B>(&self, signer: &crate::aws::SigV4, req: &mut Request<B>, body: Option<&[u8]>) -> Result<(), ProxyError> {
+        use crate::aws::SignError;
+        signer.sign(&self.token, req, body).map_err(|e| match e {
+            SignError::Unavailable => ProxyError::TokenUnavailable { token: self.token.name().to_owned() },
+            SignError::BadCredentials(why) => {
+                tracing::warn!(route = %self.name, token = self.token.name(), error = %why, "cannot sign: the token holds no AWS credentials");
+                ProxyError::TokenUnavailable { token: self.token.name().to_owned() }
+            }
+            SignError::Request(why) => {
+                tracing::debug!(route = %self.name, error = %why, "cannot sign the request");
+                ProxyError::Unsignable
+            }
+        })
     }
 
     /// Sends a request that may be sent twice: its body buffered, and once more with the

@@ -274,8 +274,8 @@ fn build_tokens(
                     }
                 }
             }
-            // Rendered per request (query) or per change of either token (basic).
-            Injection::Query { .. } | Injection::Basic(_) => {}
+            // Rendered per request (query, sign) or per change of either token (basic).
+            Injection::Query { .. } | Injection::Basic(_) | Injection::Sign { .. } => {}
         }
     }
     match previous {
@@ -321,6 +321,9 @@ fn build_routes(
                 (header_name(header)?, format_of(&token, format)?, Inject::Header)
             }
             Injection::Query { name, .. } => (http::header::AUTHORIZATION, 0, Inject::Query(name.into())),
+            Injection::Sign { aws_sigv4, .. } => {
+                (http::header::AUTHORIZATION, 0, Inject::Sign(Box::new(crate::aws::SigV4::new(aws_sigv4.clone()))))
+            }
             Injection::Headers(headers) => {
                 let mut list = Vec::with_capacity(headers.len());
                 for (name, template) in headers {

@@ -12,6 +12,9 @@ pub enum LogFormat {
 /// Installs the global subscriber; `RUST_LOG` (default `info`) filters it.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,notify=warn"));
+    // aws-sigv4 traces the request it signs and the signing parameters, the access key id among
+    // them: never logged, whatever RUST_LOG says.
+    let filter = filter.add_directive("aws_sigv4=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),

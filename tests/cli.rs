@@ -578,3 +578,36 @@ async fn query_and_basic_values_never_reach_the_logs_or_the_audit_log() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigv4_credentials_and_signatures_never_reach_the_logs_even_at_trace_level() {
+    let moto = support::servers::Moto::start(3);
+    let creds = moto.admin("setup", &[], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("aws.json"), creds.to_string()).unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "{LISTEN}[[routes]]\nname = \"s3\"\nprefix = \"/s3\"\nupstream = {url:?}\ntoken = \"aws\"\n\
+             sign = {{ aws_sigv4 = {{ service = \"s3\", region = \"us-east-1\" }} }}\n\
+             [tokens.aws]\nsource = \"file\"\npath = {file:?}\n",
+            url = moto.url,
+            file = dir.path().join("aws.json").display().to_string()
+        ),
+    );
+    let mut p = Proc::start(&config, "trace");
+    let c = client();
+    let put = http::Request::put(format!("http://{}/s3/leak-check", p.proxy)).body(Default::default()).unwrap();
+    assert_eq!(send(&c, put).await.status, 200);
+    let a = get(&c, &format!("http://{}/s3/leak-check", p.proxy)).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    p.signal("-TERM");
+    assert_eq!(p.wait_exit(), Some(0));
+    let log = p.log();
+    assert!(log.contains("TRACE") || log.contains("\"level\":\"TRACE\""), "the log is at trace level");
+    for secret in [creds["AccessKeyId"].as_str().unwrap(), creds["SecretAccessKey"].as_str().unwrap()] {
+        assert!(!log.contains(secret), "a credential reached the log");
+        assert!(!log.contains(&secret[4..16]), "part of a credential reached the log");
+    }
+    assert!(!log.contains("Signature="), "a signature reached the log");
+}

@@ -1,6 +1,8 @@
 //! `source = "exec"`: runs a command (argv, no shell) and reads the token from its stdout:
 //! the whole output (one trailing newline trimmed), or JSON with `token` and an optional
-//! `expires_in` (seconds) or `expires_at` (RFC 3339). Its stderr goes to the log.
+//! `expires_in` (seconds) or `expires_at` (RFC 3339), or AWS `credential_process` JSON
+//! (`AccessKeyId`, `SecretAccessKey`, ..., `Expiration`), kept whole for SigV4 signing. Its
+//! stderr goes to the log.
 
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
@@ -79,6 +81,18 @@ impl ExecSource {
         }
         let trimmed_start = out.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(out.len());
         if out.get(trimmed_start) == Some(&b'{') {
+            // AWS `credential_process` JSON: the whole document is the value (a route's
+            // `sign.aws_sigv4` reads it), its `Expiration` the expiry.
+            let aws = serde_json::from_slice::<serde_json::Value>(&out).ok().filter(crate::aws::is_credentials_json);
+            if let Some(json) = aws {
+                let expires_at = match crate::aws::parse_credentials(&String::from_utf8_lossy(&out)) {
+                    Ok(c) => c.expiration,
+                    Err(e) => return Err(format!("{program}: {e}")),
+                };
+                drop(json);
+                let secret = Secret::from_bytes_trimmed(out).map_err(|e| format!("{program}'s output: {e}"))?;
+                return Ok(Fetched { secret, expires_at });
+            }
             let parsed: JsonOutput = serde_json::from_slice(&out)
                 .map_err(|e| format!("{program} wrote JSON without a usable `token`: {}", redact_serde(&e)))?;
             let expires_at = match (&parsed.expires_at, &parsed.expires_in) {

