@@ -437,10 +437,15 @@ impl TokenConfig {
     }
 }
 
-/// `source = "env"`: the value of an environment variable of sidekey's process.
+/// `source = "env"`: the value of an environment variable of sidekey's process, or with
+/// `aws = true` the AWS credentials of `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+/// `AWS_SESSION_TOKEN` (for a route's `sign.aws_sigv4`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct EnvSource {
+    #[serde(default)]
     pub var: String,
+    #[serde(default)]
+    pub aws: bool,
 }
 
 /// `source = "file"`: a file's content, one trailing newline trimmed; watched for changes.
@@ -1203,8 +1208,10 @@ impl<'a> Loader<'a> {
         let source = match source.as_str() {
             "env" => {
                 let s: EnvSource = self.section(&path, rest)?;
-                if s.var.is_empty() {
-                    self.error(&child(&path, "var"), "must not be empty");
+                if s.aws && !s.var.is_empty() {
+                    self.error(&child(&path, "var"), "aws = true reads the AWS_* variables; remove `var`");
+                } else if !s.aws && s.var.is_empty() {
+                    self.error(&child(&path, "var"), "missing or empty: the variable to read (or aws = true)");
                 }
                 SourceConfig::Env(s)
             }
@@ -1845,6 +1852,17 @@ var = "GH_TOKEN"
         assert_eq!(key_of("token = \"a\"\nquery = \"a&b\""), "routes[0].query");
         let c = Config::parse(&route("headers = { \"X-A\" = \"{token:b}\", \"X-B\" = \"{token:a}\" }")).unwrap();
         assert!(unused_tokens(&c).is_empty(), "tokens named in templates are used");
+    }
+
+    #[test]
+    fn an_env_token_reads_one_variable_or_the_aws_ones() {
+        let with = |token: &str| {
+            format!("[[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstream = \"https://a.example\"\ntoken = \"t\"\n[tokens.t]\nsource = \"env\"\n{token}\n")
+        };
+        assert!(Config::parse(&with("aws = true")).is_ok());
+        assert!(Config::parse(&with("var = \"T\"")).is_ok());
+        assert_eq!(errors(&with("aws = true\nvar = \"T\""))[0].key, "tokens.t.var");
+        assert_eq!(errors(&with(""))[0].key, "tokens.t.var");
     }
 
     #[test]

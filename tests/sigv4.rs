@@ -202,3 +202,128 @@ async fn bodies_past_the_limit_go_unsigned_to_s3_and_are_refused_elsewhere() {
     assert_eq!(a.json()["error"], "body_too_large");
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_the_aws_environment_variables_sign_requests() {
+    let moto = Moto::start(SETUP_ACTIONS);
+    let creds = moto.admin("setup", &[], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sidekey.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{LISTEN}[[routes]]\nname = \"s3\"\nprefix = \"/s3\"\nupstream = {:?}\ntoken = \"aws\"\n\
+             sign = {{ aws_sigv4 = {{ service = \"s3\", region = \"us-east-1\" }} }}\n\
+             [tokens.aws]\nsource = \"env\"\naws = true\n",
+            moto.url
+        ),
+    )
+    .unwrap();
+    // The real binary, so its environment holds the credentials.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidekey"))
+        .args(["run", "--log-format", "json", "-c"])
+        .arg(&config)
+        .env("AWS_ACCESS_KEY_ID", creds["AccessKeyId"].as_str().unwrap())
+        .env("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"].as_str().unwrap())
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let proxy: std::net::SocketAddr = bounded("sidekey to listen", async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("sidekey listening") {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                return v["proxy"].as_str().unwrap().parse().unwrap();
+            }
+        }
+        panic!("sidekey exited before listening");
+    })
+    .await;
+    let c = client();
+    let put = Request::put(format!("http://{proxy}/s3/from-env")).body(Full::default()).unwrap();
+    let a = send(&c, put).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let a = get(&c, &format!("http://{proxy}/s3/from-env")).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_a_container_credentials_endpoint_sign_requests() {
+    let moto = Moto::start(SETUP_ACTIONS);
+    let creds = moto.admin("setup", &[], None).await;
+    // The container endpoint: answers the credentials to the holder of its authorization token.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/v1/credentials", listener.local_addr().unwrap());
+    let mut answer = creds.clone();
+    answer["Token"] = "".into();
+    answer["Expiration"] = "2099-01-01T00:00:00Z".into();
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (answer, counter) = (answer.clone(), counter.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let ok = req.headers().get("authorization").is_some_and(|v| v == "pod-identity-token");
+                    counter.fetch_add(ok as u64, Ordering::Relaxed);
+                    let (status, body) = if ok { (200, answer.to_string()) } else { (401, "{}".to_owned()) };
+                    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pod-token"), "pod-identity-token\n").unwrap();
+    let config = format!(
+        "{LISTEN}[[routes]]\nname = \"s3\"\nprefix = \"/s3\"\nupstream = {url:?}\ntoken = \"aws\"\n\
+         sign = {{ aws_sigv4 = {{ service = \"s3\", region = \"us-east-1\" }} }}\n\
+         [tokens.aws]\nsource = \"http\"\nurl = {endpoint:?}\npointer = \"\"\n\
+         headers = {{ Authorization = {{ file = {pod:?} }} }}\n",
+        url = moto.url,
+        pod = dir.path().join("pod-token").display().to_string()
+    );
+    let running = start_proxy(&config).await;
+    assert_eq!(served.load(Ordering::Relaxed), 1, "the endpoint was asked once, with its token");
+    let status = get(&client(), &format!("http://{}/tokens", running.admin_addr)).await.json();
+    assert_eq!(status[0]["expires_at"], "2099-01-01T00:00:00.000Z", "Expiration is the expiry: {status}");
+    let c = client();
+    let put = Request::put(format!("http://{}/s3/from-endpoint", running.proxy_addr)).body(Full::default()).unwrap();
+    let a = send(&c, put).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_a_credential_process_command_sign_requests() {
+    let moto = Moto::start(SETUP_ACTIONS);
+    let mut creds = moto.admin("setup", &[], None).await;
+    creds["Expiration"] = "2098-06-01T12:00:00Z".into();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("credential_process.json");
+    std::fs::write(&out, creds.to_string()).unwrap();
+    // What `credential_process` commands print; `cat` stands in for one.
+    let config = format!(
+        "{LISTEN}[[routes]]\nname = \"s3\"\nprefix = \"/s3\"\nupstream = {url:?}\ntoken = \"aws\"\n\
+         sign = {{ aws_sigv4 = {{ service = \"s3\", region = \"us-east-1\" }} }}\n\
+         [tokens.aws]\nsource = \"exec\"\ncommand = [\"cat\", {out:?}]\n",
+        url = moto.url,
+        out = out.display().to_string()
+    );
+    let running = start_proxy(&config).await;
+    let status = get(&client(), &format!("http://{}/tokens", running.admin_addr)).await.json();
+    assert_eq!(status[0]["expires_at"], "2098-06-01T12:00:00.000Z", "{status}");
+    let put = Request::put(format!("http://{}/s3/from-process", running.proxy_addr)).body(Full::default()).unwrap();
+    let a = send(&client(), put).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    running.shutdown().await;
+}

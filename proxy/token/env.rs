@@ -8,14 +8,25 @@ use super::Fetched;
 #[derive(Debug, Clone)]
 pub struct EnvSource {
     var: String,
+    aws: bool,
 }
+
+/// The variables AWS SDKs read credentials from: (JSON field, variable, required).
+const AWS_VARS: [(&str, &str, bool); 3] = [
+    ("AccessKeyId", "AWS_ACCESS_KEY_ID", true),
+    ("SecretAccessKey", "AWS_SECRET_ACCESS_KEY", true),
+    ("SessionToken", "AWS_SESSION_TOKEN", false),
+];
 
 impl EnvSource {
     pub fn new(config: &config::EnvSource) -> EnvSource {
-        EnvSource { var: config.var.clone() }
+        EnvSource { var: config.var.clone(), aws: config.aws }
     }
 
     pub fn fetch(&self) -> Result<Fetched, String> {
+        if self.aws {
+            return aws_credentials();
+        }
         match std::env::var_os(&self.var) {
             None => Err(format!("environment variable {} is not set", self.var)),
             Some(v) if v.is_empty() => Err(format!("environment variable {} is empty", self.var)),
@@ -25,4 +36,20 @@ impl EnvSource {
             },
         }
     }
+}
+
+/// The AWS credential variables as the JSON form a route's SigV4 signer reads.
+fn aws_credentials() -> Result<Fetched, String> {
+    let mut doc = serde_json::Map::new();
+    for (field, var, required) in AWS_VARS {
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => {
+                doc.insert(field.to_owned(), serde_json::Value::String(v));
+            }
+            _ if required => return Err(format!("environment variable {var} is not set")),
+            _ => {}
+        }
+    }
+    let json = serde_json::to_string(&serde_json::Value::Object(doc)).map_err(|e| e.to_string())?;
+    Ok(Fetched { secret: Secret::new(json), expires_at: None })
 }

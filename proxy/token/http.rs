@@ -1,5 +1,6 @@
 //! `source = "http"`: a JSON endpoint (Vault KV v2, and any store that answers JSON); the
-//! token is found by JSON pointer, its expiry optionally too.
+//! token is found by JSON pointer, its expiry optionally too. An object with AWS credentials
+//! there (the container credentials endpoint's answer, `pointer = ""`) is kept whole.
 
 use std::time::{Duration, SystemTime};
 
@@ -72,6 +73,16 @@ impl HttpSource {
         };
         let token = match doc.pointer_mut(&self.pointer).map(serde_json::Value::take) {
             Some(serde_json::Value::String(s)) => s,
+            // AWS credentials (the container credentials endpoint's JSON): kept whole for a
+            // route's SigV4 signer; `Expiration` is the expiry unless `expires_pointer` says.
+            Some(creds) if crate::aws::is_credentials_json(&creds) => {
+                let text = zeroize::Zeroizing::new(creds.to_string());
+                let parsed = crate::aws::parse_credentials(&text).map_err(|e| format!("{}: {e}", self.url))?;
+                return Ok(Fetched {
+                    secret: Secret::new(text.to_string()),
+                    expires_at: expires_at.or(parsed.expiration),
+                });
+            }
             Some(_) => return Err(format!("{}: the value at {} is not a string", self.url, self.pointer)),
             None => return Err(format!("{}: nothing at {}", self.url, self.pointer)),
         };
