@@ -16,6 +16,17 @@ use support::*;
 /// moto's unauthenticated actions: admin.py setup's three IAM calls.
 const SETUP_ACTIONS: u32 = 3;
 
+/// A moto server whose IAM has user `sidekey` with an access key, and that key's
+/// credential_process JSON written to `DIR/aws.json`.
+async fn moto_with_a_key() -> (Moto, serde_json::Value, tempfile::TempDir, std::path::PathBuf) {
+    let moto = Moto::start(SETUP_ACTIONS);
+    let creds = moto.admin("setup", &[], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("aws.json");
+    write_atomically(&file, &creds.to_string());
+    (moto, creds, dir, file)
+}
+
 fn write_atomically(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("new");
     std::fs::write(&tmp, text).unwrap();
@@ -47,11 +58,7 @@ fn secrets_manager(proxy: std::net::SocketAddr, action: &str, body: serde_json::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_requests_reach_secrets_manager_and_s3_and_a_wrong_key_is_refused() {
-    let moto = Moto::start(SETUP_ACTIONS);
-    let creds = moto.admin("setup", &[], None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("aws.json");
-    write_atomically(&file, &creds.to_string());
+    let (moto, creds, _dir, file) = moto_with_a_key().await;
     let running = start_proxy(&config(&moto, &file)).await;
     let c = client();
     let proxy = running.proxy_addr;
@@ -95,11 +102,7 @@ async fn signed_requests_reach_secrets_manager_and_s3_and_a_wrong_key_is_refused
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_access_key_rotated_through_iam_mid_run_fails_no_request() {
-    let moto = Moto::start(SETUP_ACTIONS);
-    let first = moto.admin("setup", &[], None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("aws.json");
-    write_atomically(&file, &first.to_string());
+    let (moto, first, _dir, file) = moto_with_a_key().await;
     let running = start_proxy(&config(&moto, &file)).await;
     let c = client();
     let proxy = running.proxy_addr;
@@ -157,11 +160,7 @@ async fn an_access_key_rotated_through_iam_mid_run_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_past_the_limit_go_unsigned_to_s3_and_are_refused_elsewhere() {
-    let moto = Moto::start(SETUP_ACTIONS);
-    let creds = moto.admin("setup", &[], None).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("aws.json");
-    write_atomically(&file, &creds.to_string());
+    let (moto, _creds, _dir, file) = moto_with_a_key().await;
     let config = format!(
         "{LISTEN}[[routes]]\nname = \"s3\"\nprefix = \"/s3\"\nupstream = {url:?}\ntoken = \"aws\"\n\
          sign = {{ aws_sigv4 = {{ service = \"s3\", region = \"us-east-1\", body_limit = 16 }} }}\n\

@@ -115,31 +115,41 @@ else
 fi
 echo "$(chromium --version 2>/dev/null | head -n1)"
 
-# --- moto (PyPI, own venv) -------------------------------------------------------------------
-# AWS APIs with signature checks, for tests/sigv4.rs (tests/support/servers.rs starts
-# moto_server; moto/admin.py drives IAM with boto3). SIDEKEY_MOTO_VENV, default
-# /opt/sidekey-moto-venv; pinned by moto/requirements.txt + moto/constraints.txt (a pip freeze).
-moto_venv="${SIDEKEY_MOTO_VENV:-/opt/sidekey-moto-venv}"
-moto_req="$here/moto/requirements.txt"
-moto_con="$here/moto/constraints.txt"
-moto_stamp="$moto_venv/.sidekey-install-stamp"
-moto_want="$(cat "$moto_req" "$moto_con" | sha256sum | cut -d' ' -f1) $(python3 --version 2>&1)"
-if [[ -f "$moto_stamp" && "$(cat "$moto_stamp")" == "$moto_want" && -x "$moto_venv/bin/moto_server" ]]; then
-  echo "moto venv up to date ($moto_venv)"
-else
-  rm -rf "$moto_venv"
-  if ! python3 -m venv "$moto_venv" 2>/dev/null; then
-    rm -rf "$moto_venv"
+# pinned_venv NAME DIR DIR/REQUIREMENTS DIR/CONSTRAINTS EXECUTABLE...: a virtualenv of its own
+# at DIR with the pinned packages, rebuilt only when the pins or the Python version changed (a
+# stamp of them in the venv) or an EXECUTABLE (relative to DIR/bin) is missing.
+pinned_venv() {
+  local name=$1 venv=$2 req=$3 con=$4 bin ok=1
+  shift 4
+  local stamp="$venv/.sidekey-install-stamp"
+  local want
+  want="$(cat "$req" "$con" | sha256sum | cut -d' ' -f1) $(python3 --version 2>&1)"
+  for bin in "$@"; do [[ -x "$venv/bin/$bin" ]] || ok=0; done
+  if [[ $ok == 1 && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    echo "$name venv up to date ($venv)"
+    return
+  fi
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    # Debian's own python3 has venv's ensurepip in a separate package.
+    rm -rf "$venv"
     (
       export DEBIAN_FRONTEND=noninteractive
       apt-get update -qq
       apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
     )
-    python3 -m venv "$moto_venv"
+    python3 -m venv "$venv"
   fi
-  "$moto_venv/bin/python" -m pip install --quiet -r "$moto_req" -c "$moto_con"
-  echo "$moto_want" > "$moto_stamp"
-fi
+  "$venv/bin/python" -m pip install --quiet -r "$req" -c "$con"
+  echo "$want" > "$stamp"
+}
+
+# --- moto (PyPI, own venv) -------------------------------------------------------------------
+# AWS APIs with signature checks, for tests/sigv4.rs (tests/support/servers.rs starts
+# moto_server; moto/admin.py drives IAM with boto3). SIDEKEY_MOTO_VENV, default
+# /opt/sidekey-moto-venv; pinned by moto/requirements.txt + moto/constraints.txt (a pip freeze).
+moto_venv="${SIDEKEY_MOTO_VENV:-/opt/sidekey-moto-venv}"
+pinned_venv moto "$moto_venv" "$here/moto/requirements.txt" "$here/moto/constraints.txt" moto_server
 "$moto_venv/bin/python" - "$moto_venv" <<'PY'
 import sys
 from importlib.metadata import version as v
@@ -149,31 +159,9 @@ PY
 # --- lint tools: checkov, kubernetes-validate (PyPI, own venv) ---------------------------------
 # For tests/servers/lint/run.sh (the Dockerfile and examples/kubernetes). A venv of their own,
 # since checkov pins a hundred packages: SIDEKEY_LINT_VENV, default /opt/sidekey-lint-venv.
-# Pinned by lint/requirements.txt + lint/constraints.txt; a stamp of both (and the Python
-# version) skips the install when nothing changed. The first install takes about 1.5 minutes.
+# Pinned by lint/requirements.txt + lint/constraints.txt. The first install takes about 1.5 minutes.
 lint_venv="${SIDEKEY_LINT_VENV:-/opt/sidekey-lint-venv}"
-lint_req="$here/lint/requirements.txt"
-lint_con="$here/lint/constraints.txt"
-lint_stamp="$lint_venv/.sidekey-install-stamp"
-lint_want="$(cat "$lint_req" "$lint_con" | sha256sum | cut -d' ' -f1) $(python3 --version 2>&1)"
-if [[ -f "$lint_stamp" && "$(cat "$lint_stamp")" == "$lint_want" &&
-      -x "$lint_venv/bin/checkov" && -x "$lint_venv/bin/kubernetes-validate" ]]; then
-  echo "lint venv up to date ($lint_venv)"
-else
-  rm -rf "$lint_venv"
-  if ! python3 -m venv "$lint_venv" 2>/dev/null; then
-    # Debian's own python3 has venv's ensurepip in a separate package.
-    rm -rf "$lint_venv"
-    (
-      export DEBIAN_FRONTEND=noninteractive
-      apt-get update -qq
-      apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
-    )
-    python3 -m venv "$lint_venv"
-  fi
-  "$lint_venv/bin/python" -m pip install --quiet -r "$lint_req" -c "$lint_con"
-  echo "$lint_want" > "$lint_stamp"
-fi
+pinned_venv lint "$lint_venv" "$here/lint/requirements.txt" "$here/lint/constraints.txt" checkov kubernetes-validate
 # (versions from the package metadata: `checkov --version` alone takes seconds)
 "$lint_venv/bin/python" - "$lint_venv" <<'PY'
 import sys
