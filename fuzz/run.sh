@@ -21,7 +21,14 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 targets=(config header_format route)
-cargo +nightly fuzz build 2>&1 | tail -n 3
+build_log="$(mktemp)"
+if ! cargo +nightly fuzz build >"$build_log" 2>&1; then
+  grep -v '^ *Compiling ' "$build_log" | head -n 60 >&2
+  echo "fuzz: the fuzz targets do not build" >&2
+  exit 1
+fi
+tail -n 1 "$build_log"
+rm -f "$build_log"
 for t in "${targets[@]}"; do
   work="$(mktemp -d)"
   cp -r "corpus/$t/." "$work/"

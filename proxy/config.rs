@@ -503,6 +503,11 @@ pub struct HttpSource {
     pub ca_file: Option<PathBuf>,
     #[serde(default = "default_source_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
+    /// The EC2 instance metadata service (IMDSv2): a session token is fetched with a PUT to
+    /// `/latest/api/token` first and sent along; a `url` ending in `/` is the role listing, and
+    /// its first role's credentials are read.
+    #[serde(default)]
+    pub aws_imds: bool,
 }
 
 /// `source = "exec"`: a command's stdout (argv, no shell).

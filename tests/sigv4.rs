@@ -326,3 +326,65 @@ async fn credentials_from_a_credential_process_command_sign_requests() {
     assert_eq!(a.status, 200, "{}", a.text());
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_the_instance_metadata_service_the_imdsv2_way_sign_requests() {
+    let (moto, creds, _dir, _) = moto_with_a_key().await;
+    // An IMDSv2 stand-in (moto serves the metadata GETs but not IMDSv2's token PUT): the
+    // credentials paths answer only with the session token from `PUT /latest/api/token`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut answer = creds.clone();
+    answer["Code"] = "Success".into();
+    answer["Token"] = "".into();
+    answer["Expiration"] = "2097-03-04T05:06:07Z".into();
+    let refused = Arc::new(AtomicU64::new(0));
+    let counter = refused.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (answer, counter) = (answer.clone(), counter.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let token_ok = req.headers().get("x-aws-ec2-metadata-token").is_some_and(|v| v == "imds-session");
+                    let (status, body) = match (req.method().as_str(), req.uri().path()) {
+                        ("PUT", "/latest/api/token")
+                            if req.headers().contains_key("x-aws-ec2-metadata-token-ttl-seconds") =>
+                        {
+                            (200, "imds-session".to_owned())
+                        }
+                        (_, _) if !token_ok => (401, String::new()),
+                        ("GET", "/latest/meta-data/iam/security-credentials/") => (200, "sidekey-role\n".to_owned()),
+                        ("GET", "/latest/meta-data/iam/security-credentials/sidekey-role") => (200, answer.to_string()),
+                        _ => (404, String::new()),
+                    };
+                    if status == 401 {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    let config = format!(
+        "{LISTEN}[[routes]]\nname = \"s3\"\nprefix = \"/s3\"\nupstream = {url:?}\ntoken = \"aws\"\n\
+         sign = {{ aws_sigv4 = {{ service = \"s3\", region = \"us-east-1\" }} }}\n\
+         [tokens.aws]\nsource = \"http\"\nurl = \"{base}/latest/meta-data/iam/security-credentials/\"\npointer = \"\"\n\
+         aws_imds = true\n",
+        url = moto.url
+    );
+    let running = start_proxy(&config).await;
+    let status = get(&client(), &format!("http://{}/tokens", running.admin_addr)).await.json();
+    assert_eq!(status[0]["state"], "ready", "{status}");
+    assert_eq!(status[0]["expires_at"], "2097-03-04T05:06:07.000Z", "{status}");
+    assert_eq!(refused.load(Ordering::Relaxed), 0, "every metadata read carried the session token");
+    let put = Request::put(format!("http://{}/s3/from-imds", running.proxy_addr)).body(Full::default()).unwrap();
+    let a = send(&client(), put).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    running.shutdown().await;
+}

@@ -8,10 +8,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     match sidekey::Config::parse(text) {
         Ok(config) => {
-            // A valid config always has a route, and every route's token is defined.
+            // A valid config always has a route, and every token a route uses is defined.
             assert!(!config.routes.is_empty());
             for r in &config.routes {
-                assert!(config.tokens.contains_key(&r.token), "route {} names an undefined token", r.name);
+                let names = r.token_names();
+                assert!(!names.is_empty(), "route {} uses no token", r.name);
+                for t in names {
+                    assert!(config.tokens.contains_key(&t), "route {} names an undefined token", r.name);
+                }
             }
         }
         Err(errors) => {

@@ -1,6 +1,7 @@
 //! `source = "http"`: a JSON endpoint (Vault KV v2, and any store that answers JSON); the
 //! token is found by JSON pointer, its expiry optionally too. An object with AWS credentials
-//! there (the container credentials endpoint's answer, `pointer = ""`) is kept whole.
+//! there (the container credentials endpoint's answer, `pointer = ""`) is kept whole. With
+//! `aws_imds = true` the EC2 instance metadata service is asked IMDSv2's way.
 
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +23,11 @@ pub struct HttpSource {
     expires_pointer: Option<String>,
     client: SourceClient,
     timeout: Duration,
+    aws_imds: bool,
 }
+
+/// How long an IMDSv2 session token is asked to live: one fetch needs it for a moment.
+const IMDS_TOKEN_TTL_SECS: &str = "60";
 
 impl std::fmt::Debug for HttpSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,11 +49,57 @@ impl HttpSource {
             expires_pointer: c.expires_pointer.clone(),
             client,
             timeout: c.timeout,
+            aws_imds: c.aws_imds,
         })
     }
 
+    /// IMDSv2: a session token (PUT `/latest/api/token`), and the URL to read, the first role
+    /// of the listing when `url` ends in `/`.
+    async fn imds(&self) -> Result<(Uri, HeaderValue), String> {
+        let mut token_url = http::uri::Parts::from(self.url.clone());
+        token_url.path_and_query = Some(http::uri::PathAndQuery::from_static("/latest/api/token"));
+        let token_url = Uri::from_parts(token_url).map_err(|e| e.to_string())?;
+        let req = Request::put(token_url)
+            .header("x-aws-ec2-metadata-token-ttl-seconds", IMDS_TOKEN_TTL_SECS)
+            .body(Full::default())
+            .map_err(|e| e.to_string())?;
+        let (status, body) = exchange(&self.client, req, self.timeout).await?;
+        if !status.is_success() {
+            return Err(format!("{}: the metadata token request answered {status}", self.url));
+        }
+        let mut token = HeaderValue::from_bytes(body.trim_ascii())
+            .map_err(|_| format!("{}: the metadata token is not a header value", self.url))?;
+        token.set_sensitive(true);
+        if !self.url.path().ends_with('/') {
+            return Ok((self.url.clone(), token));
+        }
+        let req = Request::get(self.url.clone())
+            .header("x-aws-ec2-metadata-token", token.clone())
+            .body(Full::default())
+            .map_err(|e| e.to_string())?;
+        let (status, body) = exchange(&self.client, req, self.timeout).await?;
+        if !status.is_success() {
+            return Err(format!("{} answered {status}", self.url));
+        }
+        let listing = String::from_utf8_lossy(&body);
+        let role = listing.lines().map(str::trim).find(|l| !l.is_empty()).ok_or(format!("{}: no role", self.url))?;
+        let url =
+            format!("{}{role}", self.url).parse().map_err(|_| format!("{}: the role name is not a path", self.url))?;
+        Ok((url, token))
+    }
+
     pub async fn fetch(&self) -> Result<Fetched, String> {
-        let mut req = Request::get(self.url.clone()).header(header::ACCEPT, "application/json");
+        let (url, imds_token) = match self.aws_imds {
+            true => {
+                let (url, token) = self.imds().await?;
+                (url, Some(token))
+            }
+            false => (self.url.clone(), None),
+        };
+        let mut req = Request::get(url).header(header::ACCEPT, "application/json");
+        if let Some(token) = imds_token {
+            req = req.header("x-aws-ec2-metadata-token", token);
+        }
         for (name, reference) in &self.headers {
             let secret = reference.read().map_err(|e| format!("header {name}: {e}"))?;
             let mut value = HeaderValue::from_str(secret.expose())
