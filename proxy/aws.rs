@@ -124,8 +124,7 @@ pub struct SigV4 {
 }
 
 /// Headers a client may have sent for a signature of its own: removed before signing.
-const CLIENT_SIGNATURE_HEADERS: [&str; 4] =
-    ["x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "x-amz-signature"];
+const CLIENT_SIGNATURE_HEADERS: [&str; 3] = ["x-amz-date", "x-amz-security-token", "x-amz-content-sha256"];
 
 impl SigV4 {
     pub fn new(config: AwsSigV4Config) -> SigV4 {

@@ -132,11 +132,6 @@ impl Basic {
         Basic { username, password, tokens, rendered: ArcSwapOption::empty(), rendering: Mutex::new(()) }
     }
 
-    /// The tokens it uses.
-    pub fn tokens(&self) -> &[Arc<Token>] {
-        &self.tokens
-    }
-
     /// The header value for the tokens' current values.
     pub fn credential(&self) -> Result<HeaderValue, Unavailable> {
         let now = std::time::SystemTime::now();

@@ -27,6 +27,34 @@ async fn moto_with_a_key() -> (Moto, serde_json::Value, tempfile::TempDir, std::
     (moto, creds, dir, file)
 }
 
+/// A small HTTP/1.1 server on a free loopback port, answering `(status, body)` from `answer`;
+/// its base URL.
+async fn serve<F>(answer: F) -> String
+where
+    F: Fn(&Request<hyper::body::Incoming>) -> (u16, String) + Clone + Send + Sync + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (status, body) = answer(&req);
+                    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(r) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    base
+}
+
 fn write_atomically(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("new");
     std::fs::write(&tmp, text).unwrap();
@@ -255,32 +283,22 @@ async fn credentials_from_a_container_credentials_endpoint_sign_requests() {
     let moto = Moto::start(SETUP_ACTIONS);
     let creds = moto.admin("setup", &[], None).await;
     // The container endpoint: answers the credentials to the holder of its authorization token.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}/v1/credentials", listener.local_addr().unwrap());
     let mut answer = creds.clone();
     answer["Token"] = "".into();
     answer["Expiration"] = "2099-01-01T00:00:00Z".into();
     let served = Arc::new(AtomicU64::new(0));
     let counter = served.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (answer, counter) = (answer.clone(), counter.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let ok = req.headers().get("authorization").is_some_and(|v| v == "pod-identity-token");
-                    counter.fetch_add(ok as u64, Ordering::Relaxed);
-                    let (status, body) = if ok { (200, answer.to_string()) } else { (401, "{}".to_owned()) };
-                    let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                    async move { Ok::<_, std::convert::Infallible>(r) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+    let base = serve(move |req| {
+        let ok = req.headers().get("authorization").is_some_and(|v| v == "pod-identity-token");
+        counter.fetch_add(ok as u64, Ordering::Relaxed);
+        if ok {
+            (200, answer.to_string())
+        } else {
+            (401, "{}".to_owned())
         }
-    });
+    })
+    .await;
+    let endpoint = format!("{base}/v1/credentials");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pod-token"), "pod-identity-token\n").unwrap();
     let config = format!(
@@ -332,45 +350,29 @@ async fn credentials_from_the_instance_metadata_service_the_imdsv2_way_sign_requ
     let (moto, creds, _dir, _) = moto_with_a_key().await;
     // An IMDSv2 stand-in (moto serves the metadata GETs but not IMDSv2's token PUT): the
     // credentials paths answer only with the session token from `PUT /latest/api/token`.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
     let mut answer = creds.clone();
     answer["Code"] = "Success".into();
     answer["Token"] = "".into();
     answer["Expiration"] = "2097-03-04T05:06:07Z".into();
     let refused = Arc::new(AtomicU64::new(0));
     let counter = refused.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (answer, counter) = (answer.clone(), counter.clone());
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let token_ok = req.headers().get("x-aws-ec2-metadata-token").is_some_and(|v| v == "imds-session");
-                    let (status, body) = match (req.method().as_str(), req.uri().path()) {
-                        ("PUT", "/latest/api/token")
-                            if req.headers().contains_key("x-aws-ec2-metadata-token-ttl-seconds") =>
-                        {
-                            (200, "imds-session".to_owned())
-                        }
-                        (_, _) if !token_ok => (401, String::new()),
-                        ("GET", "/latest/meta-data/iam/security-credentials/") => (200, "sidekey-role\n".to_owned()),
-                        ("GET", "/latest/meta-data/iam/security-credentials/sidekey-role") => (200, answer.to_string()),
-                        _ => (404, String::new()),
-                    };
-                    if status == 401 {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                    async move { Ok::<_, std::convert::Infallible>(r) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
+    let base = serve(move |req| {
+        let token_ok = req.headers().get("x-aws-ec2-metadata-token").is_some_and(|v| v == "imds-session");
+        let (status, body) = match (req.method().as_str(), req.uri().path()) {
+            ("PUT", "/latest/api/token") if req.headers().contains_key("x-aws-ec2-metadata-token-ttl-seconds") => {
+                (200, "imds-session".to_owned())
+            }
+            (_, _) if !token_ok => (401, String::new()),
+            ("GET", "/latest/meta-data/iam/security-credentials/") => (200, "sidekey-role\n".to_owned()),
+            ("GET", "/latest/meta-data/iam/security-credentials/sidekey-role") => (200, answer.to_string()),
+            _ => (404, String::new()),
+        };
+        if status == 401 {
+            counter.fetch_add(1, Ordering::Relaxed);
         }
-    });
+        (status, body)
+    })
+    .await;
     let config = format!(
         "{LISTEN}[[routes]]\nname = \"s3\"\nprefix = \"/s3\"\nupstream = {url:?}\ntoken = \"aws\"\n\
          sign = {{ aws_sigv4 = {{ service = \"s3\", region = \"us-east-1\" }} }}\n\
