@@ -199,6 +199,7 @@ async fn run(config: Config, path: PathBuf, loaded: Option<Vec<u8>>, watch_confi
         _ = sidekey::shutdown_signal() => {}
         _ = sidekey::reload::reload_loop(&running, path, loaded, watch_config, hangup) => {}
     }
+    running.begin_draining();
     tracing::info!(
         grace_ms = running.grace().as_millis() as u64,
         "shutdown signal received; draining (a second signal exits at once)"

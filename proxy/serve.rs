@@ -225,10 +225,16 @@ impl Running {
         Ok(summary)
     }
 
+    /// Turns readiness to 503 at once; `shutdown` does it too. Called before the shutdown is
+    /// logged, so whoever reads that line finds the sidecar already not ready.
+    pub fn begin_draining(&self) {
+        self.live.draining.store(true, Ordering::SeqCst);
+    }
+
     /// Graceful shutdown: readiness turns 503, the proxy stops accepting, in-flight requests
     /// get up to the grace period to finish, then the admin listener closes too.
     pub async fn shutdown(self) {
-        self.live.draining.store(true, Ordering::SeqCst);
+        self.begin_draining();
         let _ = self.stop_proxy.send(true);
         let _ = self.proxy_task.await;
         let _ = self.stop_admin.send(true);
