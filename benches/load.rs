@@ -48,6 +48,8 @@
 //! (`overlap = "0s"`), so every request takes the steady path. The instructions of memset,
 //! memcpy and memmove are also given apart: callgrind counts every byte a `rep stos` fills as
 //! an instruction, so zeroing and copying weigh far more there than in cycles.
+//! `--callgrind-out DIR` keeps the profiles there (`sidekey-N.out`, `baseline-0.out`, ...) for
+//! `callgrind_annotate`.
 //!
 //! `--intercept` (with `--rounds 0` to skip the rest): the cost of HTTPS interception, for
 //! clients that only speak `https://` and reach sidekey through `CONNECT`. A client in this
@@ -104,6 +106,7 @@ struct Opts {
     tls_upstream: bool,
     audit: bool,
     callgrind: Option<u64>,
+    callgrind_out: Option<PathBuf>,
     intercept: Option<usize>,
 }
 
@@ -120,6 +123,7 @@ impl Opts {
             tls_upstream: false,
             audit: false,
             callgrind: None,
+            callgrind_out: None,
             intercept: None,
         };
         let mut it = args.iter().skip(1);
@@ -136,6 +140,7 @@ impl Opts {
                 "--tls-upstream" => o.tls_upstream = true,
                 "--audit" => o.audit = true,
                 "--callgrind" => o.callgrind = Some(value().parse().expect("--callgrind REQUESTS")),
+                "--callgrind-out" => o.callgrind_out = Some(PathBuf::from(value())),
                 "--intercept" => o.intercept = Some(o.intercept.unwrap_or(3)),
                 "--rounds-intercept" => o.intercept = Some(value().parse().expect("--rounds-intercept N")),
                 // cargo bench passes --bench; anything else is a mistake worth saying.
@@ -829,6 +834,11 @@ fn callgrind_runs(opts: &Opts, origin: &Origin, n: u64) -> Result<Vec<Value>, St
             keep_alive_requests(&server.url, 50)?;
             keep_alive_requests(&server.url, requests)?;
             drop(server);
+            if let Some(keep) = &opts.callgrind_out {
+                std::fs::create_dir_all(keep).map_err(|e| format!("{}: {e}", keep.display()))?;
+                let to = keep.join(format!("{name}-{requests}.out"));
+                std::fs::copy(&profile, &to).map_err(|e| format!("{}: {e}", to.display()))?;
+            }
             callgrind_totals(&profile)
         };
         let (idle, loaded) = (total(0)?, total(n)?);

@@ -9,7 +9,7 @@
 //!        route::RouteTable::find      host / absolute-form / longest prefix; never an unknown upstream
 //!        token::Token::credential        one lock-free load of the current snapshot, a header clone
 //!        route::strip_hop_by_hop      hop-by-hop and Proxy-Authorization dropped, Host re-derived
-//!        upstream::UpstreamClient     pooled hyper-util client over rustls (ALPN h2 / http/1.1)
+//!        upstream::Pool               pooled upstream connections over rustls (ALPN h2 / http/1.1)
 //!        error::ProxyError            the one place failures become 404/502/503/504 JSON
 //!        metrics::RouteMetrics        handles resolved at start
 //! ```

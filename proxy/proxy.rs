@@ -22,7 +22,7 @@ use crate::intercept::{HostPort, Intercept};
 use crate::metrics::RouteMetrics;
 use crate::route::{strip_hop_by_hop, RouteTable, Target};
 use crate::token::Token;
-use crate::upstream::UpstreamClient;
+use crate::upstream::Pool;
 
 /// One configured route, ready to serve.
 pub struct Route {
@@ -37,7 +37,8 @@ pub struct Route {
     pub inject: Inject,
     /// Every token the route uses (`token` first), each counted once per request.
     pub tokens: Box<[Arc<Token>]>,
-    pub client: UpstreamClient,
+    /// Connections to [`Route::target`]'s origin.
+    pub upstream: Arc<Pool>,
     /// Budget for the upstream's response head.
     pub timeout: Duration,
     pub metrics: RouteMetrics,
@@ -519,7 +520,7 @@ impl Route {
 
     /// Sends one request upstream within the route's timeout.
     async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.timeout, self.upstream.request(req)).await {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);

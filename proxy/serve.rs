@@ -348,14 +348,15 @@ fn build_routes(
                 (http::header::AUTHORIZATION, 0, Inject::Basic(Box::new(basic)))
             }
         };
+        let target = Target::parse(&rc.upstream).map_err(err)?;
         routes.push(Route {
             name: rc.name.as_str().into(),
-            target: Target::parse(&rc.upstream).map_err(err)?,
+            upstream: client.pool(&target.scheme, &target.authority),
+            target,
             header,
             format,
             inject,
             tokens: all.into(),
-            client,
             timeout: rc.timeout.unwrap_or(config.upstream.timeout),
             metrics: RouteMetrics::new(&rc.name, Some(token.name())),
             usage: usage.entry(rc.name.clone()).or_default().clone(),

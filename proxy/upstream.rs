@@ -1,30 +1,43 @@
-//! The pooled upstream client: hyper-util's client over rustls, HTTP/1.1 or HTTP/2 by ALPN.
+//! Upstream connections: sidekey's own pool over hyper's connection API, HTTP/1.1 or HTTP/2 by
+//! ALPN, TLS by rustls.
 //!
 //! Trust is the platform's roots (falling back to the Mozilla set compiled in, for images that
-//! ship none) plus an optional extra CA bundle. Routes with the same CA file and connect
-//! timeout share one client, and so one connection pool.
+//! ship none) plus an optional extra CA bundle. Routes with the same CA files and connect
+//! timeout share one [`UpstreamClient`]; it holds one [`Pool`] per upstream origin (scheme and
+//! authority), which a route resolves when it is built, so a request neither hashes a pool key
+//! nor allocates one. A request takes the first idle HTTP/1 connection that is ready (or
+//! shares the one HTTP/2 connection), and the connection goes back into the pool as soon as the
+//! request is handed to it: it is ready again once its response has been read, with no task
+//! spawned to wait for that. Token sources use hyper-util's client, without a pool
+//! ([`build_source_client`]).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use tower::ServiceExt;
+
+use crate::error::ProxyBody;
 
 /// The connector every upstream client uses.
 pub type Connector = ConnectTimeout<HttpsConnector<HttpConnector>>;
-/// The client that forwards proxied requests: bodies stream straight through, or (for a
-/// request kept for a retry) are sent from a buffer.
-pub type UpstreamClient = Client<Connector, crate::error::ProxyBody>;
 
 /// Reads a PEM CA bundle; the error says what is wrong with which file.
 pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -69,27 +82,18 @@ fn root_store(extra: &[PathBuf]) -> Result<RootCertStore, String> {
 /// The client token sources and validation use: small buffered bodies.
 pub type SourceClient = Client<Connector, http_body_util::Full<bytes::Bytes>>;
 
-/// Builds a pooled client trusting the platform roots plus `extra` CA files.
-pub fn build_client<B>(extra: &[PathBuf], connect_timeout: Duration) -> Result<Client<Connector, B>, String>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-{
-    client_builder(extra, connect_timeout, true)
-}
-
 /// A client for token sources (token endpoints, secret stores, validation URLs): no pool. Its
 /// requests are minutes apart, and a connection closed after each exchange takes its buffers,
 /// which held a token, with it (to be zeroed as they are freed) instead of keeping them.
 pub fn build_source_client(extra: &[PathBuf], connect_timeout: Duration) -> Result<SourceClient, String> {
-    client_builder(extra, connect_timeout, false)
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_max_idle_per_host(0)
+        .build(connector(extra, connect_timeout)?))
 }
 
-fn client_builder<B>(extra: &[PathBuf], connect_timeout: Duration, pooled: bool) -> Result<Client<Connector, B>, String>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-{
+fn connector(extra: &[PathBuf], connect_timeout: Duration) -> Result<Connector, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -105,13 +109,255 @@ where
         .https_or_http()
         .enable_all_versions()
         .wrap_connector(http);
-    let connector = ConnectTimeout { inner: https, timeout: connect_timeout };
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(if pooled { usize::MAX } else { 0 })
-        .build(connector))
+    Ok(ConnectTimeout { inner: https, timeout: connect_timeout })
+}
+
+/// Upstream connections of one trust setting and connect timeout: a [`Pool`] per origin.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    connector: Connector,
+    pools: Arc<Mutex<Pools>>,
+}
+
+type Pools = HashMap<(Scheme, Authority), Arc<Pool>>;
+
+/// Builds a client trusting the platform roots plus `extra` CA files.
+pub fn build_client(extra: &[PathBuf], connect_timeout: Duration) -> Result<UpstreamClient, String> {
+    Ok(UpstreamClient { connector: connector(extra, connect_timeout)?, pools: Arc::default() })
+}
+
+impl UpstreamClient {
+    /// The pool of connections to `scheme://authority`, made on first use and kept for the
+    /// client's life (so across reloads that keep the route's upstream).
+    pub fn pool(&self, scheme: &Scheme, authority: &Authority) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (scheme.clone(), authority.clone());
+        if let Some(p) = pools.get(&key) {
+            return p.clone();
+        }
+        let pool = Arc::new(Pool::new(self.connector.clone(), scheme, authority));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(Arc::downgrade(&pool)));
+        }
+        pools.insert(key, pool.clone());
+        pool
+    }
+}
+
+/// How often the pool looks for idle connections to close.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// Sweeps an HTTP/1 connection survives unused before it is closed: idle for 60 to 90 s.
+const IDLE_SWEEPS: u32 = 2;
+
+/// Closes connections idle for [`IDLE_SWEEPS`] sweeps, and forgets closed ones; ends with
+/// the pool.
+async fn sweep(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.sweep_once();
+    }
+}
+
+/// A request that could not be sent, or whose response head did not come.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot connect to the upstream")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("HTTP handshake with the upstream failed")]
+    Handshake(#[source] hyper::Error),
+    #[error("upstream request failed")]
+    Request(#[source] hyper::Error),
+}
+
+/// Attempts per request when a pooled connection turns out closed before the request was
+/// written to it (the upstream closed it while it sat idle).
+const ATTEMPTS: usize = 3;
+
+/// The connections to one upstream origin.
+pub struct Pool {
+    connector: Connector,
+    /// `scheme://authority/`, what the connector connects to.
+    origin: Uri,
+    scheme: Scheme,
+    authority: Authority,
+    /// `Host` for HTTP/1 requests that carry none: the authority without a default port.
+    host: HeaderValue,
+    /// HTTP/1 connections, idle or busy, in the order they were last handed a request.
+    idle: Mutex<Vec<H1>>,
+    /// The HTTP/2 connection, when the upstream chose h2 by ALPN.
+    h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    /// Sweeps so far (see [`sweep`]).
+    epoch: AtomicU32,
+}
+
+struct H1 {
+    send: http1::SendRequest<ProxyBody>,
+    /// [`Pool::epoch`] when it was last handed a request.
+    epoch: u32,
+}
+
+enum Conn {
+    H1(http1::SendRequest<ProxyBody>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
+impl Pool {
+    fn new(connector: Connector, scheme: &Scheme, authority: &Authority) -> Pool {
+        let origin = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("a route's scheme and authority make a URI");
+        let default_port = if *scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(p) if p == default_port => HeaderValue::from_str(authority.host()),
+            _ => HeaderValue::from_str(authority.as_str()),
+        }
+        .expect("an authority is a valid header value");
+        Pool {
+            connector,
+            origin,
+            scheme: scheme.clone(),
+            authority: authority.clone(),
+            host,
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            epoch: AtomicU32::new(0),
+        }
+    }
+
+    /// One sweep: forgets closed connections, closes those idle for [`IDLE_SWEEPS`] sweeps.
+    fn sweep_once(&self) {
+        let now = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
+        let expired = |c: &H1| c.send.is_ready() && now.wrapping_sub(c.epoch) >= IDLE_SWEEPS;
+        self.lock_idle().retain(|c| !c.send.is_closed() && !expired(c));
+        let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        if h2.as_ref().is_some_and(|s| s.is_closed()) {
+            *h2 = None;
+        }
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<H1>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connections open to this origin (HTTP/1 ones not known closed, plus the HTTP/2 one).
+    pub fn connections(&self) -> usize {
+        let h1 = self.lock_idle().iter().filter(|c| !c.send.is_closed()).count();
+        let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| !s.is_closed());
+        h1 + usize::from(h2)
+    }
+
+    /// Sends `req` (an absolute URI for this origin) on a pooled connection or a new one.
+    pub async fn request(&self, mut req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+        for attempt in 1..=ATTEMPTS {
+            let (conn, reused) = match self.checkout() {
+                Some(c) => (c, true),
+                // Boxed: the connect future is large, and the request future (moved into place
+                // on each request) stays small without it.
+                None => (Box::pin(self.connect()).await?, false),
+            };
+            let mut send = match conn {
+                Conn::H2(mut send) => {
+                    self.absolute_form(req.uri_mut());
+                    return send.send_request(req).await.map_err(UpstreamError::Request);
+                }
+                Conn::H1(send) => send,
+            };
+            self.http1_form(&mut req);
+            let response = send.try_send_request(req);
+            // Back in the pool at once: it reports ready again when this response is read.
+            self.lock_idle().push(H1 { send, epoch: self.epoch.load(Ordering::Relaxed) });
+            match response.await {
+                Ok(r) => return Ok(r),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the connection closed while it sat idle. Another one.
+                    Some(r) if reused && attempt < ATTEMPTS => {
+                        tracing::debug!(error = %e.error(), "a pooled upstream connection was closed; retrying on another");
+                        req = r;
+                    }
+                    _ => return Err(UpstreamError::Request(e.into_error())),
+                },
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// A ready HTTP/1 connection (taken out of the pool), or a clone of the HTTP/2 one.
+    fn checkout(&self) -> Option<Conn> {
+        {
+            let mut idle = self.lock_idle();
+            let mut i = 0;
+            while i < idle.len() {
+                if idle[i].send.is_ready() {
+                    return Some(Conn::H1(idle.remove(i).send));
+                }
+                if idle[i].send.is_closed() {
+                    idle.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        h2.as_ref().filter(|s| !s.is_closed()).map(|s| Conn::H2(s.clone()))
+    }
+
+    /// A new connection: TCP, TLS where the scheme says, HTTP/2 when ALPN chose it.
+    async fn connect(&self) -> Result<Conn, UpstreamError> {
+        let io = self.connector.clone().oneshot(self.origin.clone()).await.map_err(UpstreamError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (send, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(UpstreamError::Handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+            if h2.as_ref().is_none_or(|s| s.is_closed()) {
+                *h2 = Some(send.clone());
+            }
+            return Ok(Conn::H2(send));
+        }
+        let (send, conn) = http1::Builder::new().handshake(io).await.map_err(UpstreamError::Handshake)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/1 connection ended with an error");
+            }
+        });
+        Ok(Conn::H1(send))
+    }
+
+    /// Origin form (`/path?query`) and a `Host` header, for an HTTP/1 connection.
+    fn http1_form(&self, req: &mut Request<ProxyBody>) {
+        if req.uri().scheme().is_some() {
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            let mut origin = http::uri::Parts::default();
+            origin.path_and_query = parts.path_and_query.take();
+            *req.uri_mut() = Uri::from_parts(origin).unwrap_or_default();
+        }
+        req.headers_mut().entry(HOST).or_insert_with(|| self.host.clone());
+    }
+
+    /// Absolute form, for HTTP/2 (`:scheme` and `:authority` come from it); undoes
+    /// [`Pool::http1_form`] for a request retried on an HTTP/2 connection.
+    fn absolute_form(&self, uri: &mut Uri) {
+        if uri.scheme().is_none() {
+            let mut parts = std::mem::take(uri).into_parts();
+            parts.scheme = Some(self.scheme.clone());
+            parts.authority = Some(self.authority.clone());
+            *uri = Uri::from_parts(parts).unwrap_or_else(|_| self.origin.clone());
+        }
+    }
 }
 
 /// The connect step (TCP and TLS handshake) took longer than `connect_timeout`.
@@ -150,5 +396,140 @@ where
                 Err(_) => Err(Box::new(ConnectTimedOut) as Self::Error),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Either, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::mpsc;
+
+    /// An HTTP/1.1 origin that sends each request head it reads (with the connection's
+    /// number) and answers `200 ok`; with `close`, it closes each connection after one answer.
+    async fn origin(close: bool) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<(usize, String)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for n in 1.. {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 1024];
+                        let read = s.read(&mut chunk).await.unwrap_or(0);
+                        if read == 0 {
+                            let _ = tx.send((n, "closed by the client".into()));
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..read]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buf.drain(..end + 4).collect();
+                            let _ = tx.send((n, String::from_utf8_lossy(&head).into_owned()));
+                            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                            if close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    fn pool_for(addr: std::net::SocketAddr) -> Arc<Pool> {
+        let client = build_client(&[], Duration::from_secs(5)).unwrap();
+        client.pool(&Scheme::HTTP, &Authority::try_from(addr.to_string().as_str()).unwrap())
+    }
+
+    async fn get(pool: &Pool, addr: std::net::SocketAddr, path: &str) -> Bytes {
+        let req = Request::get(format!("http://{addr}{path}")).body(Either::Right(Full::default())).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req)).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn requests_one_after_another_share_one_connection_in_origin_form_with_host() {
+        let (addr, mut seen) = origin(false).await;
+        let pool = pool_for(addr);
+        for i in 0..3 {
+            assert_eq!(get(&pool, addr, &format!("/a/{i}?q=1")).await, "ok");
+            let (conn, head) = seen.recv().await.unwrap();
+            assert_eq!(conn, 1, "request {i} opened another connection");
+            assert!(head.starts_with(&format!("GET /a/{i}?q=1 HTTP/1.1\r\n")), "{head}");
+            assert!(head.to_ascii_lowercase().contains(&format!("host: {addr}\r\n")), "{head}");
+        }
+        assert_eq!(pool.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_is_dropped_and_another_opened() {
+        let (addr, mut seen) = origin(true).await;
+        let pool = pool_for(addr);
+        for i in 1..=3 {
+            assert_eq!(get(&pool, addr, "/").await, "ok");
+            assert_eq!(seen.recv().await.unwrap().0, i);
+            // The pool sees the close (bounded wait on the condition, no fixed sleep).
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while pool.connections() > 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+            .await
+            .expect("the closed connection left the pool");
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_get_connections_of_their_own_then_reuse_them() {
+        let (addr, mut seen) = origin(false).await;
+        let pool = pool_for(addr);
+        let (a, b) = tokio::join!(get(&pool, addr, "/1"), get(&pool, addr, "/2"));
+        assert_eq!((a, b), (Bytes::from("ok"), Bytes::from("ok")));
+        let mut conns = [seen.recv().await.unwrap().0, seen.recv().await.unwrap().0];
+        conns.sort();
+        assert_eq!(conns, [1, 2]);
+        for _ in 0..4 {
+            get(&pool, addr, "/again").await;
+            assert!(seen.recv().await.unwrap().0 <= 2, "a third connection was opened");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_for_two_sweeps_is_closed_and_a_busy_one_kept() {
+        let (addr, mut seen) = origin(false).await;
+        let pool = pool_for(addr);
+        get(&pool, addr, "/").await;
+        assert_eq!(seen.recv().await.unwrap().0, 1);
+        pool.sweep_once();
+        assert_eq!(pool.connections(), 1, "closed after one sweep");
+        // Used again: its idle time starts over.
+        get(&pool, addr, "/").await;
+        assert_eq!(seen.recv().await.unwrap().0, 1);
+        pool.sweep_once();
+        assert_eq!(pool.connections(), 1, "closed though used since the last sweep");
+        pool.sweep_once();
+        assert_eq!(pool.connections(), 0);
+        let closed = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.unwrap().unwrap();
+        assert_eq!(closed, (1, "closed by the client".to_owned()));
+    }
+
+    #[test]
+    fn host_leaves_out_the_default_port_only() {
+        let host = |scheme: Scheme, authority: &str| {
+            let c = connector(&[], Duration::from_secs(1)).unwrap();
+            Pool::new(c, &scheme, &Authority::try_from(authority).unwrap()).host
+        };
+        assert_eq!(host(Scheme::HTTP, "example.com:80"), "example.com");
+        assert_eq!(host(Scheme::HTTPS, "example.com:443"), "example.com");
+        assert_eq!(host(Scheme::HTTPS, "example.com:80"), "example.com:80");
+        assert_eq!(host(Scheme::HTTP, "example.com"), "example.com");
+        assert_eq!(host(Scheme::HTTP, "[::1]:8080"), "[::1]:8080");
     }
 }
