@@ -187,7 +187,7 @@ pub struct Pool {
     /// `Host` for HTTP/1 requests that carry none: the authority without a default port.
     host: HeaderValue,
     /// HTTP/1 connections, idle or busy, in the order they were last handed a request.
-    idle: Mutex<Vec<H1>>,
+    h1: Mutex<Vec<H1>>,
     /// The HTTP/2 connection, when the upstream chose h2 by ALPN.
     h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
     /// Sweeps so far (see [`sweep`]).
@@ -225,7 +225,7 @@ impl Pool {
             scheme: scheme.clone(),
             authority: authority.clone(),
             host,
-            idle: Mutex::new(Vec::new()),
+            h1: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             epoch: AtomicU32::new(0),
         }
@@ -235,20 +235,20 @@ impl Pool {
     fn sweep_once(&self) {
         let now = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let expired = |c: &H1| c.send.is_ready() && now.wrapping_sub(c.epoch) >= IDLE_SWEEPS;
-        self.lock_idle().retain(|c| !c.send.is_closed() && !expired(c));
+        self.lock_h1().retain(|c| !c.send.is_closed() && !expired(c));
         let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
         if h2.as_ref().is_some_and(|s| s.is_closed()) {
             *h2 = None;
         }
     }
 
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<H1>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_h1(&self) -> std::sync::MutexGuard<'_, Vec<H1>> {
+        self.h1.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Connections open to this origin (HTTP/1 ones not known closed, plus the HTTP/2 one).
     pub fn connections(&self) -> usize {
-        let h1 = self.lock_idle().iter().filter(|c| !c.send.is_closed()).count();
+        let h1 = self.lock_h1().iter().filter(|c| !c.send.is_closed()).count();
         let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| !s.is_closed());
         h1 + usize::from(h2)
     }
@@ -272,7 +272,7 @@ impl Pool {
             self.http1_form(&mut req);
             let response = send.try_send_request(req);
             // Back in the pool at once: it reports ready again when this response is read.
-            self.lock_idle().push(H1 { send, epoch: self.epoch.load(Ordering::Relaxed) });
+            self.lock_h1().push(H1 { send, epoch: self.epoch.load(Ordering::Relaxed) });
             match response.await {
                 Ok(r) => return Ok(r),
                 Err(mut e) => match e.take_message() {
@@ -291,14 +291,14 @@ impl Pool {
     /// A ready HTTP/1 connection (taken out of the pool), or a clone of the HTTP/2 one.
     fn checkout(&self) -> Option<Conn> {
         {
-            let mut idle = self.lock_idle();
+            let mut h1 = self.lock_h1();
             let mut i = 0;
-            while i < idle.len() {
-                if idle[i].send.is_ready() {
-                    return Some(Conn::H1(idle.remove(i).send));
+            while i < h1.len() {
+                if h1[i].send.is_ready() {
+                    return Some(Conn::H1(h1.remove(i).send));
                 }
-                if idle[i].send.is_closed() {
-                    idle.remove(i);
+                if h1[i].send.is_closed() {
+                    h1.remove(i);
                 } else {
                     i += 1;
                 }
@@ -502,7 +502,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_idle_for_two_sweeps_is_closed_and_a_busy_one_kept() {
+    async fn a_connection_idle_for_two_sweeps_is_closed_and_a_recently_used_one_kept() {
         let (addr, mut seen) = origin(false).await;
         let pool = pool_for(addr);
         get(&pool, addr, "/").await;
