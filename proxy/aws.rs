@@ -126,6 +126,17 @@ pub struct SigV4 {
 /// Headers a client may have sent for a signature of its own: removed before signing.
 const CLIENT_SIGNATURE_HEADERS: [&str; 3] = ["x-amz-date", "x-amz-security-token", "x-amz-content-sha256"];
 
+/// The query parameters of a SigV4 presigned URL.
+const QUERY_SIGNATURE_PARAMS: [&str; 7] = [
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+];
+
 impl SigV4 {
     pub fn new(config: AwsSigV4Config) -> SigV4 {
         SigV4 { config, identity: ArcSwapOption::empty() }
@@ -163,6 +174,23 @@ impl SigV4 {
         for h in CLIENT_SIGNATURE_HEADERS {
             headers.remove(HeaderName::from_static(h));
         }
+    }
+
+    /// The query without a presigned URL's signature parameters (`X-Amz-Signature`,
+    /// `X-Amz-Credential` and the rest, by name in any case): sidekey's own signature is the
+    /// request's only one. `None` when nothing is left; borrowed when nothing was removed.
+    pub fn strip_query_signature(query: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
+        let query = query?;
+        let is_signature = |pair: &str| {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            let key: String = url::form_urlencoded::parse(key.as_bytes()).map(|(k, _)| k.into_owned()).collect();
+            QUERY_SIGNATURE_PARAMS.iter().any(|p| key.eq_ignore_ascii_case(p))
+        };
+        if !query.split('&').any(is_signature) {
+            return Some(std::borrow::Cow::Borrowed(query));
+        }
+        let kept: Vec<&str> = query.split('&').filter(|p| !p.is_empty() && !is_signature(p)).collect();
+        (!kept.is_empty()).then(|| std::borrow::Cow::Owned(kept.join("&")))
     }
 
     /// Signs `req` (its URI absolute, its Host set) with the token's credentials: `body` is the
@@ -215,6 +243,23 @@ impl SigV4 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_presigned_urls_signature_parameters_leave_the_query_and_the_rest_stays() {
+        let strip = |q: Option<&str>| SigV4::strip_query_signature(q).map(|c| c.into_owned());
+        assert_eq!(strip(None), None);
+        assert_eq!(strip(Some("list-type=2&prefix=a%2Fb")), Some("list-type=2&prefix=a%2Fb".into()));
+        let presigned =
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDCLIENT%2F20200101%2Fus-east-1%2Fs3%2Faws4_request\
+                         &X-Amz-Date=20200101T000000Z&X-Amz-Expires=60&X-Amz-SignedHeaders=host&X-Amz-Signature=00";
+        assert_eq!(strip(Some(presigned)), None);
+        assert_eq!(
+            strip(Some(&format!("versionId=3&{presigned}&x-amz-security-token=t&X%2DAmz%2DSignature=1&partNumber=1"))),
+            Some("versionId=3&partNumber=1".into())
+        );
+        // Only these names: other x-amz- parameters are the client's to send.
+        assert_eq!(strip(Some("x-amz-meta=1")), Some("x-amz-meta=1".into()));
+    }
 
     #[test]
     fn credentials_from_json_and_from_a_shared_credentials_file() {

@@ -288,6 +288,11 @@ impl RouteSet {
                         let query = crate::inject::replace_query_param(req.uri().query(), name, value.secret.expose());
                         route.target.uri(&m.rest, Some(&query))
                     }
+                    // A presigned URL's signature would be a second one beside sidekey's.
+                    Inject::Sign(_) => {
+                        let query = crate::aws::SigV4::strip_query_signature(req.uri().query());
+                        route.target.uri(&m.rest, query.as_deref())
+                    }
                     _ => route.target.uri(&m.rest, req.uri().query()),
                 };
                 match uri {
