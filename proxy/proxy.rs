@@ -29,11 +29,7 @@ pub struct Route {
     pub name: Arc<str>,
     pub target: Target,
     pub token: Arc<Token>,
-    /// The header the token goes in.
-    pub header: HeaderName,
-    /// Index of this route's format among the token's rendered headers.
-    pub format: usize,
-    /// How the credential is attached: `header` from `token` at `format`, or another form.
+    /// How the credential is attached.
     pub inject: Inject,
     /// Every token the route uses (`token` first), each counted once per request.
     pub tokens: Box<[Arc<Token>]>,
@@ -54,8 +50,8 @@ pub struct Route {
 
 /// How a route attaches its credential.
 pub enum Inject {
-    /// One header, [`Route::header`], rendered from [`Route::token`] at [`Route::format`].
-    Header,
+    /// One header, `name`, rendered from [`Route::token`] in its format number `format`.
+    Header { name: HeaderName, format: usize },
     /// [`Route::token`]'s value as this query parameter, replacing the client's.
     Query(Box<str>),
     /// Several headers, each a rendered format of its token.
@@ -322,11 +318,11 @@ impl RouteSet {
                 );
             }
         }
-        if !matches!(route.inject, Inject::Header) {
+        let Inject::Header { name, format } = &route.inject else {
             let result = Box::pin(route.send_other(req, uri)).await;
             return (Some(route), result);
-        }
-        let Some(credential) = route.token.credential(route.format) else {
+        };
+        let Some(credential) = route.token.credential(*format) else {
             return (Some(route), Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() }));
         };
         let (mut parts, body) = req.into_parts();
@@ -345,13 +341,13 @@ impl RouteSet {
             && retry.methods.contains(&parts.method)
             && body.size_hint().exact().is_some_and(|n| n <= retry.body_limit as u64);
         if !replayable {
-            parts.headers.insert(route.header.clone(), credential.header);
+            parts.headers.insert(name.clone(), credential.header);
             let result = route.send(Request::from_parts(parts, Either::Left(body))).await;
             return (Some(route), result);
         }
         // Only within `overlap` of a new value: boxed, so the common request's future stays
         // small (it is moved into place on each request).
-        let result = Box::pin(route.send_replayable(parts, body, credential)).await;
+        let result = Box::pin(route.send_replayable(parts, body, (name, *format), credential)).await;
         (Some(route), result)
     }
 }
@@ -367,7 +363,7 @@ impl Route {
         parts.headers.remove(header::HOST);
         match &self.inject {
             Inject::Sign(signer) => return self.send_signed(signer, parts, body).await,
-            Inject::Header | Inject::Query(_) => {}
+            Inject::Header { .. } | Inject::Query(_) => {}
             Inject::Headers(list) => {
                 for (name, token, format) in list.iter() {
                     let Some(credential) = token.credential(*format) else {
@@ -457,6 +453,7 @@ impl Route {
         &self,
         parts: http::request::Parts,
         body: Incoming,
+        (name, format): (&HeaderName, usize),
         credential: crate::token::Credential,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let body = match body.collect().await {
@@ -472,7 +469,7 @@ impl Route {
             *req.uri_mut() = parts.uri.clone();
             *req.version_mut() = parts.version;
             *req.headers_mut() = parts.headers.clone();
-            req.headers_mut().insert(self.header.clone(), header);
+            req.headers_mut().insert(name.clone(), header);
             req
         };
         let first = self.send(copy(credential.header)).await;
@@ -480,7 +477,7 @@ impl Route {
         if resp.status() != StatusCode::UNAUTHORIZED {
             return first;
         }
-        let Some((header, with)) = self.token.retry_credential(self.format, credential.generation).await else {
+        let Some((header, with)) = self.token.retry_credential(format, credential.generation).await else {
             // Nothing else to try: the client gets the 401 (counted as every final one is).
             return first;
         };

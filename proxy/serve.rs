@@ -322,14 +322,12 @@ fn build_routes(
             token.format_index(format).ok_or_else(|| err("format not registered with its token".into()))
         };
         let header_name = |name: &str| http::HeaderName::from_bytes(name.as_bytes()).map_err(|e| err(e.to_string()));
-        let (header, format, inject) = match rc.injection() {
+        let inject = match rc.injection() {
             Injection::Header { header, format, .. } => {
-                (header_name(header)?, format_of(&token, format)?, Inject::Header)
+                Inject::Header { name: header_name(header)?, format: format_of(&token, format)? }
             }
-            Injection::Query { name, .. } => (http::header::AUTHORIZATION, 0, Inject::Query(name.into())),
-            Injection::Sign { aws_sigv4, .. } => {
-                (http::header::AUTHORIZATION, 0, Inject::Sign(Box::new(crate::aws::SigV4::new(aws_sigv4.clone()))))
-            }
+            Injection::Query { name, .. } => Inject::Query(name.into()),
+            Injection::Sign { aws_sigv4, .. } => Inject::Sign(Box::new(crate::aws::SigV4::new(aws_sigv4.clone()))),
             Injection::Headers(headers) => {
                 let mut list = Vec::with_capacity(headers.len());
                 for (name, template) in headers {
@@ -340,12 +338,12 @@ fn build_routes(
                     let index = format_of(&t, &format)?;
                     list.push((header_name(name)?, t, index));
                 }
-                (http::header::AUTHORIZATION, 0, Inject::Headers(list.into()))
+                Inject::Headers(list.into())
             }
             Injection::Basic(b) => {
                 let parse = |t: &str| crate::inject::parse_template(t).map_err(err);
                 let basic = crate::inject::Basic::new(parse(&b.username)?, parse(&b.password)?, all.clone());
-                (http::header::AUTHORIZATION, 0, Inject::Basic(Box::new(basic)))
+                Inject::Basic(Box::new(basic))
             }
         };
         let target = Target::parse(&rc.upstream).map_err(err)?;
@@ -353,8 +351,6 @@ fn build_routes(
             name: rc.name.as_str().into(),
             upstream: client.pool(&target.scheme, &target.authority),
             target,
-            header,
-            format,
             inject,
             tokens: all.into(),
             timeout: rc.timeout.unwrap_or(config.upstream.timeout),
