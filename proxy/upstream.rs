@@ -262,21 +262,24 @@ impl Pool {
                 // on each request) stays small without it.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            let mut send = match conn {
+            let response = match conn {
                 Conn::H2(mut send) => {
                     self.absolute_form(req.uri_mut());
-                    return send.send_request(req).await.map_err(UpstreamError::Request);
+                    send.try_send_request(req).await
                 }
-                Conn::H1(send) => send,
+                Conn::H1(mut send) => {
+                    self.http1_form(&mut req);
+                    let response = send.try_send_request(req);
+                    // Back in the pool at once: it reports ready again when this response is read.
+                    self.lock_h1().push(H1 { send, epoch: self.epoch.load(Ordering::Relaxed) });
+                    response.await
+                }
             };
-            self.http1_form(&mut req);
-            let response = send.try_send_request(req);
-            // Back in the pool at once: it reports ready again when this response is read.
-            self.lock_h1().push(H1 { send, epoch: self.epoch.load(Ordering::Relaxed) });
-            match response.await {
+            match response {
                 Ok(r) => return Ok(r),
                 Err(mut e) => match e.take_message() {
-                    // Never written: the connection closed while it sat idle. Another one.
+                    // Never written: the connection closed while it sat idle (or, for HTTP/2,
+                    // went away). Another one.
                     Some(r) if reused && attempt < ATTEMPTS => {
                         tracing::debug!(error = %e.error(), "a pooled upstream connection was closed; retrying on another");
                         req = r;
