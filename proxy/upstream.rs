@@ -190,6 +190,8 @@ pub struct Pool {
     h1: Mutex<Vec<H1>>,
     /// The HTTP/2 connection, when the upstream chose h2 by ALPN.
     h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    /// [`Pool::epoch`] when the HTTP/2 connection was last handed a request.
+    h2_epoch: AtomicU32,
     /// Sweeps so far (see [`sweep`]).
     epoch: AtomicU32,
 }
@@ -227,17 +229,21 @@ impl Pool {
             host,
             h1: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
+            h2_epoch: AtomicU32::new(0),
             epoch: AtomicU32::new(0),
         }
     }
 
     /// One sweep: forgets closed connections, closes those idle for [`IDLE_SWEEPS`] sweeps.
+    /// The HTTP/2 connection is let go when unused for as long: it closes once the requests
+    /// still on it are done.
     fn sweep_once(&self) {
         let now = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
         let expired = |c: &H1| c.send.is_ready() && now.wrapping_sub(c.epoch) >= IDLE_SWEEPS;
         self.lock_h1().retain(|c| !c.send.is_closed() && !expired(c));
         let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-        if h2.as_ref().is_some_and(|s| s.is_closed()) {
+        let unused = now.wrapping_sub(self.h2_epoch.load(Ordering::Relaxed)) >= IDLE_SWEEPS;
+        if h2.as_ref().is_some_and(|s| s.is_closed() || unused) {
             *h2 = None;
         }
     }
@@ -308,7 +314,9 @@ impl Pool {
             }
         }
         let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-        h2.as_ref().filter(|s| !s.is_closed()).map(|s| Conn::H2(s.clone()))
+        let send = h2.as_ref().filter(|s| !s.is_closed())?;
+        self.h2_epoch.store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
+        Some(Conn::H2(send.clone()))
     }
 
     /// A new connection: TCP, TLS where the scheme says, HTTP/2 when ALPN chose it.
@@ -328,6 +336,7 @@ impl Pool {
             let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
             if h2.as_ref().is_none_or(|s| s.is_closed()) {
                 *h2 = Some(send.clone());
+                self.h2_epoch.store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
             }
             return Ok(Conn::H2(send));
         }
@@ -521,6 +530,65 @@ mod tests {
         assert_eq!(pool.connections(), 0);
         let closed = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.unwrap().unwrap();
         assert_eq!(closed, (1, "closed by the client".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn the_http2_connection_is_shared_and_let_go_when_unused_for_two_sweeps() {
+        // A TLS origin offering h2 by ALPN, with a certificate from a throwaway CA.
+        let ca = crate::intercept::Ca::generate().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let (chain, key) = ca.mint("localhost").unwrap();
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (events, mut seen) = mpsc::unbounded_channel::<&'static str>();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (acceptor, events) = (acceptor.clone(), events.clone());
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(acceptor.accept(tcp).await.unwrap());
+                    let _ = events.send("connection");
+                    let ok = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        assert_eq!(req.version(), http::Version::HTTP_2);
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                    });
+                    let _ =
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, ok).await;
+                    let _ = events.send("closed");
+                });
+            }
+        });
+        let client = build_client(&[ca_file], Duration::from_secs(5)).unwrap();
+        let pool = client.pool(&Scheme::HTTPS, &Authority::try_from(format!("localhost:{port}").as_str()).unwrap());
+        let get = || async {
+            let req = Request::get(format!("https://localhost:{port}/")).body(Either::Right(Full::default())).unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req)).await.unwrap().unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap().to_bytes()
+        };
+        assert_eq!(get().await, "ok");
+        assert_eq!(seen.recv().await, Some("connection"));
+        let (a, b) = tokio::join!(get(), get());
+        assert_eq!((a, b), (Bytes::from("ok"), Bytes::from("ok")));
+        assert_eq!(pool.connections(), 1);
+        pool.sweep_once();
+        get().await;
+        pool.sweep_once();
+        assert_eq!(pool.connections(), 1, "let go though used since the last sweep");
+        pool.sweep_once();
+        assert_eq!(pool.connections(), 0);
+        let closed = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.unwrap();
+        assert_eq!(closed, Some("closed"), "a second connection was opened, or the first stayed open");
     }
 
     #[test]
