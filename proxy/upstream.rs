@@ -146,7 +146,7 @@ impl UpstreamClient {
 
 /// How often the pool looks for idle connections to close.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
-/// Sweeps an HTTP/1 connection survives unused before it is closed: idle for 60 to 90 s.
+/// Sweeps a connection survives unused before it is closed: idle for 60 to 90 s.
 const IDLE_SWEEPS: u32 = 2;
 
 /// Closes connections idle for [`IDLE_SWEEPS`] sweeps, and forgets closed ones; ends with
