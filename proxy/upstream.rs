@@ -182,8 +182,6 @@ pub struct Pool {
     connector: Connector,
     /// `scheme://authority/`, what the connector connects to.
     origin: Uri,
-    scheme: Scheme,
-    authority: Authority,
     /// `Host` for HTTP/1 requests that carry none: the authority without a default port.
     host: HeaderValue,
     /// HTTP/1 connections, idle or busy, in the order they were last handed a request.
@@ -224,8 +222,6 @@ impl Pool {
         Pool {
             connector,
             origin,
-            scheme: scheme.clone(),
-            authority: authority.clone(),
             host,
             h1: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
@@ -253,7 +249,8 @@ impl Pool {
     }
 
     /// Connections open to this origin (HTTP/1 ones not known closed, plus the HTTP/2 one).
-    pub fn connections(&self) -> usize {
+    #[cfg(test)]
+    fn connections(&self) -> usize {
         let h1 = self.lock_h1().iter().filter(|c| !c.send.is_closed()).count();
         let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| !s.is_closed());
         h1 + usize::from(h2)
@@ -365,8 +362,8 @@ impl Pool {
     fn absolute_form(&self, uri: &mut Uri) {
         if uri.scheme().is_none() {
             let mut parts = std::mem::take(uri).into_parts();
-            parts.scheme = Some(self.scheme.clone());
-            parts.authority = Some(self.authority.clone());
+            parts.scheme = self.origin.scheme().cloned();
+            parts.authority = self.origin.authority().cloned();
             *uri = Uri::from_parts(parts).unwrap_or_else(|_| self.origin.clone());
         }
     }
