@@ -314,11 +314,11 @@ async fn connection<I, F, Fut, B>(
                 req.extensions_mut().insert(t.clone());
             }
         }
-        let response = handler(req);
-        async move {
-            let response = response.await?;
-            Ok::<_, Infallible>(response.map(|body| Tracked { body, _in_flight: in_flight }))
-        }
+        // A combinator, not an `async` block: awaiting the handler's future from one would
+        // keep a second copy of it (moved into place on every request).
+        futures_util::FutureExt::map(handler(req), move |response| {
+            response.map(|response| response.map(|body| Tracked { body, _in_flight: in_flight }))
+        })
     });
     let limits = &ctx.limits;
     let conn = ctx.builder.serve_connection_with_upgrades(io, service);

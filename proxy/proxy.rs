@@ -4,7 +4,10 @@
 //! clone of its pre-rendered header, a header clean-up, and the upstream call. Everything
 //! else (header rendering, metric handles, clients) was prepared at start or at rotation.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
@@ -130,22 +133,103 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: every error is an HTTP answer.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    pub fn handle(&self, req: Request<Incoming>) -> Handling<impl UpstreamAnswer> {
         if req.method() == Method::CONNECT {
-            return self.connect(req).await;
+            let this = self.clone();
+            let step = Step::Connect(Box::pin(async move { this.connect(req).await }));
+            return Handling { shared: self.routes.load_full(), route: None, start: Instant::now(), slot: None, step };
         }
-        self.handle_via(req, None).await
+        self.handle_via(req, None)
     }
 
     /// Serves one request; `via` is the CONNECT target of an intercepted tunnel it came through.
-    async fn handle_via(&self, req: Request<Incoming>, via: Option<&str>) -> Response<ProxyBody> {
+    /// The routing, the token and the hand-over to an upstream connection happen here, before
+    /// the future is returned: it only waits for the upstream's answer.
+    fn handle_via(&self, req: Request<Incoming>, via: Option<&str>) -> Handling<impl UpstreamAnswer> {
         let start = Instant::now();
         let shared = self.routes.load_full();
-        let shared = &*shared;
-        let (route, result) = shared.forward(req, via).await;
+        let Prepared { route, slot, step } = RouteSet::prepare(&shared, req, via);
+        Handling { shared, route, start, slot, step }
+    }
+}
+
+/// A request being served: what [`Proxy::handle`] returns.
+#[pin_project::pin_project]
+pub struct Handling<S> {
+    shared: Arc<RouteSet>,
+    /// Index of the matched route in `shared`.
+    route: Option<usize>,
+    start: Instant,
+    /// The route's in-flight slot, held until the upstream's answer is back.
+    slot: Option<crate::policy::Slot>,
+    #[pin]
+    step: Step<S>,
+}
+
+/// The answer to a request handed to a route's upstream, within its timeout.
+pub trait UpstreamAnswer:
+    Future<Output = Result<Result<Response<Incoming>, crate::upstream::UpstreamError>, tokio::time::error::Elapsed>> + Send
+{
+}
+
+impl<F> UpstreamAnswer for F where
+    F: Future<Output = Result<Result<Response<Incoming>, crate::upstream::UpstreamError>, tokio::time::error::Elapsed>>
+        + Send
+{
+}
+
+type BoxedResult<'a> = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a>>;
+
+/// Where a request stands once routed.
+#[pin_project::pin_project(project = StepProj)]
+enum Step<S> {
+    /// Answered already (refused, unroutable, no token); taken when polled.
+    Done(Option<Result<Response<ProxyBody>, ProxyError>>),
+    /// Handed to the route's upstream: the common request.
+    Sent {
+        route: usize,
+        #[pin]
+        answer: S,
+    },
+    /// Another injection form, or a request kept for a 401 retry: boxed, as it is larger.
+    Boxed(BoxedResult<'static>),
+    /// A CONNECT: answered as it is, with no route and no request metrics.
+    Connect(Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>),
+}
+
+struct Prepared<S> {
+    route: Option<usize>,
+    slot: Option<crate::policy::Slot>,
+    step: Step<S>,
+}
+
+impl<S: UpstreamAnswer> Future for Handling<S> {
+    type Output = Response<ProxyBody>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<ProxyBody>> {
+        let this = self.project();
+        let result = match this.step.project() {
+            StepProj::Done(result) => result.take().expect("a request's future polled after it finished"),
+            StepProj::Sent { route, answer } => this.shared.routes[*route].answer(std::task::ready!(answer.poll(cx))),
+            StepProj::Boxed(f) => std::task::ready!(f.as_mut().poll(cx)),
+            StepProj::Connect(f) => return f.as_mut().poll(cx),
+        };
+        this.slot.take();
+        Poll::Ready(this.shared.finish(this.route.map(|i| &this.shared.routes[i]), result, *this.start))
+    }
+}
+
+impl RouteSet {
+    /// The answer sent for a request, and what is counted of it.
+    fn finish(
+        &self,
+        route: Option<&Route>,
+        result: Result<Response<ProxyBody>, ProxyError>,
+        start: Instant,
+    ) -> Response<ProxyBody> {
         let response = result.unwrap_or_else(ProxyError::into_response);
         let status = response.status().as_u16();
-        let metrics = route.map_or(&shared.unmatched, |r| &r.metrics);
+        let metrics = route.map_or(&self.unmatched, |r| &r.metrics);
         metrics.record(status, start.elapsed().as_secs_f64());
         if let Some(r) = route {
             r.usage.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -223,8 +307,7 @@ impl Proxy {
                 };
                 inner
                     .serve(stream, move |req| {
-                        let (proxy, via) = (proxy.clone(), via.clone());
-                        async move { Ok::<_, std::convert::Infallible>(proxy.handle_via(req, Some(&via)).await) }
+                        futures_util::FutureExt::map(proxy.handle_via(req, Some(&via)), Ok::<_, std::convert::Infallible>)
                     })
                     .await;
             });
@@ -254,57 +337,53 @@ impl Proxy {
 }
 
 impl RouteSet {
-    async fn forward(
-        &self,
-        req: Request<Incoming>,
-        via: Option<&str>,
-    ) -> (Option<&Route>, Result<Response<ProxyBody>, ProxyError>) {
+    /// Routes a request, applies policy and the credential, and hands it to the route's
+    /// upstream (or answers it). No `await`: see [`Proxy::handle_via`].
+    fn prepare(this: &Arc<RouteSet>, req: Request<Incoming>, via: Option<&str>) -> Prepared<impl UpstreamAnswer> {
+        let done = |route: Option<usize>, result| Prepared { route, slot: None, step: Step::Done(Some(result)) };
         if req.method() == Method::CONNECT {
             // Only on the listener itself, never inside a tunnel.
-            return (None, Err(ProxyError::ConnectRefused));
+            return done(None, Err(ProxyError::ConnectRefused));
         }
         let found = match via {
-            None => self.table.find(req.version(), req.uri(), req.headers()),
-            Some(authority) => self.table.find_via(authority, req.uri()),
+            None => this.table.find(req.version(), req.uri(), req.headers()),
+            Some(authority) => this.table.find_via(authority, req.uri()),
         };
-        let (route, uri) = match found {
-            Ok(m) => {
-                let route = &self.routes[m.route];
-                if !route.allow.allows(req.method(), &m.rest) {
-                    route.count_denial(Denial::NotAllowed);
-                    return (Some(route), Err(ProxyError::NotAllowed));
-                }
-                let uri = match &route.inject {
-                    Inject::Query(name) => {
-                        let value = route.token.current().filter(|v| v.is_usable(std::time::SystemTime::now()));
-                        let Some(value) = value else {
-                            let token = route.token.name().to_owned();
-                            return (Some(route), Err(ProxyError::TokenUnavailable { token }));
-                        };
-                        let query = crate::inject::replace_query_param(req.uri().query(), name, value.secret.expose());
-                        route.target.uri(&m.rest, Some(&query))
-                    }
-                    // A presigned URL's signature would be a second one beside sidekey's.
-                    Inject::Sign(_) => {
-                        let query = crate::aws::SigV4::strip_query_signature(req.uri().query());
-                        route.target.uri(&m.rest, query.as_deref())
-                    }
-                    _ => route.target.uri(&m.rest, req.uri().query()),
+        let m = match found {
+            Ok(m) => m,
+            Err(no) => return done(None, Err(ProxyError::NoRoute(no))),
+        };
+        let (index, route) = (m.route, &this.routes[m.route]);
+        if !route.allow.allows(req.method(), &m.rest) {
+            route.count_denial(Denial::NotAllowed);
+            return done(Some(index), Err(ProxyError::NotAllowed));
+        }
+        let uri = match &route.inject {
+            Inject::Query(name) => {
+                let value = route.token.current().filter(|v| v.is_usable(std::time::SystemTime::now()));
+                let Some(value) = value else {
+                    let token = route.token.name().to_owned();
+                    return done(Some(index), Err(ProxyError::TokenUnavailable { token }));
                 };
-                match uri {
-                    Ok(uri) => (route, uri),
-                    Err(_) => return (Some(route), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath))),
-                }
+                let query = crate::inject::replace_query_param(req.uri().query(), name, value.secret.expose());
+                route.target.uri(&m.rest, Some(&query))
             }
-            Err(no) => return (None, Err(ProxyError::NoRoute(no))),
+            // A presigned URL's signature would be a second one beside sidekey's.
+            Inject::Sign(_) => {
+                let query = crate::aws::SigV4::strip_query_signature(req.uri().query());
+                route.target.uri(&m.rest, query.as_deref())
+            }
+            _ => route.target.uri(&m.rest, req.uri().query()),
         };
-        // Held until the upstream's answer is back (or the request fails).
-        let _slot = match &route.in_flight {
+        let Ok(uri) = uri else {
+            return done(Some(index), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath)));
+        };
+        let slot = match &route.in_flight {
             Some(cap) => match cap.try_enter() {
                 Some(slot) => Some(slot),
                 None => {
                     route.count_denial(Denial::RateLimited);
-                    return (Some(route), Err(ProxyError::RateLimited { retry_after_secs: 1 }));
+                    return done(Some(index), Err(ProxyError::RateLimited { retry_after_secs: 1 }));
                 }
             },
             None => None,
@@ -312,18 +391,18 @@ impl RouteSet {
         if let Some(bucket) = &route.bucket {
             if let Err(wait) = bucket.take() {
                 route.count_denial(Denial::RateLimited);
-                return (
-                    Some(route),
-                    Err(ProxyError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil() as u64 }),
-                );
+                let retry_after_secs = wait.as_secs_f64().ceil() as u64;
+                return done(Some(index), Err(ProxyError::RateLimited { retry_after_secs }));
             }
         }
         let Inject::Header { name, format } = &route.inject else {
-            let result = Box::pin(route.send_other(req, uri)).await;
-            return (Some(route), result);
+            let shared = this.clone();
+            let step = Step::Boxed(Box::pin(async move { shared.routes[index].send_other(req, uri).await }));
+            return Prepared { route: Some(index), slot, step };
         };
         let Some(credential) = route.token.credential(*format) else {
-            return (Some(route), Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() }));
+            let token = route.token.name().to_owned();
+            return done(Some(index), Err(ProxyError::TokenUnavailable { token }));
         };
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
@@ -340,15 +419,16 @@ impl RouteSet {
         let replayable = credential.fresh
             && retry.methods.contains(&parts.method)
             && body.size_hint().exact().is_some_and(|n| n <= retry.body_limit as u64);
-        if !replayable {
-            parts.headers.insert(name.clone(), credential.header);
-            let result = route.send(Request::from_parts(parts, Either::Left(body))).await;
-            return (Some(route), result);
+        if replayable {
+            let (shared, name, format) = (this.clone(), name.clone(), *format);
+            let step = Step::Boxed(Box::pin(async move {
+                shared.routes[index].send_replayable(parts, body, (&name, format), credential).await
+            }));
+            return Prepared { route: Some(index), slot, step };
         }
-        // Only within `overlap` of a new value: boxed, so the common request's future stays
-        // small (it is moved into place on each request).
-        let result = Box::pin(route.send_replayable(parts, body, (name, *format), credential)).await;
-        (Some(route), result)
+        parts.headers.insert(name.clone(), credential.header);
+        let answer = route.start_send(Request::from_parts(parts, Either::Left(body)));
+        Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer } }
     }
 }
 
@@ -520,9 +600,22 @@ impl Route {
         }
     }
 
+    /// Hands one request to the upstream; the answer is due within the route's timeout.
+    fn start_send(&self, req: Request<ProxyBody>) -> impl UpstreamAnswer {
+        tokio::time::timeout(self.timeout, self.upstream.request(req))
+    }
+
     /// Sends one request upstream within the route's timeout.
     async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
-        match tokio::time::timeout(self.timeout, self.upstream.request(req)).await {
+        self.answer(self.start_send(req).await)
+    }
+
+    /// The upstream's answer (or failure) as the client gets it.
+    fn answer(
+        &self,
+        outcome: Result<Result<Response<Incoming>, crate::upstream::UpstreamError>, tokio::time::error::Elapsed>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        match outcome {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);

@@ -438,8 +438,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin = Admin::new(live.clone());
     let proxy = live.proxy.clone();
     let proxy_task = tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, limits, true, move |req| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req).await) }
+        futures_util::FutureExt::map(proxy.handle(req), Ok::<_, Infallible>)
     }));
     let admin_task =
         tokio::spawn(serve(admin_listener, "admin", admin_stop_rx, ADMIN_GRACE, admin_limits(), false, move |req| {

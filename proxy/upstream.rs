@@ -205,6 +205,62 @@ enum Conn {
     H2(http2::SendRequest<ProxyBody>),
 }
 
+/// What a connection's `try_send_request` gives: the answer, or the request back unsent.
+pub trait SendFuture:
+    Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>>> + Send
+{
+}
+
+impl<F> SendFuture for F where
+    F: Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>>> + Send
+{
+}
+
+/// The answer to [`Pool::request`].
+#[pin_project::pin_project]
+pub struct Answer<A, B> {
+    pool: Arc<Pool>,
+    #[pin]
+    state: Sent<A, B>,
+}
+
+#[pin_project::pin_project(project = SentProj)]
+enum Sent<A, B> {
+    /// Handed to a pooled HTTP/1 connection.
+    H1(#[pin] A),
+    /// Handed to the HTTP/2 connection.
+    H2(#[pin] B),
+    /// On a new connection, or retried.
+    Other(Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>),
+}
+
+impl<A: SendFuture, B: SendFuture> Future for Answer<A, B> {
+    type Output = Result<Response<Incoming>, UpstreamError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let result = match this.state.as_mut().project() {
+                SentProj::H1(f) => std::task::ready!(f.poll(cx)),
+                SentProj::H2(f) => std::task::ready!(f.poll(cx)),
+                SentProj::Other(f) => return f.as_mut().poll(cx),
+            };
+            match result {
+                Ok(r) => return Poll::Ready(Ok(r)),
+                Err(mut e) => match e.take_message() {
+                    // Never written: the pooled connection closed while it sat idle (or, for
+                    // HTTP/2, went away). Another one.
+                    Some(req) => {
+                        tracing::debug!(error = %e.error(), "a pooled upstream connection was closed; retrying on another");
+                        this.state.set(Sent::Other(Box::pin(this.pool.clone().send_from(req, 2))));
+                    }
+                    None => return Poll::Ready(Err(UpstreamError::Request(e.into_error()))),
+                },
+            }
+        }
+    }
+}
+
 impl Pool {
     fn new(connector: Connector, scheme: &Scheme, authority: &Authority) -> Pool {
         let origin = Uri::builder()
@@ -256,13 +312,37 @@ impl Pool {
         h1 + usize::from(h2)
     }
 
-    /// Sends `req` (an absolute URI for this origin) on a pooled connection or a new one.
-    pub async fn request(&self, mut req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
-        for attempt in 1..=ATTEMPTS {
+    /// Sends `req` (an absolute URI for this origin). The common request is handed to a pooled
+    /// connection before this returns, and the future only waits for its answer (small, as it
+    /// is moved into place on each request: no `await` holds the request). A new connection,
+    /// and a retry, run boxed.
+    pub fn request(self: &Arc<Self>, mut req: Request<ProxyBody>) -> Answer<impl SendFuture, impl SendFuture> {
+        let state = match self.checkout() {
+            Some(Conn::H1(mut send)) => {
+                self.http1_form(&mut req);
+                let response = send.try_send_request(req);
+                // Back in the pool at once: it reports ready again when this response is read.
+                self.lock_h1().push(H1 { send, epoch: self.epoch.load(Ordering::Relaxed) });
+                Sent::H1(response)
+            }
+            Some(Conn::H2(mut send)) => {
+                self.absolute_form(req.uri_mut());
+                Sent::H2(send.try_send_request(req))
+            }
+            None => Sent::Other(Box::pin(self.clone().send_from(req, 1))),
+        };
+        Answer { pool: self.clone(), state }
+    }
+
+    /// Sends on a pooled connection or a new one, attempts `first` to [`ATTEMPTS`].
+    async fn send_from(
+        self: Arc<Self>,
+        mut req: Request<ProxyBody>,
+        first: usize,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        for attempt in first..=ATTEMPTS {
             let (conn, reused) = match self.checkout() {
                 Some(c) => (c, true),
-                // Boxed: the connect future is large, and the request future (moved into place
-                // on each request) stays small without it.
                 None => (Box::pin(self.connect()).await?, false),
             };
             let response = match conn {
@@ -273,7 +353,6 @@ impl Pool {
                 Conn::H1(mut send) => {
                     self.http1_form(&mut req);
                     let response = send.try_send_request(req);
-                    // Back in the pool at once: it reports ready again when this response is read.
                     self.lock_h1().push(H1 { send, epoch: self.epoch.load(Ordering::Relaxed) });
                     response.await
                 }
@@ -281,8 +360,6 @@ impl Pool {
             match response {
                 Ok(r) => return Ok(r),
                 Err(mut e) => match e.take_message() {
-                    // Never written: the connection closed while it sat idle (or, for HTTP/2,
-                    // went away). Another one.
                     Some(r) if reused && attempt < ATTEMPTS => {
                         tracing::debug!(error = %e.error(), "a pooled upstream connection was closed; retrying on another");
                         req = r;
@@ -456,7 +533,7 @@ mod tests {
         client.pool(&Scheme::HTTP, &Authority::try_from(addr.to_string().as_str()).unwrap())
     }
 
-    async fn get(pool: &Pool, addr: std::net::SocketAddr, path: &str) -> Bytes {
+    async fn get(pool: &Arc<Pool>, addr: std::net::SocketAddr, path: &str) -> Bytes {
         let req = Request::get(format!("http://{addr}{path}")).body(Either::Right(Full::default())).unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req)).await.unwrap().unwrap();
         assert_eq!(resp.status(), 200);
