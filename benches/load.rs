@@ -31,6 +31,8 @@
 //!
 //! `--baseline BIN` adds another sidekey binary (say, one built before a change) as target
 //! `baseline`, measured in the same rounds: an optimisation's before/after figure.
+//! `--sidekey BIN` measures that binary as `sidekey` instead of this build's (two older builds
+//! against each other, say a variant with one setting changed against the build it came from).
 //!
 //! `--tls-upstream`: the proxies reach the origin over TLS 1.3 (HTTP/1.1, pooled connections;
 //! the origin's self-signed certificate is trusted through each proxy's CA setting and verified:
@@ -96,6 +98,8 @@ fn main() {
 }
 
 struct Opts {
+    /// The sidekey binary measured as "sidekey" (this build's, unless `--sidekey PATH`).
+    sidekey: PathBuf,
     duration: u64,
     rounds: usize,
     rotate: Option<Duration>,
@@ -113,6 +117,7 @@ struct Opts {
 impl Opts {
     fn parse(args: &[String]) -> Opts {
         let mut o = Opts {
+            sidekey: PathBuf::from(SIDEKEY),
             duration: 10,
             rounds: 3,
             rotate: None,
@@ -135,6 +140,7 @@ impl Opts {
                 "--rotate" => o.rotate = Some(sidekey::config::parse_duration(&value()).expect("--rotate 100ms")),
                 "--out" => o.out = PathBuf::from(value()),
                 "--baseline" => o.baseline = Some(PathBuf::from(value())),
+                "--sidekey" => o.sidekey = PathBuf::from(value()),
                 "--soak" => o.soak = Some(value().parse().expect("--soak SECS")),
                 "--only" => o.only = Some(value().split(',').map(str::to_owned).collect()),
                 "--tls-upstream" => o.tls_upstream = true,
@@ -748,7 +754,7 @@ fn run(opts: &Opts) -> Result<(), String> {
             servers.push(start_sidekey(
                 &origin_server,
                 "sidekey",
-                Path::new(SIDEKEY),
+                &opts.sidekey,
                 Run { audit: opts.audit, ..Run::default() },
             )?);
         }
@@ -807,7 +813,7 @@ fn run(opts: &Opts) -> Result<(), String> {
     drop(origin_server);
     let (samples, missing, rotation, soak, callgrind) = result?;
     let intercept = match opts.intercept {
-        Some(rounds) => Some(intercept_runs(rounds, opts.duration)?),
+        Some(rounds) => Some(intercept_runs(&opts.sidekey, rounds, opts.duration)?),
         None => None,
     };
     report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept })
@@ -821,7 +827,7 @@ fn callgrind_runs(opts: &Opts, origin: &Origin, n: u64) -> Result<Vec<Value>, St
     if !which("valgrind") {
         return Err("valgrind is not installed: run benches/load/setup.sh".into());
     }
-    let mut bins = vec![("sidekey", PathBuf::from(SIDEKEY))];
+    let mut bins = vec![("sidekey", opts.sidekey.clone())];
     bins.extend(opts.baseline.clone().map(|b| ("baseline", b)));
     let mut out = Vec::new();
     for (name, bin) in bins {
@@ -999,10 +1005,10 @@ fn sequential<S: std::io::Read + Write>(s: &mut S, request: &[u8], secs: u64) ->
 
 /// The interception runs (see the module doc): per round and target, p50/p99 at concurrency 1
 /// and sidekey's CPU per request; then the cost of new connections.
-fn intercept_runs(rounds: usize, secs: u64) -> Result<Value, String> {
+fn intercept_runs(sidekey: &Path, rounds: usize, secs: u64) -> Result<Value, String> {
     let origin = start_origin(true)?;
     let (tls_port, origin_cert) = origin.tls.clone().expect("a TLS origin");
-    let sidekey = start_sidekey(&origin, "sidekey", Path::new(SIDEKEY), Run { intercept: true, ..Run::default() })?;
+    let sidekey = start_sidekey(&origin, "sidekey", sidekey, Run { intercept: true, ..Run::default() })?;
     let proxy: SocketAddr = sidekey.url.strip_prefix("http://").unwrap().trim_end_matches("/x").parse().unwrap();
     let sidekey_ca = client_tls(&sidekey._dir.path().join("intercept-ca.crt"))?;
     let origin_tls = client_tls(&origin_cert)?;

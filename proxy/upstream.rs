@@ -414,7 +414,8 @@ impl Pool {
             }
             return Ok(Conn::H2(send));
         }
-        let (send, conn) = http1::Builder::new().handshake(io).await.map_err(UpstreamError::Handshake)?;
+        // Flattened writes, as on the client side of sidekey (see `conn::builder`).
+        let (send, conn) = http1::Builder::new().writev(false).handshake(io).await.map_err(UpstreamError::Handshake)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream HTTP/1 connection ended with an error");
