@@ -2,6 +2,12 @@
 //! proxied request against the same request sent directly, in the same run, so the added
 //! latency reads as a difference (and a ratio) against a baseline measured alongside.
 //!
+//! `whole_stack_in_memory` runs the same over in-memory pipes: the client's connection into
+//! sidekey's proxy service, and sidekey's pooled upstream connection to an in-process origin
+//! (`sidekey::upstream::listen_in_memory`), so the figure is sidekey's own work per request
+//! (routing, the token header, hyper's HTTP/1 both ways, the pool) without the kernel's, against
+//! the client talking to the same origin over a pipe directly.
+//!
 //! `cargo bench --bench hot_path`
 //!
 //! The `sidekey` binary zeroes freed heap memory (`sidekey::memory::ZeroOnFree`); this bench
@@ -17,7 +23,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, Request, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use sidekey::memory::ZeroOnFree;
 use sidekey::route::RouteTable;
 
@@ -164,5 +170,81 @@ fn proxied_vs_direct(c: &mut Criterion) {
     rt.block_on(audited.shutdown());
 }
 
-criterion_group!(benches, route_lookup, allow_list, token_header, proxied_vs_direct);
+/// The in-process origin: `200 ok` when the request carries the bench token, 401 otherwise.
+async fn memory_origin(mut conns: tokio::sync::mpsc::UnboundedReceiver<tokio::io::DuplexStream>) {
+    while let Some(io) = conns.recv().await {
+        tokio::spawn(serve_origin(io));
+    }
+}
+
+async fn serve_origin(io: tokio::io::DuplexStream) {
+    let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+        let authorized = req.headers().get("authorization").is_some_and(|v| v == "Bearer bench_token_0123456789abcdef");
+        let direct = req.headers().contains_key("x-direct");
+        let status = if authorized || direct { 200 } else { 401 };
+        let resp = hyper::Response::builder().status(status).body(Full::new(Bytes::from_static(b"ok"))).unwrap();
+        Ok::<_, std::convert::Infallible>(resp)
+    });
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), service).await;
+}
+
+/// A client connection over a pipe whose other end `serve` takes.
+async fn pipe_client(
+    serve: impl FnOnce(tokio::io::DuplexStream),
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    serve(theirs);
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(ours)).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+fn whole_stack_in_memory(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (running, mut direct, mut proxied) = rt.block_on(async {
+        tokio::spawn(memory_origin(sidekey::upstream::listen_in_memory("127.0.0.1:1")));
+        let running = sidekey::start(config("http://127.0.0.1:1")).await.unwrap();
+        let direct = pipe_client(|io| drop(tokio::spawn(serve_origin(io)))).await;
+        let proxy = running.proxy();
+        let proxied = pipe_client(move |io| {
+            let service = hyper::service::service_fn(move |req| {
+                futures_util::FutureExt::map(proxy.handle(req), Ok::<_, std::convert::Infallible>)
+            });
+            let conn =
+                hyper::server::conn::http1::Builder::new().writev(false).serve_connection(TokioIo::new(io), service);
+            tokio::spawn(conn);
+        })
+        .await;
+        (running, direct, proxied)
+    });
+    let mut group = c.benchmark_group("whole_stack_in_memory");
+    group.measurement_time(Duration::from_secs(5));
+    for (name, zero_on_free) in [("direct", false), ("via_sidekey", false), ("via_sidekey_zero_on_free", true)] {
+        let is_direct = name == "direct";
+        let (send, uri) = if is_direct { (&mut direct, "/x") } else { (&mut proxied, "/bench/x") };
+        ZERO_ON_FREE.store(zero_on_free, Ordering::Relaxed);
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = std::time::Instant::now();
+                    for _ in 0..iters {
+                        let mut req = Request::get(uri).header("host", "127.0.0.1");
+                        if is_direct {
+                            req = req.header("x-direct", "1");
+                        }
+                        let resp = send.send_request(req.body(Full::default()).unwrap()).await.unwrap();
+                        assert_eq!(resp.status(), 200);
+                        resp.into_body().collect().await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    ZERO_ON_FREE.store(false, Ordering::Relaxed);
+    group.finish();
+    rt.block_on(running.shutdown());
+}
+
+criterion_group!(benches, route_lookup, allow_list, token_header, proxied_vs_direct, whole_stack_in_memory);
 criterion_main!(benches);

@@ -214,12 +214,10 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut h1 = builder.http1();
     // The header timeout is ours (see the module doc): hyper's would close idle
     // keep-alive connections after it too.
-    // One buffer per write instead of writev of head and body: measured with the load harness
-    // (a build with only this changed, against the one before it, concurrency 64, two runs):
-    // CPU per request x0.94 and x0.94, requests/s x1.06 and x1.06 (small bodies; a large body
-    // is copied once more into the buffer).
+    // Not `writev(false)`: flattening copies response bodies into the connection's write
+    // buffer, reused without zeroing, where tests/memory_scan.rs found a retired token an
+    // upstream had echoed (it was x0.94 CPU per request in the load harness).
     h1.timer(TokioTimer::new())
-        .writev(false)
         .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(crate::config::MIN_HEADER_BYTES));
     if limits.max_headers != 100 {

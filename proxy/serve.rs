@@ -160,6 +160,12 @@ impl Running {
         self.live.tokens()
     }
 
+    /// The proxy service its listener serves, to serve over another stream (benchmarks).
+    #[doc(hidden)]
+    pub fn proxy(&self) -> Proxy {
+        self.live.proxy.clone()
+    }
+
     /// The configured grace period.
     pub fn grace(&self) -> Duration {
         lock(&self.live.config).shutdown.grace

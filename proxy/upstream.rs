@@ -28,7 +28,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -37,7 +37,7 @@ use tower::ServiceExt;
 use crate::error::ProxyBody;
 
 /// The connector every upstream client uses.
-pub type Connector = ConnectTimeout<HttpsConnector<HttpConnector>>;
+pub type Connector = ConnectTimeout<HttpsConnector<Dialer>>;
 
 /// Reads a PEM CA bundle; the error says what is wrong with which file.
 pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -108,8 +108,121 @@ fn connector(extra: &[PathBuf], connect_timeout: Duration) -> Result<Connector, 
         .with_tls_config(tls)
         .https_or_http()
         .enable_all_versions()
-        .wrap_connector(http);
+        .wrap_connector(Dialer { tcp: http });
     Ok(ConnectTimeout { inner: https, timeout: connect_timeout })
+}
+
+/// Opens the byte stream to an upstream: TCP, or a pipe to an in-process origin registered
+/// with [`listen_in_memory`] (benchmarks of the whole stack without the kernel's part).
+#[derive(Clone)]
+pub struct Dialer {
+    tcp: HttpConnector,
+}
+
+/// What a [`Dialer`] opened.
+pub enum Dialed {
+    Tcp(TokioIo<tokio::net::TcpStream>),
+    Memory(TokioIo<tokio::io::DuplexStream>),
+}
+
+type InMemory = HashMap<String, tokio::sync::mpsc::UnboundedSender<tokio::io::DuplexStream>>;
+
+fn in_memory() -> &'static Mutex<InMemory> {
+    static ORIGINS: OnceLock<Mutex<InMemory>> = OnceLock::new();
+    ORIGINS.get_or_init(Mutex::default)
+}
+
+/// Makes `http://AUTHORITY` an in-process origin for this process: each connection sidekey
+/// opens to it arrives on the returned receiver as the origin's end of a pipe. For benchmarks.
+#[doc(hidden)]
+pub fn listen_in_memory(authority: &str) -> tokio::sync::mpsc::UnboundedReceiver<tokio::io::DuplexStream> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    in_memory().lock().unwrap_or_else(|e| e.into_inner()).insert(authority.to_owned(), tx);
+    rx
+}
+
+impl tower::Service<Uri> for Dialer {
+    type Response = Dialed;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<Dialed, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::<Uri>::poll_ready(&mut self.tcp, cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let origins = in_memory().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = uri.authority().and_then(|a| origins.get(a.as_str())) {
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            let sent = tx.send(theirs).map(|()| Dialed::Memory(TokioIo::new(ours)));
+            return Box::pin(std::future::ready(sent.map_err(|_| "the in-memory origin is gone".into())));
+        }
+        let connecting = self.tcp.call(uri);
+        Box::pin(async move { Ok(Dialed::Tcp(connecting.await?)) })
+    }
+}
+
+impl Connection for Dialed {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        match self {
+            Dialed::Tcp(s) => s.connected(),
+            Dialed::Memory(_) => hyper_util::client::legacy::connect::Connected::new(),
+        }
+    }
+}
+
+impl hyper::rt::Read for Dialed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Dialed::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Dialed::Memory(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Dialed {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Dialed::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Dialed::Memory(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Dialed::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Dialed::Memory(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Dialed::Tcp(s) => s.is_write_vectored(),
+            Dialed::Memory(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Dialed::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Dialed::Memory(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Dialed::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Dialed::Memory(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 /// Upstream connections of one trust setting and connect timeout: a [`Pool`] per origin.
@@ -414,8 +527,7 @@ impl Pool {
             }
             return Ok(Conn::H2(send));
         }
-        // Flattened writes, as on the client side of sidekey (see `conn::builder`).
-        let (send, conn) = http1::Builder::new().writev(false).handshake(io).await.map_err(UpstreamError::Handshake)?;
+        let (send, conn) = http1::Builder::new().handshake(io).await.map_err(UpstreamError::Handshake)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream HTTP/1 connection ended with an error");
