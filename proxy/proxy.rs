@@ -178,7 +178,7 @@ impl<F> UpstreamAnswer for F where
 {
 }
 
-type BoxedResult<'a> = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send + 'a>>;
+type BoxedResult = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
 
 /// Where a request stands once routed.
 #[pin_project::pin_project(project = StepProj)]
@@ -192,7 +192,7 @@ enum Step<S> {
         answer: S,
     },
     /// Another injection form, or a request kept for a 401 retry: boxed, as it is larger.
-    Boxed(BoxedResult<'static>),
+    Boxed(BoxedResult),
     /// A CONNECT: answered as it is, with no route and no request metrics.
     Connect(Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>),
 }

@@ -339,12 +339,28 @@ pub struct Answer<A, B> {
 
 #[pin_project::pin_project(project = SentProj)]
 enum Sent<A, B> {
-    /// Handed to a pooled HTTP/1 connection.
-    H1(#[pin] A),
-    /// Handed to the HTTP/2 connection.
-    H2(#[pin] B),
+    /// Handed to a pooled connection.
+    Handed(#[pin] Handed<A, B>),
     /// On a new connection, or retried.
     Other(Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>),
+}
+
+/// A request handed to a connection: see [`Pool::hand_over`].
+#[pin_project::pin_project(project = HandedProj)]
+enum Handed<A, B> {
+    H1(#[pin] A),
+    H2(#[pin] B),
+}
+
+impl<A: SendFuture, B: SendFuture> Future for Handed<A, B> {
+    type Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            HandedProj::H1(f) => f.poll(cx),
+            HandedProj::H2(f) => f.poll(cx),
+        }
+    }
 }
 
 impl<A: SendFuture, B: SendFuture> Future for Answer<A, B> {
@@ -354,8 +370,7 @@ impl<A: SendFuture, B: SendFuture> Future for Answer<A, B> {
         let mut this = self.project();
         loop {
             let result = match this.state.as_mut().project() {
-                SentProj::H1(f) => std::task::ready!(f.poll(cx)),
-                SentProj::H2(f) => std::task::ready!(f.poll(cx)),
+                SentProj::Handed(f) => std::task::ready!(f.poll(cx)),
                 SentProj::Other(f) => return f.as_mut().poll(cx),
             };
             match result {
@@ -429,19 +444,9 @@ impl Pool {
     /// connection before this returns, and the future only waits for its answer (small, as it
     /// is moved into place on each request: no `await` holds the request). A new connection,
     /// and a retry, run boxed.
-    pub fn request(self: &Arc<Self>, mut req: Request<ProxyBody>) -> Answer<impl SendFuture, impl SendFuture> {
+    pub fn request(self: &Arc<Self>, req: Request<ProxyBody>) -> Answer<impl SendFuture, impl SendFuture> {
         let state = match self.checkout() {
-            Some(Conn::H1(mut send)) => {
-                self.http1_form(&mut req);
-                let response = send.try_send_request(req);
-                // Back in the pool at once: it reports ready again when this response is read.
-                self.lock_h1().push(H1 { send, epoch: self.epoch.load(Ordering::Relaxed) });
-                Sent::H1(response)
-            }
-            Some(Conn::H2(mut send)) => {
-                self.absolute_form(req.uri_mut());
-                Sent::H2(send.try_send_request(req))
-            }
+            Some(conn) => Sent::Handed(self.hand_over(conn, req)),
             None => Sent::Other(Box::pin(self.clone().send_from(req, 1))),
         };
         Answer { pool: self.clone(), state }
@@ -458,19 +463,7 @@ impl Pool {
                 Some(c) => (c, true),
                 None => (Box::pin(self.connect()).await?, false),
             };
-            let response = match conn {
-                Conn::H2(mut send) => {
-                    self.absolute_form(req.uri_mut());
-                    send.try_send_request(req).await
-                }
-                Conn::H1(mut send) => {
-                    self.http1_form(&mut req);
-                    let response = send.try_send_request(req);
-                    self.lock_h1().push(H1 { send, epoch: self.epoch.load(Ordering::Relaxed) });
-                    response.await
-                }
-            };
-            match response {
+            match self.hand_over(conn, req).await {
                 Ok(r) => return Ok(r),
                 Err(mut e) => match e.take_message() {
                     Some(r) if reused && attempt < ATTEMPTS => {
@@ -482,6 +475,23 @@ impl Pool {
             }
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// Gives `req` to `conn` in the form its protocol takes. An HTTP/1 connection goes back
+    /// into the pool at once: it reports ready again when this response has been read.
+    fn hand_over(&self, conn: Conn, mut req: Request<ProxyBody>) -> Handed<impl SendFuture, impl SendFuture> {
+        match conn {
+            Conn::H1(mut send) => {
+                self.http1_form(&mut req);
+                let response = send.try_send_request(req);
+                self.lock_h1().push(H1 { send, epoch: self.epoch.load(Ordering::Relaxed) });
+                Handed::H1(response)
+            }
+            Conn::H2(mut send) => {
+                self.absolute_form(req.uri_mut());
+                Handed::H2(send.try_send_request(req))
+            }
+        }
     }
 
     /// A ready HTTP/1 connection (taken out of the pool), or a clone of the HTTP/2 one.
