@@ -1,6 +1,7 @@
 //! File tokens rotating under keep-alive traffic: rename-over and the Kubernetes `..data`
 //! symlink swap, no failed request, no stale value after the swap, no new connection; a
-//! broken file keeps the last good value; no value ever appears on the admin API.
+//! broken file keeps the last good value; other files changing beside a token do not make it
+//! read again; no value ever appears on the admin API.
 
 mod support;
 
@@ -263,5 +264,72 @@ async fn the_periodic_check_covers_a_directory_that_cannot_be_watched_yet() {
     wait_generation(&sk, "t", 2).await;
     assert_eq!(get(&c, &format!("http://{}/r/x", sk.proxy_addr)).await.status, 200);
     assert_eq!(up.last().headers["authorization"], "Bearer polled_value_2");
+    sk.shutdown().await;
+}
+
+/// Counts the opens of one file, as inotify reports them: sidekey's reads of a token file.
+struct Opens {
+    rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+    seen: usize,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl Opens {
+    fn of(path: &Path) -> Opens {
+        use notify::event::{AccessKind, EventKind};
+        use notify::Watcher;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let file = path.to_owned();
+        let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+            if let Ok(e) = e {
+                if matches!(e.kind, EventKind::Access(AccessKind::Open(_))) && e.paths.contains(&file) {
+                    let _ = tx.send(());
+                }
+            }
+        })
+        .unwrap();
+        watcher.watch(path.parent().unwrap(), notify::RecursiveMode::NonRecursive).unwrap();
+        Opens { rx, seen: 0, _watcher: watcher }
+    }
+
+    /// Waits (bounded) until the file has been opened `n` times in all.
+    async fn wait(&mut self, n: usize) {
+        while self.seen < n {
+            bounded("an open of the token file", self.rx.recv()).await.unwrap();
+            self.seen += 1;
+        }
+    }
+}
+
+#[tokio::test]
+async fn other_files_changing_beside_a_token_do_not_make_it_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    write_rename(&path, "steady_value_1");
+    let mut opens = Opens::of(&path);
+    let up = Upstream::plain().await;
+    let sk = start_proxy(&config(&up, &path)).await;
+    // The load at start, and the watcher's first check (which re-reads every token file once).
+    opens.wait(2).await;
+
+    // A log written beside the token, a writer's temporary file created and removed: the token
+    // file is not read again for any of them.
+    let log = dir.path().join("app.log");
+    for i in 0..20 {
+        std::fs::write(&log, format!("line {i}\n")).unwrap();
+    }
+    std::fs::write(dir.path().join("other.tmp"), "x").unwrap();
+    std::fs::remove_file(dir.path().join("other.tmp")).unwrap();
+    // No signal marks a read that does not happen: give one ample time (a change is read
+    // within 15 ms, see SETTLE in proxy/token/file.rs).
+    let again = tokio::time::timeout(std::time::Duration::from_secs(1), opens.rx.recv()).await;
+    assert!(again.is_err(), "the token file was read again after changes to other files in its directory");
+
+    // The token's own change still is.
+    write_rename(&path, "steady_value_2");
+    opens.wait(3).await;
+    wait_generation(&sk, "t", 2).await;
+    assert_eq!(get(&client(), &format!("http://{}/r/x", sk.proxy_addr)).await.status, 200);
+    assert_eq!(up.last().headers["authorization"], "Bearer steady_value_2");
     sk.shutdown().await;
 }

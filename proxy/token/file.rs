@@ -83,12 +83,18 @@ fn signature(path: &Path) -> Option<Signature> {
 /// opened or read: sidekey's own reads of its token files are seen too, and must not trigger
 /// another read); `Some(true)` when a token file now has its complete new content: something
 /// was renamed onto it (an atomic replacement, the Kubernetes `..data` swap among them) or a
-/// writer closed it; `Some(false)` for other changes (a file just created and perhaps still
-/// empty, a write in progress, a temporary file beside it), folded into a read [`SETTLE`]
-/// later.
+/// writer closed it; `Some(false)` for other changes to a token file (just created and perhaps
+/// still empty, a write in progress, renamed away), folded into a read [`SETTLE`] later.
+/// Other files in a watched directory are not token files: a log written beside a token, or
+/// a writer's temporary file, is `None` (the temporary file's rename onto the token is the
+/// change). An event that names no file (the watcher lost track) is `Some(false)`.
 fn change(event: &notify::Event, tokens: &[PathBuf]) -> Option<bool> {
     use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
     if matches!(event.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write)) {
+        return None;
+    }
+    let ours = |p: &PathBuf| tokens.contains(p) || p.file_name().is_some_and(|n| n == "..data");
+    if !event.paths.is_empty() && !event.paths.iter().any(ours) {
         return None;
     }
     let finished = matches!(
@@ -97,8 +103,7 @@ fn change(event: &notify::Event, tokens: &[PathBuf]) -> Option<bool> {
             | EventKind::Access(AccessKind::Close(AccessMode::Write))
     );
     // For a rename seen as one event the new name is the last path.
-    let path = event.paths.last();
-    Some(finished && path.is_some_and(|p| tokens.contains(p) || p.file_name().is_some_and(|n| n == "..data")))
+    Some(finished && event.paths.last().is_some_and(ours))
 }
 
 /// Watches every file token and refreshes it when its file changes, until `shutdown` turns
@@ -219,11 +224,28 @@ mod tests {
         assert_eq!(c(EventKind::Access(AccessKind::Close(AccessMode::Write)), &["/s/token"]), Some(true));
         // The Kubernetes secret volume swap.
         assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::To)), &["/s/..data"]), Some(true));
-        // Just created (a writer's open with O_CREAT, still empty), a write still open, a
-        // temporary file, the old name renamed away: settle first.
+        // Just created (a writer's open with O_CREAT, still empty), a write still open, the
+        // old name renamed away, an event that names no file: settle first.
         assert_eq!(c(EventKind::Create(CreateKind::File), &["/s/token"]), Some(false));
         assert_eq!(c(EventKind::Modify(ModifyKind::Data(DataChange::Any)), &["/s/token"]), Some(false));
-        assert_eq!(c(EventKind::Create(CreateKind::File), &["/s/token.tmp"]), Some(false));
         assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::From)), &["/s/token"]), Some(false));
+        assert_eq!(c(EventKind::Other, &[]), Some(false));
+    }
+
+    #[test]
+    fn other_files_beside_a_token_are_not_a_change() {
+        let tokens = [PathBuf::from("/s/token")];
+        let c = |kind, paths: &[&str]| change(&event(kind, paths), &tokens);
+        // A log written in the same directory, a writer's temporary file, a Kubernetes
+        // volume's timestamped directory and staging link (the `..data` rename follows).
+        assert_eq!(c(EventKind::Modify(ModifyKind::Data(DataChange::Any)), &["/s/app.log"]), None);
+        assert_eq!(c(EventKind::Access(AccessKind::Close(AccessMode::Write)), &["/s/app.log"]), None);
+        assert_eq!(c(EventKind::Create(CreateKind::File), &["/s/token.tmp"]), None);
+        assert_eq!(c(EventKind::Create(CreateKind::Folder), &["/s/..2026_11_29_01_00_00.1"]), None);
+        assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::From)), &["/s/..data_tmp"]), None);
+        // Renamed from elsewhere onto the token: the token's path counts.
+        assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::Both)), &["/s/x", "/s/token"]), Some(true));
+        // The token renamed away to another name.
+        assert_eq!(c(EventKind::Modify(ModifyKind::Name(RenameMode::Both)), &["/s/token", "/s/old"]), Some(false));
     }
 }
