@@ -46,12 +46,14 @@
 //! process, counted by valgrind's callgrind over N keep-alive requests (and in the baseline's,
 //! with `--baseline`): stable figures for a change too small for timings on a noisy machine.
 //! Each binary runs twice under callgrind, with N requests and with none; the difference over
-//! N is the figure. The retry window after a token change is off in these runs
-//! (`overlap = "0s"`), so every request takes the steady path. The instructions of memset,
-//! memcpy and memmove are also given apart: callgrind counts every byte a `rep stos` fills as
-//! an instruction, so zeroing and copying weigh far more there than in cycles.
-//! `--callgrind-out DIR` keeps the profiles there (`sidekey-N.out`, `baseline-0.out`, ...) for
-//! `callgrind_annotate`.
+//! N is the figure. It is counted on two paths: the steady one (the retry window after a token
+//! change off, `overlap = "0s"`) and the one every request takes within a rotation's retry
+//! window (`overlap`: 30 s after each change by default, and all the time in the rotation
+//! runs), where the request is kept so that a 401 can be retried with the previous token. The
+//! instructions of memset, memcpy and memmove are also given apart: callgrind counts every
+//! byte a `rep stos` fills as an instruction, so zeroing and copying weigh far more there than
+//! in cycles. `--callgrind-out DIR` keeps the profiles there (`sidekey-N.out`,
+//! `sidekey-fresh-N.out`, `baseline-0.out`, ...) for `callgrind_annotate`.
 //!
 //! `--intercept` (with `--rounds 0` to skip the rest): the cost of HTTPS interception, for
 //! clients that only speak `https://` and reach sidekey through `CONNECT`. A client in this
@@ -494,9 +496,10 @@ fn origin_stats(origin: SocketAddr) -> Value {
 #[derive(Clone, Copy, Default)]
 struct Run<'a> {
     audit: bool,
-    /// Under callgrind, writing its profile here (and with the 401-retry window off, so every
-    /// request takes the steady path).
+    /// Under callgrind, writing its profile here, with the 401-retry window after a token
+    /// change off (every request takes the steady path), or lasting the whole run (`fresh`).
     callgrind: Option<&'a Path>,
+    fresh: bool,
     /// With `[intercept]` (a generated CA written to `intercept-ca.crt` in its directory), the
     /// route naming host `origin.test`.
     intercept: bool,
@@ -520,7 +523,7 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> R
     }
     text.push_str(&format!("\n[tokens.load]\nsource = \"file\"\npath = {:?}\n", token.display().to_string()));
     if run.callgrind.is_some() {
-        text.push_str("overlap = \"0s\"\n");
+        text.push_str(if run.fresh { "overlap = \"1h\"\n" } else { "overlap = \"0s\"\n" });
     }
     if run.audit {
         text.push_str(&format!("\n[audit]\npath = {:?}\n", dir.path().join("audit.log").display().to_string()));
@@ -830,19 +833,20 @@ fn callgrind_runs(opts: &Opts, origin: &Origin, n: u64) -> Result<Vec<Value>, St
     let mut bins = vec![("sidekey", opts.sidekey.clone())];
     bins.extend(opts.baseline.clone().map(|b| ("baseline", b)));
     let mut out = Vec::new();
-    for (name, bin) in bins {
+    for ((name, bin), fresh) in bins.iter().flat_map(|b| [(b, false), (b, true)]) {
+        let path = if fresh { "in a rotation's retry window" } else { "steady" };
         // (all instructions, those in memset/memcpy/memmove)
         let total = |requests: u64| -> Result<(u64, u64), String> {
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
             let profile = dir.path().join("callgrind.out");
-            let server = start_sidekey(origin, name, &bin, Run { callgrind: Some(&profile), ..Run::default() })?;
-            eprintln!("load: callgrind, {name}, {requests} requests");
+            let server = start_sidekey(origin, name, bin, Run { callgrind: Some(&profile), fresh, ..Run::default() })?;
+            eprintln!("load: callgrind, {name}, {path}, {requests} requests");
             keep_alive_requests(&server.url, 50)?;
             keep_alive_requests(&server.url, requests)?;
             drop(server);
             if let Some(keep) = &opts.callgrind_out {
                 std::fs::create_dir_all(keep).map_err(|e| format!("{}: {e}", keep.display()))?;
-                let to = keep.join(format!("{name}-{requests}.out"));
+                let to = keep.join(format!("{name}-{}{requests}.out", if fresh { "fresh-" } else { "" }));
                 std::fs::copy(&profile, &to).map_err(|e| format!("{}: {e}", to.display()))?;
             }
             callgrind_totals(&profile)
@@ -850,6 +854,7 @@ fn callgrind_runs(opts: &Opts, origin: &Origin, n: u64) -> Result<Vec<Value>, St
         let (idle, loaded) = (total(0)?, total(n)?);
         out.push(json!({
             "target": name,
+            "path": path,
             "requests": n,
             "instructions_per_request": loaded.0.saturating_sub(idle.0) as f64 / n as f64,
             "of_which_mem_fill_copy": loaded.1.saturating_sub(idle.1) as f64 / n as f64,
@@ -1243,9 +1248,10 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
     if let Some(runs) = &callgrind {
         for r in runs {
             println!(
-                "callgrind {}: {:.0} instructions per request in sidekey's process, {:.0} of them filling or \
+                "callgrind {}, {}: {:.0} instructions per request in sidekey's process, {:.0} of them filling or \
                  copying memory ({} requests)",
                 r["target"].as_str().unwrap(),
+                r["path"].as_str().unwrap(),
                 r["instructions_per_request"].as_f64().unwrap(),
                 r["of_which_mem_fill_copy"].as_f64().unwrap(),
                 r["requests"]
