@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName};
@@ -185,11 +186,13 @@ type BoxedResult = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Proxy
 enum Step<S> {
     /// Answered already (refused, unroutable, no token); taken when polled.
     Done(Option<Result<Response<ProxyBody>, ProxyError>>),
-    /// Handed to the route's upstream: the common request.
+    /// Handed to the route's upstream: the common request. `kept`: a copy to send again with
+    /// the previous token if the answer is a 401 right after a rotation.
     Sent {
         route: usize,
         #[pin]
         answer: S,
+        kept: Option<Box<Kept>>,
     },
     /// Another injection form, or a request kept for a 401 retry: boxed, as it is larger.
     Boxed(BoxedResult),
@@ -203,16 +206,53 @@ struct Prepared<S> {
     step: Step<S>,
 }
 
+/// A request kept whole (its body read) right after a rotation, so that a 401 to it can be
+/// retried with the value the rotation replaced.
+struct Kept {
+    parts: http::request::Parts,
+    body: Bytes,
+    /// The credential's header, its format number, and the generation the first attempt used.
+    name: HeaderName,
+    format: usize,
+    used: u64,
+}
+
+impl Kept {
+    /// A copy to send, with `header` as its credential.
+    fn request(&self, header: HeaderValue) -> Request<Either<Incoming, Full<Bytes>>> {
+        let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = self.parts.uri.clone();
+        *req.version_mut() = self.parts.version;
+        *req.headers_mut() = self.parts.headers.clone();
+        req.headers_mut().insert(self.name.clone(), header);
+        req
+    }
+}
+
 impl<S: UpstreamAnswer> Future for Handling<S> {
     type Output = Response<ProxyBody>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<ProxyBody>> {
-        let this = self.project();
-        let result = match this.step.project() {
-            StepProj::Done(result) => result.take().expect("a request's future polled after it finished"),
-            StepProj::Sent { route, answer } => this.shared.routes[*route].answer(std::task::ready!(answer.poll(cx))),
-            StepProj::Boxed(f) => std::task::ready!(f.as_mut().poll(cx)),
-            StepProj::Connect(f) => return f.as_mut().poll(cx),
+        let mut this = self.project();
+        let result = loop {
+            break match this.step.as_mut().project() {
+                StepProj::Done(result) => result.take().expect("a request's future polled after it finished"),
+                StepProj::Sent { route, answer, kept } => {
+                    let index = *route;
+                    match (this.shared.routes[index].answer(std::task::ready!(answer.poll(cx))), kept.take()) {
+                        (Ok(first), Some(kept)) if first.status() == StatusCode::UNAUTHORIZED => {
+                            let shared = this.shared.clone();
+                            let retry = async move { shared.routes[index].retry_401(*kept, first).await };
+                            this.step.set(Step::Boxed(Box::pin(retry)));
+                            continue;
+                        }
+                        (result, _) => result,
+                    }
+                }
+                StepProj::Boxed(f) => std::task::ready!(f.as_mut().poll(cx)),
+                StepProj::Connect(f) => return f.as_mut().poll(cx),
+            };
         };
         this.slot.take();
         Poll::Ready(this.shared.finish(this.route.map(|i| &this.shared.routes[i]), result, *this.start))
@@ -419,16 +459,24 @@ impl RouteSet {
         let replayable = credential.fresh
             && retry.methods.contains(&parts.method)
             && body.size_hint().exact().is_some_and(|n| n <= retry.body_limit as u64);
-        if replayable {
+        if replayable && body.size_hint().exact() != Some(0) {
+            // The body is read whole first, so that it can be sent twice.
             let (shared, name, format) = (this.clone(), name.clone(), *format);
             let step = Step::Boxed(Box::pin(async move {
-                shared.routes[index].send_replayable(parts, body, (&name, format), credential).await
+                shared.routes[index].send_replayable(parts, body, (name, format), credential).await
             }));
             return Prepared { route: Some(index), slot, step };
         }
-        parts.headers.insert(name.clone(), credential.header);
-        let answer = route.start_send(Request::from_parts(parts, Either::Left(body)));
-        Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer } }
+        let (req, kept) = if replayable {
+            let kept =
+                Kept { parts, body: Bytes::new(), name: name.clone(), format: *format, used: credential.generation };
+            (kept.request(credential.header), Some(Box::new(kept)))
+        } else {
+            parts.headers.insert(name.clone(), credential.header);
+            (Request::from_parts(parts, Either::Left(body)), None)
+        };
+        let answer = route.start_send(req);
+        Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept } }
     }
 }
 
@@ -533,7 +581,7 @@ impl Route {
         &self,
         parts: http::request::Parts,
         body: Incoming,
-        (name, format): (&HeaderName, usize),
+        (name, format): (HeaderName, usize),
         credential: crate::token::Credential,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let body = match body.collect().await {
@@ -543,29 +591,26 @@ impl Route {
                 return Err(ProxyError::ClientBody);
             }
         };
-        let copy = |header: HeaderValue| {
-            let mut req = Request::new(Either::Right(Full::new(body.clone())));
-            *req.method_mut() = parts.method.clone();
-            *req.uri_mut() = parts.uri.clone();
-            *req.version_mut() = parts.version;
-            *req.headers_mut() = parts.headers.clone();
-            req.headers_mut().insert(name.clone(), header);
-            req
-        };
-        let first = self.send(copy(credential.header)).await;
-        let Ok(resp) = &first else { return first };
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return first;
+        let kept = Kept { parts, body, name, format, used: credential.generation };
+        let first = self.send(kept.request(credential.header)).await;
+        match first {
+            Ok(first) if first.status() == StatusCode::UNAUTHORIZED => self.retry_401(kept, first).await,
+            first => first,
         }
-        let Some((header, with)) = self.token.retry_credential(format, credential.generation).await else {
-            // Nothing else to try: the client gets the 401 (counted as every final one is).
-            return first;
+    }
+
+    /// After a 401 to a request kept for it: sends it again with the value the rotation
+    /// replaced (while the overlap lasts) or a freshly forced one; with neither, the client
+    /// gets the 401 (counted as every final one is).
+    async fn retry_401(&self, kept: Kept, first: Response<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
+        let Some((header, with)) = self.token.retry_credential(kept.format, kept.used).await else {
+            return Ok(first);
         };
         // The first answer was a 401 all the same: count it beside the retry's own answer.
         self.metrics.count_unauthorized();
         self.unauthorized();
         drop(first);
-        let result = self.send(copy(header)).await;
+        let result = self.send(kept.request(header)).await;
         let outcome = match &result {
             Ok(r) if r.status() == StatusCode::UNAUTHORIZED => "unauthorized",
             Ok(_) => "success",
