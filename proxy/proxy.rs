@@ -24,7 +24,7 @@ use crate::conn::Tunnel;
 use crate::error::{ProxyBody, ProxyError};
 use crate::intercept::{HostPort, Intercept};
 use crate::metrics::RouteMetrics;
-use crate::route::{strip_hop_by_hop, RouteTable, Target};
+use crate::route::{own_values, strip_hop_by_hop, RouteTable, Target};
 use crate::token::Token;
 use crate::upstream::Pool;
 
@@ -466,6 +466,9 @@ impl RouteSet {
                 shared.routes[index].send_replayable(parts, body, (name, format), credential).await
             }));
             return Prepared { route: Some(index), slot, step };
+        }
+        if body.is_end_stream() {
+            own_values(&mut parts.headers);
         }
         let (req, kept) = if replayable {
             let kept =

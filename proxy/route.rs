@@ -4,7 +4,7 @@
 
 use http::header::{self, HeaderName};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Uri, Version};
+use http::{HeaderMap, HeaderValue, Uri, Version};
 
 /// Where a route forwards to: fixed at config time.
 #[derive(Debug, Clone)]
@@ -245,6 +245,34 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
+/// Gives the header values one block of their own, copied out of the buffer hyper read the
+/// request into, where they point until then.
+///
+/// hyper reads the client's connection again while a request is in flight (to notice a
+/// client that goes away); while any part of the request still points into its read buffer,
+/// that read must set up a new 8 KiB buffer, and the old one is freed (and zeroed) once the
+/// request is done with. A request with no body holds nothing else of the buffer, so after
+/// this the read reuses it.
+pub fn own_values(headers: &mut HeaderMap) {
+    let total: usize = headers.values().map(|v| v.len()).sum();
+    if total == 0 {
+        return;
+    }
+    let mut block = bytes::BytesMut::with_capacity(total);
+    for v in headers.values() {
+        block.extend_from_slice(v.as_bytes());
+    }
+    let block = block.freeze();
+    let mut at = 0;
+    for v in headers.values_mut() {
+        let end = at + v.len();
+        let mut copy = HeaderValue::from_maybe_shared(block.slice(at..end)).expect("a copy of a valid header value");
+        copy.set_sensitive(v.is_sensitive());
+        *v = copy;
+        at = end;
+    }
+}
+
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the few names present instead of nine
@@ -280,6 +308,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owned_values_are_equal_and_point_into_their_own_block() {
+        // As hyper parses them: values that are slices of the connection's read buffer.
+        let buffer = bytes::Bytes::from_static(b"text/html, */*curl/8.0secret-ish");
+        let within = |v: &HeaderValue| buffer.as_ptr_range().contains(&v.as_bytes().as_ptr());
+        let slice = |a: usize, b: usize| HeaderValue::from_maybe_shared(buffer.slice(a..b)).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.append(header::ACCEPT, slice(0, 9));
+        headers.append(header::ACCEPT, slice(11, 14));
+        headers.append(header::USER_AGENT, slice(14, 22));
+        let mut hidden = slice(22, 32);
+        hidden.set_sensitive(true);
+        headers.insert("x-api-key", hidden);
+        headers.insert("x-empty", HeaderValue::from_static(""));
+        let before = headers.clone();
+        assert!(headers.values().filter(|v| !v.is_empty()).all(within));
+
+        own_values(&mut headers);
+        assert_eq!(headers, before);
+        assert!(!headers.values().any(within), "a value still points into the read buffer");
+        let accept: Vec<_> = headers.get_all(header::ACCEPT).iter().collect();
+        assert_eq!(accept, ["text/html", "*/*"]);
+        assert!(headers["x-api-key"].is_sensitive());
+        assert!(!headers[header::USER_AGENT].is_sensitive());
+
+        let mut empty = HeaderMap::new();
+        own_values(&mut empty);
+        assert!(empty.is_empty());
+    }
 
     fn table() -> RouteTable {
         RouteTable::new([
