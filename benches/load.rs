@@ -9,7 +9,8 @@
 //!
 //! A fast origin (this program in `--origin` mode: hyper, one thread) answers `200 ok` and
 //! tracks the `Authorization` values it sees. Each target is measured with wrk (HTTP/1.1,
-//! keep-alive): at concurrency 1 for the latency percentiles (p50/p90/p99/p99.9), at concurrency
+//! keep-alive, `GET /x` with `User-Agent` and `Accept` as a client library sends them, from
+//! `benches/load/report.lua`): at concurrency 1 for the latency percentiles (p50/p90/p99/p99.9), at concurrency
 //! 64 for requests/s and the proxy's CPU time per request (utime + stime of its processes from
 //! `/proc`, over the requests wrk completed), and the proxy's peak RSS (`VmHWM`). Targets
 //! alternate within each round and the table shows each figure's median over the rounds, with

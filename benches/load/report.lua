@@ -1,5 +1,10 @@
 -- wrk script: prints one machine-readable line with the run's totals and latency percentiles
 -- (microseconds), read by benches/load.rs.
+
+-- Requests as an HTTP client library sends them (wrk alone sends Host only), the same as the
+-- harness's own keep-alive requests: a proxy forwards these, and they cost what they cost.
+wrk.headers["User-Agent"] = "load"
+wrk.headers["Accept"] = "*/*"
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
