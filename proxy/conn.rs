@@ -168,7 +168,11 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
+        let io = self.project().io;
+        crate::memory::gather_write(bufs, |bufs| match bufs {
+            [one] => io.poll_write(cx, one),
+            _ => io.poll_write_vectored(cx, bufs),
+        })
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()

@@ -198,7 +198,10 @@ impl hyper::rt::Write for Dialed {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Dialed::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Dialed::Tcp(s) => crate::memory::gather_write(bufs, |bufs| match bufs {
+                [one] => Pin::new(s).poll_write(cx, one),
+                _ => Pin::new(s).poll_write_vectored(cx, bufs),
+            }),
             Dialed::Memory(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
