@@ -8,6 +8,11 @@
 //! (routing, the token header, hyper's HTTP/1 both ways, the pool) without the kernel's, against
 //! the client talking to the same origin over a pipe directly.
 //!
+//! `socket_write` compares the two ways to hand a response (head and a small body) to a
+//! loopback socket: `writev` of the two buffers, as hyper does, and one `send` of them gathered
+//! by `sidekey::memory::gather_write`, as sidekey's sockets do; each write is read back whole
+//! on the other end.
+//!
 //! `cargo bench --bench hot_path`
 //!
 //! The `sidekey` binary zeroes freed heap memory (`sidekey::memory::ZeroOnFree`); this bench
@@ -246,5 +251,49 @@ fn whole_stack_in_memory(c: &mut Criterion) {
     rt.block_on(running.shutdown());
 }
 
-criterion_group!(benches, route_lookup, allow_list, token_header, proxied_vs_direct, whole_stack_in_memory);
+fn socket_write(c: &mut Criterion) {
+    use std::io::{IoSlice, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut writer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    writer.set_nodelay(true).unwrap();
+    let (mut reader, _) = listener.accept().unwrap();
+    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ndate: Sun, 29 Nov 2026 01:50:40 GMT\r\n\r\n";
+    let bufs = [IoSlice::new(head), IoSlice::new(b"ok")];
+    let total = head.len() + 2;
+    let mut sink = vec![0u8; 4096];
+    let mut read_back = |reader: &mut std::net::TcpStream| {
+        let mut got = 0;
+        while got < total {
+            got += reader.read(&mut sink).unwrap();
+        }
+    };
+    let mut group = c.benchmark_group("socket_write");
+    group.bench_function("writev_head_and_body", |b| {
+        b.iter(|| {
+            assert_eq!(writer.write_vectored(&bufs).unwrap(), total);
+            read_back(&mut reader);
+        })
+    });
+    group.bench_function("gathered_send", |b| {
+        b.iter(|| {
+            let written = sidekey::memory::gather_write(&bufs, |b| match b {
+                [one] => std::task::Poll::Ready(writer.write(one)),
+                _ => std::task::Poll::Ready(writer.write_vectored(b)),
+            });
+            assert!(matches!(written, std::task::Poll::Ready(Ok(n)) if n == total));
+            read_back(&mut reader);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    route_lookup,
+    allow_list,
+    token_header,
+    proxied_vs_direct,
+    whole_stack_in_memory,
+    socket_write
+);
 criterion_main!(benches);
