@@ -194,7 +194,8 @@ enum Step<S> {
         answer: S,
         kept: Option<Box<Kept>>,
     },
-    /// Another injection form, or a request kept for a 401 retry: boxed, as it is larger.
+    /// Another injection form, a request whose body is read whole first (to be sent again on a
+    /// 401 after a rotation), or that retry itself: boxed, as it is larger.
     Boxed(BoxedResult),
     /// A CONNECT: answered as it is, with no route and no request metrics.
     Connect(Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>>),
