@@ -460,7 +460,8 @@ impl RouteSet {
         let replayable = credential.fresh
             && retry.methods.contains(&parts.method)
             && body.size_hint().exact().is_some_and(|n| n <= retry.body_limit as u64);
-        if replayable && body.size_hint().exact() != Some(0) {
+        let empty = body.is_end_stream();
+        if replayable && !empty {
             // The body is read whole first, so that it can be sent twice.
             let (shared, name, format) = (this.clone(), name.clone(), *format);
             let step = Step::Boxed(Box::pin(async move {
@@ -468,7 +469,7 @@ impl RouteSet {
             }));
             return Prepared { route: Some(index), slot, step };
         }
-        if body.is_end_stream() {
+        if empty {
             own_values(&mut parts.headers);
         }
         let (req, kept) = if replayable {
