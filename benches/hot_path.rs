@@ -10,7 +10,7 @@
 //!
 //! `socket_write` compares the two ways to hand a response (head and a small body) to a
 //! loopback socket: `writev` of the two buffers, as hyper does, and one `send` of them gathered
-//! by `sidekey::memory::gather_write`, as sidekey's sockets do; each write is read back whole
+//! by `sidekey::memory::poll_write_gathered`, as sidekey's sockets do; each write is read back whole
 //! on the other end.
 //!
 //! `cargo bench --bench hot_path`
@@ -20,7 +20,9 @@
 //! beside the plain ones (client, proxy and origin share the process and so the allocator).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -275,16 +277,43 @@ fn socket_write(c: &mut Criterion) {
         })
     });
     group.bench_function("gathered_send", |b| {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         b.iter(|| {
-            let written = sidekey::memory::gather_write(&bufs, |b| match b {
-                [one] => std::task::Poll::Ready(writer.write(one)),
-                _ => std::task::Poll::Ready(writer.write_vectored(b)),
-            });
+            let written = sidekey::memory::poll_write_gathered(Pin::new(&mut Blocking(&mut writer)), &mut cx, &bufs);
             assert!(matches!(written, std::task::Poll::Ready(Ok(n)) if n == total));
             read_back(&mut reader);
         })
     });
     group.finish();
+}
+
+/// A blocking socket as an `AsyncWrite`, each call one system call, for `socket_write`.
+struct Blocking<'a>(&'a mut std::net::TcpStream);
+
+impl tokio::io::AsyncWrite for Blocking<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(std::io::Write::write(&mut self.0, buf))
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(std::io::Write::write_vectored(&mut self.0, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 criterion_group!(

@@ -168,11 +168,7 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let io = self.project().io;
-        crate::memory::gather_write(bufs, |bufs| match bufs {
-            [one] => io.poll_write(cx, one),
-            _ => io.poll_write_vectored(cx, bufs),
-        })
+        crate::memory::poll_write_gathered(self.project().io, cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -220,7 +216,7 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     // buffer, reused without zeroing, where tests/memory_scan.rs found a retired token an
     // upstream had echoed (it was x0.94 CPU per request in the load harness). `Watched`
     // gathers a head and a small body into one `send` instead, through a scratch buffer it
-    // zeroes after each write (`memory::gather_write`).
+    // zeroes after each write (`memory::poll_write_gathered`).
     //
     // The header timeout is ours (see the module doc): hyper's would close idle
     // keep-alive connections after it too.

@@ -198,10 +198,7 @@ impl hyper::rt::Write for Dialed {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Dialed::Tcp(s) => crate::memory::gather_write(bufs, |bufs| match bufs {
-                [one] => Pin::new(s).poll_write(cx, one),
-                _ => Pin::new(s).poll_write_vectored(cx, bufs),
-            }),
+            Dialed::Tcp(s) => crate::memory::poll_write_gathered(Pin::new(s.inner_mut()), cx, bufs),
             Dialed::Memory(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
