@@ -87,7 +87,7 @@ impl Admin {
         let path = req.uri().path();
         match (req.method(), path) {
             (&Method::GET | &Method::HEAD, "/metrics") => {
-                text(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::install().render())
+                text(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render())
             }
             (&Method::GET | &Method::HEAD, "/tokens") => {
                 let list: Vec<Value> = self.live.tokens().iter().map(|t| token_json(t)).collect();

@@ -271,7 +271,7 @@ impl RouteSet {
         let response = result.unwrap_or_else(ProxyError::into_response);
         let status = response.status().as_u16();
         let metrics = route.map_or(&self.unmatched, |r| &r.metrics);
-        metrics.record(status, start.elapsed().as_secs_f64());
+        metrics.record(status, start.elapsed());
         if let Some(r) = route {
             r.usage.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if status >= 500 {

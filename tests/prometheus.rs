@@ -44,6 +44,15 @@ async fn prometheus_sees_a_propagation_failure_and_fires_the_alert() {
         assert_eq!(get(&c, &format!("http://{}/r/x", sk.proxy_addr)).await.status, 401);
     }
     prom.until("the propagation failure", query, |j| j["data"]["result"][0]["value"][1] == "1").await;
+    // The request-duration histogram (rendered by sidekey itself, not the exporter) parses as
+    // one: its count and its +Inf bucket both hold the four requests.
+    for series in [
+        "sidekey_request_duration_seconds_count%7Broute%3D%22promroute%22%7D",
+        "sidekey_request_duration_seconds_bucket%7Broute%3D%22promroute%22%2Cle%3D%22%2BInf%22%7D",
+    ] {
+        let q = format!("/api/v1/query?query={series}");
+        prom.until(&format!("{series} at 4"), &q, |j| j["data"]["result"][0]["value"][1] == "4").await;
+    }
     let alerts = prom
         .until("the SidekeyPropagationFailure alert firing", "/api/v1/alerts", |j| {
             j["data"]["alerts"].as_array().is_some_and(|a| {
