@@ -19,9 +19,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use pin_project::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
@@ -139,17 +139,72 @@ impl Drop for InFlight {
     }
 }
 
+/// HTTP/2's connection preface: a client with prior knowledge starts with it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// The client socket, noting when bytes arrive.
 #[pin_project]
 struct Watched<T> {
     #[pin]
     io: T,
     watch: Arc<ConnWatch>,
+    /// What [`Watched::sniff`] read, handed over by the next read.
+    pre: Vec<u8>,
+}
+
+/// What a connection speaks, from its first bytes.
+#[derive(Debug, PartialEq)]
+enum Speaks {
+    Http1,
+    Http2,
+    /// Closed before sending anything.
+    Nothing,
+}
+
+impl<T: AsyncRead + Unpin> Watched<T> {
+    /// Reads the connection's first bytes (as far as they match HTTP/2's preface, whole
+    /// packets at a time) and keeps them for the next read. Cancel-safe: what a poll read is
+    /// kept at once.
+    ///
+    /// hyper-util's version detection read at most the preface's 24 bytes and hyper got those
+    /// alone on its first read; reading the rest of the head then made it double its 8 KiB read
+    /// buffer, on every connection. Here hyper's first read gets the whole head as it arrived.
+    async fn sniff(&mut self) -> std::io::Result<Speaks> {
+        std::future::poll_fn(|cx| loop {
+            let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+            let mut buf = ReadBuf::uninit(&mut chunk);
+            std::task::ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+            if buf.filled().is_empty() {
+                let closed = if self.pre.is_empty() { Speaks::Nothing } else { Speaks::Http1 };
+                return Poll::Ready(Ok(closed));
+            }
+            self.watch.on_read();
+            self.pre.extend_from_slice(buf.filled());
+            let n = self.pre.len().min(H2_PREFACE.len());
+            if self.pre[..n] != H2_PREFACE[..n] {
+                return Poll::Ready(Ok(Speaks::Http1));
+            }
+            if n == H2_PREFACE.len() {
+                return Poll::Ready(Ok(Speaks::Http2));
+            }
+        })
+        .await
+    }
 }
 
 impl<T: AsyncRead> AsyncRead for Watched<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.project();
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre[..n]);
+            if n == this.pre.len() {
+                *this.pre = Vec::new();
+            } else {
+                this.pre.drain(..n);
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = this.io.poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -208,10 +263,9 @@ pub fn admin_limits() -> Limits {
     Limits { max_connections: 64, max_streams: 16, ..Limits::default() }
 }
 
-/// The hyper connection builder for a listener's limits.
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let mut h1 = builder.http1();
+/// The hyper connection builders for a listener's limits.
+fn builders(limits: &Limits) -> (http1::Builder, http2::Builder<TokioExecutor>) {
+    let mut h1 = http1::Builder::new();
     // Not `writev(false)`: flattening copies response bodies into the connection's write
     // buffer, reused without zeroing, where tests/memory_scan.rs found a retired token an
     // upstream had echoed (it was x0.94 CPU per request in the load harness). `Watched`
@@ -227,21 +281,21 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // Any other value moves hyper's header array from the stack to the heap.
         h1.max_headers(limits.max_headers);
     }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_streams)
         .max_header_list_size(limits.max_header_bytes as u32)
         // Streams a client opens and resets before they are served (rapid reset): past
         // this many at once, the connection gets GOAWAY.
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(256);
-    builder
+    (h1, h2)
 }
 
 /// What every connection of one listener shares.
 struct ConnCtx {
-    builder: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
     limits: Limits,
     what: &'static str,
     /// Whether a CONNECT may take the connection over (the proxy listener).
@@ -290,6 +344,55 @@ impl Tunnel {
     }
 }
 
+/// What watches one served connection (see [`ConnWatch`]).
+struct Guards<'a> {
+    watch: &'a ConnWatch,
+    limits: &'a Limits,
+    what: &'static str,
+    peer: std::net::SocketAddr,
+}
+
+impl Guards<'_> {
+    /// Runs `conn` (an HTTP/1 or HTTP/2 connection) until it ends: closed at once on a slow
+    /// request head; asked to finish gracefully (`shutdown`) when idle or at `stop`.
+    async fn drive<C>(&self, mut conn: Pin<&mut C>, shutdown: fn(Pin<&mut C>), stop: &mut watch::Receiver<bool>)
+    where
+        C: Future<Output = hyper::Result<()>>,
+    {
+        let (what, peer) = (self.what, self.peer);
+        let mut closing = false;
+        loop {
+            let next = match self.watch.check(self.limits) {
+                Verdict::Wait(at) => instant_of(at),
+                Verdict::SlowHead => {
+                    tracing::debug!(listener = what, %peer, "request head too slow; closing the connection");
+                    break;
+                }
+                Verdict::Idle if !closing => {
+                    shutdown(conn.as_mut());
+                    closing = true;
+                    continue;
+                }
+                // Closing already: a last response is being sent; look again later.
+                Verdict::Idle => tokio::time::Instant::now() + self.limits.idle_timeout,
+            };
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = stopped(stop), if !closing => {
+                    shutdown(conn.as_mut());
+                    closing = true;
+                }
+                _ = tokio::time::sleep_until(next) => {}
+            }
+        }
+    }
+}
+
 /// Serves one client connection until it closes, times out, or is drained at shutdown; then
 /// runs the tunnel a CONNECT handed it, if any.
 async fn connection<I, F, Fut, B>(
@@ -308,8 +411,35 @@ async fn connection<I, F, Fut, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let what = ctx.what;
+    let limits = &ctx.limits;
     let watch = ConnWatch::new();
-    let io = TokioIo::new(Watched { io, watch: watch.clone() });
+    let mut io = Watched { io, watch: watch.clone(), pre: Vec::new() };
+    // Which protocol the first bytes say, read under the same guards as a request head.
+    let speaks = loop {
+        let next = match watch.check(limits) {
+            Verdict::Wait(at) => instant_of(at),
+            Verdict::SlowHead => {
+                tracing::debug!(listener = what, %peer, "request head too slow; closing the connection");
+                return;
+            }
+            Verdict::Idle => return,
+        };
+        tokio::select! {
+            r = io.sniff() => match r {
+                Ok(speaks) => break speaks,
+                Err(e) => {
+                    tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
+                    return;
+                }
+            },
+            _ = stopped(&mut stop) => return,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+    };
+    if speaks == Speaks::Nothing {
+        return;
+    }
+    let io = TokioIo::new(io);
     let slot: Arc<std::sync::Mutex<Option<TunnelFuture>>> = Arc::default();
     let tunnel = tunnels.then(|| Tunnel { slot: slot.clone(), ctx: ctx.clone(), stop: stop.clone(), peer });
     let service_watch = watch.clone();
@@ -326,38 +456,13 @@ async fn connection<I, F, Fut, B>(
             response.map(|response| response.map(|body| Tracked { body, _in_flight: in_flight }))
         })
     });
-    let limits = &ctx.limits;
-    let conn = ctx.builder.serve_connection_with_upgrades(io, service);
-    let mut conn = std::pin::pin!(conn);
-    let mut closing = false;
-    loop {
-        let next = match watch.check(limits) {
-            Verdict::Wait(at) => instant_of(at),
-            Verdict::SlowHead => {
-                tracing::debug!(listener = what, %peer, "request head too slow; closing the connection");
-                break;
-            }
-            Verdict::Idle if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-                continue;
-            }
-            // Closing already: a last response is being sent; look again later.
-            Verdict::Idle => tokio::time::Instant::now() + limits.idle_timeout,
-        };
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
-                }
-                break;
-            }
-            _ = stopped(&mut stop), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = tokio::time::sleep_until(next) => {}
-        }
+    let guards = Guards { watch: &watch, limits, what, peer };
+    if speaks == Speaks::Http2 {
+        let conn = std::pin::pin!(ctx.h2.serve_connection(io, service));
+        guards.drive(conn, |c| c.graceful_shutdown(), &mut stop).await;
+    } else {
+        let conn = std::pin::pin!(ctx.h1.serve_connection(io, service).with_upgrades());
+        guards.drive(conn, |c| c.graceful_shutdown(), &mut stop).await;
     }
     let tunnel = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(tunnel) = tunnel {
@@ -383,7 +488,8 @@ pub async fn serve<F, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let ctx = Arc::new(ConnCtx { builder: builder(&limits), limits, what, tunnels });
+    let (h1, h2) = builders(&limits);
+    let ctx = Arc::new(ConnCtx { h1, h2, limits, what, tunnels });
     let limits = &ctx.limits;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics::gauge!("sidekey_open_connections", "listener" => what);
@@ -453,4 +559,66 @@ pub async fn serve<F, Fut, B>(
 /// Resolves once the watch value turns true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn watched(io: tokio::io::DuplexStream) -> Watched<tokio::io::DuplexStream> {
+        Watched { io, watch: ConnWatch::new(), pre: Vec::new() }
+    }
+
+    #[tokio::test]
+    async fn an_http1_head_is_handed_over_whole_by_the_first_read() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let head = b"GET /x HTTP/1.1\r\nHost: a\r\nUser-Agent: test/1.0\r\nAccept: */*\r\n\r\n";
+        client.write_all(head).await.unwrap();
+        let mut io = watched(server);
+        assert_eq!(io.sniff().await.unwrap(), Speaks::Http1);
+        assert_ne!(io.watch.head_started.load(Ordering::Relaxed), 0, "the bytes count as a request head begun");
+        let mut buf = vec![0u8; 8192];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], head, "hyper's first read gets the head, not the preface's 24 bytes");
+        client.write_all(b"more").await.unwrap();
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"more", "then reads go to the socket");
+    }
+
+    #[tokio::test]
+    async fn the_h2_preface_is_recognised_across_packets_and_kept() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut io = watched(server);
+        let sniffing = tokio::spawn(async move {
+            let speaks = io.sniff().await.unwrap();
+            (speaks, io)
+        });
+        client.write_all(&H2_PREFACE[..7]).await.unwrap();
+        tokio::task::yield_now().await;
+        client.write_all(&H2_PREFACE[7..]).await.unwrap();
+        client.write_all(b"\x00\x00\x00\x04").await.unwrap();
+        let (speaks, mut io) = tokio::time::timeout(Duration::from_secs(10), sniffing).await.unwrap().unwrap();
+        assert_eq!(speaks, Speaks::Http2);
+        // A small read buffer takes the kept bytes in parts.
+        let mut got = Vec::new();
+        while got.len() < H2_PREFACE.len() {
+            let mut small = [0u8; 10];
+            let n = io.read(&mut small).await.unwrap();
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(&got[..H2_PREFACE.len()], H2_PREFACE);
+    }
+
+    #[tokio::test]
+    async fn a_partial_preface_then_other_bytes_is_http1_and_a_silent_close_is_nothing() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"PRI * HTTP/1.1\r\n").await.unwrap();
+        let mut io = watched(server);
+        assert_eq!(io.sniff().await.unwrap(), Speaks::Http1);
+
+        let (client, server) = tokio::io::duplex(1024);
+        drop(client);
+        assert_eq!(watched(server).sniff().await.unwrap(), Speaks::Nothing);
+    }
 }
