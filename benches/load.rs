@@ -1141,6 +1141,26 @@ struct Extra {
     callgrind: Option<Vec<Value>>,
 }
 
+/// A ratio of two targets' samples of one round, given that round's direct sample if any.
+type RoundRatio = dyn Fn(&Sample, &Sample, Option<&Sample>) -> Option<f64>;
+
+/// A ratio of sidekey to `peer` taken within each round (`f(sidekey, peer, direct)`), and its
+/// median over the rounds. The targets of a round run one after another, so they share the
+/// machine's state of that moment; on a machine whose speed drifts between rounds this is
+/// steadier than the ratio of the two medians.
+fn by_round(samples: &BTreeMap<&str, Vec<Sample>>, peer: &str, f: &RoundRatio) -> Option<f64> {
+    let (sk, other) = (samples.get("sidekey")?, samples.get(peer)?);
+    let direct = samples.get("direct");
+    let ratios: Vec<f64> = sk
+        .iter()
+        .zip(other)
+        .enumerate()
+        .filter_map(|(i, (a, b))| f(a, b, direct.and_then(|d| d.get(i))))
+        .filter(|r| r.is_finite())
+        .collect();
+    (!ratios.is_empty()).then(|| median(ratios))
+}
+
 fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String], extra: Extra) -> Result<(), String> {
     let Extra { rotation, soak, callgrind, intercept } = extra;
     let med = |name: &str, f: &dyn Fn(&Sample) -> f64| samples.get(name).map(|v| median(v.iter().map(f).collect()));
@@ -1206,6 +1226,22 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
             f("cpu_ratio"),
             f("rss_ratio")
         ));
+        let mut row = row;
+        if samples.get("sidekey").is_some_and(|v| v.len() > 1) {
+            let by_round = json!({
+                "added_p50_ratio": by_round(samples, peer, &|a, b, d| Some((a.latency.p50 - d?.latency.p50) / (b.latency.p50 - d?.latency.p50))),
+                "rps_ratio": by_round(samples, peer, &|a, b, _| Some(a.rps / b.rps)),
+                "cpu_ratio": by_round(samples, peer, &|a, b, _| Some(a.cpu_us_per_request? / b.cpu_us_per_request?)),
+            });
+            let f = |k: &str| by_round[k].as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"));
+            table.push_str(&format!(
+                "\n  round by round (median of each round's ratio): added p50 x{}, req/s x{}, CPU per request x{}",
+                f("added_p50_ratio"),
+                f("rps_ratio"),
+                f("cpu_ratio")
+            ));
+            row["by_round"] = by_round;
+        }
         versus.push(row);
     }
     if !samples.is_empty() {
