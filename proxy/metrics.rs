@@ -41,7 +41,7 @@ pub fn install() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            tracing::warn!("a metrics recorder was already installed; /metrics shows request durations only");
         }
         handle
     })
