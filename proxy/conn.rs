@@ -360,6 +360,8 @@ impl Guards<'_> {
         C: Future<Output = hyper::Result<()>>,
     {
         let (what, peer) = (self.what, self.peer);
+        let guards_woke = Arc::new(GuardsWoke::default());
+        let guards_waker = std::task::Waker::from(guards_woke.clone());
         let mut closing = false;
         loop {
             let next = match self.watch.check(self.limits) {
@@ -376,20 +378,69 @@ impl Guards<'_> {
                 // Closing already: a last response is being sent; look again later.
                 Verdict::Idle => tokio::time::Instant::now() + self.limits.idle_timeout,
             };
-            tokio::select! {
-                r = conn.as_mut() => {
+            let mut stopping = std::pin::pin!(stopped(stop));
+            let mut timer = std::pin::pin!(tokio::time::sleep_until(next));
+            // New guard futures: poll them once, so they register their waker.
+            guards_woke.fired.store(true, Ordering::Relaxed);
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Ended(r));
+                }
+                guards_woke.task.register(cx.waker());
+                if guards_woke.fired.swap(false, Ordering::AcqRel) {
+                    let mut guards_cx = Context::from_waker(&guards_waker);
+                    if !closing && stopping.as_mut().poll(&mut guards_cx).is_ready() {
+                        return Poll::Ready(Event::Stop);
+                    }
+                    if timer.as_mut().poll(&mut guards_cx).is_ready() {
+                        return Poll::Ready(Event::Timer);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Ended(r) => {
                     if let Err(e) = r {
                         tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
                     }
                     break;
                 }
-                _ = stopped(stop), if !closing => {
+                Event::Stop => {
                     shutdown(conn.as_mut());
                     closing = true;
                 }
-                _ = tokio::time::sleep_until(next) => {}
+                Event::Timer => {}
             }
         }
+    }
+}
+
+/// What ends one wait of [`Guards::drive`].
+enum Event {
+    Ended(hyper::Result<()>),
+    Stop,
+    Timer,
+}
+
+/// The waker [`Guards::drive`] gives its guards (the shutdown signal and the timer): it notes
+/// that it was them before waking the connection's task, so that the many wake-ups for the
+/// connection itself (bytes in, a response ready) poll only the connection. With `select!`
+/// every wake-up polled all three (~600 instructions per request, 1.5 %, in `--callgrind`).
+#[derive(Default)]
+struct GuardsWoke {
+    fired: AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for GuardsWoke {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
