@@ -353,12 +353,15 @@ struct Guards<'a> {
 }
 
 impl Guards<'_> {
-    /// Runs `conn` (an HTTP/1 or HTTP/2 connection) until it ends: closed at once on a slow
-    /// request head; asked to finish gracefully (`shutdown`) when idle or at `stop`.
-    async fn drive<C>(&self, mut conn: Pin<&mut C>, shutdown: fn(Pin<&mut C>), stop: &mut watch::Receiver<bool>)
-    where
-        C: Future<Output = hyper::Result<()>>,
-    {
+    /// Runs `conn` until it ends and returns its output, or `None` when it was cut off: at
+    /// once on a slow request head; when idle or at `stop`, `shutdown` asks it to finish
+    /// gracefully (an HTTP/1 or HTTP/2 connection), or, without one, it is dropped there.
+    async fn drive<C: Future>(
+        &self,
+        mut conn: Pin<&mut C>,
+        shutdown: Option<fn(Pin<&mut C>)>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<C::Output> {
         let (what, peer) = (self.what, self.peer);
         let guards_woke = Arc::new(GuardsWoke::default());
         let guards_waker = std::task::Waker::from(guards_woke.clone());
@@ -368,10 +371,10 @@ impl Guards<'_> {
                 Verdict::Wait(at) => instant_of(at),
                 Verdict::SlowHead => {
                     tracing::debug!(listener = what, %peer, "request head too slow; closing the connection");
-                    break;
+                    return None;
                 }
                 Verdict::Idle if !closing => {
-                    shutdown(conn.as_mut());
+                    (shutdown?)(conn.as_mut());
                     closing = true;
                     continue;
                 }
@@ -400,14 +403,9 @@ impl Guards<'_> {
             })
             .await;
             match event {
-                Event::Ended(r) => {
-                    if let Err(e) = r {
-                        tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
-                    }
-                    break;
-                }
+                Event::Ended(output) => return Some(output),
                 Event::Stop => {
-                    shutdown(conn.as_mut());
+                    (shutdown?)(conn.as_mut());
                     closing = true;
                 }
                 Event::Timer => {}
@@ -417,8 +415,8 @@ impl Guards<'_> {
 }
 
 /// What ends one wait of [`Guards::drive`].
-enum Event {
-    Ended(hyper::Result<()>),
+enum Event<T> {
+    Ended(T),
     Stop,
     Timer,
 }
@@ -465,27 +463,16 @@ async fn connection<I, F, Fut, B>(
     let limits = &ctx.limits;
     let watch = ConnWatch::new();
     let mut io = Watched { io, watch: watch.clone(), pre: Vec::new() };
+    let guards = Guards { watch: &watch, limits, what, peer };
     // Which protocol the first bytes say, read under the same guards as a request head.
-    let speaks = loop {
-        let next = match watch.check(limits) {
-            Verdict::Wait(at) => instant_of(at),
-            Verdict::SlowHead => {
-                tracing::debug!(listener = what, %peer, "request head too slow; closing the connection");
-                return;
-            }
-            Verdict::Idle => return,
-        };
-        tokio::select! {
-            r = io.sniff() => match r {
-                Ok(speaks) => break speaks,
-                Err(e) => {
-                    tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
-                    return;
-                }
-            },
-            _ = stopped(&mut stop) => return,
-            _ = tokio::time::sleep_until(next) => {}
+    let speaks = guards.drive(std::pin::pin!(io.sniff()), None, &mut stop).await;
+    let speaks = match speaks {
+        Some(Ok(speaks)) => speaks,
+        Some(Err(e)) => {
+            tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
+            return;
         }
+        None => return,
     };
     if speaks == Speaks::Nothing {
         return;
@@ -507,13 +494,15 @@ async fn connection<I, F, Fut, B>(
             response.map(|response| response.map(|body| Tracked { body, _in_flight: in_flight }))
         })
     });
-    let guards = Guards { watch: &watch, limits, what, peer };
-    if speaks == Speaks::Http2 {
+    let ended = if speaks == Speaks::Http2 {
         let conn = std::pin::pin!(ctx.h2.serve_connection(io, service));
-        guards.drive(conn, |c| c.graceful_shutdown(), &mut stop).await;
+        guards.drive(conn, Some(|c| c.graceful_shutdown()), &mut stop).await
     } else {
         let conn = std::pin::pin!(ctx.h1.serve_connection(io, service).with_upgrades());
-        guards.drive(conn, |c| c.graceful_shutdown(), &mut stop).await;
+        guards.drive(conn, Some(|c| c.graceful_shutdown()), &mut stop).await
+    };
+    if let Some(Err(e)) = ended {
+        tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
     }
     let tunnel = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(tunnel) = tunnel {

@@ -71,7 +71,7 @@ fn durations() -> &'static Mutex<Vec<Arc<Durations>>> {
 /// exporter's histogram: that keeps every sample (a value and the time it was taken, 24 bytes)
 /// until its upkeep folds them into buckets, 2 MiB of sidekey's peak RSS at 35 000 requests a
 /// second in the load harness with a fold every 5 s.
-pub struct Durations {
+struct Durations {
     route: Box<str>,
     /// Requests per bucket (not cumulative); the last one is past every bound (`+Inf`).
     counts: [AtomicU64; DURATION_BOUNDS_NS.len() + 1],
