@@ -465,18 +465,15 @@ async fn connection<I, F, Fut, B>(
     let mut io = Watched { io, watch: watch.clone(), pre: Vec::new() };
     let guards = Guards { watch: &watch, limits, what, peer };
     // Which protocol the first bytes say, read under the same guards as a request head.
-    let speaks = guards.drive(std::pin::pin!(io.sniff()), None, &mut stop).await;
-    let speaks = match speaks {
+    let speaks = match guards.drive(std::pin::pin!(io.sniff()), None, &mut stop).await {
+        // Cut off by the guards, or closed before a byte.
+        None | Some(Ok(Speaks::Nothing)) => return,
         Some(Ok(speaks)) => speaks,
         Some(Err(e)) => {
             tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
             return;
         }
-        None => return,
     };
-    if speaks == Speaks::Nothing {
-        return;
-    }
     let io = TokioIo::new(io);
     let slot: Arc<std::sync::Mutex<Option<TunnelFuture>>> = Arc::default();
     let tunnel = tunnels.then(|| Tunnel { slot: slot.clone(), ctx: ctx.clone(), stop: stop.clone(), peer });
