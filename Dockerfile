@@ -14,7 +14,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 # Only what the build reads, so edits to docs, tests or examples reuse the cached layer.
 # (benches/ because Cargo.toml declares a [[bench]] target, which cargo resolves on every build.)
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY proxy ./proxy
 COPY benches ./benches
 RUN cargo build --release --locked --bin sidekey \

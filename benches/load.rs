@@ -32,7 +32,7 @@
 //!
 //! `--baseline BIN` adds another sidekey binary (say, one built before a change) as target
 //! `baseline`, measured in the same rounds: an optimisation's before/after figure.
-//! `--sidekey BIN` measures that binary as `sidekey` instead of this build's (two older builds
+//! `--sidekey BIN` measures that binary as `sidekey` instead of this tree's release build (two older builds
 //! against each other, say a variant with one setting changed against the build it came from).
 //!
 //! `--tls-upstream`: the proxies reach the origin over TLS 1.3 (HTTP/1.1, pooled connections;
@@ -66,6 +66,12 @@
 //! tunnel (CONNECT plus the TLS handshake with a cached leaf) against a new TLS connection to
 //! the origin.
 //!
+//! `--link-order FILE` (and nothing else): writes the order the release binary's code is linked
+//! in (`proxy/link-order.txt`, read by `build.rs`) from callgrind profiles of sidekey serving
+//! requests: what runs per request first, then what runs at start-up. Write it again after a
+//! dependency or feature change (symbol names change with them); the harness says how many of
+//! its names the measured binary still has.
+//!
 //! CPU per request is also split out: the kernel's part (`stime`) is the socket work every proxy
 //! pays alike (two reads and two writes per request on loopback); the rest is the proxy's own.
 //!
@@ -93,7 +99,17 @@ fn main() {
         origin(cert_out);
         return;
     }
-    let opts = Opts::parse(&args);
+    let mut opts = Opts::parse(&args);
+    if opts.sidekey.as_os_str().is_empty() {
+        match release_binary() {
+            Ok(bin) => opts.sidekey = bin,
+            Err(e) => {
+                eprintln!("load: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    eprintln!("load: sidekey is {}", opts.sidekey.display());
     if let Err(e) = run(&opts) {
         eprintln!("load: {e}");
         std::process::exit(1);
@@ -101,7 +117,8 @@ fn main() {
 }
 
 struct Opts {
-    /// The sidekey binary measured as "sidekey" (this build's, unless `--sidekey PATH`).
+    /// The sidekey binary measured as "sidekey" (this tree's release build, unless `--sidekey
+    /// PATH`).
     sidekey: PathBuf,
     duration: u64,
     rounds: usize,
@@ -115,12 +132,13 @@ struct Opts {
     callgrind: Option<u64>,
     callgrind_out: Option<PathBuf>,
     intercept: Option<usize>,
+    link_order: Option<PathBuf>,
 }
 
 impl Opts {
     fn parse(args: &[String]) -> Opts {
         let mut o = Opts {
-            sidekey: PathBuf::from(SIDEKEY),
+            sidekey: PathBuf::new(),
             duration: 10,
             rounds: 3,
             rotate: None,
@@ -133,6 +151,7 @@ impl Opts {
             callgrind: None,
             callgrind_out: None,
             intercept: None,
+            link_order: None,
         };
         let mut it = args.iter().skip(1);
         while let Some(a) = it.next() {
@@ -150,6 +169,7 @@ impl Opts {
                 "--audit" => o.audit = true,
                 "--callgrind" => o.callgrind = Some(value().parse().expect("--callgrind REQUESTS")),
                 "--callgrind-out" => o.callgrind_out = Some(PathBuf::from(value())),
+                "--link-order" => o.link_order = Some(PathBuf::from(value())),
                 "--intercept" => o.intercept = Some(o.intercept.unwrap_or(3)),
                 "--rounds-intercept" => o.intercept = Some(value().parse().expect("--rounds-intercept N")),
                 // cargo bench passes --bench; anything else is a mistake worth saying.
@@ -159,6 +179,31 @@ impl Opts {
         }
         o
     }
+}
+
+/// This tree's sidekey as `cargo build --release` makes it, built now if it is not up to date:
+/// the binary users run. The copy `cargo bench` builds for its benches (`CARGO_BIN_EXE_sidekey`,
+/// used when this program runs outside cargo) is built with the dev-dependencies' features
+/// unified into crates sidekey shares with them (serde, memchr, regex-automata, ...), so its
+/// generic functions get other symbol names than the release build's and miss their place in
+/// the code order (`build.rs`).
+fn release_binary() -> Result<PathBuf, String> {
+    let Some(cargo) = std::env::var_os("CARGO") else { return Ok(PathBuf::from(SIDEKEY)) };
+    let out = Command::new(cargo)
+        .args(["build", "--release", "--bin", "sidekey", "--message-format=json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cargo build --release: {e}"))?;
+    if !out.status.success() {
+        return Err("cargo build --release --bin sidekey failed".into());
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "sidekey")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .ok_or_else(|| "cargo build --release named no sidekey executable".into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -288,6 +333,8 @@ struct Server {
     name: &'static str,
     child: Child,
     url: String,
+    /// sidekey's admin listener (`host:port`).
+    admin: Option<String>,
     _dir: tempfile::TempDir,
     rotate: Rotator,
 }
@@ -501,6 +548,8 @@ struct Run<'a> {
     /// change off (every request takes the steady path), or lasting the whole run (`fresh`).
     callgrind: Option<&'a Path>,
     fresh: bool,
+    /// Under callgrind, functions named as the linker knows them (`--demangle=no`).
+    mangled: bool,
     /// With `[intercept]` (a generated CA written to `intercept-ca.crt` in its directory), the
     /// route naming host `origin.test`.
     intercept: bool,
@@ -537,7 +586,11 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> R
     let mut command = match run.callgrind {
         Some(out) => {
             let mut c = pinned(1, "valgrind");
-            c.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", out.display())).arg(bin);
+            c.arg("--tool=callgrind").arg(format!("--callgrind-out-file={}", out.display()));
+            if run.mangled {
+                c.arg("--demangle=no");
+            }
+            c.arg(bin);
             c
         }
         None => pinned(1, bin.to_str().unwrap()),
@@ -552,16 +605,16 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> R
         .map_err(|e| format!("sidekey: {e}"))?;
     let stderr = BufReader::new(child.stderr.take().unwrap());
     let mut lines = stderr.lines();
-    let proxy = loop {
+    let (proxy, admin) = loop {
         let line = lines.next().ok_or("sidekey exited before listening")?.map_err(|e| e.to_string())?;
         if line.contains("sidekey listening") {
             let v: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
-            break v["proxy"].as_str().unwrap().to_owned();
+            break (v["proxy"].as_str().unwrap().to_owned(), v["admin"].as_str().map(str::to_owned));
         }
     };
     // Keep draining its log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Ok(Server { name, child, url: format!("http://{proxy}/x"), _dir: dir, rotate: Rotator::File(token) })
+    Ok(Server { name, child, url: format!("http://{proxy}/x"), admin, _dir: dir, rotate: Rotator::File(token) })
 }
 
 fn nginx_include(token: &str) -> String {
@@ -622,7 +675,7 @@ fn spawn_peer(
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("{name}: {e}"))?;
-    let server = Server { name, child, url: format!("http://127.0.0.1:{port}/x"), _dir: dir, rotate };
+    let server = Server { name, child, url: format!("http://127.0.0.1:{port}/x"), admin: None, _dir: dir, rotate };
     wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), name)?;
     Ok(server)
 }
@@ -745,6 +798,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn run(opts: &Opts) -> Result<(), String> {
+    if let Some(path) = &opts.link_order {
+        return write_link_order(&opts.sidekey, path);
+    }
     if !which("wrk") {
         return Err("wrk is not installed: run benches/load/setup.sh".into());
     }
@@ -860,6 +916,144 @@ fn callgrind_runs(opts: &Opts, origin: &Origin, n: u64) -> Result<Vec<Value>, St
             "instructions_per_request": loaded.0.saturating_sub(idle.0) as f64 / n as f64,
             "of_which_mem_fill_copy": loaded.1.saturating_sub(idle.1) as f64 / n as f64,
         }));
+    }
+    Ok(out)
+}
+
+/// Writes the order the release binary's code is linked in (`build.rs`): the functions sidekey
+/// runs per request first, most instructions first, then those it runs at start-up, for an
+/// admin scrape and at shutdown. Each of three paths (plain upstream, within a rotation's retry
+/// window, TLS upstream) runs under callgrind twice, with no request and with `REQUESTS` keep-
+/// alive requests; a function counts as per request where the second run called it at least
+/// once per two requests more often than the first.
+fn write_link_order(bin: &Path, path: &Path) -> Result<(), String> {
+    const REQUESTS: u64 = 2000;
+    if !which("valgrind") {
+        return Err("valgrind is not installed: run benches/load/setup.sh".into());
+    }
+    let (plain, tls) = (start_origin(false)?, start_origin(true)?);
+    let exe = bin.file_name().and_then(|n| n.to_str()).ok_or("the binary has no file name")?;
+    let (mut per_request, mut rest) = (BTreeMap::<String, u64>::new(), BTreeMap::<String, u64>::new());
+    for (origin, fresh) in [(&plain, false), (&plain, true), (&tls, false)] {
+        let mut runs = Vec::new();
+        for requests in [0, REQUESTS] {
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let profile = dir.path().join("callgrind.out");
+            let run = Run { callgrind: Some(&profile), fresh, mangled: true, ..Run::default() };
+            let server = start_sidekey(origin, "sidekey", bin, run)?;
+            eprintln!("load: link order, tls {}, retry window {fresh}, {requests} requests", origin.tls.is_some());
+            keep_alive_requests(&server.url, requests)?;
+            if let Some(admin) = &server.admin {
+                http_get(admin, "/metrics")?;
+            }
+            drop(server);
+            runs.push(function_costs(&profile, exe)?);
+        }
+        let (idle, loaded) = (&runs[0], &runs[1]);
+        for (name, &(cost, calls)) in loaded {
+            let before = idle.get(name).map_or(0, |c| c.1);
+            if calls.saturating_sub(before) >= REQUESTS / 2 {
+                *per_request.entry(name.clone()).or_default() += cost;
+            }
+        }
+        for (name, &(cost, _)) in loaded.iter().chain(idle) {
+            *rest.entry(name.clone()).or_default() += cost;
+        }
+    }
+    let by_cost = |m: &BTreeMap<String, u64>| {
+        let mut v: Vec<(&String, &u64)> = m.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        v.into_iter().map(|(n, _)| n.clone()).collect::<Vec<_>>()
+    };
+    let first = by_cost(&per_request);
+    let then: Vec<String> = by_cost(&rest).into_iter().filter(|n| !per_request.contains_key(n)).collect();
+    let mut text = format!(
+        "# The order sidekey's release binary is linked in (build.rs): {} functions run per request,\n\
+         # then {} run at start-up, for an admin scrape or at shutdown. Written by\n\
+         # `cargo bench --bench load -- --link-order proxy/link-order.txt`; names the binary no\n\
+         # longer has are skipped, so write it again after a dependency or feature change.\n",
+        first.len(),
+        then.len()
+    );
+    for name in first.iter().chain(&then) {
+        text.push_str(name);
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("load: link order written to {}: {} per request, {} more", path.display(), first.len(), then.len());
+    Ok(())
+}
+
+/// `GET path` on `authority` (HTTP/1.1, `Connection: close`); the answer must be a 200.
+fn http_get(authority: &str, path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(authority).map_err(|e| format!("{authority}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET {path}: {}", text.lines().next().unwrap_or("no answer")));
+    }
+    Ok(text)
+}
+
+/// Per function of object `exe`, by the name the linker knows: the instructions spent in it
+/// (its own, not its callees') and the calls into it, from a callgrind profile written with
+/// `--demangle=no`. The format: `ob=`/`fn=` lines name the object and function the cost lines
+/// after them belong to (`(id) name` the first time, `(id)` after); a call is `cob=` (when the
+/// callee is in another object), `cfn=`, then `calls=COUNT ...` and a line with the call's
+/// cost, which is the callee's and is skipped.
+fn function_costs(profile: &Path, exe: &str) -> Result<BTreeMap<String, (u64, u64)>, String> {
+    let text = std::fs::read_to_string(profile).map_err(|e| format!("{}: {e}", profile.display()))?;
+    let ours = |object: &str| object.ends_with(&format!("/{exe}")) || object == exe;
+    let (mut objects, mut functions) = (BTreeMap::<String, String>::new(), BTreeMap::<String, String>::new());
+    let mut out = BTreeMap::<String, (u64, u64)>::new();
+    let (mut object, mut function, mut callee_object, mut callee) = (false, String::new(), None::<bool>, String::new());
+    let mut skip = false;
+    for line in text.lines() {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("calls=") {
+            let count: u64 = rest.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(0);
+            if callee_object.take().unwrap_or(object) && !callee.is_empty() {
+                out.entry(callee.clone()).or_default().1 += count;
+            }
+            skip = true;
+            continue;
+        }
+        if let Some((key, rest)) = line.split_once('=') {
+            let table = match key {
+                "ob" | "cob" => &mut objects,
+                "fn" | "cfn" => &mut functions,
+                _ => continue,
+            };
+            let name = match rest.strip_prefix('(').and_then(|r| r.split_once(')')) {
+                Some((id, name)) if !name.trim().is_empty() => {
+                    table.insert(id.to_owned(), name.trim().to_owned());
+                    name.trim().to_owned()
+                }
+                Some((id, _)) => table.get(id).cloned().unwrap_or_default(),
+                None => rest.trim().to_owned(),
+            };
+            // A recursion's inner frames are named `f'2`.
+            let name = name.split('\'').next().unwrap_or_default().to_owned();
+            match key {
+                "ob" => object = ours(&name),
+                "cob" => callee_object = Some(ours(&name)),
+                "fn" => function = name,
+                _ => callee = name,
+            }
+            continue;
+        }
+        if !object || function.is_empty() {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        if let (Some(_position), Some(Ok(cost))) = (fields.next(), fields.next().map(str::parse::<u64>)) {
+            out.entry(function.clone()).or_default().0 += cost;
+        }
     }
     Ok(out)
 }
