@@ -189,7 +189,20 @@ impl Opts {
 /// the code order (`build.rs`).
 fn release_binary() -> Result<PathBuf, String> {
     let Some(cargo) = std::env::var_os("CARGO") else { return Ok(PathBuf::from(SIDEKEY)) };
-    let out = Command::new(cargo)
+    let mut build = Command::new(cargo);
+    // Without the variables cargo set for this bench: build scripts that read them (ring's)
+    // would run again and rebuild their crate, here and in the next plain `cargo build`.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_", "CARGO_CRATE_", "CARGO_PRIMARY_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || name == "OUT_DIR"
+        {
+            build.env_remove(name.as_ref());
+        }
+    }
+    let out = build
         .args(["build", "--release", "--bin", "sidekey", "--message-format=json"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::inherit())
@@ -1489,6 +1502,13 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
             );
         }
     }
+    let layout = link_order_coverage(&opts.sidekey);
+    if let Some(l) = &layout {
+        println!(
+            "\nlink order: {} of the {} names in proxy/link-order.txt are in the measured sidekey binary",
+            l["in_binary"], l["names"]
+        );
+    }
     let versions = json!({
         "sidekey": env!("CARGO_PKG_VERSION"),
         "nginx": command_line("nginx", &["-v"]),
@@ -1507,6 +1527,7 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         "soak": soak,
         "callgrind": callgrind,
         "intercept": intercept,
+        "link_order": layout,
         "skipped": missing,
     });
     if let Some(dir) = opts.out.parent() {
@@ -1515,6 +1536,18 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
     std::fs::write(&opts.out, serde_json::to_string_pretty(&doc).unwrap()).map_err(|e| e.to_string())?;
     println!("result: {}", opts.out.display());
     Ok(())
+}
+
+/// How many of the code order's names (`build.rs`) the binary has, read with `nm`: fewer than
+/// nearly all means the order is stale (`--link-order`) or was not applied.
+fn link_order_coverage(bin: &Path) -> Option<Value> {
+    let order = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy/link-order.txt")).ok()?;
+    let out = Command::new("nm").arg("--defined-only").arg(bin).output().ok().filter(|o| o.status.success())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let symbols: std::collections::HashSet<&str> = text.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+    let names: Vec<&str> = order.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let found = names.iter().filter(|n| symbols.contains(*n)).count();
+    Some(json!({ "names": names.len(), "in_binary": found }))
 }
 
 fn command_line(program: &str, args: &[&str]) -> Option<String> {
