@@ -544,11 +544,7 @@ fn start_origin(tls: bool) -> Result<Origin, String> {
 }
 
 fn origin_stats(origin: SocketAddr) -> Value {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(origin).unwrap();
-    s.write_all(b"GET /__stats HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
+    let text = http_get(&origin.to_string(), "/__stats").unwrap();
     let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
     serde_json::from_str(body).unwrap()
 }
