@@ -99,16 +99,7 @@ fn main() {
         origin(cert_out);
         return;
     }
-    let mut opts = Opts::parse(&args);
-    if opts.sidekey.as_os_str().is_empty() {
-        match release_binary() {
-            Ok(bin) => opts.sidekey = bin,
-            Err(e) => {
-                eprintln!("load: {e}");
-                std::process::exit(1);
-            }
-        }
-    }
+    let opts = Opts::parse(&args);
     eprintln!("load: sidekey is {}", opts.sidekey.display());
     if let Err(e) = run(&opts) {
         eprintln!("load: {e}");
@@ -138,7 +129,7 @@ struct Opts {
 impl Opts {
     fn parse(args: &[String]) -> Opts {
         let mut o = Opts {
-            sidekey: PathBuf::new(),
+            sidekey: PathBuf::new(), // set below
             duration: 10,
             rounds: 3,
             rotate: None,
@@ -153,6 +144,7 @@ impl Opts {
             intercept: None,
             link_order: None,
         };
+        let mut sidekey = None;
         let mut it = args.iter().skip(1);
         while let Some(a) = it.next() {
             let mut value = || it.next().unwrap_or_else(|| panic!("{a} needs a value")).clone();
@@ -162,7 +154,7 @@ impl Opts {
                 "--rotate" => o.rotate = Some(sidekey::config::parse_duration(&value()).expect("--rotate 100ms")),
                 "--out" => o.out = PathBuf::from(value()),
                 "--baseline" => o.baseline = Some(PathBuf::from(value())),
-                "--sidekey" => o.sidekey = PathBuf::from(value()),
+                "--sidekey" => sidekey = Some(PathBuf::from(value())),
                 "--soak" => o.soak = Some(value().parse().expect("--soak SECS")),
                 "--only" => o.only = Some(value().split(',').map(str::to_owned).collect()),
                 "--tls-upstream" => o.tls_upstream = true,
@@ -177,6 +169,12 @@ impl Opts {
                 other => panic!("unknown option {other} (see the doc at the top of benches/load.rs)"),
             }
         }
+        o.sidekey = sidekey.unwrap_or_else(|| {
+            release_binary().unwrap_or_else(|e| {
+                eprintln!("load: {e}");
+                std::process::exit(1)
+            })
+        });
         o
     }
 }
