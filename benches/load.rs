@@ -16,9 +16,14 @@
 //! alternate within each round and the table shows each figure's median over the rounds, with
 //! ratios against the direct run of the same rounds.
 //!
-//! Pinning (`taskset`, when there are at least 2 CPUs): each proxy runs alone on CPU 1 with one
-//! worker (sidekey: one tokio worker, as its CPU set has one CPU; nginx: `worker_processes 1`;
-//! HAProxy: `nbthread 1`); wrk and the origin share CPU 0.
+//! Pinning (`taskset`, when there are at least 2 CPUs), as the reference figures were
+//! measured: each proxy runs with one worker (sidekey: one tokio worker, as its CPU set has one
+//! CPU; nginx: `worker_processes 1`; HAProxy: `nbthread 1`) beside the load generator for the
+//! latency run (wrk, the origin and the proxy on CPU 0) and alone on CPU 1 for the throughput
+//! run (its threads moved there with `taskset -a -p`). On its own CPU at concurrency 1, a proxy
+//! sleeps between the request and the response and this machine takes ~40 µs to wake a
+//! sleeping CPU, twice per request: every proxy measured ~+100 µs at p50 that way, nearly all
+//! of it the wake-ups.
 //!
 //! `--rotate INTERVAL` adds, per proxy, a concurrency-64 run while the token changes every
 //! INTERVAL (sidekey: its token file is replaced; nginx: its config include is rewritten and
@@ -467,6 +472,24 @@ fn pinned(cpu: usize, program: &str) -> Command {
     }
 }
 
+/// Moves every thread of `pids` to `cpu` (`taskset -a -p`), where [`pinned`] would pin.
+fn move_to(pids: &[u32], cpu: usize) -> Result<(), String> {
+    if cpus() < 2 || !which("taskset") {
+        return Ok(());
+    }
+    for pid in pids {
+        let status = Command::new("taskset")
+            .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("taskset: {e}"))?;
+        if !status.success() {
+            return Err(format!("taskset -a -p -c {cpu} {pid} failed"));
+        }
+    }
+    Ok(())
+}
+
 fn which(program: &str) -> bool {
     Command::new("sh")
         .arg("-c")
@@ -777,7 +800,12 @@ struct Sample {
 fn measure(url: &str, server: Option<&Server>, secs: u64) -> Result<Sample, String> {
     // A short warm-up fills pools and caches.
     wrk(url, 64, 1)?;
-    let latency = wrk(url, 1, secs)?;
+    // Latency beside the load generator, throughput on the proxy's own CPU.
+    let pids = server.map(Server::pids).unwrap_or_default();
+    move_to(&pids, 0)?;
+    let latency = wrk(url, 1, secs);
+    move_to(&pids, 1)?;
+    let latency = latency?;
     let cpu_before = server.map(Server::cpu_us);
     let load = wrk(url, 64, secs)?;
     let cpu = server.zip(cpu_before).map(|(s, before)| {
