@@ -8,8 +8,46 @@ use hyper::body::Incoming;
 use crate::route::NoRoute;
 use crate::upstream::ConnectTimedOut;
 
-/// The body of every response the proxy sends: the upstream's, streamed, or one of ours.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// The body of every response the proxy sends: the upstream's, streamed, or one of ours; and
+/// of every request it sends upstream: the client's, streamed, or one held in memory.
+pub type ProxyBody = Either<Wire, Full<Bytes>>;
+
+/// A body read from a connection: a client's request body, or an upstream's answer (over
+/// HTTP/2 by hyper, over HTTP/1.1 by sidekey's own client).
+#[derive(Debug)]
+pub enum Wire {
+    Incoming(Incoming),
+    H1(crate::h1::Body),
+}
+
+impl hyper::body::Body for Wire {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Wire::Incoming(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Wire::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Wire::Incoming(b) => b.is_end_stream(),
+            Wire::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Wire::Incoming(b) => b.size_hint(),
+            Wire::H1(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Why a request was not (fully) proxied.
 #[derive(Debug, thiserror::Error)]

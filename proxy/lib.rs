@@ -44,6 +44,7 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod error;
+pub mod h1;
 pub mod inject;
 pub mod intercept;
 #[allow(unsafe_code)]

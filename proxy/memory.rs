@@ -253,6 +253,39 @@ pub fn poll_write_gathered<W: tokio::io::AsyncWrite + ?Sized>(
     })
 }
 
+/// Reads from `io` into the spare capacity of `buf` (at least `min_spare` bytes of it, made
+/// room for first), at most `max` bytes: the number of bytes read, 0 at the end of the
+/// stream. No byte is zeroed first, as a read into an initialised buffer would need.
+pub fn poll_read_spare<R: tokio::io::AsyncRead + ?Sized>(
+    io: std::pin::Pin<&mut R>,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut Vec<u8>,
+    min_spare: usize,
+    max: usize,
+) -> std::task::Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < min_spare {
+        buf.reserve(min_spare);
+    }
+    let len = buf.len();
+    let spare = buf.spare_capacity_mut();
+    let room = spare.len().min(max);
+    let mut read = tokio::io::ReadBuf::uninit(&mut spare[..room]);
+    std::task::ready!(io.poll_read(cx, &mut read))?;
+    let n = read.filled().len();
+    // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity (`ReadBuf`
+    // tracks what it filled).
+    unsafe { buf.set_len(len + n) };
+    std::task::Poll::Ready(Ok(n))
+}
+
+/// Zeroes the first `len` bytes of `buf`'s allocation, initialised or not (what reads left
+/// there beyond its length), in a way the compiler does not drop as a dead store.
+pub fn wipe_allocation(buf: &mut Vec<u8>, len: usize) {
+    let len = len.min(buf.capacity());
+    // SAFETY: `len` bytes are within the allocation, which `buf` owns.
+    unsafe { wipe(buf.as_mut_ptr(), len) };
+}
+
 /// Zeroes `size` bytes at `ptr` in a way the compiler does not drop as a dead store.
 unsafe fn wipe(ptr: *mut u8, size: usize) {
     std::ptr::write_bytes(ptr, 0, size);

@@ -21,7 +21,7 @@ use hyper::body::Body;
 use hyper::body::Incoming;
 
 use crate::conn::Tunnel;
-use crate::error::{ProxyBody, ProxyError};
+use crate::error::{ProxyBody, ProxyError, Wire};
 use crate::intercept::{HostPort, Intercept};
 use crate::metrics::RouteMetrics;
 use crate::route::{own_values, strip_hop_by_hop, RouteTable, Target};
@@ -169,12 +169,12 @@ pub struct Handling<S> {
 
 /// The answer to a request handed to a route's upstream, within its timeout.
 pub trait UpstreamAnswer:
-    Future<Output = Result<Result<Response<Incoming>, crate::upstream::UpstreamError>, tokio::time::error::Elapsed>> + Send
+    Future<Output = Result<Result<Response<Wire>, crate::upstream::UpstreamError>, tokio::time::error::Elapsed>> + Send
 {
 }
 
 impl<F> UpstreamAnswer for F where
-    F: Future<Output = Result<Result<Response<Incoming>, crate::upstream::UpstreamError>, tokio::time::error::Elapsed>>
+    F: Future<Output = Result<Result<Response<Wire>, crate::upstream::UpstreamError>, tokio::time::error::Elapsed>>
         + Send
 {
 }
@@ -220,7 +220,7 @@ struct Kept {
 
 impl Kept {
     /// A copy to send, with `header` as its credential.
-    fn request(&self, header: HeaderValue) -> Request<Either<Incoming, Full<Bytes>>> {
+    fn request(&self, header: HeaderValue) -> Request<ProxyBody> {
         let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
         *req.method_mut() = self.parts.method.clone();
         *req.uri_mut() = self.parts.uri.clone();
@@ -478,7 +478,7 @@ impl RouteSet {
             (kept.request(credential.header), Some(Box::new(kept)))
         } else {
             parts.headers.insert(name.clone(), credential.header);
-            (Request::from_parts(parts, Either::Left(body)), None)
+            (Request::from_parts(parts, Either::Left(Wire::Incoming(body))), None)
         };
         let answer = route.start_send(req);
         Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept } }
@@ -519,7 +519,7 @@ impl Route {
         for t in self.tokens.iter() {
             t.count_request();
         }
-        self.send(Request::from_parts(parts, Either::Left(body))).await
+        self.send(Request::from_parts(parts, Either::Left(Wire::Incoming(body)))).await
     }
 
     /// Signs and sends: a body within the signer's limit is buffered and signed with its hash;
@@ -554,7 +554,7 @@ impl Route {
             self.sign(signer, &mut req, Some(&bytes))?;
             req
         } else if signer.unsigned_payload() {
-            let mut req = Request::from_parts(parts, Either::Left(body));
+            let mut req = Request::from_parts(parts, Either::Left(Wire::Incoming(body)));
             self.sign(signer, &mut req, None)?;
             req
         } else {
@@ -663,7 +663,7 @@ impl Route {
     /// The upstream's answer (or failure) as the client gets it.
     fn answer(
         &self,
-        outcome: Result<Result<Response<Incoming>, crate::upstream::UpstreamError>, tokio::time::error::Elapsed>,
+        outcome: Result<Result<Response<Wire>, crate::upstream::UpstreamError>, tokio::time::error::Elapsed>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         match outcome {
             Ok(Ok(resp)) => {

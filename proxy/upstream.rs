@@ -1,15 +1,14 @@
-//! Upstream connections: sidekey's own pool over hyper's connection API, HTTP/1.1 or HTTP/2 by
-//! ALPN, TLS by rustls.
+//! Upstream connections: sidekey's own pool, HTTP/1.1 (sidekey's own client, [`crate::h1`]) or
+//! HTTP/2 (hyper's) by ALPN, TLS by rustls.
 //!
 //! Trust is the platform's roots (falling back to the Mozilla set compiled in, for images that
 //! ship none) plus an optional extra CA bundle. Routes with the same CA files and connect
 //! timeout share one [`UpstreamClient`]; it holds one [`Pool`] per upstream origin (scheme and
 //! authority), which a route resolves when it is built, so a request neither hashes a pool key
-//! nor allocates one. A request takes the first idle HTTP/1 connection that is ready (or
-//! shares the one HTTP/2 connection), and the connection goes back into the pool as soon as the
-//! request is handed to it: it is ready again once its response has been read, with no task
-//! spawned to wait for that. Token sources use hyper-util's client, without a pool
-//! ([`build_source_client`]).
+//! nor allocates one. A request takes the idle HTTP/1 connection used last (or shares the one
+//! HTTP/2 connection); an HTTP/1 connection is the request's until its answer's body has been
+//! read, and goes back into the pool then, with no task of its own. Token sources use
+//! hyper-util's client, without a pool ([`build_source_client`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,7 +23,7 @@ use http::header::HOST;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
@@ -34,7 +33,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tower::ServiceExt;
 
-use crate::error::ProxyBody;
+use crate::error::{ProxyBody, Wire};
 
 /// The connector every upstream client uses.
 pub type Connector = ConnectTimeout<HttpsConnector<Dialer>>;
@@ -284,11 +283,13 @@ pub enum UpstreamError {
     Handshake(#[source] hyper::Error),
     #[error("upstream request failed")]
     Request(#[source] hyper::Error),
+    #[error("upstream request failed")]
+    Exchange(#[source] std::io::Error),
 }
 
 /// Attempts per request when a pooled connection turns out closed before the request was
 /// written to it (the upstream closed it while it sat idle).
-const ATTEMPTS: usize = 3;
+pub(crate) const ATTEMPTS: usize = 3;
 
 /// The connections to one upstream origin.
 pub struct Pool {
@@ -297,7 +298,7 @@ pub struct Pool {
     origin: Uri,
     /// `Host` for HTTP/1 requests that carry none: the authority without a default port.
     host: HeaderValue,
-    /// HTTP/1 connections, idle or busy, in the order they were last handed a request.
+    /// Idle HTTP/1 connections, the one used last at the end.
     h1: Mutex<Vec<H1>>,
     /// The HTTP/2 connection, when the upstream chose h2 by ALPN.
     h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
@@ -308,13 +309,13 @@ pub struct Pool {
 }
 
 struct H1 {
-    send: http1::SendRequest<ProxyBody>,
-    /// [`Pool::epoch`] when it was last handed a request.
+    conn: Box<crate::h1::Conn>,
+    /// [`Pool::epoch`] when it was last put back.
     epoch: u32,
 }
 
 enum Conn {
-    H1(http1::SendRequest<ProxyBody>),
+    H1(Box<crate::h1::Conn>),
     H2(http2::SendRequest<ProxyBody>),
 }
 
@@ -337,47 +338,37 @@ pub struct Answer<A, B> {
     state: Sent<A, B>,
 }
 
+type Boxed = Pin<Box<dyn Future<Output = Result<Response<Wire>, UpstreamError>> + Send>>;
+
 #[pin_project::pin_project(project = SentProj)]
 enum Sent<A, B> {
-    /// Handed to a pooled connection.
-    Handed(#[pin] Handed<A, B>),
-    /// On a new connection, or retried.
-    Other(Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>),
-}
-
-/// A request handed to a connection: see [`Pool::hand_over`].
-#[pin_project::pin_project(project = HandedProj)]
-enum Handed<A, B> {
+    /// On a pooled HTTP/1 connection.
     H1(#[pin] A),
+    /// Handed to the HTTP/2 connection.
     H2(#[pin] B),
+    /// On a new connection, or retried.
+    Other(Boxed),
 }
 
-impl<A: SendFuture, B: SendFuture> Future for Handed<A, B> {
-    type Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            HandedProj::H1(f) => f.poll(cx),
-            HandedProj::H2(f) => f.poll(cx),
-        }
-    }
-}
-
-impl<A: SendFuture, B: SendFuture> Future for Answer<A, B> {
-    type Output = Result<Response<Incoming>, UpstreamError>;
+impl<A, B> Future for Answer<A, B>
+where
+    A: Future<Output = Result<Response<crate::h1::Body>, UpstreamError>> + Send,
+    B: SendFuture,
+{
+    type Output = Result<Response<Wire>, UpstreamError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
             let result = match this.state.as_mut().project() {
-                SentProj::Handed(f) => std::task::ready!(f.poll(cx)),
+                SentProj::H1(f) => return f.poll(cx).map_ok(|r| r.map(Wire::H1)),
+                SentProj::H2(f) => std::task::ready!(f.poll(cx)),
                 SentProj::Other(f) => return f.as_mut().poll(cx),
             };
             match result {
-                Ok(r) => return Poll::Ready(Ok(r)),
+                Ok(r) => return Poll::Ready(Ok(r.map(Wire::Incoming))),
                 Err(mut e) => match e.take_message() {
-                    // Never written: the pooled connection closed while it sat idle (or, for
-                    // HTTP/2, went away). Another one.
+                    // Never written: the HTTP/2 connection went away. Another one.
                     Some(req) => {
                         tracing::debug!(error = %e.error(), "a pooled upstream connection was closed; retrying on another");
                         this.state.set(Sent::Other(Box::pin(this.pool.clone().send_from(req, 2))));
@@ -419,8 +410,7 @@ impl Pool {
     /// still on it are done.
     fn sweep_once(&self) {
         let now = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        let expired = |c: &H1| c.send.is_ready() && now.wrapping_sub(c.epoch) >= IDLE_SWEEPS;
-        self.lock_h1().retain(|c| !c.send.is_closed() && !expired(c));
+        self.lock_h1().retain_mut(|c| c.conn.is_open() && now.wrapping_sub(c.epoch) < IDLE_SWEEPS);
         let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
         let unused = now.wrapping_sub(self.h2_epoch.load(Ordering::Relaxed)) >= IDLE_SWEEPS;
         if h2.as_ref().is_some_and(|s| s.is_closed() || unused) {
@@ -435,18 +425,24 @@ impl Pool {
     /// Connections open to this origin (HTTP/1 ones not known closed, plus the HTTP/2 one).
     #[cfg(test)]
     fn connections(&self) -> usize {
-        let h1 = self.lock_h1().iter().filter(|c| !c.send.is_closed()).count();
+        let h1 = self.lock_h1().iter_mut().map(|c| c.conn.is_open()).filter(|&open| open).count();
         let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| !s.is_closed());
         h1 + usize::from(h2)
     }
 
-    /// Sends `req` (an absolute URI for this origin). The common request is handed to a pooled
-    /// connection before this returns, and the future only waits for its answer (small, as it
-    /// is moved into place on each request: no `await` holds the request). A new connection,
-    /// and a retry, run boxed.
-    pub fn request(self: &Arc<Self>, req: Request<ProxyBody>) -> Answer<impl SendFuture, impl SendFuture> {
+    /// Sends `req` (an absolute URI for this origin). The common request is written to a
+    /// pooled connection by the future this returns, without a box or a task of its own; a new
+    /// connection, and a retry on HTTP/2, run boxed.
+    pub fn request(
+        self: &Arc<Self>,
+        mut req: Request<ProxyBody>,
+    ) -> Answer<impl Future<Output = Result<Response<crate::h1::Body>, UpstreamError>> + Send, impl SendFuture> {
         let state = match self.checkout() {
-            Some(conn) => Sent::Handed(self.hand_over(conn, req)),
+            Some(Conn::H1(conn)) => {
+                self.http1_form(&mut req);
+                Sent::H1(self.clone().send_h1(conn, true, req))
+            }
+            Some(Conn::H2(send)) => Sent::H2(self.hand_over_h2(send, req)),
             None => Sent::Other(Box::pin(self.clone().send_from(req, 1))),
         };
         Answer { pool: self.clone(), state }
@@ -457,63 +453,74 @@ impl Pool {
         self: Arc<Self>,
         mut req: Request<ProxyBody>,
         first: usize,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<Wire>, UpstreamError> {
         for attempt in first..=ATTEMPTS {
             let (conn, reused) = match self.checkout() {
                 Some(c) => (c, true),
                 None => (Box::pin(self.connect()).await?, false),
             };
-            match self.hand_over(conn, req).await {
-                Ok(r) => return Ok(r),
-                Err(mut e) => match e.take_message() {
-                    Some(r) if reused && attempt < ATTEMPTS => {
-                        tracing::debug!(error = %e.error(), "a pooled upstream connection was closed; retrying on another");
-                        req = r;
-                    }
-                    _ => return Err(UpstreamError::Request(e.into_error())),
+            match conn {
+                Conn::H1(conn) => {
+                    self.http1_form(&mut req);
+                    return Box::pin(self.clone().send_h1(conn, reused, req)).await.map(|r| r.map(Wire::H1));
+                }
+                Conn::H2(send) => match self.hand_over_h2(send, req).await {
+                    Ok(r) => return Ok(r.map(Wire::Incoming)),
+                    Err(mut e) => match e.take_message() {
+                        Some(r) if reused && attempt < ATTEMPTS => {
+                            tracing::debug!(error = %e.error(), "a pooled upstream connection was closed; retrying on another");
+                            req = r;
+                        }
+                        _ => return Err(UpstreamError::Request(e.into_error())),
+                    },
                 },
             }
         }
         unreachable!("the last attempt returns")
     }
 
-    /// Gives `req` to `conn` in the form its protocol takes. An HTTP/1 connection goes back
-    /// into the pool at once: it reports ready again when this response has been read.
-    fn hand_over(&self, conn: Conn, mut req: Request<ProxyBody>) -> Handed<impl SendFuture, impl SendFuture> {
-        match conn {
-            Conn::H1(mut send) => {
-                self.http1_form(&mut req);
-                let response = send.try_send_request(req);
-                self.lock_h1().push(H1 { send, epoch: self.epoch.load(Ordering::Relaxed) });
-                Handed::H1(response)
-            }
-            Conn::H2(mut send) => {
-                self.absolute_form(req.uri_mut());
-                Handed::H2(send.try_send_request(req))
-            }
-        }
+    /// Gives `req` to the HTTP/2 connection.
+    fn hand_over_h2(&self, mut send: http2::SendRequest<ProxyBody>, mut req: Request<ProxyBody>) -> impl SendFuture {
+        self.absolute_form(req.uri_mut());
+        send.try_send_request(req)
     }
 
-    /// A ready HTTP/1 connection (taken out of the pool), or a clone of the HTTP/2 one.
+    /// An idle HTTP/1 connection still open (taken out of the pool), or a clone of the HTTP/2
+    /// one.
     fn checkout(&self) -> Option<Conn> {
-        {
-            let mut h1 = self.lock_h1();
-            let mut i = 0;
-            while i < h1.len() {
-                if h1[i].send.is_ready() {
-                    return Some(Conn::H1(h1.remove(i).send));
-                }
-                if h1[i].send.is_closed() {
-                    h1.remove(i);
-                } else {
-                    i += 1;
-                }
-            }
+        if let Some(conn) = self.checkout_h1() {
+            return Some(Conn::H1(conn));
         }
         let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
         let send = h2.as_ref().filter(|s| !s.is_closed())?;
         self.h2_epoch.store(self.epoch.load(Ordering::Relaxed), Ordering::Relaxed);
         Some(Conn::H2(send.clone()))
+    }
+
+    /// The idle HTTP/1 connection used last that is still open; closed ones are let go.
+    pub(crate) fn checkout_h1(&self) -> Option<Box<crate::h1::Conn>> {
+        let mut h1 = self.lock_h1();
+        while let Some(mut idle) = h1.pop() {
+            if idle.conn.is_open() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Takes back an HTTP/1 connection whose answer has been read, its read buffer wiped.
+    pub(crate) fn put_back(&self, mut conn: Box<crate::h1::Conn>) {
+        conn.wipe();
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        self.lock_h1().push(H1 { conn, epoch });
+    }
+
+    /// A new HTTP/1 connection, for a request that was being sent on one.
+    pub(crate) async fn connect_h1(&self) -> Result<Box<crate::h1::Conn>, UpstreamError> {
+        match self.connect().await? {
+            Conn::H1(conn) => Ok(conn),
+            Conn::H2(_) => Err(UpstreamError::Connect("the upstream switched to HTTP/2 by ALPN".into())),
+        }
     }
 
     /// A new connection: TCP, TLS where the scheme says, HTTP/2 when ALPN chose it.
@@ -537,13 +544,7 @@ impl Pool {
             }
             return Ok(Conn::H2(send));
         }
-        let (send, conn) = http1::Builder::new().handshake(io).await.map_err(UpstreamError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/1 connection ended with an error");
-            }
-        });
-        Ok(Conn::H1(send))
+        Ok(Conn::H1(crate::h1::Conn::new(TokioIo::new(io))))
     }
 
     /// Origin form (`/path?query`) and a `Host` header, for an HTTP/1 connection.

@@ -1,0 +1,912 @@
+//! sidekey's HTTP/1.1 client side: one request at a time on a pooled upstream connection,
+//! with no task and no channel of its own.
+//!
+//! hyper's client connection runs as a task of its own, fed through a channel: per request
+//! the proxy's task hands the request over, the connection's task wakes, writes it, reads the
+//! answer and wakes the proxy's task back, and each upstream connection holds an 8 KiB write
+//! buffer, the channel's two 9 KiB blocks, and a second 8 KiB read buffer while a response
+//! is in flight (it reads on while the body still points into the first). Here the request's
+//! own future writes the request and reads the answer's head; the answer's [`Body`] reads the
+//! rest and puts the connection back into its pool once the body is read. Heads are parsed by
+//! `httparse` (hyper's parser); the rules for where a body ends are RFC 9112's, and a
+//! connection is used again only when they leave no doubt.
+//!
+//! What it does not do: upgrades (a `101` answer ends the connection's use), trailers of
+//! chunked answers (read and dropped), HTTP/1.0 keep-alive (a 1.0 answer closes the connection).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::error::ProxyBody;
+
+/// The byte stream to an upstream (TCP, or TLS over it).
+pub type Stream = hyper_util::rt::TokioIo<hyper_rustls::MaybeHttpsStream<crate::upstream::Dialed>>;
+
+/// Longest response head read (hyper's client allowed about as much by default).
+const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head.
+const MAX_HEADERS: usize = 128;
+/// What a read asks for at least.
+const READ_CHUNK: usize = 4096;
+/// Largest read straight into a body chunk of its own.
+const BODY_CHUNK: usize = 16 * 1024;
+/// Longest chunk-size line, and all trailer lines together, of a chunked body.
+const MAX_CHUNK_LINE: usize = 4096;
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// An idle or busy HTTP/1.1 connection: the stream and what has been read from it.
+pub struct Conn {
+    io: Stream,
+    /// Bytes read and not yet consumed.
+    buf: Vec<u8>,
+    /// How far into `buf`'s allocation bytes were read since it was last wiped.
+    dirty: usize,
+}
+
+/// Where the answer's body ends (RFC 9112, section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// Read to the end of the stream (the connection cannot be used again).
+    Close,
+}
+
+/// A request that failed on its connection, and whether sending it again elsewhere is safe.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: io::Error,
+    /// Nothing of an answer arrived and the request was written whole from memory: on a
+    /// connection that sat idle, the upstream most likely closed it before the request came.
+    pub retryable: bool,
+}
+
+/// A request encoded for the wire: the head (and a body held in memory) in one buffer, and
+/// a streamed body to follow.
+pub struct Encoded {
+    bytes: Vec<u8>,
+    body: Option<ProxyBody>,
+    chunked: bool,
+    /// The answer to a HEAD has no body whatever its head says.
+    head_request: bool,
+    /// Sending it again is safe (RFC 9110, section 9.2.2) once written whole from memory.
+    idempotent: bool,
+}
+
+impl Encoded {
+    /// Encodes `req` (origin form, `Host` set) for the wire.
+    pub fn new(req: Request<ProxyBody>) -> Encoded {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let exact = body.size_hint().exact();
+        let mut bytes = Vec::with_capacity(
+            64 + path.len()
+                + parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>()
+                + exact.filter(|&n| n <= BODY_CHUNK as u64).unwrap_or(0) as usize,
+        );
+        bytes.extend_from_slice(parts.method.as_str().as_bytes());
+        bytes.push(b' ');
+        bytes.extend_from_slice(path.as_bytes());
+        bytes.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in parts.headers.iter() {
+            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+                continue;
+            }
+            bytes.extend_from_slice(name.as_str().as_bytes());
+            bytes.extend_from_slice(b": ");
+            bytes.extend_from_slice(value.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+        }
+        // The body's framing from what it is (hyper's server checked the client's against it).
+        let mut chunked = false;
+        match exact {
+            Some(0) if !body_expected(&parts.method) && !parts.headers.contains_key(CONTENT_LENGTH) => {}
+            Some(n) => {
+                bytes.extend_from_slice(b"content-length: ");
+                bytes.extend_from_slice(itoa(n, &mut [0; 20]));
+                bytes.extend_from_slice(b"\r\n");
+            }
+            None => {
+                bytes.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                chunked = true;
+            }
+        }
+        bytes.extend_from_slice(b"\r\n");
+        let head_request = parts.method == Method::HEAD;
+        let idempotent = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        );
+        let mut body = (!body.is_end_stream()).then_some(body);
+        // A body in memory goes out with the head, in one write.
+        if let Some(http_body_util::Either::Right(full)) = &mut body {
+            if let Some(Ok(frame)) = poll_now(full) {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            body = None;
+        }
+        Encoded { bytes, body, chunked, head_request, idempotent }
+    }
+
+    /// Sending it again is safe, should nothing of an answer arrive.
+    fn replayable(&self) -> bool {
+        self.idempotent && self.body.is_none()
+    }
+}
+
+/// Methods whose requests carry a body as a rule, so an empty one is sent as `content-length: 0`.
+fn body_expected(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// The one frame of a body held in memory.
+fn poll_now(full: &mut http_body_util::Full<Bytes>) -> Option<Result<Frame<Bytes>, std::convert::Infallible>> {
+    let waker = std::task::Waker::noop();
+    match Pin::new(full).poll_frame(&mut Context::from_waker(waker)) {
+        Poll::Ready(f) => f,
+        Poll::Pending => None,
+    }
+}
+
+fn push_hex(out: &mut Vec<u8>, n: usize) {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
+    }
+}
+
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+fn invalid(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+impl Conn {
+    pub fn new(io: Stream) -> Box<Conn> {
+        Box::new(Conn { io, buf: Vec::new(), dirty: 0 })
+    }
+
+    /// Still open and quiet, as an idle connection should be: no answer nobody asked for, no
+    /// end of stream. Costs no system call while the socket has not turned readable.
+    pub fn is_open(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+        let mut read = ReadBuf::uninit(&mut byte);
+        let waker = std::task::Waker::noop();
+        matches!(Pin::new(&mut self.io).poll_read(&mut Context::from_waker(waker), &mut read), Poll::Pending)
+    }
+
+    /// Writes `req` and reads the answer's head. The body is written while watching for an
+    /// answer, which may come before all of it (a `413`, say); the connection is then not used
+    /// again.
+    pub async fn exchange(
+        mut self: Box<Self>,
+        req: &mut Encoded,
+        pool: Arc<crate::upstream::Pool>,
+    ) -> Result<Response<Body>, Failed> {
+        let mut written = 0;
+        let mut body_done = req.body.is_none();
+        let mut flushed = false;
+        let mut pending = Vec::new();
+        let mut pending_at = 0;
+        let mut got_any = false;
+        let result = std::future::poll_fn(|cx| {
+            let conn = &mut *self;
+            // The write side, as far as it goes without waiting.
+            while !flushed {
+                if written < req.bytes.len() {
+                    match Pin::new(&mut conn.io).poll_write(cx, &req.bytes[written..]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(n)) => written += n,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => break,
+                    }
+                    continue;
+                }
+                if pending_at < pending.len() {
+                    match Pin::new(&mut conn.io).poll_write(cx, &pending[pending_at..]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(n)) => pending_at += n,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => break,
+                    }
+                    continue;
+                }
+                if !body_done {
+                    let body = req.body.as_mut().expect("a body not done is there");
+                    pending.clear();
+                    pending_at = 0;
+                    match Pin::new(body).poll_frame(cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            if let Ok(data) = frame.into_data() {
+                                if req.chunked && !data.is_empty() {
+                                    push_hex(&mut pending, data.len());
+                                    pending.extend_from_slice(b"\r\n");
+                                    pending.extend_from_slice(&data);
+                                    pending.extend_from_slice(b"\r\n");
+                                } else {
+                                    pending.extend_from_slice(&data);
+                                }
+                            }
+                        }
+                        Poll::Ready(Some(Err(e))) => {
+                            return Poll::Ready(Err(io::Error::other(format!("the client's body failed: {e}"))))
+                        }
+                        Poll::Ready(None) => {
+                            body_done = true;
+                            if req.chunked {
+                                pending.extend_from_slice(b"0\r\n\r\n");
+                            }
+                        }
+                        Poll::Pending => break,
+                    }
+                    continue;
+                }
+                match Pin::new(&mut conn.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => flushed = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            // The read side: an answer's head, possibly before the request is all written.
+            loop {
+                if !conn.buf.is_empty() {
+                    got_any = true;
+                    match parse_head(&conn.buf) {
+                        Ok(Some((head, len))) => {
+                            conn.buf.drain(..len);
+                            if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                                // 100 Continue, 103 Early Hints: the answer follows.
+                                continue;
+                            }
+                            return Poll::Ready(Ok(head));
+                        }
+                        Ok(None) if conn.buf.len() >= MAX_HEAD => {
+                            return Poll::Ready(Err(invalid("the upstream's response head is too large")))
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+                match conn.poll_fill(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the upstream closed the connection before answering",
+                        )))
+                    }
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await;
+        let head = match result {
+            Ok(head) => head,
+            Err(error) => {
+                let retryable = !got_any && req.replayable();
+                return Err(Failed { error, retryable });
+            }
+        };
+        let complete = flushed && body_done;
+        let (framing, mut reusable) = match framing(&head, req.head_request) {
+            Ok(f) => f,
+            Err(error) => return Err(Failed { error, retryable: false }),
+        };
+        // An answer before the whole request was sent: the connection is out of step.
+        reusable &= complete;
+        let mut response = Response::new(Body { conn: None, framing, state: State::Start, reusable, pool: None });
+        *response.status_mut() = head.status;
+        *response.version_mut() = Version::HTTP_11;
+        *response.headers_mut() = head.headers;
+        let body = response.body_mut();
+        if framing == Framing::Length(0) {
+            body.state = State::Done;
+            if reusable && self.buf.is_empty() {
+                pool.put_back(self);
+            }
+        } else {
+            body.conn = Some(self);
+            body.pool = Some(pool);
+        }
+        Ok(response)
+    }
+
+    /// Reads more into `buf`: the number of bytes, 0 at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(READ_CHUNK);
+        }
+        let n = ready!(crate::memory::poll_read_spare(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf,
+            READ_CHUNK / 2,
+            usize::MAX
+        ))?;
+        self.dirty = self.dirty.max(self.buf.len());
+        Poll::Ready(Ok(n))
+    }
+
+    /// Zeroes what answers left in the read buffer (an answer may echo a credential), before
+    /// the connection waits for its next request.
+    pub(crate) fn wipe(&mut self) {
+        crate::memory::wipe_allocation(&mut self.buf, self.dirty);
+        self.dirty = 0;
+    }
+}
+
+/// A parsed answer head.
+#[derive(Debug)]
+struct Head {
+    status: StatusCode,
+    /// HTTP/1.1 (the answer may keep the connection open) or 1.0.
+    http11: bool,
+    headers: HeaderMap,
+}
+
+/// The head at the start of `buf` and its length, `None` while incomplete.
+fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(invalid("the upstream's response has too many headers")),
+        Err(_) => return Err(invalid("the upstream's response head is malformed")),
+    };
+    let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or_else(|| invalid("bad status code"))?;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| invalid("bad header name"))?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| invalid("bad header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some((Head { status, http11: parsed.version == Some(1), headers }, len)))
+}
+
+/// Where the body of `head` ends, and whether the connection may carry another request after
+/// it (RFC 9112, sections 6.3 and 9.3).
+fn framing(head: &Head, head_request: bool) -> io::Result<(Framing, bool)> {
+    let mut reusable = head.http11 && !has_token(&head.headers, CONNECTION, "close");
+    let status = head.status;
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((Framing::Length(0), false));
+    }
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Framing::Length(0), reusable));
+    }
+    if head.headers.contains_key(TRANSFER_ENCODING) {
+        // Both: a sign of a message meant to be read two ways; this one is read as chunked
+        // (the standard's rule) and the connection is not trusted with another.
+        if head.headers.contains_key(CONTENT_LENGTH) {
+            reusable = false;
+        }
+        let last = head
+            .headers
+            .get_all(TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(|c| c.trim_ascii())
+            .rfind(|c| !c.is_empty());
+        return Ok(match last {
+            Some(c) if c.eq_ignore_ascii_case(b"chunked") => (Framing::Chunked, reusable),
+            _ => (Framing::Close, false),
+        });
+    }
+    let mut length = None;
+    for value in head.headers.get_all(CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+                return Err(invalid("the upstream's content-length is not a number"));
+            }
+            let n: u64 = std::str::from_utf8(item).expect("digits").parse().expect("19 digits fit");
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid("the upstream's content-length values differ"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), reusable),
+        None => (Framing::Close, false),
+    })
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// Nothing read yet.
+    Start,
+    /// Bytes left of a `Length` body, or of the current chunk.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// A chunk-size line.
+    ChunkSize,
+    /// Trailer lines after the last chunk; how many bytes so far.
+    Trailers(usize),
+    Done,
+}
+
+/// The body of an answer, read from its connection as it is polled; the connection goes back
+/// into its pool when the last of it has been read (or is closed, when it cannot be used
+/// again or the body is dropped before its end).
+pub struct Body {
+    conn: Option<Box<Conn>>,
+    framing: Framing,
+    state: State,
+    reusable: bool,
+    pool: Option<Arc<crate::upstream::Pool>>,
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Body").field("framing", &self.framing).field("state", &self.state).finish()
+    }
+}
+
+impl Body {
+    /// The body is read: the connection goes back into the pool when it can be used again.
+    fn finish(&mut self) {
+        self.state = State::Done;
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
+            if self.reusable && conn.buf.is_empty() {
+                pool.put_back(conn);
+            }
+        }
+    }
+
+    /// Up to `limit` bytes of data: what is buffered, else one read.
+    fn poll_data(&mut self, cx: &mut Context<'_>, limit: u64) -> Poll<io::Result<Bytes>> {
+        let conn = self.conn.as_mut().expect("a body being read has its connection");
+        if !conn.buf.is_empty() {
+            let n = (conn.buf.len() as u64).min(limit) as usize;
+            let data = Bytes::copy_from_slice(&conn.buf[..n]);
+            conn.buf.drain(..n);
+            return Poll::Ready(Ok(data));
+        }
+        // A chunk of its own, at most what the body has left (so that no read takes bytes of
+        // the next answer), handed on without a copy.
+        let want = limit.min(BODY_CHUNK as u64) as usize;
+        let mut chunk = Vec::with_capacity(want);
+        ready!(crate::memory::poll_read_spare(Pin::new(&mut conn.io), cx, &mut chunk, want, want))?;
+        Poll::Ready(Ok(Bytes::from(chunk)))
+    }
+
+    /// A line ending in CRLF at the start of the buffer (its length with the CRLF), reading
+    /// more while there is none; an error past `max` bytes.
+    fn poll_line(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
+        let conn = self.conn.as_mut().expect("a body being read has its connection");
+        loop {
+            if let Some(i) = conn.buf.windows(2).position(|w| w == b"\r\n") {
+                return Poll::Ready(Ok(i + 2));
+            }
+            if conn.buf.len() > max {
+                return Poll::Ready(Err(invalid("a chunked body's line is too long")));
+            }
+            if ready!(conn.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(closed_early()));
+            }
+        }
+    }
+
+    fn poll_chunked(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            match self.state {
+                State::Start | State::ChunkSize => {
+                    let len = ready!(self.poll_line(cx, MAX_CHUNK_LINE))?;
+                    let conn = self.conn.as_mut().expect("connection");
+                    let line = &conn.buf[..len - 2];
+                    let size = line.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+                    if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
+                        return Poll::Ready(Some(Err(invalid("a chunk size is not a hex number"))));
+                    }
+                    let size = u64::from_str_radix(std::str::from_utf8(size).expect("hex digits"), 16).expect("fits");
+                    conn.buf.drain(..len);
+                    self.state = if size == 0 { State::Trailers(0) } else { State::Data(size) };
+                }
+                State::Data(left) => {
+                    let data = ready!(self.poll_data(cx, left))?;
+                    if data.is_empty() {
+                        return Poll::Ready(Some(Err(closed_early())));
+                    }
+                    let left = left - data.len() as u64;
+                    self.state = if left == 0 { State::ChunkEnd } else { State::Data(left) };
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                State::ChunkEnd => {
+                    let conn = self.conn.as_mut().expect("connection");
+                    while conn.buf.len() < 2 {
+                        if ready!(conn.poll_fill(cx))? == 0 {
+                            return Poll::Ready(Some(Err(closed_early())));
+                        }
+                    }
+                    if &conn.buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err(invalid("a chunk does not end in CRLF"))));
+                    }
+                    conn.buf.drain(..2);
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers(seen) => {
+                    let len = ready!(self.poll_line(cx, MAX_TRAILERS - seen))?;
+                    self.conn.as_mut().expect("connection").buf.drain(..len);
+                    if len == 2 {
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    self.state = State::Trailers(seen + len);
+                }
+                State::Done => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+fn closed_early() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "the upstream closed the connection within a response body")
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        if this.state == State::Done {
+            return Poll::Ready(None);
+        }
+        let result = match this.framing {
+            Framing::Chunked => ready!(this.poll_chunked(cx)),
+            Framing::Length(total) => {
+                let left = match this.state {
+                    State::Data(left) => left,
+                    _ => total,
+                };
+                match ready!(this.poll_data(cx, left)) {
+                    Ok(data) if data.is_empty() => Some(Err(closed_early())),
+                    Ok(data) => {
+                        let left = left - data.len() as u64;
+                        this.state = State::Data(left);
+                        if left == 0 {
+                            this.finish();
+                        }
+                        Some(Ok(data))
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            }
+            Framing::Close => match ready!(this.poll_data(cx, BODY_CHUNK as u64)) {
+                Ok(data) if data.is_empty() => {
+                    this.state = State::Done;
+                    this.conn = None;
+                    None
+                }
+                Ok(data) => Some(Ok(data)),
+                Err(e) => Some(Err(e)),
+            },
+        };
+        if matches!(result, Some(Err(_))) {
+            // The connection is out of step: closed with the body.
+            this.state = State::Done;
+            this.conn = None;
+            this.pool = None;
+        }
+        Poll::Ready(result.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == State::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (self.framing, self.state) {
+            (_, State::Done) => SizeHint::with_exact(0),
+            (Framing::Length(_), State::Data(left)) => SizeHint::with_exact(left),
+            (Framing::Length(total), _) => SizeHint::with_exact(total),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl crate::upstream::Pool {
+    /// Sends `req` on `conn` (or, should an idle connection turn out closed before any answer
+    /// came, on another), then reads the answer's head.
+    pub(crate) async fn send_h1(
+        self: Arc<Self>,
+        mut conn: Box<Conn>,
+        mut reused: bool,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Body>, crate::upstream::UpstreamError> {
+        let mut encoded = Encoded::new(req);
+        let mut attempt = 1;
+        loop {
+            match conn.exchange(&mut encoded, self.clone()).await {
+                Ok(response) => return Ok(response),
+                Err(failed) => {
+                    if !(failed.retryable && reused && attempt < crate::upstream::ATTEMPTS) {
+                        return Err(crate::upstream::UpstreamError::Exchange(failed.error));
+                    }
+                    tracing::debug!(error = %failed.error, "a pooled upstream connection was closed; retrying on another");
+                    attempt += 1;
+                    (conn, reused) = match self.checkout_h1() {
+                        Some(c) => (c, true),
+                        None => (Box::pin(self.connect_h1()).await?, false),
+                    };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Head {
+        let (head, len) = parse_head(text.as_bytes()).unwrap().unwrap();
+        assert_eq!(len, text.len());
+        head
+    }
+
+    #[test]
+    fn where_a_body_ends() {
+        let f = |text: &str, head_request| framing(&head(text), head_request).map_err(|e| e.to_string());
+        assert_eq!(f("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n", false), Ok((Framing::Length(12), true)));
+        assert_eq!(f("HTTP/1.1 200 OK\r\nContent-Length: 12, 12\r\n\r\n", false), Ok((Framing::Length(12), true)));
+        assert!(f("HTTP/1.1 200 OK\r\ncontent-length: 12\r\ncontent-length: 13\r\n\r\n", false).is_err());
+        assert!(f("HTTP/1.1 200 OK\r\ncontent-length: +12\r\n\r\n", false).is_err());
+        assert!(f("HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n", false).is_err());
+        assert_eq!(f("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", false), Ok((Framing::Chunked, true)));
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n", false),
+            Ok((Framing::Chunked, true))
+        );
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n", false),
+            Ok((Framing::Close, false))
+        );
+        // Both: read as chunked, the connection not used again.
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", false),
+            Ok((Framing::Chunked, false))
+        );
+        assert_eq!(f("HTTP/1.1 200 OK\r\n\r\n", false), Ok((Framing::Close, false)));
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\n", false),
+            Ok((Framing::Length(5), false))
+        );
+        assert_eq!(f("HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n", false), Ok((Framing::Length(5), false)));
+        assert_eq!(f("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true), Ok((Framing::Length(0), true)));
+        assert_eq!(f("HTTP/1.1 204 No Content\r\n\r\n", false), Ok((Framing::Length(0), true)));
+        assert_eq!(f("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n", false), Ok((Framing::Length(0), true)));
+        assert_eq!(f("HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n", false), Ok((Framing::Length(0), false)));
+    }
+
+    #[test]
+    fn heads_parse_whole_or_not_at_all() {
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-len").unwrap().is_none());
+        assert!(parse_head(b"HTTP/1.1 2000 OK\r\n\r\n").is_err());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n").is_err());
+        let h = head("HTTP/1.1 404 Not Found\r\nx-a: 1\r\nx-a: 2\r\n\r\n");
+        assert_eq!(h.status, 404);
+        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+    }
+
+    #[test]
+    fn requests_are_framed_by_their_body() {
+        use http_body_util::{Either, Full};
+        let enc = |method: Method, body: &'static str| {
+            let req = Request::builder()
+                .method(method)
+                .uri("/p?q=1")
+                .header("host", "h")
+                .header("content-length", "999")
+                .body(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))))
+                .unwrap();
+            String::from_utf8(Encoded::new(req).bytes).unwrap()
+        };
+        assert_eq!(enc(Method::POST, "abc"), "POST /p?q=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\n\r\nabc");
+        assert_eq!(enc(Method::POST, ""), "POST /p?q=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n");
+        let get = Request::get("/").header("host", "h").body(Either::Right(Full::new(Bytes::new()))).unwrap();
+        assert_eq!(String::from_utf8(Encoded::new(get).bytes).unwrap(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n");
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        for n in [0, 1, 15, 16, 255, 4096, 0x1234abcd] {
+            let mut hex = Vec::new();
+            push_hex(&mut hex, n);
+            assert_eq!(hex, format!("{n:x}").as_bytes());
+        }
+        assert_eq!(itoa(u64::MAX, &mut [0; 20]), u64::MAX.to_string().as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http::uri::{Authority, Scheme};
+    use http::Request;
+    use http_body_util::{BodyExt, Either, Full};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::mpsc;
+
+    use crate::upstream::Pool;
+
+    /// An origin that answers the n-th request head it reads with `answers[n]` (raw bytes) on
+    /// whichever connection it came, closing that connection after it when the answer's text
+    /// ends in `<close>`. Reports (connection number, request head).
+    async fn scripted(answers: Vec<&'static str>) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<(usize, String)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let answers = Arc::new(std::sync::Mutex::new(answers.into_iter()));
+        tokio::spawn(async move {
+            for n in 1.. {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let (tx, answers) = (tx.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let read = s.read(&mut chunk).await.unwrap_or(0);
+                        if read == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..read]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buf.drain(..end + 4).collect();
+                            let _ = tx.send((n, String::from_utf8_lossy(&head).into_owned()));
+                            let answer = answers.lock().unwrap().next().expect("an answer for each request");
+                            let (answer, close) = match answer.strip_suffix("<close>") {
+                                Some(a) => (a, true),
+                                None => (answer, false),
+                            };
+                            s.write_all(answer.as_bytes()).await.unwrap();
+                            if close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    fn pool_for(addr: std::net::SocketAddr) -> Arc<Pool> {
+        let client = crate::upstream::build_client(&[], Duration::from_secs(5)).unwrap();
+        client.pool(&Scheme::HTTP, &Authority::try_from(addr.to_string().as_str()).unwrap())
+    }
+
+    async fn send(pool: &Arc<Pool>, method: &str, path: &str) -> (u16, Bytes) {
+        let req = Request::builder().method(method).uri(path).body(Either::Right(Full::default())).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req)).await.unwrap().unwrap();
+        let status = resp.status().as_u16();
+        let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await.unwrap();
+        (status, body.unwrap().to_bytes())
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_with_extensions_and_trailers_then_the_connection_again() {
+        let (addr, mut seen) = scripted(vec![
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        ])
+        .await;
+        let pool = pool_for(addr);
+        assert_eq!(send(&pool, "GET", "/a").await, (200, Bytes::from("hello world")));
+        assert_eq!(send(&pool, "GET", "/b").await, (200, Bytes::from("ok")));
+        assert_eq!(seen.recv().await.unwrap().0, 1);
+        assert_eq!(seen.recv().await.unwrap().0, 1, "the second request went on another connection");
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped_and_head_answers_have_no_body() {
+        let (addr, mut seen) = scripted(vec![
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </s>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 3\r\n\r\nnew",
+            "HTTP/1.1 200 OK\r\ncontent-length: 12345\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n!",
+        ])
+        .await;
+        let pool = pool_for(addr);
+        assert_eq!(send(&pool, "POST", "/").await, (201, Bytes::from("new")));
+        assert_eq!(send(&pool, "HEAD", "/").await, (200, Bytes::new()));
+        assert_eq!(send(&pool, "DELETE", "/").await, (204, Bytes::new()));
+        assert_eq!(send(&pool, "GET", "/").await, (200, Bytes::from("!")));
+        for _ in 0..4 {
+            assert_eq!(seen.recv().await.unwrap().0, 1, "a connection was not used again");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_answer_leaves_in_doubt_is_not_used_again() {
+        let (addr, mut seen) = scripted(vec![
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+            // Read to the end of the stream.
+            "HTTP/1.1 200 OK\r\n\r\nuntil closed<close>",
+            "HTTP/1.0 200 OK\r\ncontent-length: 3\r\n\r\n1.0",
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n2\r\nte\r\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlast",
+        ])
+        .await;
+        let pool = pool_for(addr);
+        assert_eq!(send(&pool, "GET", "/").await, (200, Bytes::from("ok")));
+        assert_eq!(send(&pool, "GET", "/").await, (200, Bytes::from("until closed")));
+        assert_eq!(send(&pool, "GET", "/").await, (200, Bytes::from("1.0")));
+        assert_eq!(send(&pool, "GET", "/").await, (200, Bytes::from("te")));
+        assert_eq!(send(&pool, "GET", "/").await, (200, Bytes::from("last")));
+        let conns: Vec<usize> = [(); 5].iter().map(|_| seen.try_recv().unwrap().0).collect();
+        assert_eq!(conns, [1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn bad_answers_are_errors_and_their_connection_is_closed() {
+        let (addr, mut seen) = scripted(vec![
+            "HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort<close>",
+            "nonsense\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        ])
+        .await;
+        let pool = pool_for(addr);
+        let req = || Request::get("/").body(Either::Right(Full::default())).unwrap();
+        assert!(pool.request(req()).await.is_err(), "an invalid content-length was taken");
+        let resp = pool.request(req()).await.unwrap();
+        assert!(resp.into_body().collect().await.is_err(), "a bad chunk size was taken");
+        let resp = pool.request(req()).await.unwrap();
+        assert!(resp.into_body().collect().await.is_err(), "a body cut short was taken whole");
+        assert!(pool.request(req()).await.is_err(), "a malformed head was taken");
+        assert_eq!(send(&pool, "GET", "/").await, (200, Bytes::from("ok")));
+        let conns: Vec<usize> = [(); 5].iter().map(|_| seen.try_recv().unwrap().0).collect();
+        assert_eq!(conns, [1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn requests_right_after_the_upstream_closed_its_connection_are_sent_again() {
+        // Every answer closes its connection without saying so: the next request finds the
+        // pooled connection closed (seen as closed, or failing on it) and goes on a new one.
+        let answers = vec!["HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok<close>"; 20];
+        let (addr, mut seen) = scripted(answers).await;
+        let pool = pool_for(addr);
+        for _ in 0..20 {
+            assert_eq!(send(&pool, "GET", "/").await, (200, Bytes::from("ok")));
+        }
+        let conns: Vec<usize> = (0..20).map(|_| seen.try_recv().unwrap().0).collect();
+        assert_eq!(conns, (1..=20).collect::<Vec<_>>(), "a request was answered twice or not at all");
+    }
+}
