@@ -30,7 +30,7 @@ use crate::error::ProxyBody;
 /// The byte stream to an upstream (TCP, or TLS over it).
 pub type Stream = hyper_util::rt::TokioIo<hyper_rustls::MaybeHttpsStream<crate::upstream::Dialed>>;
 
-/// Longest response head read (hyper's client allowed about as much by default).
+/// Longest response head read (nginx reads 4 or 8 KiB of an upstream's head by default).
 const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in a response head.
 const MAX_HEADERS: usize = 128;

@@ -10,6 +10,7 @@
 //!        token::Token::credential        one lock-free load of the current snapshot, a header clone
 //!        route::strip_hop_by_hop      hop-by-hop and Proxy-Authorization dropped, Host re-derived
 //!        upstream::Pool               pooled upstream connections over rustls (ALPN h2 / http/1.1)
+//!        h1::Conn                     an HTTP/1.1 request and its answer, with no task of its own
 //!        error::ProxyError            the one place failures become 404/502/503/504 JSON
 //!        metrics::RouteMetrics        handles resolved at start
 //! ```
@@ -23,6 +24,7 @@
 //! - [`proxy`]: the data-plane service.
 //! - [`policy`]: least privilege per route: allow rules, rate, in-flight cap.
 //! - [`upstream`]: the pooled rustls client.
+//! - [`h1`]: sidekey's HTTP/1.1 client side (hyper's for HTTP/2).
 //! - [`error`]: typed errors and their HTTP answers.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/tokens`, the dashboard.
 //! - [`audit`]: the hash-chained audit log, its writer and `verify`.
