@@ -11,8 +11,14 @@
 //! `httparse` (hyper's parser); the rules for where a body ends are RFC 9112's, and a
 //! connection is used again only when they leave no doubt.
 //!
-//! What it does not do: upgrades (a `101` answer ends the connection's use), trailers of
-//! chunked answers (read and dropped), HTTP/1.0 keep-alive (a 1.0 answer closes the connection).
+//! A pooled connection the upstream closed while it sat idle is seen closed when it is taken
+//! (the socket turned readable: no system call otherwise) and let go; should one fail before
+//! any byte of an answer all the same, an idempotent request whose body was in memory is sent
+//! again on another connection (RFC 9110, section 9.2.2), on three connections at most.
+//!
+//! What it does not do: upgrades (a `101` answer ends the connection's use), trailers (those
+//! of a chunked answer are read and dropped, a client's are not sent on), HTTP/1.0 keep-alive
+//! (a 1.0 answer closes the connection).
 
 use std::io;
 use std::pin::Pin;
