@@ -376,9 +376,10 @@ struct Head {
 
 /// The head at the start of `buf` and its length, `None` while incomplete.
 fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    // Slots left uninitialised: setting up 128 empty ones cost more than parsing a small head.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(invalid("the upstream's response has too many headers")),
