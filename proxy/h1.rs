@@ -34,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::error::ProxyBody;
 
 /// The byte stream to an upstream (TCP, or TLS over it).
-pub type Stream = hyper_util::rt::TokioIo<hyper_rustls::MaybeHttpsStream<crate::upstream::Dialed>>;
+pub(crate) type Stream = hyper_util::rt::TokioIo<hyper_rustls::MaybeHttpsStream<crate::upstream::Dialed>>;
 
 /// Longest response head read (nginx reads 4 or 8 KiB of an upstream's head by default).
 const MAX_HEAD: usize = 64 * 1024;
@@ -49,7 +49,7 @@ const MAX_CHUNK_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
 
 /// An idle or busy HTTP/1.1 connection: the stream and what has been read from it.
-pub struct Conn {
+pub(crate) struct Conn {
     io: Stream,
     /// Bytes read and not yet consumed.
     buf: Vec<u8>,
@@ -68,16 +68,16 @@ enum Framing {
 
 /// A request that failed on its connection, and whether sending it again elsewhere is safe.
 #[derive(Debug)]
-pub struct Failed {
-    pub error: io::Error,
+pub(crate) struct Failed {
+    pub(crate) error: io::Error,
     /// Nothing of an answer arrived and the request was written whole from memory: on a
     /// connection that sat idle, the upstream most likely closed it before the request came.
-    pub retryable: bool,
+    pub(crate) retryable: bool,
 }
 
 /// A request encoded for the wire: the head (and a body held in memory) in one buffer, and
 /// a streamed body to follow.
-pub struct Encoded {
+pub(crate) struct Encoded {
     bytes: Vec<u8>,
     body: Option<ProxyBody>,
     chunked: bool,
@@ -89,7 +89,7 @@ pub struct Encoded {
 
 impl Encoded {
     /// Encodes `req` (origin form, `Host` set) for the wire.
-    pub fn new(req: Request<ProxyBody>) -> Encoded {
+    pub(crate) fn new(req: Request<ProxyBody>) -> Encoded {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let exact = body.size_hint().exact();
@@ -188,13 +188,13 @@ fn invalid(what: &'static str) -> io::Error {
 }
 
 impl Conn {
-    pub fn new(io: Stream) -> Box<Conn> {
+    pub(crate) fn new(io: Stream) -> Box<Conn> {
         Box::new(Conn { io, buf: Vec::new(), dirty: 0 })
     }
 
     /// Still open and quiet, as an idle connection should be: no answer nobody asked for, no
     /// end of stream. Costs no system call while the socket has not turned readable.
-    pub fn is_open(&mut self) -> bool {
+    pub(crate) fn is_open(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
@@ -207,7 +207,7 @@ impl Conn {
     /// Writes `req` and reads the answer's head. The body is written while watching for an
     /// answer, which may come before all of it (a `413`, say); the connection is then not used
     /// again.
-    pub async fn exchange(
+    pub(crate) async fn exchange(
         mut self: Box<Self>,
         req: &mut Encoded,
         pool: Arc<crate::upstream::Pool>,
