@@ -844,58 +844,39 @@ mod wire_tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use http::uri::{Authority, Scheme};
     use http::Request;
     use http_body_util::{BodyExt, Either, Full};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;
 
+    use crate::upstream::tests::pool_for;
     use crate::upstream::Pool;
 
-    /// An origin that answers the n-th request head it reads with `answers[n]` (raw bytes) on
-    /// whichever connection it came, closing that connection after it when the answer's text
-    /// ends in `<close>`. Reports (connection number, request head).
-    async fn scripted(answers: Vec<&'static str>) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<(usize, String)>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let answers = Arc::new(std::sync::Mutex::new(answers.into_iter()));
-        tokio::spawn(async move {
-            for n in 1.. {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let (tx, answers) = (tx.clone(), answers.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        let mut chunk = [0u8; 4096];
-                        let read = s.read(&mut chunk).await.unwrap_or(0);
-                        if read == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..read]);
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head: Vec<u8> = buf.drain(..end + 4).collect();
-                            let _ = tx.send((n, String::from_utf8_lossy(&head).into_owned()));
-                            let answer = answers.lock().unwrap().next().expect("an answer for each request");
-                            let (answer, close) = match answer.strip_suffix("<close>") {
-                                Some(a) => (a, true),
-                                None => (answer, false),
-                            };
-                            s.write_all(answer.as_bytes()).await.unwrap();
-                            if close {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        (addr, rx)
+    async fn scripted(answers: Vec<&'static str>) -> (std::net::SocketAddr, Heads) {
+        let (addr, seen) = crate::upstream::tests::scripted(answers.into_iter()).await;
+        (addr, Heads(seen))
     }
 
-    fn pool_for(addr: std::net::SocketAddr) -> Arc<Pool> {
-        let client = crate::upstream::build_client(&[], Duration::from_secs(5)).unwrap();
-        client.pool(&Scheme::HTTP, &Authority::try_from(addr.to_string().as_str()).unwrap())
+    /// The request heads the origin read, with their connection's number (closes left out).
+    struct Heads(mpsc::UnboundedReceiver<(usize, String)>);
+
+    impl Heads {
+        async fn recv(&mut self) -> Option<(usize, String)> {
+            loop {
+                let next = self.0.recv().await?;
+                if next.1 != "closed by the client" {
+                    return Some(next);
+                }
+            }
+        }
+
+        fn try_recv(&mut self) -> Result<(usize, String), mpsc::error::TryRecvError> {
+            loop {
+                let next = self.0.try_recv()?;
+                if next.1 != "closed by the client" {
+                    return Ok(next);
+                }
+            }
+        }
     }
 
     async fn send(pool: &Arc<Pool>, method: &str, path: &str) -> (u16, Bytes) {

@@ -610,7 +610,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use bytes::Bytes;
     use http_body_util::{BodyExt, Either, Full};
@@ -620,17 +620,30 @@ mod tests {
     /// An HTTP/1.1 origin that sends each request head it reads (with the connection's
     /// number) and answers `200 ok`; with `close`, it closes each connection after one answer.
     async fn origin(close: bool) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<(usize, String)>) {
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        scripted(std::iter::repeat(if close { "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok<close>" } else { ok }))
+            .await
+    }
+
+    /// An origin that answers the n-th request head it reads with the n-th of `answers` (raw
+    /// bytes), on whichever connection it came, closing that connection after it when the
+    /// answer ends in `<close>`. Reports each head with its connection's number, and
+    /// "closed by the client" when a client closes one.
+    pub(crate) async fn scripted(
+        answers: impl Iterator<Item = &'static str> + Send + 'static,
+    ) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<(usize, String)>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
+        let answers = Arc::new(Mutex::new(answers));
         tokio::spawn(async move {
             for n in 1.. {
                 let (mut s, _) = listener.accept().await.unwrap();
-                let tx = tx.clone();
+                let (tx, answers) = (tx.clone(), answers.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     loop {
-                        let mut chunk = [0u8; 1024];
+                        let mut chunk = [0u8; 4096];
                         let read = s.read(&mut chunk).await.unwrap_or(0);
                         if read == 0 {
                             let _ = tx.send((n, "closed by the client".into()));
@@ -640,7 +653,12 @@ mod tests {
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             let head: Vec<u8> = buf.drain(..end + 4).collect();
                             let _ = tx.send((n, String::from_utf8_lossy(&head).into_owned()));
-                            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+                            let answer = answers.lock().unwrap().next().expect("an answer for each request");
+                            let (answer, close) = match answer.strip_suffix("<close>") {
+                                Some(a) => (a, true),
+                                None => (answer, false),
+                            };
+                            s.write_all(answer.as_bytes()).await.unwrap();
                             if close {
                                 return;
                             }
@@ -652,7 +670,7 @@ mod tests {
         (addr, rx)
     }
 
-    fn pool_for(addr: std::net::SocketAddr) -> Arc<Pool> {
+    pub(crate) fn pool_for(addr: std::net::SocketAddr) -> Arc<Pool> {
         let client = build_client(&[], Duration::from_secs(5)).unwrap();
         client.pool(&Scheme::HTTP, &Authority::try_from(addr.to_string().as_str()).unwrap())
     }
