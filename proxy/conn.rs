@@ -101,14 +101,18 @@ impl ConnWatch {
     /// When to look again, or what to do now.
     fn check(&self, limits: &Limits) -> Verdict {
         let now = now_ms();
+        // A request's end does not wake this check either: while one is read or served, look
+        // again within an idle timeout, so that a connection gone quiet meanwhile is closed
+        // within two of them (not a header timeout later, when that is the longer one).
+        let idle = now + limits.idle_timeout.as_millis() as u64;
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             // A request is being served; the upstream timeout bounds it. Look again later.
-            return Verdict::Wait(now + limits.header_read_timeout.as_millis() as u64);
+            return Verdict::Wait(idle.min(now + limits.header_read_timeout.as_millis() as u64));
         }
         let head = self.head_started.load(Ordering::Relaxed);
         if head != 0 && !self.h2.load(Ordering::Relaxed) {
             let due = head + limits.header_read_timeout.as_millis() as u64;
-            return if now >= due { Verdict::SlowHead } else { Verdict::Wait(due) };
+            return if now >= due { Verdict::SlowHead } else { Verdict::Wait(due.min(idle)) };
         }
         let due = self.quiet_since.load(Ordering::Relaxed) + limits.idle_timeout.as_millis() as u64;
         if now >= due {
@@ -605,6 +609,34 @@ mod tests {
 
     fn watched(io: tokio::io::DuplexStream) -> Watched<tokio::io::DuplexStream> {
         Watched { io, watch: ConnWatch::new(), pre: Vec::new() }
+    }
+
+    #[test]
+    fn a_connection_in_use_is_looked_at_again_within_an_idle_timeout() {
+        let limits = Limits {
+            idle_timeout: Duration::from_millis(200),
+            header_read_timeout: Duration::from_secs(10),
+            ..Limits::default()
+        };
+        let watch = ConnWatch::new();
+        let within = |v: Verdict| match v {
+            Verdict::Wait(at) => at <= now_ms() + 200,
+            _ => false,
+        };
+        // A head begun: its timeout is 10 s away, but the request may end sooner.
+        watch.on_read();
+        assert!(within(watch.check(&limits)), "a head in progress put the next look past the idle timeout");
+        // Served: the same.
+        let in_flight = watch.begin(false);
+        assert!(within(watch.check(&limits)), "a request in flight put the next look past the idle timeout");
+        drop(in_flight);
+        // With the defaults (idle 90 s, header 10 s) a head's own timeout comes first.
+        let defaults = Limits::default();
+        watch.on_read();
+        match watch.check(&defaults) {
+            Verdict::Wait(at) => assert!(at > now_ms() + 9_000 && at <= now_ms() + 10_000),
+            _ => panic!("a fresh head is not due yet"),
+        }
     }
 
     #[tokio::test]
