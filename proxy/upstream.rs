@@ -319,7 +319,7 @@ enum Conn {
     H2(http2::SendRequest<ProxyBody>),
 }
 
-/// What a connection's `try_send_request` gives: the answer, or the request back unsent.
+/// What the HTTP/2 connection's `try_send_request` gives: the answer, or the request back unsent.
 pub trait SendFuture:
     Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ProxyBody>>>> + Send
 {
