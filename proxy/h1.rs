@@ -222,19 +222,13 @@ impl Conn {
             let conn = &mut *self;
             // The write side, as far as it goes without waiting.
             while !flushed {
-                if written < req.bytes.len() {
-                    match Pin::new(&mut conn.io).poll_write(cx, &req.bytes[written..]) {
+                // The encoded request first, then each frame of a streamed body.
+                let (out, at) =
+                    if written < req.bytes.len() { (&req.bytes, &mut written) } else { (&pending, &mut pending_at) };
+                if *at < out.len() {
+                    match Pin::new(&mut conn.io).poll_write(cx, &out[*at..]) {
                         Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                        Poll::Ready(Ok(n)) => written += n,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => break,
-                    }
-                    continue;
-                }
-                if pending_at < pending.len() {
-                    match Pin::new(&mut conn.io).poll_write(cx, &pending[pending_at..]) {
-                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                        Poll::Ready(Ok(n)) => pending_at += n,
+                        Poll::Ready(Ok(n)) => *at += n,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => break,
                     }
@@ -682,6 +676,7 @@ impl crate::upstream::Pool {
 /// own code path; the status and body read, or `None` where the answer was refused. Panics
 /// where a body came out of another length than its head's one `Content-Length` said.
 #[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_answer(data: &[u8]) -> Option<(u16, Vec<u8>)> {
     use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;

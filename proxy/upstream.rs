@@ -288,7 +288,8 @@ pub enum UpstreamError {
 }
 
 /// Attempts per request when a pooled connection turns out closed before the request was
-/// written to it (the upstream closed it while it sat idle).
+/// written to it, or (HTTP/1.1, for a request that may be sent again) before any byte of an
+/// answer came: the upstream closed it while it sat idle.
 pub(crate) const ATTEMPTS: usize = 3;
 
 /// The connections to one upstream origin.
@@ -422,7 +423,8 @@ impl Pool {
         self.h1.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Connections open to this origin (HTTP/1 ones not known closed, plus the HTTP/2 one).
+    /// Open connections to this origin that are free: idle HTTP/1 ones still open, plus the
+    /// HTTP/2 one.
     #[cfg(test)]
     fn connections(&self) -> usize {
         let h1 = self.lock_h1().iter_mut().map(|c| c.conn.is_open()).filter(|&open| open).count();
