@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -88,13 +88,15 @@ pub(crate) struct Encoded {
 }
 
 impl Encoded {
-    /// Encodes `req` (origin form, `Host` set) for the wire.
-    pub(crate) fn new(req: Request<ProxyBody>) -> Encoded {
+    /// Encodes `req` (origin form) for the wire, with `host` as its `Host` unless it has one.
+    pub(crate) fn new(req: Request<ProxyBody>, host: &HeaderValue) -> Encoded {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let exact = body.size_hint().exact();
+        let host = (!parts.headers.contains_key(HOST)).then_some(host);
         let mut bytes = Vec::with_capacity(
             64 + path.len()
+                + host.map_or(0, |h| h.len() + 8)
                 + parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>()
                 + exact.filter(|&n| n <= BODY_CHUNK as u64).unwrap_or(0) as usize,
         );
@@ -102,6 +104,11 @@ impl Encoded {
         bytes.push(b' ');
         bytes.extend_from_slice(path.as_bytes());
         bytes.extend_from_slice(b" HTTP/1.1\r\n");
+        if let Some(host) = host {
+            bytes.extend_from_slice(b"host: ");
+            bytes.extend_from_slice(host.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+        }
         for (name, value) in parts.headers.iter() {
             if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
                 continue;
@@ -650,7 +657,7 @@ impl crate::upstream::Pool {
         mut reused: bool,
         req: Request<ProxyBody>,
     ) -> Result<Response<Body>, crate::upstream::UpstreamError> {
-        let mut encoded = Encoded::new(req);
+        let mut encoded = Encoded::new(req, &self.host);
         let mut attempt = 1;
         loop {
             match conn.exchange(&mut encoded, self.clone()).await {
@@ -714,7 +721,7 @@ pub fn fuzz_answer(data: &[u8]) -> Option<(u16, Vec<u8>)> {
                 .header(http::header::HOST, "fuzz.invalid")
                 .body(http_body_util::Either::Right(http_body_util::Full::default()))
                 .expect("a request");
-            let mut encoded = Encoded::new(req);
+            let mut encoded = Encoded::new(req, &pool.host);
             let result = match Conn::new(hyper_util::rt::TokioIo::new(io)).exchange(&mut encoded, pool.clone()).await {
                 Err(_) => None,
                 Ok(response) => {
@@ -817,12 +824,19 @@ mod tests {
                 .header("content-length", "999")
                 .body(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))))
                 .unwrap();
-            String::from_utf8(Encoded::new(req).bytes).unwrap()
+            String::from_utf8(Encoded::new(req, &HeaderValue::from_static("pool")).bytes).unwrap()
         };
         assert_eq!(enc(Method::POST, "abc"), "POST /p?q=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\n\r\nabc");
         assert_eq!(enc(Method::POST, ""), "POST /p?q=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n");
         let get = Request::get("/").header("host", "h").body(Either::Right(Full::new(Bytes::new()))).unwrap();
-        assert_eq!(String::from_utf8(Encoded::new(get).bytes).unwrap(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n");
+        let pool = HeaderValue::from_static("pool:8080");
+        assert_eq!(String::from_utf8(Encoded::new(get, &pool).bytes).unwrap(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n");
+        // Without a `Host` of its own, the pool's goes first.
+        let get = Request::get("/a").header("x-b", "c").body(Either::Right(Full::new(Bytes::new()))).unwrap();
+        assert_eq!(
+            String::from_utf8(Encoded::new(get, &pool).bytes).unwrap(),
+            "GET /a HTTP/1.1\r\nhost: pool:8080\r\nx-b: c\r\n\r\n"
+        );
         assert_eq!(itoa(0, &mut [0; 20]), b"0");
         for n in [0, 1, 15, 16, 255, 4096, 0x1234abcd] {
             let mut hex = Vec::new();

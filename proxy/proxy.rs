@@ -149,7 +149,7 @@ impl Proxy {
     fn handle_via(&self, req: Request<Incoming>, via: Option<&str>) -> Handling<impl UpstreamAnswer> {
         let start = Instant::now();
         let shared = self.routes.load_full();
-        let Prepared { route, slot, step } = RouteSet::prepare(&shared, req, via);
+        let Prepared { route, slot, step } = RouteSet::prepare(&shared, req, via, start);
         Handling { shared, route, start, slot, step }
     }
 }
@@ -380,7 +380,12 @@ impl Proxy {
 impl RouteSet {
     /// Routes a request, applies policy and the credential, and hands it to the route's
     /// upstream (or answers it). No `await`: see [`Proxy::handle_via`].
-    fn prepare(this: &Arc<RouteSet>, req: Request<Incoming>, via: Option<&str>) -> Prepared<impl UpstreamAnswer> {
+    fn prepare(
+        this: &Arc<RouteSet>,
+        req: Request<Incoming>,
+        via: Option<&str>,
+        start: Instant,
+    ) -> Prepared<impl UpstreamAnswer> {
         let done = |route: Option<usize>, result| Prepared { route, slot: None, step: Step::Done(Some(result)) };
         if req.method() == Method::CONNECT {
             // Only on the listener itself, never inside a tunnel.
@@ -414,6 +419,9 @@ impl RouteSet {
                 let query = crate::aws::SigV4::strip_query_signature(req.uri().query());
                 route.target.uri(&m.rest, query.as_deref())
             }
+            // The common form: the upstream pool adds the authority (HTTP/1.1's `Host` is
+            // written with the head, not inserted into the map).
+            Inject::Header { .. } => route.target.origin_uri(&m.rest, req.uri().query()),
             _ => route.target.uri(&m.rest, req.uri().query()),
         };
         let Ok(uri) = uri else {
@@ -480,7 +488,7 @@ impl RouteSet {
             parts.headers.insert(name.clone(), credential.header);
             (Request::from_parts(parts, Either::Left(Wire::Incoming(body))), None)
         };
-        let answer = route.start_send(req);
+        let answer = route.start_send(req, start);
         Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept } }
     }
 }
@@ -651,13 +659,14 @@ impl Route {
     }
 
     /// Hands one request to the upstream; the answer is due within the route's timeout.
-    fn start_send(&self, req: Request<ProxyBody>) -> impl UpstreamAnswer {
-        tokio::time::timeout(self.timeout, self.upstream.request(req))
+    fn start_send(&self, req: Request<ProxyBody>, start: Instant) -> impl UpstreamAnswer {
+        // The deadline from the request's start (read once for its metrics as well).
+        tokio::time::timeout_at(tokio::time::Instant::from_std(start) + self.timeout, self.upstream.request(req))
     }
 
     /// Sends one request upstream within the route's timeout.
     async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
-        self.answer(self.start_send(req).await)
+        self.answer(self.start_send(req, Instant::now()).await)
     }
 
     /// The upstream's answer (or failure) as the client gets it.

@@ -32,7 +32,25 @@ impl Target {
 
     /// The upstream URI for `rest` (a path starting with `/`, or empty) and a query.
     pub fn uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
-        let mut pq = String::with_capacity(self.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(self.path_and_query(rest, query)?)
+            .build()
+    }
+
+    /// The same in origin form (path and query only): the route's upstream pool supplies the
+    /// rest (HTTP/1.1's `Host`, HTTP/2's `:scheme` and `:authority`), as the pool is the
+    /// route's own.
+    pub fn origin_uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
+        Ok(Uri::from(self.path_and_query(rest, query)?))
+    }
+
+    fn path_and_query(&self, rest: &str, query: Option<&str>) -> Result<PathAndQuery, http::Error> {
+        // Exactly the length: a `Bytes` made from a full `String` takes it over as it is (one
+        // with spare capacity costs another allocation).
+        let path = self.base_path.len() + rest.len();
+        let mut pq = String::with_capacity(path.max(1) + query.map_or(0, |q| q.len() + 1));
         pq.push_str(&self.base_path);
         pq.push_str(rest);
         if pq.is_empty() {
@@ -42,11 +60,7 @@ impl Target {
             pq.push('?');
             pq.push_str(q);
         }
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(PathAndQuery::try_from(pq)?)
-            .build()
+        Ok(PathAndQuery::try_from(pq)?)
     }
 }
 

@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::header::HOST;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
@@ -298,7 +297,7 @@ pub struct Pool {
     /// `scheme://authority/`, what the connector connects to.
     origin: Uri,
     /// `Host` for HTTP/1 requests that carry none: the authority without a default port.
-    host: HeaderValue,
+    pub(crate) host: HeaderValue,
     /// Idle HTTP/1 connections, the one used last at the end.
     h1: Mutex<Vec<H1>>,
     /// The HTTP/2 connection, when the upstream chose h2 by ALPN.
@@ -441,7 +440,7 @@ impl Pool {
     ) -> Answer<impl Future<Output = Result<Response<crate::h1::Body>, UpstreamError>> + Send, impl SendFuture> {
         let state = match self.checkout() {
             Some(Conn::H1(conn)) => {
-                self.http1_form(&mut req);
+                Pool::origin_form(req.uri_mut());
                 Sent::H1(self.clone().send_h1(conn, true, req))
             }
             Some(Conn::H2(send)) => Sent::H2(self.hand_over_h2(send, req)),
@@ -463,7 +462,7 @@ impl Pool {
             };
             match conn {
                 Conn::H1(conn) => {
-                    self.http1_form(&mut req);
+                    Pool::origin_form(req.uri_mut());
                     return Box::pin(self.clone().send_h1(conn, reused, req)).await.map(|r| r.map(Wire::H1));
                 }
                 Conn::H2(send) => match self.hand_over_h2(send, req).await {
@@ -549,19 +548,19 @@ impl Pool {
         Ok(Conn::H1(crate::h1::Conn::new(TokioIo::new(io))))
     }
 
-    /// Origin form (`/path?query`) and a `Host` header, for an HTTP/1 connection.
-    fn http1_form(&self, req: &mut Request<ProxyBody>) {
-        if req.uri().scheme().is_some() {
-            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    /// Origin form (`/path?query`), for an HTTP/1 connection; [`crate::h1::Encoded::new`]
+    /// writes the pool's `Host` unless the request has one.
+    fn origin_form(uri: &mut Uri) {
+        if uri.scheme().is_some() {
+            let mut parts = std::mem::take(uri).into_parts();
             let mut origin = http::uri::Parts::default();
             origin.path_and_query = parts.path_and_query.take();
-            *req.uri_mut() = Uri::from_parts(origin).unwrap_or_default();
+            *uri = Uri::from_parts(origin).unwrap_or_default();
         }
-        req.headers_mut().entry(HOST).or_insert_with(|| self.host.clone());
     }
 
     /// Absolute form, for HTTP/2 (`:scheme` and `:authority` come from it); undoes
-    /// [`Pool::http1_form`] for a request retried on an HTTP/2 connection.
+    /// [`Pool::origin_form`] for a request retried on an HTTP/2 connection.
     fn absolute_form(&self, uri: &mut Uri) {
         if uri.scheme().is_none() {
             let mut parts = std::mem::take(uri).into_parts();
