@@ -120,7 +120,11 @@ impl RouteTable {
         }
         let path = normalize_path(path).ok_or(NoRoute::BadPath)?;
         let absolute_form = version < Version::HTTP_2 && uri.authority().is_some();
-        let host = if version < Version::HTTP_2 && !absolute_form {
+        let host = if self.hosts.is_empty() {
+            // No route is chosen by host: nothing to look up (an absolute-form request still
+            // names a host no route has, below).
+            None
+        } else if version < Version::HTTP_2 && !absolute_form {
             headers.get(header::HOST).and_then(|h| h.to_str().ok())
         } else {
             uri.authority().map(Authority::as_str)
@@ -195,6 +199,10 @@ fn strip_port(authority: &str) -> &str {
 /// separates segments (`/a/..\\b` is `/b` to a WHATWG parser), and a proxy must not guess
 /// differently from its upstream.
 pub fn normalize_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
+    // Without a dot, a percent sign or a backslash there is nothing to remove or refuse.
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return Some(std::borrow::Cow::Borrowed(path));
+    }
     let mut needs_work = false;
     for seg in path.split('/') {
         if seg == "." || seg == ".." {
@@ -400,6 +408,22 @@ mod tests {
         assert_eq!(strip_port("[::1]:8080"), "[::1]");
         // HTTP/2 carries the Host in the URI: that is not a proxy request.
         assert_eq!(find(Version::HTTP_2, "http://127.0.0.1:8080/github/x", None), Ok((0, "/x".into())));
+    }
+
+    #[test]
+    fn without_host_routes_the_prefix_decides_and_absolute_form_is_foreign() {
+        let t = RouteTable::new([(None, Some("/a")), (None, Some("/"))]);
+        let find = |uri: &str, host: Option<&str>| {
+            let uri: Uri = uri.parse().unwrap();
+            let mut h = HeaderMap::new();
+            if let Some(host) = host {
+                h.insert(header::HOST, host.parse().unwrap());
+            }
+            t.find(Version::HTTP_11, &uri, &h).map(|m| (m.route, m.rest.into_owned()))
+        };
+        assert_eq!(find("/a/x", Some("anything.example")), Ok((0, "/x".into())));
+        assert_eq!(find("/b", None), Ok((1, "/b".into())));
+        assert_eq!(find("http://evil.example/a/x", None), Err(NoRoute::ForeignHost));
     }
 
     #[test]
