@@ -30,7 +30,9 @@
 //! the master gets SIGHUP, as `nginx -s reload` does; HAProxy: `set map` on its runtime API),
 //! reported against a run without rotation right before it: errors, throughput and p99 ratios,
 //! requests the origin saw with a token older than one it had already seen (stale), how long
-//! after each change the origin first saw the new token, and new upstream connections.
+//! after each change (from its end: the file renamed, the signal sent, the map set) the origin
+//! first saw the new token, how long the harness's own change took at most (its thread may
+//! wait to run on the busy machine), and new upstream connections.
 //!
 //! `--soak SECS` adds, per proxy, a concurrency-64 run of SECS with its RSS read every 10 s
 //! (memory must stay flat).
@@ -1479,13 +1481,13 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
     if let Some(rot) = &rotation {
         println!(
             "| rotating every {:?} | errors | req/s vs steady | p99 vs steady | stale at origin | new token at origin after \
-             change (median / max ms) | new upstream connections (steady run) |",
+             change (median / max ms) | a change itself, max ms | new upstream connections (steady run) |",
             opts.rotate.unwrap()
         );
-        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
         for r in rot {
             println!(
-                "| {} | {} | {:.2} | {:.2} | {} | {:.1} / {:.1} | {} ({}) |",
+                "| {} | {} | {:.2} | {:.2} | {} | {:.1} / {:.1} | {:.1} | {} ({}) |",
                 r["target"].as_str().unwrap(),
                 r["errors"],
                 r["rps_ratio"].as_f64().unwrap(),
@@ -1493,6 +1495,7 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
                 r["stale"],
                 r["delay_ms_median"].as_f64().unwrap_or(f64::NAN),
                 r["delay_ms_max"].as_f64().unwrap_or(f64::NAN),
+                r["change_ms_max"].as_f64().unwrap_or(f64::NAN),
                 r["new_upstream_connections"],
                 r["steady_new_upstream_connections"],
             );
@@ -1622,7 +1625,10 @@ fn rotation_runs(servers: &[Server], origin: SocketAddr, every: Duration, secs: 
         let steady = wrk(&server.url, 64, secs)?;
         let before = origin_stats(origin);
         let stop = AtomicBool::new(false);
-        let changes: Mutex<Vec<(u64, u64)>> = Mutex::default();
+        // (token number, when the change began, when it was done): the rotator is a thread like
+        // any other on a machine whose CPUs the load keeps busy, and may wait to run between
+        // the two (nginx's change also starts a `kill`).
+        let changes: Mutex<Vec<(u64, u64, u64)>> = Mutex::default();
         let (load, rotated) = std::thread::scope(|scope| {
             let rotator = scope.spawn(|| -> Result<(), String> {
                 let mut n = next;
@@ -1630,9 +1636,9 @@ fn rotation_runs(servers: &[Server], origin: SocketAddr, every: Duration, secs: 
                 while !stop.load(Ordering::Relaxed) {
                     std::thread::sleep(due.saturating_duration_since(Instant::now()));
                     due += every;
-                    let at = now_us();
+                    let begun = now_us();
                     server.set_token(n)?;
-                    changes.lock().unwrap().push((n, at));
+                    changes.lock().unwrap().push((n, begun, now_us()));
                     n += 1;
                 }
                 Ok(())
@@ -1644,18 +1650,26 @@ fn rotation_runs(servers: &[Server], origin: SocketAddr, every: Duration, secs: 
         let load = load?;
         rotated?;
         let changes = changes.into_inner().unwrap();
-        next = changes.last().map_or(next, |(n, _)| n + 1);
+        next = changes.last().map_or(next, |(n, _, _)| n + 1);
         // The origin's view, once the last change has had time to arrive.
         std::thread::sleep(Duration::from_millis(200));
         let after = origin_stats(origin);
         let first_seen = &after["first_seen_us"];
-        let mut delays: Vec<f64> = changes
-            .iter()
-            .filter_map(|(n, at)| {
-                first_seen[n.to_string()].as_u64().map(|seen| seen.saturating_sub(*at) as f64 / 1000.0)
-            })
-            .collect();
-        delays.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        // From the end of each change (the file renamed, the signal sent, the map set), and from
+        // its start.
+        let delays_from = |at: fn(&(u64, u64, u64)) -> u64| {
+            let mut d: Vec<f64> = changes
+                .iter()
+                .filter_map(|c| {
+                    first_seen[c.0.to_string()].as_u64().map(|seen| seen.saturating_sub(at(c)) as f64 / 1000.0)
+                })
+                .collect();
+            d.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            d
+        };
+        let delays = delays_from(|c| c.2);
+        let from_start = delays_from(|c| c.1);
+        let change_ms_max = changes.iter().map(|c| c.2.saturating_sub(c.1)).max().unwrap_or(0) as f64 / 1000.0;
         let count = |v: &Value, k: &str| v[k].as_u64().unwrap();
         out.push(json!({
             "target": server.name,
@@ -1671,6 +1685,8 @@ fn rotation_runs(servers: &[Server], origin: SocketAddr, every: Duration, secs: 
             "stale": count(&after, "stale") - count(&before, "stale"),
             "delay_ms_median": if delays.is_empty() { Value::Null } else { json!(median(delays.clone())) },
             "delay_ms_max": delays.last(),
+            "delay_from_start_ms_max": from_start.last(),
+            "change_ms_max": change_ms_max,
             "new_upstream_connections": count(&after, "connections") - count(&before, "connections"),
             "steady_new_upstream_connections": count(&before, "connections") - count(&at_start, "connections"),
         }));
