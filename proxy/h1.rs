@@ -215,10 +215,13 @@ impl Conn {
     /// answer, which may come before all of it (a `413`, say); the connection is then not used
     /// again.
     pub(crate) async fn exchange(
-        mut self: Box<Self>,
+        self: Box<Self>,
         req: &mut Encoded,
         pool: Arc<crate::upstream::Pool>,
     ) -> Result<Response<Body>, Failed> {
+        // Holds the connection until the head is read: should this future be dropped before
+        // (the client went away), it drains the answer in the background.
+        let mut held = Held { conn: Some(self), pool: Some(pool), head_request: req.head_request, sent: false };
         let mut written = 0;
         let mut body_done = req.body.is_none();
         let mut flushed = false;
@@ -226,7 +229,7 @@ impl Conn {
         let mut pending_at = 0;
         let mut got_any = false;
         let result = std::future::poll_fn(|cx| {
-            let conn = &mut *self;
+            let conn = held.conn.as_mut().expect("the connection is held until the head is read");
             // The write side, as far as it goes without waiting.
             while !flushed {
                 // The encoded request first, then each frame of a streamed body.
@@ -277,40 +280,12 @@ impl Conn {
                     Poll::Pending => break,
                 }
             }
+            held.sent = flushed && body_done;
             // The read side: an answer's head, possibly before the request is all written.
-            loop {
-                if !conn.buf.is_empty() {
-                    got_any = true;
-                    match parse_head(&conn.buf) {
-                        Ok(Some((head, len))) => {
-                            conn.buf.drain(..len);
-                            if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
-                                // 100 Continue, 103 Early Hints: the answer follows.
-                                continue;
-                            }
-                            return Poll::Ready(Ok(head));
-                        }
-                        Ok(None) if conn.buf.len() >= MAX_HEAD => {
-                            return Poll::Ready(Err(invalid("the upstream's response head is too large")))
-                        }
-                        Ok(None) => {}
-                        Err(e) => return Poll::Ready(Err(e)),
-                    }
-                }
-                match conn.poll_fill(cx) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the upstream closed the connection before answering",
-                        )))
-                    }
-                    Poll::Ready(Ok(_)) => {}
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
+            conn.poll_head(cx, &mut got_any)
         })
         .await;
+        let conn = held.conn.take().expect("the connection is held until the head is read");
         let head = match result {
             Ok(head) => head,
             Err(error) => {
@@ -318,13 +293,59 @@ impl Conn {
                 return Err(Failed { error, retryable });
             }
         };
-        let complete = flushed && body_done;
         let (framing, mut reusable) = match framing(&head, req.head_request) {
             Ok(f) => f,
             Err(error) => return Err(Failed { error, retryable: false }),
         };
         // An answer before the whole request was sent: the connection is out of step.
-        reusable &= complete;
+        reusable &= held.sent;
+        let pool = held.pool.take().expect("the pool is held with the connection");
+        Ok(conn.answer(head, framing, reusable, pool))
+    }
+
+    /// The head of the answer to a request sent, skipping interim answers (`100 Continue`,
+    /// `103 Early Hints`); `got_any` turns true with the first byte.
+    fn poll_head(&mut self, cx: &mut Context<'_>, got_any: &mut bool) -> Poll<io::Result<Head>> {
+        loop {
+            if !self.buf.is_empty() {
+                *got_any = true;
+                match parse_head(&self.buf) {
+                    Ok(Some((head, len))) => {
+                        self.buf.drain(..len);
+                        if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                            continue;
+                        }
+                        return Poll::Ready(Ok(head));
+                    }
+                    Ok(None) if self.buf.len() >= MAX_HEAD => {
+                        return Poll::Ready(Err(invalid("the upstream's response head is too large")))
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            match self.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection before answering",
+                    )))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The answer whose head was read, its body still on this connection.
+    fn answer(
+        self: Box<Self>,
+        head: Head,
+        framing: Framing,
+        reusable: bool,
+        pool: Arc<crate::upstream::Pool>,
+    ) -> Response<Body> {
         let mut response = Response::new(Body { conn: None, framing, state: State::Start, reusable, pool: None });
         *response.status_mut() = head.status;
         *response.version_mut() = Version::HTTP_11;
@@ -339,7 +360,7 @@ impl Conn {
             body.conn = Some(self);
             body.pool = Some(pool);
         }
-        Ok(response)
+        response
     }
 
     /// Reads more into `buf`: the number of bytes, 0 at the end of the stream.
@@ -364,6 +385,56 @@ impl Conn {
         crate::memory::wipe_allocation(&mut self.buf, self.dirty);
         self.dirty = 0;
     }
+}
+
+/// An answer abandoned (its request's future dropped while waiting for the head: the client
+/// went away) is read to its end in the background within these bounds, so that its
+/// connection can carry the next request; a larger or slower one costs its connection.
+const DRAIN_BYTES: u64 = 64 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The connection of an exchange waiting for its answer's head.
+struct Held {
+    conn: Option<Box<Conn>>,
+    pool: Option<Arc<crate::upstream::Pool>>,
+    head_request: bool,
+    /// The request was written whole: the answer that follows is the connection's last.
+    sent: bool,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) else { return };
+        if !self.sent {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(conn, pool, self.head_request));
+        }
+    }
+}
+
+/// Reads an abandoned answer to its end (the connection then goes back into the pool, as
+/// after any answer read whole), or drops the connection past [`DRAIN_BYTES`] or
+/// [`DRAIN_TIME`], or where the answer leaves it unusable.
+async fn drain(mut conn: Box<Conn>, pool: Arc<crate::upstream::Pool>, head_request: bool) {
+    let read = async move {
+        let head = std::future::poll_fn(|cx| conn.poll_head(cx, &mut false)).await.ok()?;
+        let (framing, reusable) = framing(&head, head_request).ok()?;
+        if !reusable || matches!(framing, Framing::Length(n) if n > DRAIN_BYTES) {
+            return None;
+        }
+        let mut body = conn.answer(head, framing, true, pool).into_body();
+        let mut read = 0;
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            read += frame.ok()?.data_ref().map_or(0, |d| d.len() as u64);
+            if read > DRAIN_BYTES {
+                return None;
+            }
+        }
+        Some(())
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
 /// A parsed answer head.
@@ -863,6 +934,93 @@ mod wire_tests {
     async fn scripted(answers: Vec<&'static str>) -> (std::net::SocketAddr, Heads) {
         let (addr, seen) = crate::upstream::tests::scripted(answers.into_iter()).await;
         (addr, Heads(seen))
+    }
+
+    /// An origin that answers each request with the next answer the test releases, and
+    /// reports (connection number, "request" or "closed").
+    async fn held_origin(
+    ) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<(usize, &'static str)>, mpsc::UnboundedSender<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (events, seen) = mpsc::unbounded_channel();
+        let (release, answers) = mpsc::unbounded_channel::<String>();
+        let answers = Arc::new(tokio::sync::Mutex::new(answers));
+        tokio::spawn(async move {
+            for n in 1.. {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let (events, answers) = (events.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let read = s.read(&mut chunk).await.unwrap_or(0);
+                        if read == 0 {
+                            let _ = events.send((n, "closed"));
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..read]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let _ = events.send((n, "request"));
+                            let answer = answers.lock().await.recv().await.expect("an answer for each request");
+                            if s.write_all(answer.as_bytes()).await.is_err() {
+                                let _ = events.send((n, "closed"));
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, seen, release)
+    }
+
+    /// Starts a request, waits until the origin has read it, then drops it (its client went
+    /// away).
+    async fn abandon(pool: &Arc<Pool>, seen: &mut mpsc::UnboundedReceiver<(usize, &'static str)>) -> usize {
+        let mut request = Box::pin(send(pool, "GET", "/abandoned"));
+        let n = tokio::select! {
+            _ = &mut request => panic!("answered before the origin answered"),
+            event = seen.recv() => event.unwrap(),
+        };
+        assert_eq!(n.1, "request");
+        n.0
+    }
+
+    #[tokio::test]
+    async fn an_answer_its_client_abandoned_is_read_and_its_connection_used_again() {
+        let (addr, mut seen, release) = held_origin().await;
+        let pool = pool_for(addr);
+        assert_eq!(abandon(&pool, &mut seen).await, 1);
+        release.send("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nlater".into()).unwrap();
+        // No signal leaves the drain: the pool is looked at until the connection is back.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while pool.connections() == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the abandoned answer's connection is back in the pool");
+        release.send("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".into()).unwrap();
+        assert_eq!(send(&pool, "GET", "/b").await, (200, Bytes::from("ok")));
+        assert_eq!(seen.recv().await, Some((1, "request")), "the next request went on the same connection");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_answer_too_large_to_read_costs_its_connection() {
+        let (addr, mut seen, release) = held_origin().await;
+        let pool = pool_for(addr);
+        assert_eq!(abandon(&pool, &mut seen).await, 1);
+        let big = super::DRAIN_BYTES as usize + 1;
+        release.send(format!("HTTP/1.1 200 OK\r\ncontent-length: {big}\r\n\r\n{}", "x".repeat(big))).unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.unwrap();
+        assert_eq!(closed, Some((1, "closed")));
+        assert_eq!(pool.connections(), 0);
+        // The next request goes on a new connection.
+        release.send("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".into()).unwrap();
+        assert_eq!(send(&pool, "GET", "/b").await, (200, Bytes::from("ok")));
+        assert_eq!(seen.recv().await, Some((2, "request")));
     }
 
     /// The request heads the origin read, with their connection's number (closes left out).

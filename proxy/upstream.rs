@@ -425,7 +425,7 @@ impl Pool {
     /// Open connections to this origin that are free: idle HTTP/1 ones still open, plus the
     /// HTTP/2 one.
     #[cfg(test)]
-    fn connections(&self) -> usize {
+    pub(crate) fn connections(&self) -> usize {
         let h1 = self.lock_h1().iter_mut().map(|c| c.conn.is_open()).filter(|&open| open).count();
         let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| !s.is_closed());
         h1 + usize::from(h2)
