@@ -936,55 +936,28 @@ mod wire_tests {
         (addr, Heads(seen))
     }
 
-    /// An origin that answers each request with the next answer the test releases, and
-    /// reports (connection number, "request" or "closed").
+    /// An origin that answers each request with the next answer the test releases.
     async fn held_origin(
-    ) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<(usize, &'static str)>, mpsc::UnboundedSender<String>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (events, seen) = mpsc::unbounded_channel();
+    ) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<(usize, String)>, mpsc::UnboundedSender<String>) {
         let (release, answers) = mpsc::unbounded_channel::<String>();
         let answers = Arc::new(tokio::sync::Mutex::new(answers));
-        tokio::spawn(async move {
-            for n in 1.. {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let (events, answers) = (events.clone(), answers.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        let mut chunk = [0u8; 4096];
-                        let read = s.read(&mut chunk).await.unwrap_or(0);
-                        if read == 0 {
-                            let _ = events.send((n, "closed"));
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..read]);
-                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..end + 4);
-                            let _ = events.send((n, "request"));
-                            let answer = answers.lock().await.recv().await.expect("an answer for each request");
-                            if s.write_all(answer.as_bytes()).await.is_err() {
-                                let _ = events.send((n, "closed"));
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        let (addr, seen) = crate::upstream::tests::answering(move || {
+            let answers = answers.clone();
+            Box::pin(async move { answers.lock().await.recv().await.expect("an answer for each request") })
+        })
+        .await;
         (addr, seen, release)
     }
 
     /// Starts a request, waits until the origin has read it, then drops it (its client went
     /// away).
-    async fn abandon(pool: &Arc<Pool>, seen: &mut mpsc::UnboundedReceiver<(usize, &'static str)>) -> usize {
+    async fn abandon(pool: &Arc<Pool>, seen: &mut mpsc::UnboundedReceiver<(usize, String)>) -> usize {
         let mut request = Box::pin(send(pool, "GET", "/abandoned"));
         let n = tokio::select! {
             _ = &mut request => panic!("answered before the origin answered"),
             event = seen.recv() => event.unwrap(),
         };
-        assert_eq!(n.1, "request");
+        assert!(n.1.starts_with("GET /abandoned "), "{}", n.1);
         n.0
     }
 
@@ -1004,7 +977,7 @@ mod wire_tests {
         .expect("the abandoned answer's connection is back in the pool");
         release.send("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".into()).unwrap();
         assert_eq!(send(&pool, "GET", "/b").await, (200, Bytes::from("ok")));
-        assert_eq!(seen.recv().await, Some((1, "request")), "the next request went on the same connection");
+        assert_eq!(seen.recv().await.map(|(n, _)| n), Some(1), "the next request went on the same connection");
     }
 
     #[tokio::test]
@@ -1015,12 +988,12 @@ mod wire_tests {
         let big = super::DRAIN_BYTES as usize + 1;
         release.send(format!("HTTP/1.1 200 OK\r\ncontent-length: {big}\r\n\r\n{}", "x".repeat(big))).unwrap();
         let closed = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.unwrap();
-        assert_eq!(closed, Some((1, "closed")));
+        assert_eq!(closed, Some((1, "closed by the client".to_owned())));
         assert_eq!(pool.connections(), 0);
         // The next request goes on a new connection.
         release.send("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".into()).unwrap();
         assert_eq!(send(&pool, "GET", "/b").await, (200, Bytes::from("ok")));
-        assert_eq!(seen.recv().await, Some((2, "request")));
+        assert_eq!(seen.recv().await.map(|(n, _)| n), Some(2));
     }
 
     /// The request heads the origin read, with their connection's number (closes left out).

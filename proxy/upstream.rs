@@ -633,14 +633,28 @@ pub(crate) mod tests {
     pub(crate) async fn scripted(
         answers: impl Iterator<Item = &'static str> + Send + 'static,
     ) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<(usize, String)>) {
+        let answers = Mutex::new(answers);
+        answering(move || {
+            let answer = answers.lock().unwrap().next().expect("an answer for each request");
+            Box::pin(std::future::ready(answer.to_owned()))
+        })
+        .await
+    }
+
+    /// The origin of [`scripted`], each answer the one `next` gives when the head is read (it
+    /// may wait for the test to release it).
+    pub(crate) async fn answering<F>(next: F) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<(usize, String)>)
+    where
+        F: Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
-        let answers = Arc::new(Mutex::new(answers));
+        let next = Arc::new(next);
         tokio::spawn(async move {
             for n in 1.. {
                 let (mut s, _) = listener.accept().await.unwrap();
-                let (tx, answers) = (tx.clone(), answers.clone());
+                let (tx, next) = (tx.clone(), next.clone());
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     loop {
@@ -654,12 +668,15 @@ pub(crate) mod tests {
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             let head: Vec<u8> = buf.drain(..end + 4).collect();
                             let _ = tx.send((n, String::from_utf8_lossy(&head).into_owned()));
-                            let answer = answers.lock().unwrap().next().expect("an answer for each request");
+                            let answer = next().await;
                             let (answer, close) = match answer.strip_suffix("<close>") {
                                 Some(a) => (a, true),
-                                None => (answer, false),
+                                None => (answer.as_str(), false),
                             };
-                            s.write_all(answer.as_bytes()).await.unwrap();
+                            if s.write_all(answer.as_bytes()).await.is_err() {
+                                let _ = tx.send((n, "closed by the client".into()));
+                                return;
+                            }
                             if close {
                                 return;
                             }
