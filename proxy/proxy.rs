@@ -404,6 +404,8 @@ impl RouteSet {
             route.count_denial(Denial::NotAllowed);
             return done(Some(index), Err(ProxyError::NotAllowed));
         }
+        // Origin form: the route's upstream pool adds the authority (HTTP/1.1's `Host` written
+        // with the head, HTTP/2's `:scheme` and `:authority`); SigV4 signs the absolute URL.
         let uri = match &route.inject {
             Inject::Query(name) => {
                 let value = route.token.current().filter(|v| v.is_usable(std::time::SystemTime::now()));
@@ -412,17 +414,14 @@ impl RouteSet {
                     return done(Some(index), Err(ProxyError::TokenUnavailable { token }));
                 };
                 let query = crate::inject::replace_query_param(req.uri().query(), name, value.secret.expose());
-                route.target.uri(&m.rest, Some(&query))
+                route.target.origin_uri(&m.rest, Some(&query))
             }
             // A presigned URL's signature would be a second one beside sidekey's.
             Inject::Sign(_) => {
                 let query = crate::aws::SigV4::strip_query_signature(req.uri().query());
                 route.target.uri(&m.rest, query.as_deref())
             }
-            // The common form: the upstream pool adds the authority (HTTP/1.1's `Host` is
-            // written with the head, not inserted into the map).
-            Inject::Header { .. } => route.target.origin_uri(&m.rest, req.uri().query()),
-            _ => route.target.uri(&m.rest, req.uri().query()),
+            _ => route.target.origin_uri(&m.rest, req.uri().query()),
         };
         let Ok(uri) = uri else {
             return done(Some(index), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath)));

@@ -30,7 +30,8 @@ impl Target {
         Ok(Target { scheme, authority, base_path })
     }
 
-    /// The upstream URI for `rest` (a path starting with `/`, or empty) and a query.
+    /// The upstream URI for `rest` (a path starting with `/`, or empty) and a query: the
+    /// absolute URL (what a SigV4 signature covers).
     pub fn uri(&self, rest: &str, query: Option<&str>) -> Result<Uri, http::Error> {
         Uri::builder()
             .scheme(self.scheme.clone())
