@@ -93,11 +93,19 @@ impl Encoded {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let exact = body.size_hint().exact();
-        let host = (!parts.headers.contains_key(HOST)).then_some(host);
+        // One pass over the fields for the head's length and the two looked for (cheaper than
+        // hashed lookups for the few fields of a request).
+        let (mut fields, mut has_host, mut has_length) = (0, false, false);
+        for (name, value) in parts.headers.iter() {
+            fields += name.as_str().len() + value.len() + 4;
+            has_host |= name == HOST;
+            has_length |= name == CONTENT_LENGTH;
+        }
+        let host = (!has_host).then_some(host);
         let mut bytes = Vec::with_capacity(
             64 + path.len()
                 + host.map_or(0, |h| h.len() + 8)
-                + parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>()
+                + fields
                 + exact.filter(|&n| n <= BODY_CHUNK as u64).unwrap_or(0) as usize,
         );
         bytes.extend_from_slice(parts.method.as_str().as_bytes());
@@ -121,7 +129,7 @@ impl Encoded {
         // The body's framing from what it is (hyper's server checked the client's against it).
         let mut chunked = false;
         match exact {
-            Some(0) if !body_expected(&parts.method) && !parts.headers.contains_key(CONTENT_LENGTH) => {}
+            Some(0) if !body_expected(&parts.method) && !has_length => {}
             Some(n) => {
                 bytes.extend_from_slice(b"content-length: ");
                 bytes.extend_from_slice(itoa(n, &mut [0; 20]));
@@ -470,7 +478,28 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
 /// Where the body of `head` ends, and whether the connection may carry another request after
 /// it (RFC 9112, sections 6.3 and 9.3).
 fn framing(head: &Head, head_request: bool) -> io::Result<(Framing, bool)> {
-    let mut reusable = head.http11 && !has_token(&head.headers, CONNECTION, "close");
+    // The three fields that decide, in one pass over the few of an answer (cheaper than
+    // hashed lookups); a `Content-Length` is checked only where it is the one that counts.
+    let (mut close, mut te, mut chunked, mut cl) = (false, false, false, false);
+    let mut length: io::Result<Option<u64>> = Ok(None);
+    for (name, value) in head.headers.iter() {
+        let items = || value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if name == CONNECTION {
+            close |= items().any(|t| t.eq_ignore_ascii_case(b"close"));
+        } else if name == TRANSFER_ENCODING {
+            te = true;
+            // The last coding of all the fields' lists.
+            if let Some(last) = items().rfind(|c| !c.is_empty()) {
+                chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name == CONTENT_LENGTH {
+            cl = true;
+            if let Ok(seen) = length {
+                length = content_length(items(), seen);
+            }
+        }
+    }
+    let mut reusable = head.http11 && !close;
     let status = head.status;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Ok((Framing::Length(0), false));
@@ -478,50 +507,33 @@ fn framing(head: &Head, head_request: bool) -> io::Result<(Framing, bool)> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Framing::Length(0), reusable));
     }
-    if head.headers.contains_key(TRANSFER_ENCODING) {
+    if te {
         // Both: a sign of a message meant to be read two ways; this one is read as chunked
         // (the standard's rule) and the connection is not trusted with another.
-        if head.headers.contains_key(CONTENT_LENGTH) {
+        if cl {
             reusable = false;
         }
-        let last = head
-            .headers
-            .get_all(TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(|c| c.trim_ascii())
-            .rfind(|c| !c.is_empty());
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case(b"chunked") => (Framing::Chunked, reusable),
-            _ => (Framing::Close, false),
-        });
+        return Ok(if chunked { (Framing::Chunked, reusable) } else { (Framing::Close, false) });
     }
-    let mut length = None;
-    for value in head.headers.get_all(CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-                return Err(invalid("the upstream's content-length is not a number"));
-            }
-            let n: u64 = std::str::from_utf8(item).expect("digits").parse().expect("19 digits fit");
-            if length.is_some_and(|l| l != n) {
-                return Err(invalid("the upstream's content-length values differ"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
+    Ok(match length? {
         Some(n) => (Framing::Length(n), reusable),
         None => (Framing::Close, false),
     })
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+/// The length a `Content-Length` field's `items` give, with `seen` from the fields before.
+fn content_length<'a>(items: impl Iterator<Item = &'a [u8]>, mut seen: Option<u64>) -> io::Result<Option<u64>> {
+    for item in items {
+        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+            return Err(invalid("the upstream's content-length is not a number"));
+        }
+        let n: u64 = std::str::from_utf8(item).expect("digits").parse().expect("19 digits fit");
+        if seen.is_some_and(|l| l != n) {
+            return Err(invalid("the upstream's content-length values differ"));
+        }
+        seen = Some(n);
+    }
+    Ok(seen)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -720,15 +732,16 @@ impl hyper::body::Body for Body {
 }
 
 impl crate::upstream::Pool {
-    /// Sends `req` on `conn` (or, should an idle connection turn out closed before any answer
-    /// came, on another), then reads the answer's head.
+    /// Sends `encoded` on `conn` (or, should an idle connection turn out closed before any
+    /// answer came, on another), then reads the answer's head. The request is encoded before
+    /// this future is made: it holds the 88 bytes of an [`Encoded`], not a 280-byte `Request`,
+    /// and is moved a few times on its way to the connection's task.
     pub(crate) async fn send_h1(
         self: Arc<Self>,
         mut conn: Box<Conn>,
         mut reused: bool,
-        req: Request<ProxyBody>,
+        mut encoded: Encoded,
     ) -> Result<Response<Body>, crate::upstream::UpstreamError> {
-        let mut encoded = Encoded::new(req, &self.host);
         let mut attempt = 1;
         loop {
             match conn.exchange(&mut encoded, self.clone()).await {
@@ -862,6 +875,20 @@ mod tests {
         assert_eq!(f("HTTP/1.1 204 No Content\r\n\r\n", false), Ok((Framing::Length(0), true)));
         assert_eq!(f("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n", false), Ok((Framing::Length(0), true)));
         assert_eq!(f("HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n", false), Ok((Framing::Length(0), false)));
+        // Fields read in one pass: a list spread over several fields counts as one, in order.
+        let chunked_last = "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(f(chunked_last, false), Ok((Framing::Chunked, true)));
+        let gzip_last = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: gzip\r\n\r\n";
+        assert_eq!(f(gzip_last, false), Ok((Framing::Close, false)));
+        let empty_last = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: \r\n\r\n";
+        assert_eq!(f(empty_last, false), Ok((Framing::Chunked, true)));
+        let close_later =
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\nConnection: x, Close\r\n\r\n";
+        assert_eq!(f(close_later, false), Ok((Framing::Length(1), false)));
+        // A bad length beside a transfer coding is not the one that counts.
+        let bad_length_first = "HTTP/1.1 200 OK\r\ncontent-length: x\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(f(bad_length_first, false), Ok((Framing::Chunked, false)));
+        assert!(f("HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: x\r\n\r\n", false).is_err());
     }
 
     #[test]

@@ -33,6 +33,7 @@ use rustls_pki_types::CertificateDer;
 use tower::ServiceExt;
 
 use crate::error::{ProxyBody, Wire};
+use crate::h1::Encoded;
 
 /// The connector every upstream client uses.
 pub type Connector = ConnectTimeout<HttpsConnector<Dialer>>;
@@ -436,13 +437,10 @@ impl Pool {
     /// connection, and a retry on HTTP/2, run boxed.
     pub fn request(
         self: &Arc<Self>,
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
     ) -> Answer<impl Future<Output = Result<Response<crate::h1::Body>, UpstreamError>> + Send, impl SendFuture> {
         let state = match self.checkout() {
-            Some(Conn::H1(conn)) => {
-                Pool::origin_form(req.uri_mut());
-                Sent::H1(self.clone().send_h1(conn, true, req))
-            }
+            Some(Conn::H1(conn)) => Sent::H1(self.clone().send_h1(conn, true, Encoded::new(req, &self.host))),
             Some(Conn::H2(send)) => Sent::H2(self.hand_over_h2(send, req)),
             None => Sent::Other(Box::pin(self.clone().send_from(req, 1))),
         };
@@ -462,8 +460,8 @@ impl Pool {
             };
             match conn {
                 Conn::H1(conn) => {
-                    Pool::origin_form(req.uri_mut());
-                    return Box::pin(self.clone().send_h1(conn, reused, req)).await.map(|r| r.map(Wire::H1));
+                    let encoded = Encoded::new(req, &self.host);
+                    return Box::pin(self.clone().send_h1(conn, reused, encoded)).await.map(|r| r.map(Wire::H1));
                 }
                 Conn::H2(send) => match self.hand_over_h2(send, req).await {
                     Ok(r) => return Ok(r.map(Wire::Incoming)),
@@ -548,19 +546,8 @@ impl Pool {
         Ok(Conn::H1(crate::h1::Conn::new(TokioIo::new(io))))
     }
 
-    /// Origin form (`/path?query`), for an HTTP/1 connection; [`crate::h1::Encoded::new`]
-    /// writes the pool's `Host` unless the request has one.
-    fn origin_form(uri: &mut Uri) {
-        if uri.scheme().is_some() {
-            let mut parts = std::mem::take(uri).into_parts();
-            let mut origin = http::uri::Parts::default();
-            origin.path_and_query = parts.path_and_query.take();
-            *uri = Uri::from_parts(origin).unwrap_or_default();
-        }
-    }
-
-    /// Absolute form, for HTTP/2 (`:scheme` and `:authority` come from it); undoes
-    /// [`Pool::origin_form`] for a request retried on an HTTP/2 connection.
+    /// Absolute form, for HTTP/2 (`:scheme` and `:authority` come from it). HTTP/1 writes
+    /// only the path and query ([`Encoded::new`], with the pool's `Host`).
     fn absolute_form(&self, uri: &mut Uri) {
         if uri.scheme().is_none() {
             let mut parts = std::mem::take(uri).into_parts();
