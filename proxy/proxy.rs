@@ -476,10 +476,9 @@ impl RouteSet {
             }));
             return Prepared { route: Some(index), slot, step };
         }
-        if empty {
-            own_values(&mut parts.headers);
-        }
         let (req, kept) = if replayable {
+            // Kept until the answer is back (see `own_values`; the body is empty here).
+            own_values(&mut parts.headers);
             let kept =
                 Kept { parts, body: Bytes::new(), name: name.clone(), format: *format, used: credential.generation };
             (kept.request(credential.header), Some(Box::new(kept)))

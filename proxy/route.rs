@@ -275,7 +275,10 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// client that goes away); while any part of the request still points into its read buffer,
 /// that read must set up a new 8 KiB buffer, and the old one is freed (and zeroed) once the
 /// request is done with. A request with no body holds nothing else of the buffer, so after
-/// this the read reuses it.
+/// this the read reuses it. Needed only for a request held past the routing step: one sent on
+/// an idle pooled HTTP/1 connection is encoded there and its parts dropped, before hyper reads
+/// again; the pool calls this for one that waits (HTTP/2, a new connection), the proxy for one
+/// it keeps for a retry after a rotation.
 pub fn own_values(headers: &mut HeaderMap) {
     let total: usize = headers.values().map(|v| v.len()).sum();
     if total == 0 {

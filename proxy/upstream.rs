@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
@@ -432,17 +432,26 @@ impl Pool {
         h1 + usize::from(h2)
     }
 
-    /// Sends `req` (an absolute URI for this origin). The common request is written to a
-    /// pooled connection by the future this returns, without a box or a task of its own; a new
-    /// connection, and a retry on HTTP/2, run boxed.
+    /// Sends `req` (origin form, or the absolute URL SigV4 signed, for this origin). The common
+    /// request is encoded here and written to a pooled connection by the future this returns,
+    /// without a box or a task of its own; a new connection, and a retry on HTTP/2, run boxed.
     pub fn request(
         self: &Arc<Self>,
-        req: Request<ProxyBody>,
+        mut req: Request<ProxyBody>,
     ) -> Answer<impl Future<Output = Result<Response<crate::h1::Body>, UpstreamError>> + Send, impl SendFuture> {
         let state = match self.checkout() {
+            // Encoded here, its parts dropped before the client's connection is read again.
             Some(Conn::H1(conn)) => Sent::H1(self.clone().send_h1(conn, true, Encoded::new(req, &self.host))),
-            Some(Conn::H2(send)) => Sent::H2(self.hand_over_h2(send, req)),
-            None => Sent::Other(Box::pin(self.clone().send_from(req, 1))),
+            waits => {
+                // Held past this call: see `own_values`.
+                if req.body().is_end_stream() {
+                    crate::route::own_values(req.headers_mut());
+                }
+                match waits {
+                    Some(Conn::H2(send)) => Sent::H2(self.hand_over_h2(send, req)),
+                    _ => Sent::Other(Box::pin(self.clone().send_from(req, 1))),
+                }
+            }
         };
         Answer { pool: self.clone(), state }
     }
@@ -685,6 +694,35 @@ pub(crate) mod tests {
         let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req)).await.unwrap().unwrap();
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_request_handed_over_keeps_nothing_of_the_buffer_its_values_were_read_into() {
+        let (addr, mut seen) = origin(false).await;
+        let pool = pool_for(addr);
+        // As hyper parses a request: values that are slices of the connection's read buffer.
+        let buffer = Bytes::from(b"text/html, */*curl/8.0".to_vec());
+        let request = || {
+            let mut req = Request::get("/x").body(Either::Right(Full::default())).unwrap();
+            req.headers_mut().insert("accept", HeaderValue::from_maybe_shared(buffer.slice(0..14)).unwrap());
+            req.headers_mut().insert("user-agent", HeaderValue::from_maybe_shared(buffer.slice(14..)).unwrap());
+            req
+        };
+        // No idle connection: the request waits for a new one, with values of its own.
+        let answer = pool.request(request());
+        assert!(buffer.is_unique(), "a request waiting for a connection points into the read buffer");
+        let read = async { answer.await.unwrap().into_body().collect().await.unwrap().to_bytes() };
+        assert_eq!(tokio::time::timeout(Duration::from_secs(10), read).await.unwrap(), "ok");
+        let (_, head) = seen.recv().await.unwrap();
+        assert!(head.contains("accept: text/html, */*\r\n") && head.contains("user-agent: curl/8.0\r\n"), "{head}");
+        // An idle connection: encoded at once, nothing of the request kept, nothing copied.
+        assert_eq!(pool.connections(), 1);
+        let answer = pool.request(request());
+        assert!(buffer.is_unique(), "a request encoded for an idle connection points into the read buffer");
+        assert_eq!(tokio::time::timeout(Duration::from_secs(10), answer).await.unwrap().unwrap().status(), 200);
+        let (conn, head) = seen.recv().await.unwrap();
+        assert_eq!(conn, 1, "the idle connection was not used");
+        assert!(head.contains("accept: text/html, */*\r\n") && head.contains("user-agent: curl/8.0\r\n"), "{head}");
     }
 
     #[tokio::test]
