@@ -168,16 +168,9 @@ pub struct Handling<S> {
 }
 
 /// The answer to a request handed to a route's upstream, within its timeout.
-pub trait UpstreamAnswer:
-    Future<Output = Result<Result<Response<Wire>, crate::upstream::UpstreamError>, tokio::time::error::Elapsed>> + Send
-{
-}
+pub trait UpstreamAnswer: Future<Output = Result<Response<Wire>, crate::upstream::UpstreamError>> + Send {}
 
-impl<F> UpstreamAnswer for F where
-    F: Future<Output = Result<Result<Response<Wire>, crate::upstream::UpstreamError>, tokio::time::error::Elapsed>>
-        + Send
-{
-}
+impl<F> UpstreamAnswer for F where F: Future<Output = Result<Response<Wire>, crate::upstream::UpstreamError>> + Send {}
 
 type BoxedResult = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
 
@@ -659,7 +652,7 @@ impl Route {
     /// Hands one request to the upstream; the answer is due within the route's timeout.
     fn start_send(&self, req: Request<ProxyBody>, start: Instant) -> impl UpstreamAnswer {
         // The deadline from the request's start (read once for its metrics as well).
-        tokio::time::timeout_at(tokio::time::Instant::from_std(start) + self.timeout, self.upstream.request(req))
+        self.upstream.request(req, tokio::time::Instant::from_std(start) + self.timeout)
     }
 
     /// Sends one request upstream within the route's timeout.
@@ -670,22 +663,22 @@ impl Route {
     /// The upstream's answer (or failure) as the client gets it.
     fn answer(
         &self,
-        outcome: Result<Result<Response<Wire>, crate::upstream::UpstreamError>, tokio::time::error::Elapsed>,
+        outcome: Result<Response<Wire>, crate::upstream::UpstreamError>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         match outcome {
-            Ok(Ok(resp)) => {
+            Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Ok(Response::from_parts(parts, Either::Left(body)))
             }
-            Ok(Err(e)) => {
+            Err(crate::upstream::UpstreamError::TimedOut) => {
+                tracing::warn!(route = %self.name, timeout_ms = self.timeout.as_millis() as u64, "upstream response timed out");
+                Err(ProxyError::UpstreamTimeout)
+            }
+            Err(e) => {
                 let err = ProxyError::from_client_error(&e);
                 tracing::warn!(route = %self.name, error = %error_chain(&e), "upstream request failed");
                 Err(err)
-            }
-            Err(_) => {
-                tracing::warn!(route = %self.name, timeout_ms = self.timeout.as_millis() as u64, "upstream response timed out");
-                Err(ProxyError::UpstreamTimeout)
             }
         }
     }

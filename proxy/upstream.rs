@@ -285,6 +285,8 @@ pub enum UpstreamError {
     Request(#[source] hyper::Error),
     #[error("upstream request failed")]
     Exchange(#[source] std::io::Error),
+    #[error("the upstream did not answer within the route's timeout")]
+    TimedOut,
 }
 
 /// Attempts per request when a pooled connection turns out closed before the request was
@@ -335,6 +337,7 @@ impl<F> SendFuture for F where
 #[pin_project::pin_project]
 pub struct Answer<A, B> {
     pool: Arc<Pool>,
+    deadline: tokio::time::Instant,
     #[pin]
     state: Sent<A, B>,
 }
@@ -346,7 +349,7 @@ enum Sent<A, B> {
     /// On a pooled HTTP/1 connection.
     H1(#[pin] A),
     /// Handed to the HTTP/2 connection.
-    H2(#[pin] B),
+    H2(#[pin] tokio::time::Timeout<B>),
     /// On a new connection, or retried.
     Other(Boxed),
 }
@@ -363,7 +366,10 @@ where
         loop {
             let result = match this.state.as_mut().project() {
                 SentProj::H1(f) => return f.poll(cx).map_ok(|r| r.map(Wire::H1)),
-                SentProj::H2(f) => std::task::ready!(f.poll(cx)),
+                SentProj::H2(f) => match std::task::ready!(f.poll(cx)) {
+                    Ok(result) => result,
+                    Err(_) => return Poll::Ready(Err(UpstreamError::TimedOut)),
+                },
                 SentProj::Other(f) => return f.as_mut().poll(cx),
             };
             match result {
@@ -372,7 +378,7 @@ where
                     // Never written: the HTTP/2 connection went away. Another one.
                     Some(req) => {
                         tracing::debug!(error = %e.error(), "a pooled upstream connection was closed; retrying on another");
-                        this.state.set(Sent::Other(Box::pin(this.pool.clone().send_from(req, 2))));
+                        this.state.set(Sent::Other(this.pool.clone().send_from(req, 2, *this.deadline)));
                     }
                     None => return Poll::Ready(Err(UpstreamError::Request(e.into_error()))),
                 },
@@ -438,29 +444,39 @@ impl Pool {
     pub fn request(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
+        deadline: tokio::time::Instant,
     ) -> Answer<impl Future<Output = Result<Response<crate::h1::Body>, UpstreamError>> + Send, impl SendFuture> {
         let state = match self.checkout() {
             // Encoded here, its parts dropped before the client's connection is read again.
-            Some(Conn::H1(conn)) => Sent::H1(self.clone().send_h1(conn, true, Encoded::new(req, &self.host))),
+            Some(Conn::H1(conn)) => Sent::H1(self.clone().send_h1(conn, true, Encoded::new(req, &self.host), deadline)),
             waits => {
                 // Held past this call: see `own_values`.
                 if req.body().is_end_stream() {
                     crate::route::own_values(req.headers_mut());
                 }
                 match waits {
-                    Some(Conn::H2(send)) => Sent::H2(self.hand_over_h2(send, req)),
-                    _ => Sent::Other(Box::pin(self.clone().send_from(req, 1))),
+                    Some(Conn::H2(send)) => Sent::H2(tokio::time::timeout_at(deadline, self.hand_over_h2(send, req))),
+                    _ => Sent::Other(self.clone().send_from(req, 1, deadline)),
                 }
             }
         };
-        Answer { pool: self.clone(), state }
+        Answer { pool: self.clone(), deadline, state }
     }
 
-    /// Sends on a pooled connection or a new one, attempts `first` to [`ATTEMPTS`].
-    async fn send_from(
+    /// Sends on a pooled connection or a new one, attempts `first` to [`ATTEMPTS`], by
+    /// `deadline`; boxed, as the uncommon way.
+    fn send_from(self: Arc<Self>, req: Request<ProxyBody>, first: usize, deadline: tokio::time::Instant) -> Boxed {
+        Box::pin(async move {
+            let attempts = self.send_attempts(req, first, deadline);
+            tokio::time::timeout_at(deadline, attempts).await.unwrap_or(Err(UpstreamError::TimedOut))
+        })
+    }
+
+    async fn send_attempts(
         self: Arc<Self>,
         mut req: Request<ProxyBody>,
         first: usize,
+        deadline: tokio::time::Instant,
     ) -> Result<Response<Wire>, UpstreamError> {
         for attempt in first..=ATTEMPTS {
             let (conn, reused) = match self.checkout() {
@@ -470,7 +486,8 @@ impl Pool {
             match conn {
                 Conn::H1(conn) => {
                     let encoded = Encoded::new(req, &self.host);
-                    return Box::pin(self.clone().send_h1(conn, reused, encoded)).await.map(|r| r.map(Wire::H1));
+                    let sent = self.clone().send_h1(conn, reused, encoded, deadline);
+                    return Box::pin(sent).await.map(|r| r.map(Wire::H1));
                 }
                 Conn::H2(send) => match self.hand_over_h2(send, req).await {
                     Ok(r) => return Ok(r.map(Wire::Incoming)),
@@ -684,6 +701,11 @@ pub(crate) mod tests {
         (addr, rx)
     }
 
+    /// A deadline no test's answer comes near.
+    pub(crate) fn soon() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(30)
+    }
+
     pub(crate) fn pool_for(addr: std::net::SocketAddr) -> Arc<Pool> {
         let client = build_client(&[], Duration::from_secs(5)).unwrap();
         client.pool(&Scheme::HTTP, &Authority::try_from(addr.to_string().as_str()).unwrap())
@@ -691,7 +713,7 @@ pub(crate) mod tests {
 
     async fn get(pool: &Arc<Pool>, addr: std::net::SocketAddr, path: &str) -> Bytes {
         let req = Request::get(format!("http://{addr}{path}")).body(Either::Right(Full::default())).unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req)).await.unwrap().unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req, soon())).await.unwrap().unwrap();
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap().to_bytes()
     }
@@ -709,7 +731,7 @@ pub(crate) mod tests {
             req
         };
         // No idle connection: the request waits for a new one, with values of its own.
-        let answer = pool.request(request());
+        let answer = pool.request(request(), soon());
         assert!(buffer.is_unique(), "a request waiting for a connection points into the read buffer");
         let read = async { answer.await.unwrap().into_body().collect().await.unwrap().to_bytes() };
         assert_eq!(tokio::time::timeout(Duration::from_secs(10), read).await.unwrap(), "ok");
@@ -717,7 +739,7 @@ pub(crate) mod tests {
         assert!(head.contains("accept: text/html, */*\r\n") && head.contains("user-agent: curl/8.0\r\n"), "{head}");
         // An idle connection: encoded at once, nothing of the request kept, nothing copied.
         assert_eq!(pool.connections(), 1);
-        let answer = pool.request(request());
+        let answer = pool.request(request(), soon());
         assert!(buffer.is_unique(), "a request encoded for an idle connection points into the read buffer");
         assert_eq!(tokio::time::timeout(Duration::from_secs(10), answer).await.unwrap().unwrap().status(), 200);
         let (conn, head) = seen.recv().await.unwrap();
@@ -831,7 +853,7 @@ pub(crate) mod tests {
         let pool = client.pool(&Scheme::HTTPS, &Authority::try_from(format!("localhost:{port}").as_str()).unwrap());
         let get = || async {
             let req = Request::get(format!("https://localhost:{port}/")).body(Either::Right(Full::default())).unwrap();
-            let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req)).await.unwrap().unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req, soon())).await.unwrap().unwrap();
             assert_eq!(resp.status(), 200);
             resp.into_body().collect().await.unwrap().to_bytes()
         };

@@ -239,9 +239,16 @@ var = "SK_T5_NEVER_SET"
     assert_eq!(a.status, 502);
     assert_eq!(a.json()["error"], "upstream_unreachable");
 
+    // The timeout on a new connection, then on a pooled one (the first request below leaves
+    // one idle; each timed-out request costs its connection); the route serves on after.
     let a = get(&c, &format!("{base}/slow/never")).await;
     assert_eq!(a.status, 504);
     assert_eq!(a.json()["error"], "upstream_timeout");
+    assert_eq!(get(&c, &format!("{base}/slow/fast")).await.status, 200);
+    let a = get(&c, &format!("{base}/slow/never")).await;
+    assert_eq!(a.status, 504);
+    assert_eq!(a.json()["error"], "upstream_timeout");
+    assert_eq!(get(&c, &format!("{base}/slow/fast")).await.status, 200);
 
     let n = up.seen().len();
     let a = get(&c, &format!("{base}/missing/x")).await;
