@@ -76,6 +76,8 @@ pub(crate) struct Failed {
     /// Nothing of an answer arrived and the request was written whole from memory: on a
     /// connection that sat idle, the upstream most likely closed it before the request came.
     pub(crate) retryable: bool,
+    /// The request's deadline passed before the answer's head came.
+    pub(crate) timed_out: bool,
 }
 
 /// A request encoded for the wire: the head (and a body held in memory) in one buffer, and
@@ -304,19 +306,19 @@ impl Conn {
         .await;
         let Some(result) = result else {
             let error = io::Error::new(io::ErrorKind::TimedOut, "no answer by the route's timeout");
-            return Err(Failed { error, retryable: false });
+            return Err(Failed { error, retryable: false, timed_out: true });
         };
         let conn = held.conn.take().expect("the connection is held until the head is read");
         let head = match result {
             Ok(head) => head,
             Err(error) => {
                 let retryable = !got_any && req.replayable();
-                return Err(Failed { error, retryable });
+                return Err(Failed { error, retryable, timed_out: false });
             }
         };
         let (framing, mut reusable) = match framing(&head, req.head_request) {
             Ok(f) => f,
-            Err(error) => return Err(Failed { error, retryable: false }),
+            Err(error) => return Err(Failed { error, retryable: false, timed_out: false }),
         };
         // An answer before the whole request was sent: the connection is out of step.
         reusable &= held.sent;
@@ -766,9 +768,9 @@ impl hyper::body::Body for Body {
 
 impl crate::upstream::Pool {
     /// Sends `encoded` on `conn` (or, should an idle connection turn out closed before any
-    /// answer came, on another), then reads the answer's head, by `deadline`. The request is encoded before
-    /// this future is made: it holds the 88 bytes of an [`Encoded`], not a 280-byte `Request`,
-    /// and is moved a few times on its way to the connection's task.
+    /// answer came, on another), then reads the answer's head, by `deadline`. The request is
+    /// encoded before this future is made: it holds the 88 bytes of an [`Encoded`], not a
+    /// 280-byte `Request`, and is moved a few times on its way to the connection's task.
     pub(crate) async fn send_h1(
         self: Arc<Self>,
         mut conn: Box<Conn>,
@@ -782,7 +784,7 @@ impl crate::upstream::Pool {
             match conn.exchange(&mut encoded, self.clone(), deadline).await {
                 Ok(response) => return Ok(response),
                 Err(failed) => {
-                    if failed.error.kind() == io::ErrorKind::TimedOut {
+                    if failed.timed_out {
                         return Err(UpstreamError::TimedOut);
                     }
                     if !(failed.retryable && reused && attempt < crate::upstream::ATTEMPTS) {
