@@ -336,8 +336,6 @@ impl<F> SendFuture for F where
 /// The answer to [`Pool::request`].
 #[pin_project::pin_project]
 pub struct Answer<A, B> {
-    pool: Arc<Pool>,
-    deadline: tokio::time::Instant,
     #[pin]
     state: Sent<A, B>,
 }
@@ -348,8 +346,13 @@ type Boxed = Pin<Box<dyn Future<Output = Result<Response<Wire>, UpstreamError>> 
 enum Sent<A, B> {
     /// On a pooled HTTP/1 connection.
     H1(#[pin] A),
-    /// Handed to the HTTP/2 connection.
-    H2(#[pin] tokio::time::Timeout<B>),
+    /// Handed to the HTTP/2 connection; the pool and the deadline for a retry on another.
+    H2 {
+        #[pin]
+        sent: tokio::time::Timeout<B>,
+        pool: Arc<Pool>,
+        deadline: tokio::time::Instant,
+    },
     /// On a new connection, or retried.
     Other(Boxed),
 }
@@ -362,12 +365,12 @@ where
     type Output = Result<Response<Wire>, UpstreamError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let mut state = self.project().state;
         loop {
-            let result = match this.state.as_mut().project() {
+            let (result, pool, deadline) = match state.as_mut().project() {
                 SentProj::H1(f) => return f.poll(cx).map_ok(|r| r.map(Wire::H1)),
-                SentProj::H2(f) => match std::task::ready!(f.poll(cx)) {
-                    Ok(result) => result,
+                SentProj::H2 { sent, pool, deadline } => match std::task::ready!(sent.poll(cx)) {
+                    Ok(result) => (result, pool, *deadline),
                     Err(_) => return Poll::Ready(Err(UpstreamError::TimedOut)),
                 },
                 SentProj::Other(f) => return f.as_mut().poll(cx),
@@ -378,7 +381,8 @@ where
                     // Never written: the HTTP/2 connection went away. Another one.
                     Some(req) => {
                         tracing::debug!(error = %e.error(), "a pooled upstream connection was closed; retrying on another");
-                        this.state.set(Sent::Other(this.pool.clone().send_from(req, 2, *this.deadline)));
+                        let retry = pool.clone().send_from(req, 2, deadline);
+                        state.set(Sent::Other(retry));
                     }
                     None => return Poll::Ready(Err(UpstreamError::Request(e.into_error()))),
                 },
@@ -455,12 +459,15 @@ impl Pool {
                     crate::route::own_values(req.headers_mut());
                 }
                 match waits {
-                    Some(Conn::H2(send)) => Sent::H2(tokio::time::timeout_at(deadline, self.hand_over_h2(send, req))),
+                    Some(Conn::H2(send)) => {
+                        let sent = tokio::time::timeout_at(deadline, self.hand_over_h2(send, req));
+                        Sent::H2 { sent, pool: self.clone(), deadline }
+                    }
                     _ => Sent::Other(self.clone().send_from(req, 1, deadline)),
                 }
             }
         };
-        Answer { pool: self.clone(), deadline, state }
+        Answer { state }
     }
 
     /// Sends on a pooled connection or a new one, attempts `first` to [`ATTEMPTS`], by
