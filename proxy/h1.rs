@@ -69,15 +69,15 @@ enum Framing {
     Close,
 }
 
-/// A request that failed on its connection, and whether sending it again elsewhere is safe.
+/// Why a request got no answer on its connection.
 #[derive(Debug)]
-pub(crate) struct Failed {
-    pub(crate) error: io::Error,
-    /// Nothing of an answer arrived and the request was written whole from memory: on a
-    /// connection that sat idle, the upstream most likely closed it before the request came.
-    pub(crate) retryable: bool,
+pub(crate) enum Failed {
+    /// The connection failed, or the answer was bad; `retryable`: nothing of an answer arrived
+    /// and the request was written whole from memory, so on a connection that sat idle the
+    /// upstream most likely closed it before the request came and sending it again is safe.
+    Io { error: io::Error, retryable: bool },
     /// The request's deadline passed before the answer's head came.
-    pub(crate) timed_out: bool,
+    PastDeadline,
 }
 
 /// A request encoded for the wire: the head (and a body held in memory) in one buffer, and
@@ -304,21 +304,18 @@ impl Conn {
             conn.poll_deadline(cx, deadline).map(|()| None)
         })
         .await;
-        let Some(result) = result else {
-            let error = io::Error::new(io::ErrorKind::TimedOut, "no answer by the route's timeout");
-            return Err(Failed { error, retryable: false, timed_out: true });
-        };
+        let Some(result) = result else { return Err(Failed::PastDeadline) };
         let conn = held.conn.take().expect("the connection is held until the head is read");
         let head = match result {
             Ok(head) => head,
             Err(error) => {
                 let retryable = !got_any && req.replayable();
-                return Err(Failed { error, retryable, timed_out: false });
+                return Err(Failed::Io { error, retryable });
             }
         };
         let (framing, mut reusable) = match framing(&head, req.head_request) {
             Ok(f) => f,
-            Err(error) => return Err(Failed { error, retryable: false, timed_out: false }),
+            Err(error) => return Err(Failed::Io { error, retryable: false }),
         };
         // An answer before the whole request was sent: the connection is out of step.
         reusable &= held.sent;
@@ -783,14 +780,12 @@ impl crate::upstream::Pool {
         loop {
             match conn.exchange(&mut encoded, self.clone(), deadline).await {
                 Ok(response) => return Ok(response),
-                Err(failed) => {
-                    if failed.timed_out {
-                        return Err(UpstreamError::TimedOut);
+                Err(Failed::PastDeadline) => return Err(UpstreamError::TimedOut),
+                Err(Failed::Io { error, retryable }) => {
+                    if !(retryable && reused && attempt < crate::upstream::ATTEMPTS) {
+                        return Err(UpstreamError::Exchange(error));
                     }
-                    if !(failed.retryable && reused && attempt < crate::upstream::ATTEMPTS) {
-                        return Err(UpstreamError::Exchange(failed.error));
-                    }
-                    tracing::debug!(error = %failed.error, "a pooled upstream connection was closed; retrying on another");
+                    tracing::debug!(error = %error, "a pooled upstream connection was closed; retrying on another");
                     attempt += 1;
                     (conn, reused) = match self.checkout_h1() {
                         Some(c) => (c, true),
