@@ -72,12 +72,52 @@ enum Framing {
 /// Why a request got no answer on its connection.
 #[derive(Debug)]
 pub(crate) enum Failed {
-    /// The connection failed, or the answer was bad; `retryable`: nothing of an answer arrived
-    /// and the request was written whole from memory, so on a connection that sat idle the
+    /// The connection failed, or the answer was bad; `retry`: nothing of an answer arrived and
+    /// the request was written whole from memory, so on a connection that sat idle the
     /// upstream most likely closed it before the request came and sending it again is safe.
-    Io { error: io::Error, retryable: bool },
+    Io { error: io::Error, retry: Option<Retry> },
     /// The request's deadline passed before the answer's head came.
     PastDeadline,
+}
+
+/// A request handed back by a failed exchange, to be sent again on another connection.
+pub(crate) struct Retry {
+    req: Encoded,
+    pool: Arc<crate::upstream::Pool>,
+    deadline: tokio::time::Instant,
+}
+
+impl std::fmt::Debug for Retry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Retry")
+    }
+}
+
+impl Retry {
+    /// Sends the request again (attempt `attempt`), as [`Pool::send_h1`] does; or the
+    /// exchange's error, where the connection was new or the attempts are used up.
+    pub(crate) fn again(
+        retry: Option<Retry>,
+        error: io::Error,
+        reused: bool,
+        attempt: usize,
+    ) -> Result<Retry, crate::upstream::UpstreamError> {
+        match retry {
+            Some(retry) if reused && attempt < crate::upstream::ATTEMPTS => {
+                tracing::debug!(error = %error, "a pooled upstream connection was closed; retrying on another");
+                Ok(retry)
+            }
+            _ => Err(crate::upstream::UpstreamError::Exchange(error)),
+        }
+    }
+
+    /// The request sent again on another idle connection or a new one, boxed (a rare path).
+    pub(crate) fn send(self, attempt: usize) -> crate::upstream::Boxed {
+        Box::pin(async move {
+            let sent = self.pool.send_h1(None, self.req, self.deadline, attempt);
+            sent.await.map(|r| r.map(crate::error::Wire::H1))
+        })
+    }
 }
 
 /// A request encoded for the wire: the head (and a body held in memory) in one buffer, and
@@ -229,7 +269,7 @@ impl Conn {
     /// is then not used again.
     pub(crate) async fn exchange(
         self: Box<Self>,
-        req: &mut Encoded,
+        mut req: Encoded,
         pool: Arc<crate::upstream::Pool>,
         deadline: tokio::time::Instant,
     ) -> Result<Response<Body>, Failed> {
@@ -309,13 +349,16 @@ impl Conn {
         let head = match result {
             Ok(head) => head,
             Err(error) => {
-                let retryable = !got_any && req.replayable();
-                return Err(Failed::Io { error, retryable });
+                // The connection is let go (nothing to drain on it), the request kept to be
+                // sent again where that is safe.
+                let pool = held.pool.take().expect("the pool is held with the connection");
+                let retry = (!got_any && req.replayable()).then_some(Retry { req, pool, deadline });
+                return Err(Failed::Io { error, retry });
             }
         };
         let (framing, mut reusable) = match framing(&head, req.head_request) {
             Ok(f) => f,
-            Err(error) => return Err(Failed::Io { error, retryable: false }),
+            Err(error) => return Err(Failed::Io { error, retry: None }),
         };
         // An answer before the whole request was sent: the connection is out of step.
         reusable &= held.sent;
@@ -764,38 +807,35 @@ impl hyper::body::Body for Body {
 }
 
 impl crate::upstream::Pool {
-    /// Sends `encoded` on `conn` (or, should an idle connection turn out closed before any
-    /// answer came, on another), then reads the answer's head, by `deadline`. The request is
-    /// encoded before this future is made: it holds the 88 bytes of an [`Encoded`], not a
-    /// 280-byte `Request`, and is moved a few times on its way to the connection's task.
+    /// Sends `req` on `conn` (`true`: a pooled one), or on an idle connection or a new one,
+    /// then reads the answer's head, by `deadline`; should a pooled connection turn out closed
+    /// before any answer came, on another, as attempt `attempt + 1`. The path of a new
+    /// connection and of a retry: the common request's future is [`Conn::exchange`] alone.
     pub(crate) async fn send_h1(
         self: Arc<Self>,
-        mut conn: Box<Conn>,
-        mut reused: bool,
-        mut encoded: Encoded,
+        mut conn: Option<(Box<Conn>, bool)>,
+        mut req: Encoded,
         deadline: tokio::time::Instant,
+        mut attempt: usize,
     ) -> Result<Response<Body>, crate::upstream::UpstreamError> {
         use crate::upstream::UpstreamError;
-        let mut attempt = 1;
         loop {
-            match conn.exchange(&mut encoded, self.clone(), deadline).await {
+            let (conn, reused) = match conn.take() {
+                Some(c) => c,
+                None => match self.checkout_h1() {
+                    Some(c) => (c, true),
+                    None => match tokio::time::timeout_at(deadline, Box::pin(self.connect_h1())).await {
+                        Ok(conn) => (conn?, false),
+                        Err(_) => return Err(UpstreamError::TimedOut),
+                    },
+                },
+            };
+            match conn.exchange(req, self.clone(), deadline).await {
                 Ok(response) => return Ok(response),
                 Err(Failed::PastDeadline) => return Err(UpstreamError::TimedOut),
-                Err(Failed::Io { error, retryable }) => {
-                    if !(retryable && reused && attempt < crate::upstream::ATTEMPTS) {
-                        return Err(UpstreamError::Exchange(error));
-                    }
-                    tracing::debug!(error = %error, "a pooled upstream connection was closed; retrying on another");
-                    attempt += 1;
-                    (conn, reused) = match self.checkout_h1() {
-                        Some(c) => (c, true),
-                        None => match tokio::time::timeout_at(deadline, Box::pin(self.connect_h1())).await {
-                            Ok(conn) => (conn?, false),
-                            Err(_) => return Err(UpstreamError::TimedOut),
-                        },
-                    };
-                }
+                Err(Failed::Io { error, retry }) => req = Retry::again(retry, error, reused, attempt)?.req,
             }
+            attempt += 1;
         }
     }
 }
@@ -843,10 +883,10 @@ pub fn fuzz_answer(data: &[u8]) -> Option<(u16, Vec<u8>)> {
                 .header(http::header::HOST, "fuzz.invalid")
                 .body(http_body_util::Either::Right(http_body_util::Full::default()))
                 .expect("a request");
-            let mut encoded = Encoded::new(req, &pool.host);
+            let encoded = Encoded::new(req, &pool.host);
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
             let conn = Conn::new(hyper_util::rt::TokioIo::new(io));
-            let result = match conn.exchange(&mut encoded, pool.clone(), deadline).await {
+            let result = match conn.exchange(encoded, pool.clone(), deadline).await {
                 Err(_) => None,
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
@@ -1206,6 +1246,28 @@ mod wire_tests {
         assert_eq!(send(&pool, "GET", "/").await, (200, Bytes::from("ok")));
         let conns: Vec<usize> = [(); 5].iter().map(|_| seen.try_recv().unwrap().0).collect();
         assert_eq!(conns, [1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_request_a_pooled_connection_drops_unanswered_is_sent_again_only_when_that_is_safe() {
+        // The pooled connection looks open, takes the request, and closes without a byte of an
+        // answer (the upstream timed it out as it came): a GET goes again on a new connection,
+        // a POST does not (it may have been acted on).
+        let ok = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (addr, mut seen) = scripted(vec![ok, "<close>", ok, "<close>"]).await;
+        let pool = pool_for(addr);
+        assert_eq!(send(&pool, "GET", "/1").await, (200, Bytes::from("ok")));
+        assert_eq!(send(&pool, "GET", "/2").await, (200, Bytes::from("ok")));
+        let post = Request::post("/3").body(Either::Right(Full::new(Bytes::from("x")))).unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(10), pool.request(post, soon())).await.unwrap();
+        assert!(matches!(answer, Err(crate::upstream::UpstreamError::Exchange(_))), "{answer:?}");
+        let heads: Vec<(usize, String)> = (0..4).map(|_| seen.try_recv().unwrap()).collect();
+        let lines: Vec<(usize, &str)> = heads.iter().map(|(n, h)| (*n, h.lines().next().unwrap())).collect();
+        assert_eq!(
+            lines,
+            [(1, "GET /1 HTTP/1.1"), (1, "GET /2 HTTP/1.1"), (2, "GET /2 HTTP/1.1"), (2, "POST /3 HTTP/1.1")]
+        );
+        assert!(seen.try_recv().is_err(), "the POST was sent again");
     }
 
     #[tokio::test]

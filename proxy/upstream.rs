@@ -33,7 +33,7 @@ use rustls_pki_types::CertificateDer;
 use tower::ServiceExt;
 
 use crate::error::{ProxyBody, Wire};
-use crate::h1::Encoded;
+use crate::h1::{Encoded, Failed, Retry};
 
 /// The connector every upstream client uses.
 pub type Connector = ConnectTimeout<HttpsConnector<Dialer>>;
@@ -340,7 +340,7 @@ pub struct Answer<A, B> {
     state: Sent<A, B>,
 }
 
-type Boxed = Pin<Box<dyn Future<Output = Result<Response<Wire>, UpstreamError>> + Send>>;
+pub(crate) type Boxed = Pin<Box<dyn Future<Output = Result<Response<Wire>, UpstreamError>> + Send>>;
 
 #[pin_project::pin_project(project = SentProj)]
 enum Sent<A, B> {
@@ -359,7 +359,7 @@ enum Sent<A, B> {
 
 impl<A, B> Future for Answer<A, B>
 where
-    A: Future<Output = Result<Response<crate::h1::Body>, UpstreamError>> + Send,
+    A: Future<Output = Result<Response<crate::h1::Body>, Failed>> + Send,
     B: SendFuture,
 {
     type Output = Result<Response<Wire>, UpstreamError>;
@@ -368,7 +368,18 @@ where
         let mut state = self.project().state;
         loop {
             let (result, pool, deadline) = match state.as_mut().project() {
-                SentProj::H1(f) => return f.poll(cx).map_ok(|r| r.map(Wire::H1)),
+                SentProj::H1(f) => match std::task::ready!(f.poll(cx)) {
+                    Ok(r) => return Poll::Ready(Ok(r.map(Wire::H1))),
+                    Err(Failed::PastDeadline) => return Poll::Ready(Err(UpstreamError::TimedOut)),
+                    // The pooled connection was closed: attempt 2, boxed.
+                    Err(Failed::Io { error, retry }) => match Retry::again(retry, error, true, 1) {
+                        Ok(retry) => {
+                            state.set(Sent::Other(retry.send(2)));
+                            continue;
+                        }
+                        Err(e) => return Poll::Ready(Err(e)),
+                    },
+                },
                 SentProj::H2 { sent, pool, deadline } => match std::task::ready!(sent.poll(cx)) {
                     Ok(result) => (result, pool, *deadline),
                     Err(_) => return Poll::Ready(Err(UpstreamError::TimedOut)),
@@ -445,14 +456,14 @@ impl Pool {
     /// Sends `req` (origin form, or the absolute URL SigV4 signed, for this origin). The common
     /// request is encoded here and written to a pooled connection by the future this returns,
     /// without a box or a task of its own; a new connection, and a retry on HTTP/2, run boxed.
-    pub fn request(
+    pub(crate) fn request(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
         deadline: tokio::time::Instant,
-    ) -> Answer<impl Future<Output = Result<Response<crate::h1::Body>, UpstreamError>> + Send, impl SendFuture> {
+    ) -> Answer<impl Future<Output = Result<Response<crate::h1::Body>, Failed>> + Send, impl SendFuture> {
         let state = match self.checkout() {
             // Encoded here, its parts dropped before the client's connection is read again.
-            Some(Conn::H1(conn)) => Sent::H1(self.clone().send_h1(conn, true, Encoded::new(req, &self.host), deadline)),
+            Some(Conn::H1(conn)) => Sent::H1(conn.exchange(Encoded::new(req, &self.host), self.clone(), deadline)),
             waits => {
                 // Held past this call: see `own_values`.
                 if req.body().is_end_stream() {
@@ -493,7 +504,7 @@ impl Pool {
             match conn {
                 Conn::H1(conn) => {
                     let encoded = Encoded::new(req, &self.host);
-                    let sent = self.clone().send_h1(conn, reused, encoded, deadline);
+                    let sent = self.clone().send_h1(Some((conn, reused)), encoded, deadline, attempt);
                     return Box::pin(sent).await.map(|r| r.map(Wire::H1));
                 }
                 Conn::H2(send) => match self.hand_over_h2(send, req).await {
