@@ -267,105 +267,35 @@ impl Conn {
     /// Writes `req` and reads the answer's head, by `deadline`. The body is written while
     /// watching for an answer, which may come before all of it (a `413`, say); the connection
     /// is then not used again.
-    pub(crate) async fn exchange(
+    pub(crate) fn exchange(
         self: Box<Self>,
-        mut req: Encoded,
+        req: Encoded,
         pool: Arc<crate::upstream::Pool>,
         deadline: tokio::time::Instant,
-    ) -> Result<Response<Body>, Failed> {
+    ) -> impl std::future::Future<Output = Result<Response<Body>, Failed>> + Send {
         // Holds the connection until the head is read: should this future be dropped before
         // (the client went away), it drains the answer in the background.
-        let mut held = Held { conn: Some(self), pool: Some(pool), head_request: req.head_request, sent: false };
-        let mut written = 0;
-        let mut body_done = req.body.is_none();
-        let mut flushed = false;
-        let mut pending = Vec::new();
-        let mut pending_at = 0;
-        let mut got_any = false;
-        let result = std::future::poll_fn(|cx| {
-            let conn = held.conn.as_mut().expect("the connection is held until the head is read");
-            // The write side, as far as it goes without waiting.
-            while !flushed {
-                // The encoded request first, then each frame of a streamed body.
-                let (out, at) =
-                    if written < req.bytes.len() { (&req.bytes, &mut written) } else { (&pending, &mut pending_at) };
-                if *at < out.len() {
-                    match Pin::new(&mut conn.io).poll_write(cx, &out[*at..]) {
-                        Poll::Ready(Ok(0)) => return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into()))),
-                        Poll::Ready(Ok(n)) => *at += n,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
-                        Poll::Pending => break,
-                    }
-                    continue;
-                }
-                if !body_done {
-                    let body = req.body.as_mut().expect("a body not done is there");
-                    pending.clear();
-                    pending_at = 0;
-                    match Pin::new(body).poll_frame(cx) {
-                        Poll::Ready(Some(Ok(frame))) => {
-                            if let Ok(data) = frame.into_data() {
-                                if req.chunked && !data.is_empty() {
-                                    push_hex(&mut pending, data.len());
-                                    pending.extend_from_slice(b"\r\n");
-                                    pending.extend_from_slice(&data);
-                                    pending.extend_from_slice(b"\r\n");
-                                } else {
-                                    pending.extend_from_slice(&data);
-                                }
-                            }
-                        }
-                        Poll::Ready(Some(Err(e))) => {
-                            return Poll::Ready(Some(Err(io::Error::other(format!("the client's body failed: {e}")))))
-                        }
-                        Poll::Ready(None) => {
-                            body_done = true;
-                            if req.chunked {
-                                pending.extend_from_slice(b"0\r\n\r\n");
-                            }
-                        }
-                        Poll::Pending => break,
-                    }
-                    continue;
-                }
-                match Pin::new(&mut conn.io).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => flushed = true,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
-                    Poll::Pending => break,
-                }
-            }
-            held.sent = flushed && body_done;
-            // The read side: an answer's head, possibly before the request is all written.
-            if let Poll::Ready(head) = conn.poll_head(cx, &mut got_any) {
-                return Poll::Ready(Some(head));
-            }
-            // Past the deadline: `held` drains the answer, should it come, as when the
-            // client goes away.
-            conn.poll_deadline(cx, deadline).map(|()| None)
-        })
-        .await;
-        let Some(result) = result else { return Err(Failed::PastDeadline) };
-        let conn = held.conn.take().expect("the connection is held until the head is read");
-        let head = match result {
-            Ok(head) => head,
-            Err(error) => {
-                // The connection is let go (nothing to drain on it), the request kept to be
-                // sent again where that is safe.
-                let pool = held.pool.take().expect("the pool is held with the connection");
-                let retry = (!got_any && req.replayable()).then_some(Retry { req, pool, deadline });
-                return Err(Failed::Io { error, retry });
-            }
+        let held = Held { conn: Some(self), pool: Some(pool), head_request: req.head_request, sent: false };
+        let body_done = req.body.is_none();
+        // Its state is captured once: an `async fn` keeps its arguments apart from the locals
+        // they move into (88 bytes of `Encoded` twice, and more), and this future is moved a
+        // few times on its way to the client connection's task.
+        let mut exchange = Exchange {
+            held,
+            req,
+            deadline,
+            written: 0,
+            body_done,
+            flushed: false,
+            pending: Vec::new(),
+            pending_at: 0,
+            got_any: false,
         };
-        let (framing, mut reusable) = match framing(&head, req.head_request) {
-            Ok(f) => f,
-            Err(error) => return Err(Failed::Io { error, retry: None }),
-        };
-        // An answer before the whole request was sent: the connection is out of step.
-        reusable &= held.sent;
-        let pool = held.pool.take().expect("the pool is held with the connection");
-        Ok(conn.answer(head, framing, reusable, pool))
+        async move {
+            let result = std::future::poll_fn(|cx| exchange.poll_head(cx)).await;
+            exchange.finish(result)
+        }
     }
-
     /// Ready once `deadline` has passed. One timer per connection, not one per request: armed
     /// at the deadline of the request that armed it, and set again only when it goes off
     /// before the current request's deadline (or that is earlier). Requests one after another
@@ -494,6 +424,113 @@ impl Drop for Held {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(drain(conn, pool, self.head_request));
         }
+    }
+}
+
+/// An exchange under way (see [`Conn::exchange`]).
+struct Exchange {
+    held: Held,
+    req: Encoded,
+    deadline: tokio::time::Instant,
+    /// How much of `req.bytes` is written.
+    written: usize,
+    body_done: bool,
+    flushed: bool,
+    /// A frame of a streamed body, encoded, and how much of it is written.
+    pending: Vec<u8>,
+    pending_at: usize,
+    /// A byte of the answer came.
+    got_any: bool,
+}
+
+impl Exchange {
+    /// Writes as far as it goes without waiting and reads the answer's head; `None` once the
+    /// deadline has passed.
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Head>>> {
+        let Exchange { held, req, written, body_done, flushed, pending, pending_at, .. } = self;
+        let conn = held.conn.as_mut().expect("the connection is held until the head is read");
+        while !*flushed {
+            // The encoded request first, then each frame of a streamed body.
+            let (out, at) =
+                if *written < req.bytes.len() { (&req.bytes, &mut *written) } else { (&*pending, &mut *pending_at) };
+            if *at < out.len() {
+                match Pin::new(&mut conn.io).poll_write(cx, &out[*at..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into()))),
+                    Poll::Ready(Ok(n)) => *at += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                    Poll::Pending => break,
+                }
+                continue;
+            }
+            if !*body_done {
+                let body = req.body.as_mut().expect("a body not done is there");
+                pending.clear();
+                *pending_at = 0;
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            if req.chunked && !data.is_empty() {
+                                push_hex(pending, data.len());
+                                pending.extend_from_slice(b"\r\n");
+                                pending.extend_from_slice(&data);
+                                pending.extend_from_slice(b"\r\n");
+                            } else {
+                                pending.extend_from_slice(&data);
+                            }
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Some(Err(io::Error::other(format!("the client's body failed: {e}")))))
+                    }
+                    Poll::Ready(None) => {
+                        *body_done = true;
+                        if req.chunked {
+                            pending.extend_from_slice(b"0\r\n\r\n");
+                        }
+                    }
+                    Poll::Pending => break,
+                }
+                continue;
+            }
+            match Pin::new(&mut conn.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => *flushed = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => break,
+            }
+        }
+        held.sent = *flushed && *body_done;
+        // The read side: an answer's head, possibly before the request is all written.
+        if let Poll::Ready(head) = conn.poll_head(cx, &mut self.got_any) {
+            return Poll::Ready(Some(head));
+        }
+        // Past the deadline: `held` drains the answer, should it come, as when the client
+        // goes away.
+        conn.poll_deadline(cx, self.deadline).map(|()| None)
+    }
+
+    /// The answer, once its head is read (or the request's failure).
+    fn finish(mut self, result: Option<io::Result<Head>>) -> Result<Response<Body>, Failed> {
+        let Some(result) = result else { return Err(Failed::PastDeadline) };
+        let conn = self.held.conn.take().expect("the connection is held until the head is read");
+        let head = match result {
+            Ok(head) => head,
+            Err(error) => {
+                // The connection is let go (nothing to drain on it), the request kept to be
+                // sent again where that is safe.
+                let pool = self.held.pool.take().expect("the pool is held with the connection");
+                let (req, deadline) = (self.req, self.deadline);
+                let retry = (!self.got_any && req.replayable()).then_some(Retry { req, pool, deadline });
+                return Err(Failed::Io { error, retry });
+            }
+        };
+        let (framing, mut reusable) = match framing(&head, self.req.head_request) {
+            Ok(f) => f,
+            Err(error) => return Err(Failed::Io { error, retry: None }),
+        };
+        // An answer before the whole request was sent: the connection is out of step.
+        reusable &= self.held.sent;
+        let pool = self.held.pool.take().expect("the pool is held with the connection");
+        Ok(conn.answer(head, framing, reusable, pool))
     }
 }
 

@@ -346,15 +346,21 @@ pub(crate) type Boxed = Pin<Box<dyn Future<Output = Result<Response<Wire>, Upstr
 enum Sent<A, B> {
     /// On a pooled HTTP/1 connection.
     H1(#[pin] A),
-    /// Handed to the HTTP/2 connection; the pool and the deadline for a retry on another.
-    H2 {
-        #[pin]
-        sent: tokio::time::Timeout<B>,
-        pool: Arc<Pool>,
-        deadline: tokio::time::Instant,
-    },
+    /// Handed to the HTTP/2 connection: boxed, as it is larger than the rest (its timer, and
+    /// the request hyper hands back should the connection be gone).
+    H2(Pin<Box<H2Sent<B>>>),
     /// On a new connection, or retried.
     Other(Boxed),
+}
+
+/// A request handed to the HTTP/2 connection, and the pool and the deadline for a retry on
+/// another.
+#[pin_project::pin_project]
+struct H2Sent<B> {
+    #[pin]
+    sent: tokio::time::Timeout<B>,
+    pool: Arc<Pool>,
+    deadline: tokio::time::Instant,
 }
 
 impl<A, B> Future for Answer<A, B>
@@ -380,10 +386,13 @@ where
                         Err(e) => return Poll::Ready(Err(e)),
                     },
                 },
-                SentProj::H2 { sent, pool, deadline } => match std::task::ready!(sent.poll(cx)) {
-                    Ok(result) => (result, pool, *deadline),
-                    Err(_) => return Poll::Ready(Err(UpstreamError::TimedOut)),
-                },
+                SentProj::H2(h2) => {
+                    let h2 = h2.as_mut().project();
+                    match std::task::ready!(h2.sent.poll(cx)) {
+                        Ok(result) => (result, h2.pool, *h2.deadline),
+                        Err(_) => return Poll::Ready(Err(UpstreamError::TimedOut)),
+                    }
+                }
                 SentProj::Other(f) => return f.as_mut().poll(cx),
             };
             match result {
@@ -472,7 +481,7 @@ impl Pool {
                 match waits {
                     Some(Conn::H2(send)) => {
                         let sent = tokio::time::timeout_at(deadline, self.hand_over_h2(send, req));
-                        Sent::H2 { sent, pool: self.clone(), deadline }
+                        Sent::H2(Box::pin(H2Sent { sent, pool: self.clone(), deadline }))
                     }
                     _ => Sent::Other(self.clone().send_from(req, 1, deadline)),
                 }
