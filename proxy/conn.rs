@@ -375,6 +375,7 @@ impl Guards<'_> {
         let guards_woke = Arc::new(GuardsWoke::default());
         let guards_waker = std::task::Waker::from(guards_woke.clone());
         let mut closing = false;
+        let mut registered: Option<std::task::Waker> = None;
         loop {
             let next = match self.watch.check(self.limits) {
                 Verdict::Wait(at) => instant_of(at),
@@ -398,8 +399,23 @@ impl Guards<'_> {
                 if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                     return Poll::Ready(Event::Ended(r));
                 }
-                guards_woke.task.register(cx.waker());
-                if guards_woke.fired.swap(false, Ordering::AcqRel) {
+                // The task's waker is handed to the guards' waker when it has none (a wake-up
+                // takes it) or the task is polled with another, and their flag is read before it
+                // is swapped: a poll for the connection's own sake (bytes in, a response ready)
+                // takes no atomic read-modify-write here. A guard that fires after the flag is
+                // read wakes the registered waker, so this task is polled again and sees it.
+                loop {
+                    if !registered.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        guards_woke.task.register(cx.waker());
+                        registered = Some(cx.waker().clone());
+                    }
+                    if !(guards_woke.fired.load(Ordering::Acquire) && guards_woke.fired.swap(false, Ordering::AcqRel)) {
+                        break;
+                    }
+                    // The wake-up that set the flag took the waker: hand it over again. (Set for
+                    // new guards above, the flag took none; handing it over again costs atomics
+                    // once per guard set.)
+                    registered = None;
                     let mut guards_cx = Context::from_waker(&guards_waker);
                     if !closing && stopping.as_mut().poll(&mut guards_cx).is_ready() {
                         return Poll::Ready(Event::Stop);
@@ -642,6 +658,35 @@ mod tests {
             Verdict::Wait(at) => assert!(at > now_ms() + 9_000 && at <= now_ms() + 10_000),
             _ => panic!("a fresh head is not due yet"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_guard_that_woke_the_connection_for_nothing_still_wakes_it_when_it_fires() {
+        // The connection's task, seen through a waker that notes its wake-ups.
+        struct Task(AtomicBool);
+        impl std::task::Wake for Task {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let task = Arc::new(Task(AtomicBool::new(false)));
+        let waker = std::task::Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (watch, limits) = (ConnWatch::new(), Limits::default());
+        let guards = Guards { watch: &watch, limits: &limits, what: "test", peer: ([127, 0, 0, 1], 1).into() };
+        let (stop_tx, mut stop) = watch::channel(false);
+        let conn = std::pin::pin!(std::future::pending::<()>());
+        let mut drive = std::pin::pin!(guards.drive(conn, None, &mut stop));
+        assert!(drive.as_mut().poll(&mut cx).is_pending(), "a connection that never ends ended");
+        // The shutdown signal changes without saying stop: the guard wakes the task (taking
+        // the waker it was handed), and there is nothing to do.
+        stop_tx.send(false).unwrap();
+        assert!(task.0.swap(false, Ordering::SeqCst), "a change of the shutdown signal did not wake the task");
+        assert!(drive.as_mut().poll(&mut cx).is_pending(), "cut off by a signal that did not say stop");
+        // Then it says stop: that wake-up must reach the task all the same.
+        stop_tx.send(true).unwrap();
+        assert!(task.0.load(Ordering::SeqCst), "the stop signal did not wake the task");
+        assert_eq!(drive.as_mut().poll(&mut cx), Poll::Ready(None), "the stop signal did not cut the connection off");
     }
 
     #[tokio::test]
