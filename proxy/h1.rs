@@ -94,8 +94,8 @@ impl std::fmt::Debug for Retry {
 }
 
 impl Retry {
-    /// Sends the request again (attempt `attempt`), as [`Pool::send_h1`] does; or the
-    /// exchange's error, where the connection was new or the attempts are used up.
+    /// The request to send again, where the exchange handed it back, its connection was a
+    /// pooled one (`reused`) and attempt `attempt` was not the last; else the exchange's error.
     pub(crate) fn again(
         retry: Option<Retry>,
         error: io::Error,

@@ -463,8 +463,9 @@ impl Pool {
     }
 
     /// Sends `req` (origin form, or the absolute URL SigV4 signed, for this origin). The common
-    /// request is encoded here and written to a pooled connection by the future this returns,
-    /// without a box or a task of its own; a new connection, and a retry on HTTP/2, run boxed.
+    /// request is encoded here and written to a pooled connection by the future this returns
+    /// (the exchange itself), without a box or a task of its own; a new connection, a retry,
+    /// and a request handed to the HTTP/2 connection wait boxed.
     pub(crate) fn request(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
