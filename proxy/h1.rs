@@ -273,19 +273,17 @@ impl Conn {
         pool: Arc<crate::upstream::Pool>,
         deadline: tokio::time::Instant,
     ) -> impl std::future::Future<Output = Result<Response<Body>, Failed>> + Send {
-        // Holds the connection until the head is read: should this future be dropped before
-        // (the client went away), it drains the answer in the background.
-        let held = Held { conn: Some(self), pool: Some(pool), head_request: req.head_request, sent: false };
-        let body_done = req.body.is_none();
         // Its state is captured once: an `async fn` keeps its arguments apart from the locals
         // they move into (88 bytes of `Encoded` twice, and more), and this future is moved a
         // few times on its way to the client connection's task.
         let mut exchange = Exchange {
-            held,
+            // Holds the connection until the head is read: should this future be dropped
+            // before (the client went away), it drains the answer in the background.
+            held: Held { conn: Some(self), pool: Some(pool), head_request: req.head_request, sent: false },
+            body_done: req.body.is_none(),
             req,
             deadline,
             written: 0,
-            body_done,
             flushed: false,
             pending: Vec::new(),
             pending_at: 0,
