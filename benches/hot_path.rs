@@ -214,7 +214,8 @@ fn whole_stack_in_memory(c: &mut Criterion) {
         let direct = pipe_client(|io| drop(tokio::spawn(serve_origin(io)))).await;
         let proxy = running.proxy();
         let proxied = pipe_client(move |io| {
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let req = req.map(sidekey::conn::Inbound::Hyper);
                 futures_util::FutureExt::map(proxy.handle(req), Ok::<_, std::convert::Infallible>)
             });
             let conn =

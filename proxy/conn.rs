@@ -342,7 +342,7 @@ impl Tunnel {
     pub async fn serve<I, F, Fut, B>(&self, io: I, handler: F)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        F: Fn(Request<Inbound>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
         B: Body + Send + 'static,
         B::Data: Send,
@@ -467,6 +467,62 @@ impl std::task::Wake for GuardsWoke {
     }
 }
 
+/// A connection served by [`crate::h1server`] (and hyper after it), and the flag that asks
+/// it to finish: what [`Guards::drive`] is given for it.
+#[pin_project]
+struct Closable<F> {
+    closing: Arc<AtomicBool>,
+    #[pin]
+    serving: F,
+}
+
+impl<F> Closable<F> {
+    fn close(self: Pin<&mut Self>) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+}
+
+impl<F: Future> Future for Closable<F> {
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().serving.poll(cx)
+    }
+}
+
+/// A request's body as a listener's handler gets it: what hyper's server reads, or none (a
+/// request served by the proxy listener's own loop, [`crate::h1server`], has no body).
+#[derive(Debug)]
+pub enum Inbound {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl Body for Inbound {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Inbound::Hyper(b) => Pin::new(b).poll_frame(cx),
+            Inbound::Empty => Poll::Ready(None),
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Hyper(b) => b.is_end_stream(),
+            Inbound::Empty => true,
+        }
+    }
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Hyper(b) => b.size_hint(),
+            Inbound::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// Serves one client connection until it closes, times out, or is drained at shutdown; then
 /// runs the tunnel a CONNECT handed it, if any.
 async fn connection<I, F, Fut, B>(
@@ -478,7 +534,7 @@ async fn connection<I, F, Fut, B>(
     tunnels: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Inbound>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
@@ -499,11 +555,12 @@ async fn connection<I, F, Fut, B>(
             return;
         }
     };
-    let io = TokioIo::new(io);
     let slot: Arc<std::sync::Mutex<Option<TunnelFuture>>> = Arc::default();
     let tunnel = tunnels.then(|| Tunnel { slot: slot.clone(), ctx: ctx.clone(), stop: stop.clone(), peer });
     let service_watch = watch.clone();
-    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+    let service_handler = handler.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut req = req.map(Inbound::Hyper);
         let in_flight = service_watch.begin(req.version() == http::Version::HTTP_2);
         if let Some(t) = &tunnel {
             if req.method() == http::Method::CONNECT && req.version() < http::Version::HTTP_2 {
@@ -512,16 +569,51 @@ async fn connection<I, F, Fut, B>(
         }
         // A combinator, not an `async` block: awaiting the handler's future from one would
         // keep a second copy of it (moved into place on every request).
-        futures_util::FutureExt::map(handler(req), move |response| {
+        futures_util::FutureExt::map(service_handler(req), move |response| {
             response.map(|response| response.map(|body| Tracked { body, _in_flight: in_flight }))
         })
     });
-    let ended = if speaks == Speaks::Http2 {
-        let conn = std::pin::pin!(ctx.h2.serve_connection(io, service));
-        guards.drive(conn, Some(|c| c.graceful_shutdown()), &mut stop).await
+    let ended: Option<Result<(), Box<dyn std::error::Error + Send + Sync>>> = if speaks == Speaks::Http2 {
+        let conn = std::pin::pin!(ctx.h2.serve_connection(TokioIo::new(io), service));
+        guards.drive(conn, Some(|c| c.graceful_shutdown()), &mut stop).await.map(|r| r.map_err(Into::into))
+    } else if tunnels {
+        // The proxy listener: sidekey's own loop serves the common request (see `h1server`),
+        // hyper the rest of a connection from the first request it does not.
+        let closing = Arc::new(AtomicBool::new(false));
+        let limits = crate::h1server::HeadLimits {
+            max_bytes: ctx.limits.max_header_bytes.max(crate::config::MIN_HEADER_BYTES),
+            max_headers: ctx.limits.max_headers,
+        };
+        let flag = closing.clone();
+        let (h1, own_watch) = (&ctx.h1, watch.clone());
+        let serving = async move {
+            let mut io = io;
+            // The first bytes, read to tell the protocol, are where the loop starts.
+            let first = std::mem::take(&mut io.pre);
+            let end =
+                crate::h1server::serve(&mut io, first, &handler, || own_watch.begin(false), &flag, limits).await?;
+            let crate::h1server::End::HandOver(read) = end else { return Ok(()) };
+            // What was read of the connection, then what the sniffing read and the loop did not.
+            let mut read = read;
+            read.extend_from_slice(&io.pre);
+            io.pre = read;
+            let mut conn = std::pin::pin!(h1.serve_connection(TokioIo::new(io), service).with_upgrades());
+            let mut shut = false;
+            std::future::poll_fn(|cx| {
+                if !shut && flag.load(Ordering::Relaxed) {
+                    conn.as_mut().graceful_shutdown();
+                    shut = true;
+                }
+                conn.as_mut().poll(cx)
+            })
+            .await
+            .map_err(Into::into)
+        };
+        let conn = std::pin::pin!(Closable { closing, serving });
+        guards.drive(conn, Some(|c| c.close()), &mut stop).await
     } else {
-        let conn = std::pin::pin!(ctx.h1.serve_connection(io, service).with_upgrades());
-        guards.drive(conn, Some(|c| c.graceful_shutdown()), &mut stop).await
+        let conn = std::pin::pin!(ctx.h1.serve_connection(TokioIo::new(io), service).with_upgrades());
+        guards.drive(conn, Some(|c| c.graceful_shutdown()), &mut stop).await.map(|r| r.map_err(Into::into))
     };
     if let Some(Err(e)) = ended {
         tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");
@@ -544,7 +636,7 @@ pub async fn serve<F, Fut, B>(
     tunnels: bool,
     handler: F,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Inbound>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,

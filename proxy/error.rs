@@ -18,6 +18,17 @@ pub type ProxyBody = Either<Wire, Full<Bytes>>;
 pub enum Wire {
     Incoming(Incoming),
     H1(crate::h1::Body),
+    /// A client's request that has no body.
+    Empty,
+}
+
+impl From<crate::conn::Inbound> for Wire {
+    fn from(body: crate::conn::Inbound) -> Wire {
+        match body {
+            crate::conn::Inbound::Hyper(b) => Wire::Incoming(b),
+            crate::conn::Inbound::Empty => Wire::Empty,
+        }
+    }
 }
 
 impl hyper::body::Body for Wire {
@@ -31,6 +42,7 @@ impl hyper::body::Body for Wire {
         match self.get_mut() {
             Wire::Incoming(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             Wire::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Wire::Empty => std::task::Poll::Ready(None),
         }
     }
 
@@ -38,6 +50,7 @@ impl hyper::body::Body for Wire {
         match self {
             Wire::Incoming(b) => b.is_end_stream(),
             Wire::H1(b) => b.is_end_stream(),
+            Wire::Empty => true,
         }
     }
 
@@ -45,6 +58,7 @@ impl hyper::body::Body for Wire {
         match self {
             Wire::Incoming(b) => b.size_hint(),
             Wire::H1(b) => b.size_hint(),
+            Wire::Empty => hyper::body::SizeHint::with_exact(0),
         }
     }
 }

@@ -224,14 +224,14 @@ fn poll_now(full: &mut http_body_util::Full<Bytes>) -> Option<Result<Frame<Bytes
     }
 }
 
-fn push_hex(out: &mut Vec<u8>, n: usize) {
+pub(crate) fn push_hex(out: &mut Vec<u8>, n: usize) {
     let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
     for i in (0..digits).rev() {
         out.push(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
     }
 }
 
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;

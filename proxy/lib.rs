@@ -47,6 +47,7 @@ pub mod conn;
 pub mod demo;
 pub mod error;
 pub mod h1;
+pub(crate) mod h1server;
 pub mod inject;
 pub mod intercept;
 #[allow(unsafe_code)]

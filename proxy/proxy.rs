@@ -18,9 +18,8 @@ use http::{HeaderValue, StatusCode};
 use http::{Method, Request, Response, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body;
-use hyper::body::Incoming;
 
-use crate::conn::Tunnel;
+use crate::conn::{Inbound, Tunnel};
 use crate::error::{ProxyBody, ProxyError, Wire};
 use crate::intercept::{HostPort, Intercept};
 use crate::metrics::RouteMetrics;
@@ -134,7 +133,7 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: every error is an HTTP answer.
-    pub fn handle(&self, req: Request<Incoming>) -> Handling<impl UpstreamAnswer> {
+    pub fn handle(&self, req: Request<Inbound>) -> Handling<impl UpstreamAnswer> {
         if req.method() == Method::CONNECT {
             let this = self.clone();
             let step = Step::Connect(Box::pin(async move { this.connect(req).await }));
@@ -146,7 +145,7 @@ impl Proxy {
     /// Serves one request; `via` is the CONNECT target of an intercepted tunnel it came through.
     /// The routing, the token and the hand-over to an upstream connection happen here, before
     /// the future is returned: it only waits for the upstream's answer.
-    fn handle_via(&self, req: Request<Incoming>, via: Option<&str>) -> Handling<impl UpstreamAnswer> {
+    fn handle_via(&self, req: Request<Inbound>, via: Option<&str>) -> Handling<impl UpstreamAnswer> {
         let start = Instant::now();
         let shared = self.routes.load_full();
         let Prepared { route, slot, step } = RouteSet::prepare(&shared, req, via, start);
@@ -289,7 +288,7 @@ fn count_connect(result: &'static str) {
 impl Proxy {
     /// `CONNECT host:port`: intercepted when a route names the host, tunnelled untouched when it
     /// is a passthrough host, refused otherwise (sidekey is never an open proxy).
-    async fn connect(&self, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    async fn connect(&self, mut req: Request<Inbound>) -> Response<ProxyBody> {
         let result = self.open_tunnel(&mut req).await;
         let (outcome, response) = match result {
             Ok((outcome, response)) => (outcome, response),
@@ -307,10 +306,7 @@ impl Proxy {
         response
     }
 
-    async fn open_tunnel(
-        &self,
-        req: &mut Request<Incoming>,
-    ) -> Result<(&'static str, Response<ProxyBody>), ProxyError> {
+    async fn open_tunnel(&self, req: &mut Request<Inbound>) -> Result<(&'static str, Response<ProxyBody>), ProxyError> {
         let authority = req.uri().authority().cloned().ok_or(ProxyError::ConnectTarget)?;
         let target = HostPort::parse(authority.as_str(), 443).map_err(|_| ProxyError::ConnectTarget)?;
         let Some(intercept) = &self.intercept else { return Err(ProxyError::ConnectRefused) };
@@ -375,7 +371,7 @@ impl RouteSet {
     /// upstream (or answers it). No `await`: see [`Proxy::handle_via`].
     fn prepare(
         this: &Arc<RouteSet>,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         via: Option<&str>,
         start: Instant,
     ) -> Prepared<impl UpstreamAnswer> {
@@ -477,7 +473,7 @@ impl RouteSet {
             (kept.request(credential.header), Some(Box::new(kept)))
         } else {
             parts.headers.insert(name.clone(), credential.header);
-            (Request::from_parts(parts, Either::Left(Wire::Incoming(body))), None)
+            (Request::from_parts(parts, Either::Left(Wire::from(body))), None)
         };
         let answer = route.start_send(req, start);
         Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept } }
@@ -487,7 +483,7 @@ impl RouteSet {
 impl Route {
     /// Sends a request of a route that injects otherwise than one header of one token (no
     /// 401 retry: that is for a single rotating token).
-    async fn send_other(&self, req: Request<Incoming>, uri: http::Uri) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn send_other(&self, req: Request<Inbound>, uri: http::Uri) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         parts.version = Version::HTTP_11;
@@ -518,7 +514,7 @@ impl Route {
         for t in self.tokens.iter() {
             t.count_request();
         }
-        self.send(Request::from_parts(parts, Either::Left(Wire::Incoming(body)))).await
+        self.send(Request::from_parts(parts, Either::Left(Wire::from(body)))).await
     }
 
     /// Signs and sends: a body within the signer's limit is buffered and signed with its hash;
@@ -528,7 +524,7 @@ impl Route {
         &self,
         signer: &crate::aws::SigV4,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: Inbound,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         crate::aws::SigV4::strip_client_signature(&mut parts.headers);
         if let Some(authority) = parts.uri.authority() {
@@ -553,7 +549,7 @@ impl Route {
             self.sign(signer, &mut req, Some(&bytes))?;
             req
         } else if signer.unsigned_payload() {
-            let mut req = Request::from_parts(parts, Either::Left(Wire::Incoming(body)));
+            let mut req = Request::from_parts(parts, Either::Left(Wire::from(body)));
             self.sign(signer, &mut req, None)?;
             req
         } else {
@@ -584,7 +580,7 @@ impl Route {
     async fn send_replayable(
         &self,
         parts: http::request::Parts,
-        body: Incoming,
+        body: Inbound,
         (name, format): (HeaderName, usize),
         credential: crate::token::Credential,
     ) -> Result<Response<ProxyBody>, ProxyError> {
