@@ -216,7 +216,14 @@ fn whole_stack_in_memory(c: &mut Criterion) {
         let proxied = pipe_client(move |io| {
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let req = req.map(sidekey::conn::Inbound::Hyper);
-                futures_util::FutureExt::map(proxy.handle(req), Ok::<_, std::convert::Infallible>)
+                futures_util::FutureExt::map(proxy.handle(req), |response| {
+                    use sidekey::h1::AnswerFields;
+                    let (mut parts, mut body) = response.into_parts();
+                    if let Some(fields) = body.take_fields() {
+                        fields.append_to(&mut parts.headers);
+                    }
+                    Ok::<_, std::convert::Infallible>(hyper::Response::from_parts(parts, body))
+                })
             });
             let conn =
                 hyper::server::conn::http1::Builder::new().writev(false).serve_connection(TokioIo::new(io), service);

@@ -344,7 +344,7 @@ impl Tunnel {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: Fn(Request<Inbound>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
-        B: Body + Send + 'static,
+        B: Body + crate::h1::AnswerFields + Send + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
@@ -536,7 +536,7 @@ async fn connection<I, F, Fut, B>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Inbound>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
-    B: Body + Send + 'static,
+    B: Body + crate::h1::AnswerFields + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -570,7 +570,14 @@ async fn connection<I, F, Fut, B>(
         // A combinator, not an `async` block: awaiting the handler's future from one would
         // keep a second copy of it (moved into place on every request).
         futures_util::FutureExt::map(service_handler(req), move |response| {
-            response.map(|response| response.map(|body| Tracked { body, _in_flight: in_flight }))
+            response.map(|response| {
+                let (mut parts, mut body) = response.into_parts();
+                // hyper's server writes a header map: fields kept as they came go into it.
+                if let Some(fields) = body.take_fields() {
+                    fields.append_to(&mut parts.headers);
+                }
+                http::Response::from_parts(parts, Tracked { body, _in_flight: in_flight })
+            })
         })
     });
     let ended: Option<Result<(), Box<dyn std::error::Error + Send + Sync>>> = if speaks == Speaks::Http2 {
@@ -638,7 +645,7 @@ pub async fn serve<F, Fut, B>(
 ) where
     F: Fn(Request<Inbound>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
-    B: Body + Send + 'static,
+    B: Body + crate::h1::AnswerFields + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {

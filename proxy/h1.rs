@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -357,7 +357,9 @@ impl Conn {
         reusable: bool,
         pool: Arc<crate::upstream::Pool>,
     ) -> Response<Body> {
-        let mut response = Response::new(Body { conn: None, framing, state: State::Start, reusable, pool: None });
+        let fields = head.fields;
+        let mut response =
+            Response::new(Body { conn: None, framing, state: State::Start, reusable, pool: None, fields });
         *response.status_mut() = head.status;
         *response.version_mut() = Version::HTTP_11;
         *response.headers_mut() = head.headers;
@@ -506,7 +508,10 @@ impl Exchange {
         conn.poll_deadline(cx, self.deadline).map(|()| None)
     }
 
-    /// The answer, once its head is read (or the request's failure).
+    /// The answer, once its head is read (or the request's failure). The failure carries the
+    /// request to send again, as large as the answer: boxing it would cost every retry an
+    /// allocation for nothing.
+    #[allow(clippy::result_large_err)]
     fn finish(mut self, result: Option<io::Result<Head>>) -> Result<Response<Body>, Failed> {
         let Some(result) = result else { return Err(Failed::PastDeadline) };
         let conn = self.held.conn.take().expect("the connection is held until the head is read");
@@ -561,7 +566,115 @@ struct Head {
     status: StatusCode,
     /// HTTP/1.1 (the answer may keep the connection open) or 1.0.
     http11: bool,
+    /// Its fields, when `fields` does not keep them as they came.
     headers: HeaderMap,
+    fields: Option<Fields>,
+    frame: FrameFields,
+}
+
+/// What an answer's framing fields say, read as its head is parsed.
+#[derive(Debug)]
+struct FrameFields {
+    /// `Connection: close`.
+    close: bool,
+    /// A `Transfer-Encoding`, and whether its last coding is chunked.
+    te: bool,
+    chunked: bool,
+    /// A `Content-Length`, and the length all of them give.
+    cl: bool,
+    length: io::Result<Option<u64>>,
+}
+
+/// An answer's header fields as they came (names in lower case), less those of the hop
+/// (RFC 9110, section 7.6.1): what the proxy listener's own loop writes to the client as it is
+/// ([`crate::h1server`]), instead of a header map built and encoded again field by field.
+/// Kept so only where nothing else is to be done to them: an answer whose `Connection` names
+/// other fields, or with both `Transfer-Encoding` and `Content-Length`, or a 1xx or 204, has a
+/// header map. Zeroed when dropped (an upstream may echo a credential).
+pub struct Fields {
+    /// `name: value\r\n` lines.
+    block: Vec<u8>,
+    /// The `Content-Length` among them.
+    length: Option<u64>,
+    date: bool,
+}
+
+impl Fields {
+    /// The fields, `name: value\r\n` each.
+    pub(crate) fn block(&self) -> &[u8] {
+        &self.block
+    }
+
+    /// The `Content-Length` among them, if any.
+    pub(crate) fn length(&self) -> Option<u64> {
+        self.length
+    }
+
+    /// A `Date` is among them.
+    pub(crate) fn has_date(&self) -> bool {
+        self.date
+    }
+
+    /// Adds the fields to `headers` (for an answer that hyper's server sends).
+    pub fn append_to(&self, headers: &mut HeaderMap) {
+        for line in self.block.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+            let (name, value) = (&line[..colon], &line[colon + 2..]);
+            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                headers.append(name, value);
+            }
+        }
+    }
+}
+
+impl Drop for Fields {
+    fn drop(&mut self) {
+        let len = self.block.len();
+        crate::memory::wipe_allocation(&mut self.block, len);
+    }
+}
+
+impl std::fmt::Debug for Fields {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fields").field("bytes", &self.block.len()).finish()
+    }
+}
+
+/// A response body that may carry its answer's header fields as they came ([`Fields`]).
+pub trait AnswerFields {
+    fn take_fields(&mut self) -> Option<Fields> {
+        None
+    }
+}
+
+impl AnswerFields for http_body_util::Full<Bytes> {}
+
+impl AnswerFields for crate::error::ProxyBody {
+    fn take_fields(&mut self) -> Option<Fields> {
+        match self {
+            http_body_util::Either::Left(crate::error::Wire::H1(body)) => body.fields.take(),
+            _ => None,
+        }
+    }
+}
+
+/// Header fields of one hop: never forwarded ([`crate::route::is_hop_by_hop`], by name as it
+/// came).
+fn hop_by_hop(name: &[u8]) -> bool {
+    [
+        &b"connection"[..],
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"proxy-connection",
+    ]
+    .iter()
+    .any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// The head at the start of `buf` and its length, `None` while incomplete.
@@ -576,39 +689,68 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
         Err(_) => return Err(invalid("the upstream's response head is malformed")),
     };
     let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or_else(|| invalid("bad status code"))?;
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // The three fields that decide the framing, in one pass over the few of an answer
+    // (cheaper than hashed lookups); a `Content-Length` is checked only where it counts.
+    let mut frame = FrameFields { close: false, te: false, chunked: false, cl: false, length: Ok(None) };
+    let mut plain = !(status.is_informational() || status == StatusCode::NO_CONTENT);
+    let (mut date, mut size) = (false, 0);
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| invalid("bad header name"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| invalid("bad header value"))?;
-        headers.append(name, value);
+        let name = h.name.as_bytes();
+        let items = || h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if name.eq_ignore_ascii_case(b"connection") {
+            frame.close |= items().any(|t| t.eq_ignore_ascii_case(b"close"));
+            // The fields it names are the hop's as well: that answer gets a header map.
+            plain &= items()
+                .all(|t| t.is_empty() || t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive"));
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            frame.te = true;
+            // The last coding of all the fields' lists.
+            if let Some(last) = items().rfind(|c| !c.is_empty()) {
+                frame.chunked = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            frame.cl = true;
+            if let Ok(seen) = frame.length {
+                frame.length = content_length(items(), seen);
+            }
+        } else {
+            date |= name.eq_ignore_ascii_case(b"date");
+        }
+        size += name.len() + h.value.len() + 4;
     }
-    Ok(Some((Head { status, http11: parsed.version == Some(1), headers }, len)))
+    plain &= !(frame.te && frame.cl);
+    let mut headers = HeaderMap::new();
+    let fields = if plain {
+        let mut block = Vec::with_capacity(size);
+        for h in parsed.headers.iter() {
+            let name = h.name.as_bytes();
+            if hop_by_hop(name) {
+                continue;
+            }
+            // httparse allows in names and values what `HeaderName` and `HeaderValue` do.
+            block.extend(name.iter().map(u8::to_ascii_lowercase));
+            block.extend_from_slice(b": ");
+            block.extend_from_slice(h.value);
+            block.extend_from_slice(b"\r\n");
+        }
+        let length = if frame.cl { frame.length.as_ref().ok().copied().flatten() } else { None };
+        Some(Fields { block, length, date })
+    } else {
+        headers.reserve(parsed.headers.len());
+        for h in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| invalid("bad header name"))?;
+            let value = HeaderValue::from_bytes(h.value).map_err(|_| invalid("bad header value"))?;
+            headers.append(name, value);
+        }
+        None
+    };
+    Ok(Some((Head { status, http11: parsed.version == Some(1), headers, fields, frame }, len)))
 }
 
 /// Where the body of `head` ends, and whether the connection may carry another request after
 /// it (RFC 9112, sections 6.3 and 9.3).
 fn framing(head: &Head, head_request: bool) -> io::Result<(Framing, bool)> {
-    // The three fields that decide, in one pass over the few of an answer (cheaper than
-    // hashed lookups); a `Content-Length` is checked only where it is the one that counts.
-    let (mut close, mut te, mut chunked, mut cl) = (false, false, false, false);
-    let mut length: io::Result<Option<u64>> = Ok(None);
-    for (name, value) in head.headers.iter() {
-        let items = || value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii);
-        if name == CONNECTION {
-            close |= items().any(|t| t.eq_ignore_ascii_case(b"close"));
-        } else if name == TRANSFER_ENCODING {
-            te = true;
-            // The last coding of all the fields' lists.
-            if let Some(last) = items().rfind(|c| !c.is_empty()) {
-                chunked = last.eq_ignore_ascii_case(b"chunked");
-            }
-        } else if name == CONTENT_LENGTH {
-            cl = true;
-            if let Ok(seen) = length {
-                length = content_length(items(), seen);
-            }
-        }
-    }
+    let FrameFields { close, te, chunked, cl, ref length } = head.frame;
     let mut reusable = head.http11 && !close;
     let status = head.status;
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -625,10 +767,11 @@ fn framing(head: &Head, head_request: bool) -> io::Result<(Framing, bool)> {
         }
         return Ok(if chunked { (Framing::Chunked, reusable) } else { (Framing::Close, false) });
     }
-    Ok(match length? {
-        Some(n) => (Framing::Length(n), reusable),
-        None => (Framing::Close, false),
-    })
+    match length {
+        Ok(Some(n)) => Ok((Framing::Length(*n), reusable)),
+        Ok(None) => Ok((Framing::Close, false)),
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+    }
 }
 
 /// The length a `Content-Length` field's `items` give, with `seen` from the fields before.
@@ -670,6 +813,8 @@ pub struct Body {
     state: State,
     reusable: bool,
     pool: Option<Arc<crate::upstream::Pool>>,
+    /// The answer's header fields, while they wait here (see [`Fields`]).
+    fields: Option<Fields>,
 }
 
 impl std::fmt::Debug for Body {
@@ -959,6 +1104,43 @@ mod tests {
     }
 
     #[test]
+    fn an_answers_fields_are_kept_as_they_came_less_the_hops_own() {
+        let (head, _) = parse_head(
+            b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+              Content-Length: 5\r\nX-Two: a\r\nx-two: b\r\nProxy-Authenticate: Basic\r\nDate: today\r\n\r\nhello",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(head.headers.is_empty());
+        let fields = head.fields.expect("kept as they came");
+        assert_eq!(
+            String::from_utf8_lossy(fields.block()),
+            "server: up\r\ncontent-length: 5\r\nx-two: a\r\nx-two: b\r\ndate: today\r\n"
+        );
+        assert_eq!((fields.length(), fields.has_date()), (Some(5), true));
+        let mut map = HeaderMap::new();
+        fields.append_to(&mut map);
+        assert_eq!(map.len(), 5);
+        assert_eq!(map.get_all("x-two").iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(map["content-length"], "5");
+
+        // Where more is to be done to them than leaving out the hop's, a header map.
+        for text in [
+            "HTTP/1.1 200 OK\r\nConnection: x-private\r\nX-Private: 1\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let (head, _) = parse_head(text.as_bytes()).unwrap().unwrap();
+            assert!(head.fields.is_none() && !head.headers.is_empty(), "{text}");
+        }
+        // A chunked answer's fields are kept, without its coding.
+        let (head, _) =
+            parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: x\r\n\r\n").unwrap().unwrap();
+        let fields = head.fields.unwrap();
+        assert_eq!((fields.block(), fields.length()), (&b"etag: x\r\n"[..], None));
+    }
+
+    #[test]
     fn where_a_body_ends() {
         let f = |text: &str, head_request| framing(&head(text), head_request).map_err(|e| e.to_string());
         assert_eq!(f("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n", false), Ok((Framing::Length(12), true)));
@@ -1023,7 +1205,9 @@ mod tests {
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n").is_err());
         let h = head("HTTP/1.1 404 Not Found\r\nx-a: 1\r\nx-a: 2\r\n\r\n");
         assert_eq!(h.status, 404);
-        assert_eq!(h.headers.get_all("x-a").iter().count(), 2);
+        let mut headers = h.headers.clone();
+        h.fields.expect("kept as they came").append_to(&mut headers);
+        assert_eq!(headers.get_all("x-a").iter().count(), 2);
     }
 
     #[test]

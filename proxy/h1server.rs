@@ -27,7 +27,7 @@ use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::conn::Inbound;
-use crate::h1::{itoa, push_hex};
+use crate::h1::{itoa, push_hex, AnswerFields};
 
 /// Reads take at least this much room.
 const READ_ROOM: usize = 4096;
@@ -152,7 +152,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
     F: Fn(Request<Inbound>) -> Fut,
     Fut: Future<Output = Result<Response<B>, Infallible>>,
-    B: Body,
+    B: Body + AnswerFields,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut buf = read;
@@ -236,10 +236,12 @@ async fn write_response<I, B>(
 ) -> io::Result<bool>
 where
     I: AsyncWrite + Unpin,
-    B: Body,
+    B: Body + AnswerFields,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (parts, body) = response.into_parts();
+    let (parts, mut body) = response.into_parts();
+    // An upstream's fields as they came, when it left them so: written as they are.
+    let fields = body.take_fields();
     let mut body = pin!(body);
     let status = parts.status;
     // No body follows these, whatever their headers say (RFC 9112, section 6.3).
@@ -253,10 +255,21 @@ where
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    // The framing is this loop's to write: the answer's own length is read, not copied.
+    // The framing is this loop's to write: the answer's own length is read, not copied
+    // (but for fields kept as they came, which carry theirs).
     let (mut length, mut conflicting, mut has_date) = (None, false, false);
+    let mut length_written = false;
+    if let Some(fields) = &fields {
+        out.extend_from_slice(fields.block());
+        length = fields.length();
+        length_written = length.is_some();
+        has_date = fields.has_date();
+    }
     for (name, value) in parts.headers.iter() {
         if name == CONTENT_LENGTH {
+            if length_written {
+                continue;
+            }
             match content_length(value) {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                 _ => conflicting = true,
@@ -279,7 +292,8 @@ where
         length = body.size_hint().exact();
     }
     let chunked = !bodiless && length.is_none();
-    if let Some(n) = length.filter(|_| !(status.is_informational() || status == StatusCode::NO_CONTENT)) {
+    let no_length = length_written || status.is_informational() || status == StatusCode::NO_CONTENT;
+    if let Some(n) = length.filter(|_| !no_length) {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa(n, &mut [0; 20]));
         out.extend_from_slice(b"\r\n");
@@ -407,6 +421,8 @@ mod tests {
     const LIMITS: HeadLimits = HeadLimits { max_bytes: 8192, max_headers: 100 };
 
     type TestBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+    impl AnswerFields for TestBody {}
     type Answer = Pin<Box<dyn Future<Output = Result<Response<TestBody>, Infallible>> + Send>>;
 
     fn served(buf: &[u8]) -> Head {
