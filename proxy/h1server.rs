@@ -170,7 +170,7 @@ where
                 if closing.load(Ordering::Relaxed) {
                     return Poll::Ready(None);
                 }
-                let room = limits.max_bytes - buf.len();
+                let room = limits.max_bytes.saturating_sub(buf.len());
                 crate::memory::poll_read_spare(Pin::new(&mut *io), cx, &mut buf, READ_ROOM, room).map(Some)
             })
             .await;
@@ -198,7 +198,7 @@ where
                 // Meanwhile, notice a client that goes away (as hyper does): its request is
                 // dropped. What a client sends ahead (pipelined) is kept for after.
                 while buf.len() < max {
-                    let room = max - buf.len();
+                    let room = max.saturating_sub(buf.len());
                     match crate::memory::poll_read_spare(Pin::new(&mut *io), cx, &mut buf, READ_ROOM, room) {
                         Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                         Poll::Ready(Ok(_)) => {}

@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! conn::serve (accept under a connection cap, h1 + h2c, slow-head and idle timeouts, drain)
+//!   h1server::serve                 the common HTTP/1.1 request; hyper's server for the rest
 //!   -> proxy::Proxy::handle
 //!        route::RouteTable::find      host / absolute-form / longest prefix; never an unknown upstream
 //!        token::Token::credential        one lock-free load of the current snapshot, a header clone
@@ -25,6 +26,8 @@
 //! - [`policy`]: least privilege per route: allow rules, rate, in-flight cap.
 //! - [`upstream`]: the pooled rustls client.
 //! - [`h1`]: sidekey's HTTP/1.1 client side (hyper's for HTTP/2).
+//! - `h1server`: the proxy listener's own HTTP/1.1 loop for a request with no body; hyper's
+//!   server takes a connection over from the first request it does not serve.
 //! - [`error`]: typed errors and their HTTP answers.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/tokens`, the dashboard.
 //! - [`audit`]: the hash-chained audit log, its writer and `verify`.
