@@ -20,7 +20,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet
 fi
 
-targets=(config header_format route upstream_answer)
+targets=(config header_format route upstream_answer client_requests)
 build_log="$(mktemp)"
 if ! cargo +nightly fuzz build >"$build_log" 2>&1; then
   grep -v '^ *Compiling ' "$build_log" | head -n 60 >&2

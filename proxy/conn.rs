@@ -1,8 +1,12 @@
 //! Client connections: the accept loop with its connection cap, and per-connection guards
 //! against clients that hold resources without using them.
 //!
-//! hyper bounds the size of what a client sends (`[limits] max_header_bytes`, `max_headers`,
-//! `max_streams`) and rejects malformed framing itself. What it does not separate is a slow
+//! On the proxy listener, sidekey's own HTTP/1.1 loop ([`crate::h1server`]) serves the common
+//! request (no body, origin form) and hands a connection to hyper's server, with what it read
+//! of it, from the first request it does not serve; the admin listener and intercepted
+//! tunnels are hyper's throughout. hyper bounds the size of what a client sends (`[limits]
+//! max_header_bytes`, `max_headers`, `max_streams`; the own loop hands over a head past them)
+//! and rejects malformed framing itself. What it does not separate is a slow
 //! request head from an idle keep-alive connection: its own header timer also runs while a
 //! connection waits for its next request. So each connection here carries a [`ConnWatch`]:
 //! the socket wrapper notes when bytes arrive, the service notes when a request starts and

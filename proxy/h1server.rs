@@ -408,6 +408,61 @@ fn content_length(value: &HeaderValue) -> Option<u64> {
     v.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
+/// For the fuzz target `client_requests`: the input's first byte picks the listener's limits
+/// (odd: 64 bytes and 4 headers; even: 8 KiB and 100), the rest is everything a client sends
+/// before closing its side. The loop serves it with a handler that answers every request, and
+/// whatever the bytes, it ends without a panic; a hand-over to hyper carries exactly the bytes
+/// after the ones served. The number of requests served.
+#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn fuzz_requests(data: &[u8]) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for the fuzz target");
+    }
+    let (&first, input) = data.split_first()?;
+    let limits = if first & 1 == 1 {
+        HeadLimits { max_bytes: 64, max_headers: 4 }
+    } else {
+        HeadLimits { max_bytes: 8192, max_headers: MAX_HEADERS }
+    };
+    RUNTIME.with(|runtime| {
+        runtime.block_on(async {
+            let (client, mut server) = tokio::io::duplex(64 * 1024);
+            let (mut from_server, mut to_server) = tokio::io::split(client);
+            let sent = input.to_vec();
+            let writer = tokio::spawn(async move {
+                let _ = to_server.write_all(&sent).await;
+                let _ = to_server.shutdown().await;
+            });
+            let reader = tokio::spawn(async move {
+                let mut answers = Vec::new();
+                let _ = from_server.read_to_end(&mut answers).await;
+            });
+            let served = std::sync::atomic::AtomicUsize::new(0);
+            let handler = |_req: Request<Inbound>| {
+                served.fetch_add(1, Ordering::Relaxed);
+                std::future::ready(Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from_static(
+                    b"ok",
+                )))))
+            };
+            let closing = AtomicBool::new(false);
+            let end = serve(&mut server, Vec::new(), &handler, || (), &closing, limits).await;
+            if let Ok(End::HandOver(mut rest)) = end {
+                // What hyper would read: the bytes handed over, then those not read yet.
+                assert!(!rest.is_empty(), "a hand-over with nothing to hand over");
+                let _ = server.read_to_end(&mut rest).await;
+                assert!(input.ends_with(&rest), "a hand-over that is not the input after the requests served");
+            }
+            drop(server);
+            let _ = writer.await;
+            let _ = reader.await;
+            Some(served.load(Ordering::Relaxed))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,6 +658,18 @@ mod tests {
             assert!(got.ends_with(&format!("\r\n\r\n{sent}")), "{path}: {got}");
             assert!(!got.contains("hello"), "{path}: {got}");
         }
+    }
+
+    #[test]
+    fn the_fuzz_entry_serves_what_a_client_sends() {
+        assert_eq!(fuzz_requests(b"\0GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"), Some(2));
+        assert_eq!(fuzz_requests(b"\0GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"), Some(1));
+        assert_eq!(
+            fuzz_requests(b"\x01GET /a-path-longer-than-sixty-four-bytes-for-the-tight-limits/xxxx HTTP/1.1\r\n\r\n"),
+            Some(0)
+        );
+        assert_eq!(fuzz_requests(b"\0GET /a HTTP/1.1\r\nHost: x"), Some(0));
+        assert_eq!(fuzz_requests(b""), None);
     }
 
     #[tokio::test]

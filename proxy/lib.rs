@@ -51,6 +51,9 @@ pub mod demo;
 pub mod error;
 pub mod h1;
 pub(crate) mod h1server;
+#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
+pub use h1server::fuzz_requests;
 pub mod inject;
 pub mod intercept;
 #[allow(unsafe_code)]
