@@ -659,24 +659,6 @@ impl AnswerFields for crate::error::ProxyBody {
     }
 }
 
-/// Header fields of one hop: never forwarded ([`crate::route::is_hop_by_hop`], by name as it
-/// came).
-fn hop_by_hop(name: &[u8]) -> bool {
-    [
-        &b"connection"[..],
-        b"keep-alive",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authorization",
-        b"proxy-authenticate",
-        b"proxy-connection",
-    ]
-    .iter()
-    .any(|h| h.eq_ignore_ascii_case(name))
-}
-
 /// The head at the start of `buf` and its length, `None` while incomplete.
 fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
     // Slots left uninitialised: setting up 128 empty ones cost more than parsing a small head.
@@ -724,7 +706,7 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
         let mut block = Vec::with_capacity(size);
         for h in parsed.headers.iter() {
             let name = h.name.as_bytes();
-            if hop_by_hop(name) {
+            if crate::route::is_hop_by_hop_name(name) {
                 continue;
             }
             // httparse allows in names and values what `HeaderName` and `HeaderValue` do.
@@ -775,7 +757,10 @@ fn framing(head: &Head, head_request: bool) -> io::Result<(Framing, bool)> {
 }
 
 /// The length a `Content-Length` field's `items` give, with `seen` from the fields before.
-fn content_length<'a>(items: impl Iterator<Item = &'a [u8]>, mut seen: Option<u64>) -> io::Result<Option<u64>> {
+pub(crate) fn content_length<'a>(
+    items: impl Iterator<Item = &'a [u8]>,
+    mut seen: Option<u64>,
+) -> io::Result<Option<u64>> {
     for item in items {
         if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
             return Err(invalid("the upstream's content-length is not a number"));

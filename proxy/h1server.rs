@@ -270,7 +270,8 @@ where
             if length_written {
                 continue;
             }
-            match content_length(value) {
+            let items = value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii);
+            match crate::h1::content_length(items, None).ok().flatten() {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                 _ => conflicting = true,
             }
@@ -397,15 +398,6 @@ async fn flush<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> io::Resu
     crate::memory::wipe_allocation(out, len);
     out.clear();
     written
-}
-
-/// A `Content-Length` value: digits only.
-fn content_length(value: &HeaderValue) -> Option<u64> {
-    let v = value.as_bytes();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
 }
 
 /// For the fuzz target `client_requests`: the input's first byte picks the listener's limits

@@ -268,6 +268,22 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
+/// [`is_hop_by_hop`] for a name as it came, in any case (an answer's head read without a
+/// header map, `h1::Fields`). The same names; a test holds the two to it.
+pub(crate) fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    let candidates: &[&[u8]] = match name.len() {
+        2 => &[b"te"],
+        7 => &[b"trailer", b"upgrade"],
+        10 => &[b"connection", b"keep-alive"],
+        16 => &[b"proxy-connection"],
+        17 => &[b"transfer-encoding"],
+        18 => &[b"proxy-authenticate"],
+        19 => &[b"proxy-authorization"],
+        _ => return false,
+    };
+    candidates.iter().any(|c| c.eq_ignore_ascii_case(name))
+}
+
 /// Gives the header values one block of their own, copied out of the buffer hyper read the
 /// request into, where they point until then.
 ///
@@ -337,6 +353,33 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_names_as_they_came_are_the_header_names_ones() {
+        for name in [
+            "connection",
+            "Keep-Alive",
+            "TE",
+            "trailer",
+            "Transfer-Encoding",
+            "upgrade",
+            "Proxy-Authorization",
+            "proxy-authenticate",
+            "Proxy-Connection",
+            "host",
+            "te2",
+            "x-te",
+            "content-length",
+            "authorization",
+            "connectiom",
+            "upgrades",
+            "trailers",
+            "keep-alive2",
+        ] {
+            let header = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(is_hop_by_hop_name(name.as_bytes()), is_hop_by_hop(&header), "{name}");
+        }
+    }
 
     #[test]
     fn owned_values_are_equal_and_point_into_their_own_block() {
