@@ -604,9 +604,8 @@ async fn connection<I, F, Fut, B>(
             let end =
                 crate::h1server::serve(&mut io, first, &handler, || own_watch.begin(false), &flag, limits).await?;
             let crate::h1server::End::HandOver(read) = end else { return Ok(()) };
-            // What was read of the connection, then what the sniffing read and the loop did not.
-            let mut read = read;
-            read.extend_from_slice(&io.pre);
+            // The loop started from the sniffed bytes (`pre` is empty since): what it read and
+            // did not serve is all that hyper's first reads are owed.
             io.pre = read;
             let mut conn = std::pin::pin!(h1.serve_connection(TokioIo::new(io), service).with_upgrades());
             let mut shut = false;
