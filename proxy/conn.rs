@@ -499,6 +499,24 @@ impl<F: Future> Future for Closable<F> {
 pub enum Inbound {
     Hyper(Incoming),
     Empty,
+    /// None, and the request's header fields are these, as they came (its header map is
+    /// empty): a request read by the proxy listener's own loop. See [`Inbound::header_map`].
+    Fields(crate::h1::Fields),
+}
+
+impl Inbound {
+    /// A request's header fields in its header map, for a way that reads them there: those
+    /// the own loop kept as they came are added to it (their `Host` too).
+    pub fn header_map(req: Request<Inbound>) -> Request<Inbound> {
+        if !matches!(req.body(), Inbound::Fields(_)) {
+            return req;
+        }
+        let (mut parts, body) = req.into_parts();
+        if let Inbound::Fields(fields) = body {
+            fields.append_to(&mut parts.headers);
+        }
+        Request::from_parts(parts, Inbound::Empty)
+    }
 }
 
 impl Body for Inbound {
@@ -510,19 +528,19 @@ impl Body for Inbound {
     ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Inbound::Hyper(b) => Pin::new(b).poll_frame(cx),
-            Inbound::Empty => Poll::Ready(None),
+            Inbound::Empty | Inbound::Fields(_) => Poll::Ready(None),
         }
     }
     fn is_end_stream(&self) -> bool {
         match self {
             Inbound::Hyper(b) => b.is_end_stream(),
-            Inbound::Empty => true,
+            Inbound::Empty | Inbound::Fields(_) => true,
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
             Inbound::Hyper(b) => b.size_hint(),
-            Inbound::Empty => SizeHint::with_exact(0),
+            Inbound::Empty | Inbound::Fields(_) => SizeHint::with_exact(0),
         }
     }
 }

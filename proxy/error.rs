@@ -20,6 +20,9 @@ pub enum Wire {
     H1(crate::h1::Body),
     /// A client's request that has no body.
     Empty,
+    /// A client's request that has no body, its header fields as they came (the own loop's:
+    /// see [`crate::conn::Inbound::Fields`]).
+    Fields(crate::h1::Fields),
 }
 
 impl From<crate::conn::Inbound> for Wire {
@@ -27,6 +30,7 @@ impl From<crate::conn::Inbound> for Wire {
         match body {
             crate::conn::Inbound::Hyper(b) => Wire::Incoming(b),
             crate::conn::Inbound::Empty => Wire::Empty,
+            crate::conn::Inbound::Fields(f) => Wire::Fields(f),
         }
     }
 }
@@ -42,7 +46,7 @@ impl hyper::body::Body for Wire {
         match self.get_mut() {
             Wire::Incoming(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             Wire::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Wire::Empty => std::task::Poll::Ready(None),
+            Wire::Empty | Wire::Fields(_) => std::task::Poll::Ready(None),
         }
     }
 
@@ -50,7 +54,7 @@ impl hyper::body::Body for Wire {
         match self {
             Wire::Incoming(b) => b.is_end_stream(),
             Wire::H1(b) => b.is_end_stream(),
-            Wire::Empty => true,
+            Wire::Empty | Wire::Fields(_) => true,
         }
     }
 
@@ -58,7 +62,7 @@ impl hyper::body::Body for Wire {
         match self {
             Wire::Incoming(b) => b.size_hint(),
             Wire::H1(b) => b.size_hint(),
-            Wire::Empty => hyper::body::SizeHint::with_exact(0),
+            Wire::Empty | Wire::Fields(_) => hyper::body::SizeHint::with_exact(0),
         }
     }
 }

@@ -135,22 +135,40 @@ pub(crate) struct Encoded {
 impl Encoded {
     /// Encodes `req` (origin form) for the wire, with `host` as its `Host` unless it has one.
     pub(crate) fn new(req: Request<ProxyBody>, host: &HeaderValue) -> Encoded {
+        Encoded::with_credential(req, host, None)
+    }
+
+    /// Encodes `req` as [`Encoded::new`] does, with `credential` as one more field (after the
+    /// request's own: a request that carries one by that name has it left out already).
+    pub(crate) fn with_credential(
+        req: Request<ProxyBody>,
+        host: &HeaderValue,
+        credential: Option<(&HeaderName, HeaderValue)>,
+    ) -> Encoded {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let exact = body.size_hint().exact();
+        // Fields the proxy listener's own loop kept as they came (the request has no body):
+        // written as they are.
+        let fields = match &body {
+            http_body_util::Either::Left(crate::error::Wire::Fields(fields)) => Some(fields),
+            _ => None,
+        };
         // One pass over the fields for the head's length and the two looked for (cheaper than
         // hashed lookups for the few fields of a request).
-        let (mut fields, mut has_host, mut has_length) = (0, false, false);
+        let (mut size, mut has_host, mut has_length) = (0, false, false);
         for (name, value) in parts.headers.iter() {
-            fields += name.as_str().len() + value.len() + 4;
+            size += name.as_str().len() + value.len() + 4;
             has_host |= name == HOST;
             has_length |= name == CONTENT_LENGTH;
         }
+        size += fields.map_or(0, |f| f.block().len());
+        size += credential.as_ref().map_or(0, |(n, v)| n.as_str().len() + v.len() + 4);
         let host = (!has_host).then_some(host);
         let mut bytes = Vec::with_capacity(
             64 + path.len()
                 + host.map_or(0, |h| h.len() + 8)
-                + fields
+                + size
                 + exact.filter(|&n| n <= BODY_CHUNK as u64).unwrap_or(0) as usize,
         );
         bytes.extend_from_slice(parts.method.as_str().as_bytes());
@@ -162,18 +180,31 @@ impl Encoded {
             bytes.extend_from_slice(host.as_bytes());
             bytes.extend_from_slice(b"\r\n");
         }
-        for (name, value) in parts.headers.iter() {
-            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-                continue;
-            }
+        let field_line = |bytes: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue| {
             bytes.extend_from_slice(name.as_str().as_bytes());
             bytes.extend_from_slice(b": ");
             bytes.extend_from_slice(value.as_bytes());
             bytes.extend_from_slice(b"\r\n");
+        };
+        for (name, value) in parts.headers.iter() {
+            if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+                continue;
+            }
+            field_line(&mut bytes, name, value);
+        }
+        // Their `Content-Length` (a `0`, as the loop takes no body) stays among them.
+        let mut framed = false;
+        if let Some(fields) = fields {
+            bytes.extend_from_slice(fields.block());
+            framed = fields.length().is_some();
+        }
+        if let Some((name, value)) = &credential {
+            field_line(&mut bytes, name, value);
         }
         // The body's framing from what it is (hyper's server checked the client's against it).
         let mut chunked = false;
         match exact {
+            _ if framed => {}
             Some(0) if !body_expected(&parts.method) && !has_length => {}
             Some(n) => {
                 bytes.extend_from_slice(b"content-length: ");
@@ -585,24 +616,64 @@ struct FrameFields {
     length: io::Result<Option<u64>>,
 }
 
-/// An answer's header fields as they came (names in lower case), less those of the hop
-/// (RFC 9110, section 7.6.1): what the proxy listener's own loop writes to the client as it is
-/// ([`crate::h1server`]), instead of a header map built and encoded again field by field.
+/// Header fields as they came (names in lower case), less those of the hop (RFC 9110, section
+/// 7.6.1), in one block: written as they are instead of a header map built and encoded again
+/// field by field.
+///
+/// An answer's: what the proxy listener's own loop writes to the client ([`crate::h1server`]).
 /// Kept so only where nothing else is to be done to them: an answer whose `Connection` names
 /// other fields, or with both `Transfer-Encoding` and `Content-Length`, or a 1xx or 204, has a
-/// header map. Zeroed when dropped (an upstream may echo a credential).
+/// header map.
+///
+/// A request's, read by that loop ([`Fields::request`]): its `Host` first (routing reads it,
+/// the upstream pool writes its own), written upstream by a pooled HTTP/1.1 connection with the
+/// credential after them (never copied in: see [`Encoded::with_credential`]); a request that
+/// goes any other way gets a header map from them first ([`Fields::append_to`]).
+///
+/// Zeroed when dropped (an upstream may echo a credential; a request's carries one).
 pub struct Fields {
-    /// `name: value\r\n` lines.
+    /// `name: value\r\n` lines: a request's `Host` line, then the rest from `start`.
     block: Vec<u8>,
+    /// Where the lines after a request's `Host` begin (0: no `Host` line); a head is far
+    /// shorter than 4 GiB.
+    start: u32,
     /// The `Content-Length` among them.
     length: Option<u64>,
     date: bool,
 }
 
 impl Fields {
-    /// The fields, `name: value\r\n` each.
+    /// A request's fields from its parsed head: `Host` first, the hop's own left out. `None`
+    /// for a head with more than one `Host` (not served from fields).
+    pub(crate) fn request(headers: &[httparse::Header<'_>], length: Option<u64>) -> Option<Fields> {
+        let size: usize = headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
+        let mut block = Vec::with_capacity(size);
+        let mut hosts = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host"));
+        let start = match (hosts.next(), hosts.next()) {
+            (_, Some(_)) => return None,
+            (Some(host), None) => {
+                line(&mut block, b"host", host.value);
+                u32::try_from(block.len()).ok()?
+            }
+            (None, None) => 0,
+        };
+        for h in headers {
+            let name = h.name.as_bytes();
+            if !crate::route::is_hop_by_hop_name(name) && !name.eq_ignore_ascii_case(b"host") {
+                line(&mut block, name, h.value);
+            }
+        }
+        Some(Fields { block, start, length, date: false })
+    }
+
+    /// The fields, `name: value\r\n` each (a request's without its `Host`).
     pub(crate) fn block(&self) -> &[u8] {
-        &self.block
+        &self.block[self.start as usize..]
+    }
+
+    /// A request's `Host`.
+    pub(crate) fn host(&self) -> Option<&[u8]> {
+        (self.start > 0).then(|| &self.block[b"host: ".len()..self.start as usize - 2])
     }
 
     /// The `Content-Length` among them, if any.
@@ -615,23 +686,64 @@ impl Fields {
         self.date
     }
 
-    /// Adds the fields to `headers` (for an answer that hyper's server sends).
-    pub fn append_to(&self, headers: &mut HeaderMap) {
-        for line in self.block.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-            let (name, value) = (&line[..colon], &line[colon + 2..]);
-            if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-                headers.append(name, value);
+    /// Leaves out every field named `name` (a request's, whose credential is set by that name).
+    pub(crate) fn remove(&mut self, name: &HeaderName) {
+        let named = name.as_str().as_bytes();
+        let mut at = self.start as usize;
+        while at < self.block.len() {
+            let end = self.block[at..].iter().position(|&b| b == b'\n').map_or(self.block.len(), |i| at + i + 1);
+            let line = &self.block[at..end];
+            if line.len() > named.len() && line.starts_with(named) && line[named.len()] == b':' {
+                self.block.drain(at..end);
+            } else {
+                at = end;
             }
         }
+    }
+
+    /// Adds the fields, a request's `Host` among them, to `headers` (for a message a header map
+    /// carries on).
+    pub fn append_to(&self, headers: &mut HeaderMap) {
+        append_lines(&self.block, headers);
+    }
+
+    /// Adds the fields but a request's `Host` to `headers`.
+    pub(crate) fn append_block_to(&self, headers: &mut HeaderMap) {
+        append_lines(self.block(), headers);
+    }
+}
+
+/// Appends `name: value\r\n`, the name in lower case (httparse allows in names and values
+/// what `HeaderName` and `HeaderValue` do).
+fn line(block: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    block.extend(name.iter().map(u8::to_ascii_lowercase));
+    block.extend_from_slice(b": ");
+    block.extend_from_slice(value);
+    block.extend_from_slice(b"\r\n");
+}
+
+fn append_lines(block: &[u8], headers: &mut HeaderMap) {
+    for line in block.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let (name, value) = (&line[..colon], &line[colon + 2..]);
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            headers.append(name, value);
+        }
+    }
+}
+
+impl Clone for Fields {
+    fn clone(&self) -> Fields {
+        Fields { block: self.block.clone(), start: self.start, length: self.length, date: self.date }
     }
 }
 
 impl Drop for Fields {
     fn drop(&mut self) {
-        let len = self.block.len();
-        crate::memory::wipe_allocation(&mut self.block, len);
+        // All of it: a field `remove` left out may have left bytes beyond the length.
+        let all = self.block.capacity();
+        crate::memory::wipe_allocation(&mut self.block, all);
     }
 }
 
@@ -709,14 +821,10 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
             if crate::route::is_hop_by_hop_name(name) {
                 continue;
             }
-            // httparse allows in names and values what `HeaderName` and `HeaderValue` do.
-            block.extend(name.iter().map(u8::to_ascii_lowercase));
-            block.extend_from_slice(b": ");
-            block.extend_from_slice(h.value);
-            block.extend_from_slice(b"\r\n");
+            line(&mut block, name, h.value);
         }
         let length = if frame.cl { frame.length.as_ref().ok().copied().flatten() } else { None };
-        Some(Fields { block, length, date })
+        Some(Fields { block, start: 0, length, date })
     } else {
         headers.reserve(parsed.headers.len());
         for h in parsed.headers.iter() {
@@ -1123,6 +1231,52 @@ mod tests {
             parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: x\r\n\r\n").unwrap().unwrap();
         let fields = head.fields.unwrap();
         assert_eq!((fields.block(), fields.length()), (&b"etag: x\r\n"[..], None));
+    }
+
+    #[test]
+    fn a_requests_fields_go_upstream_as_they_came_with_the_credential_set_beside_them() {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut slots);
+        let text = b"GET /x HTTP/1.1\r\nAuthorization: mine\r\nHost: Client.Example\r\nX-A: 1\r\n\
+                     Connection: keep-alive\r\nKeep-Alive: 5\r\nauthorization: again\r\nContent-Length: 0\r\n\r\n";
+        req.parse(text).unwrap();
+        let mut fields = Fields::request(req.headers, Some(0)).unwrap();
+        assert_eq!(fields.host(), Some(&b"Client.Example"[..]));
+        assert_eq!(fields.block(), b"authorization: mine\r\nx-a: 1\r\nauthorization: again\r\ncontent-length: 0\r\n");
+        fields.remove(&http::header::AUTHORIZATION);
+        // Every field of that name gone.
+        assert_eq!(fields.block(), b"x-a: 1\r\ncontent-length: 0\r\n");
+
+        let mut req = Request::new(http_body_util::Either::Left(crate::error::Wire::Fields(fields)));
+        *req.uri_mut() = "/up/x?q".parse().unwrap();
+        let secret = HeaderValue::from_static("Bearer s3cret");
+        let encoded = Encoded::with_credential(
+            req,
+            &HeaderValue::from_static("pool:1"),
+            Some((&http::header::AUTHORIZATION, secret)),
+        );
+        assert_eq!(
+            String::from_utf8(encoded.bytes).unwrap(),
+            "GET /up/x?q HTTP/1.1\r\nhost: pool:1\r\nx-a: 1\r\ncontent-length: 0\r\nauthorization: Bearer s3cret\r\n\r\n"
+        );
+
+        // For a header map (HTTP/2, a retry): with their `Host` or without.
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut slots);
+        req.parse(text).unwrap();
+        let fields = Fields::request(req.headers, Some(0)).unwrap();
+        let (mut all, mut block) = (HeaderMap::new(), HeaderMap::new());
+        fields.append_to(&mut all);
+        fields.append_block_to(&mut block);
+        assert_eq!(all["host"], "Client.Example");
+        assert_eq!(all.get_all("authorization").iter().count(), 2);
+        assert_eq!((all.len(), block.len()), (5, 4));
+        assert!(!block.contains_key("host"));
+        // Two Hosts: not served from fields (hyper's server gets the request).
+        let mut slots = [httparse::EMPTY_HEADER; 4];
+        let mut req = httparse::Request::new(&mut slots);
+        req.parse(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n").unwrap();
+        assert!(Fields::request(req.headers, None).is_none());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::task::Poll;
 
 use bytes::{Buf, Bytes};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -95,10 +95,11 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
     if method == Method::CONNECT {
         return Parsed::HandOver;
     }
-    let mut close = false;
+    let (mut close, mut length) = (false, None);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let stays = if name.eq_ignore_ascii_case(b"content-length") {
+            length = Some(0);
             h.value == b"0"
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= h.value.eq_ignore_ascii_case(b"close");
@@ -112,26 +113,14 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
             return Parsed::HandOver;
         }
     }
-    // The head in a block of its own, which the URI and the header values point into (as with
-    // hyper); the read buffer is reused for the next request.
-    let head = Bytes::copy_from_slice(&buf[..len]);
-    let at = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(at(path.as_bytes())..at(path.as_bytes()) + path.len())) else {
-        return Parsed::HandOver;
-    };
-    let mut map = HeaderMap::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else { return Parsed::HandOver };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(at(h.value)..at(h.value) + h.value.len())) else {
-            return Parsed::HandOver;
-        };
-        map.append(name, value);
-    }
-    let mut request = Request::new(Inbound::Empty);
+    // The path in a block of its own, which the URI points into; the header fields in another
+    // (the read buffer is reused for the next request).
+    let Ok(uri) = Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())) else { return Parsed::HandOver };
+    let Some(fields) = crate::h1::Fields::request(req.headers, length) else { return Parsed::HandOver };
+    let mut request = Request::new(Inbound::Fields(fields));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = map;
     Parsed::Request(Head { request, len, close })
 }
 
@@ -458,6 +447,7 @@ pub fn fuzz_requests(data: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use http_body_util::{BodyExt, Full, StreamBody};
     use hyper::body::Frame;
     use std::sync::atomic::AtomicUsize;
@@ -491,16 +481,18 @@ mod tests {
         let req = head.request;
         assert_eq!((req.method(), req.version()), (&Method::GET, Version::HTTP_11));
         assert_eq!(req.uri().path_and_query().unwrap().as_str(), "/a/b?c=d");
-        assert_eq!(req.headers()["host"], "example");
-        let twos: Vec<_> = req.headers().get_all("x-two").iter().collect();
-        assert_eq!(twos, ["1", "2"]);
+        // The fields as they came, names in lower case, `Host` apart; no header map.
+        assert!(req.headers().is_empty());
+        let Inbound::Fields(fields) = req.body() else { panic!("no fields: {:?}", req.body()) };
+        assert_eq!(fields.host(), Some(&b"example"[..]));
+        assert_eq!(fields.block(), b"accept: */*\r\nx-two: 1\r\nx-two: 2\r\n");
         assert!(req.body().is_end_stream());
 
         assert!(served(b"DELETE /x HTTP/1.1\r\nConnection: close\r\n\r\n").close);
-        assert!(
-            served(b"GET /x HTTP/1.1\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n").request.headers().len()
-                == 2
-        );
+        // The hop's own fields are left out; a `Content-Length: 0` stays (and frames the request).
+        let head = served(b"GET /x HTTP/1.1\r\nConnection: Keep-Alive\r\nKeep-Alive: 5\r\nContent-Length: 0\r\n\r\n");
+        let Inbound::Fields(fields) = head.request.body() else { panic!("no fields") };
+        assert_eq!((fields.block(), fields.host(), fields.length()), (&b"content-length: 0\r\n"[..], None, Some(0)));
 
         for other in [
             &b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"[..],
@@ -509,6 +501,7 @@ mod tests {
             b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
             b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"GET /x HTTP/1.1\r\nConnection: keep-alive, x-secret\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             b"CONNECT example:443 HTTP/1.1\r\nHost: example:443\r\n\r\n",
             b"GET http://example/x HTTP/1.1\r\nHost: example\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: example\r\n\r\n",

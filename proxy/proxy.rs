@@ -204,6 +204,9 @@ struct Prepared<S> {
 struct Kept {
     parts: http::request::Parts,
     body: Bytes,
+    /// The request's fields, where the own loop kept them as they came (the credential's name
+    /// left out of them).
+    fields: Option<crate::h1::Fields>,
     /// The credential's header, its format number, and the generation the first attempt used.
     name: HeaderName,
     format: usize,
@@ -211,15 +214,23 @@ struct Kept {
 }
 
 impl Kept {
-    /// A copy to send, with `header` as its credential.
-    fn request(&self, header: HeaderValue) -> Request<ProxyBody> {
-        let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
+    /// A copy to send, with `header` as its credential: in its header map, or, for fields kept
+    /// as they came, returned to be sent beside them.
+    fn request(&self, header: HeaderValue) -> (Request<ProxyBody>, Option<HeaderValue>) {
+        let body = match &self.fields {
+            Some(fields) => Either::Left(Wire::Fields(fields.clone())),
+            None => Either::Right(Full::new(self.body.clone())),
+        };
+        let mut req = Request::new(body);
         *req.method_mut() = self.parts.method.clone();
         *req.uri_mut() = self.parts.uri.clone();
         *req.version_mut() = self.parts.version;
         *req.headers_mut() = self.parts.headers.clone();
+        if self.fields.is_some() {
+            return (req, Some(header));
+        }
         req.headers_mut().insert(self.name.clone(), header);
-        req
+        (req, None)
     }
 }
 
@@ -381,7 +392,7 @@ impl RouteSet {
             return done(None, Err(ProxyError::ConnectRefused));
         }
         let found = match via {
-            None => this.table.find(req.version(), req.uri(), req.headers()),
+            None => this.table.find(req.version(), req.uri(), || request_host(&req)),
             Some(authority) => this.table.find_via(authority, req.uri()),
         };
         let m = match found {
@@ -434,6 +445,7 @@ impl RouteSet {
         }
         let Inject::Header { name, format } = &route.inject else {
             let shared = this.clone();
+            let req = Inbound::header_map(req);
             let step = Step::Boxed(Box::pin(async move { shared.routes[index].send_other(req, uri).await }));
             return Prepared { route: Some(index), slot, step };
         };
@@ -445,17 +457,33 @@ impl RouteSet {
         parts.uri = uri;
         // The upstream connection picks HTTP/1.1 or HTTP/2 by ALPN; hyper needs 1.1 here for both.
         parts.version = Version::HTTP_11;
-        strip_hop_by_hop(&mut parts.headers);
-        // The client derives Host (or :authority) from the upstream URI.
-        parts.headers.remove(header::HOST);
         route.token.count_request();
-
         // Right after a rotation a 401 may only mean the new token has not reached every server
         // of the provider yet: a request that can be sent twice is kept for one retry.
         let retry = route.token.retry_config();
         let replayable = credential.fresh
             && retry.methods.contains(&parts.method)
             && body.size_hint().exact().is_some_and(|n| n <= retry.body_limit as u64);
+        if let Inbound::Fields(mut fields) = body {
+            // The own loop's common request: its fields go on as they came (less the hop's own
+            // and `Host`, left out already, and any of the credential's name), the credential
+            // after them; kept so for a retry likewise.
+            fields.remove(name);
+            if !replayable {
+                let req = Request::from_parts(parts, Either::Left(Wire::Fields(fields)));
+                let answer = route.start_send(req, Some((name, credential.header)), start);
+                return Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept: None } };
+            }
+            let (name, format, used) = (name.clone(), *format, credential.generation);
+            let kept = Kept { parts, body: Bytes::new(), fields: Some(fields), name, format, used };
+            let (req, beside) = kept.request(credential.header);
+            let answer = route.start_send(req, beside.map(|v| (&kept.name, v)), start);
+            let step = Step::Sent { route: index, answer, kept: Some(Box::new(kept)) };
+            return Prepared { route: Some(index), slot, step };
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        // The client derives Host (or :authority) from the upstream URI.
+        parts.headers.remove(header::HOST);
         let empty = body.is_end_stream();
         if replayable && !empty {
             // The body is read whole first, so that it can be sent twice.
@@ -468,14 +496,14 @@ impl RouteSet {
         let (req, kept) = if replayable {
             // Kept until the answer is back (see `own_values`; the body is empty here).
             own_values(&mut parts.headers);
-            let kept =
-                Kept { parts, body: Bytes::new(), name: name.clone(), format: *format, used: credential.generation };
-            (kept.request(credential.header), Some(Box::new(kept)))
+            let (name, format, used) = (name.clone(), *format, credential.generation);
+            let kept = Kept { parts, body: Bytes::new(), fields: None, name, format, used };
+            (kept.request(credential.header).0, Some(Box::new(kept)))
         } else {
             parts.headers.insert(name.clone(), credential.header);
             (Request::from_parts(parts, Either::Left(Wire::from(body))), None)
         };
-        let answer = route.start_send(req, start);
+        let answer = route.start_send(req, None, start);
         Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept } }
     }
 }
@@ -591,8 +619,8 @@ impl Route {
                 return Err(ProxyError::ClientBody);
             }
         };
-        let kept = Kept { parts, body, name, format, used: credential.generation };
-        let first = self.send(kept.request(credential.header)).await;
+        let kept = Kept { parts, body, fields: None, name, format, used: credential.generation };
+        let first = self.send(kept.request(credential.header).0).await;
         match first {
             Ok(first) if first.status() == StatusCode::UNAUTHORIZED => self.retry_401(kept, first).await,
             first => first,
@@ -610,7 +638,8 @@ impl Route {
         self.metrics.count_unauthorized();
         self.unauthorized();
         drop(first);
-        let result = self.send(kept.request(header)).await;
+        let (req, beside) = kept.request(header);
+        let result = self.answer(self.start_send(req, beside.map(|v| (&kept.name, v)), Instant::now()).await);
         let outcome = match &result {
             Ok(r) if r.status() == StatusCode::UNAUTHORIZED => "unauthorized",
             Ok(_) => "success",
@@ -646,14 +675,21 @@ impl Route {
     }
 
     /// Hands one request to the upstream; the answer is due within the route's timeout.
-    fn start_send(&self, req: Request<ProxyBody>, start: Instant) -> impl UpstreamAnswer {
+    /// `credential`: a field to add (the request has none by that name), where the request's
+    /// fields are not in its header map.
+    fn start_send(
+        &self,
+        req: Request<ProxyBody>,
+        credential: Option<(&HeaderName, HeaderValue)>,
+        start: Instant,
+    ) -> impl UpstreamAnswer {
         // The deadline from the request's start (read once for its metrics as well).
-        self.upstream.request(req, tokio::time::Instant::from_std(start) + self.timeout)
+        self.upstream.request_with(req, credential, tokio::time::Instant::from_std(start) + self.timeout)
     }
 
     /// Sends one request upstream within the route's timeout.
     async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
-        self.answer(self.start_send(req, Instant::now()).await)
+        self.answer(self.start_send(req, None, Instant::now()).await)
     }
 
     /// The upstream's answer (or failure) as the client gets it.
@@ -677,6 +713,18 @@ impl Route {
                 Err(err)
             }
         }
+    }
+}
+
+/// A request's `Host`, from the fields the own loop kept or from its header map, where it is
+/// text (`HeaderValue::to_str`'s visible ASCII).
+fn request_host(req: &Request<Inbound>) -> Option<&str> {
+    match req.body() {
+        Inbound::Fields(fields) => {
+            let host = fields.host()?;
+            host.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)).then(|| std::str::from_utf8(host).ok())?
+        }
+        _ => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
     }
 }
 

@@ -114,7 +114,13 @@ impl RouteTable {
     /// An HTTP/1 request in absolute form (`GET http://host/x`) is a proxy request: it goes to
     /// the route naming that host, or nowhere. Otherwise the Host header (the `:authority` for
     /// HTTP/2) may select a route by host; failing that the longest prefix wins.
-    pub fn find<'r>(&self, version: Version, uri: &'r Uri, headers: &HeaderMap) -> Result<Match<'r>, NoRoute> {
+    /// `host`: the request's `Host` (asked for only where a route is chosen by host).
+    pub fn find<'r, 'h>(
+        &self,
+        version: Version,
+        uri: &'r Uri,
+        host: impl FnOnce() -> Option<&'h str>,
+    ) -> Result<Match<'r>, NoRoute> {
         let path = uri.path();
         if !path.starts_with('/') {
             return Err(NoRoute::BadPath);
@@ -126,7 +132,7 @@ impl RouteTable {
             // names a host no route has, below).
             None
         } else if version < Version::HTTP_2 && !absolute_form {
-            headers.get(header::HOST).and_then(|h| h.to_str().ok())
+            host()
         } else {
             uri.authority().map(Authority::as_str)
         };
@@ -421,11 +427,7 @@ mod tests {
 
     fn find(version: Version, uri: &str, host: Option<&str>) -> Result<(usize, String), NoRoute> {
         let uri: Uri = uri.parse().unwrap();
-        let mut h = HeaderMap::new();
-        if let Some(host) = host {
-            h.insert(header::HOST, host.parse().unwrap());
-        }
-        table().find(version, &uri, &h).map(|m| (m.route, m.rest.into_owned()))
+        table().find(version, &uri, || host).map(|m| (m.route, m.rest.into_owned()))
     }
 
     #[test]
@@ -462,11 +464,7 @@ mod tests {
         let t = RouteTable::new([(None, Some("/a")), (None, Some("/"))]);
         let find = |uri: &str, host: Option<&str>| {
             let uri: Uri = uri.parse().unwrap();
-            let mut h = HeaderMap::new();
-            if let Some(host) = host {
-                h.insert(header::HOST, host.parse().unwrap());
-            }
-            t.find(Version::HTTP_11, &uri, &h).map(|m| (m.route, m.rest.into_owned()))
+            t.find(Version::HTTP_11, &uri, || host).map(|m| (m.route, m.rest.into_owned()))
         };
         assert_eq!(find("/a/x", Some("anything.example")), Ok((0, "/x".into())));
         assert_eq!(find("/b", None), Ok((1, "/b".into())));

@@ -20,7 +20,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderName, HeaderValue, Request, Response, Uri};
+use http_body_util::Either;
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
@@ -466,15 +467,34 @@ impl Pool {
     /// request is encoded here and written to a pooled connection by the future this returns
     /// (the exchange itself), without a box or a task of its own; a new connection, a retry,
     /// and a request handed to the HTTP/2 connection wait boxed.
+    #[cfg(test)]
     pub(crate) fn request(
         self: &Arc<Self>,
+        req: Request<ProxyBody>,
+        deadline: tokio::time::Instant,
+    ) -> Answer<impl Future<Output = Result<Response<crate::h1::Body>, Failed>> + Send, impl SendFuture> {
+        self.request_with(req, None, deadline)
+    }
+
+    /// Sends `req` as [`Pool::request`] does, with `credential` as one more header field (the
+    /// request has none by that name): written after the fields the proxy listener's own loop
+    /// kept as they came, or put into the header map with them for any other way.
+    pub(crate) fn request_with(
+        self: &Arc<Self>,
         mut req: Request<ProxyBody>,
+        credential: Option<(&HeaderName, HeaderValue)>,
         deadline: tokio::time::Instant,
     ) -> Answer<impl Future<Output = Result<Response<crate::h1::Body>, Failed>> + Send, impl SendFuture> {
         let state = match self.checkout() {
             // Encoded here, its parts dropped before the client's connection is read again.
-            Some(Conn::H1(conn)) => Sent::H1(conn.exchange(Encoded::new(req, &self.host), self.clone(), deadline)),
+            Some(Conn::H1(conn)) => {
+                Sent::H1(conn.exchange(Encoded::with_credential(req, &self.host, credential), self.clone(), deadline))
+            }
             waits => {
+                if let Some((name, value)) = credential {
+                    req = with_header_map(req);
+                    req.headers_mut().insert(name.clone(), value);
+                }
                 // Held past this call: see `own_values`.
                 if req.body().is_end_stream() {
                     crate::route::own_values(req.headers_mut());
@@ -533,7 +553,8 @@ impl Pool {
     }
 
     /// Gives `req` to the HTTP/2 connection.
-    fn hand_over_h2(&self, mut send: http2::SendRequest<ProxyBody>, mut req: Request<ProxyBody>) -> impl SendFuture {
+    fn hand_over_h2(&self, mut send: http2::SendRequest<ProxyBody>, req: Request<ProxyBody>) -> impl SendFuture {
+        let mut req = with_header_map(req);
         self.absolute_form(req.uri_mut());
         send.try_send_request(req)
     }
@@ -648,6 +669,18 @@ where
                 Err(_) => Err(Box::new(ConnectTimedOut) as Self::Error),
             }
         })
+    }
+}
+
+/// `req` with the fields the proxy listener's own loop kept as they came in its header map
+/// (but `Host`: the pool gives the authority), for hyper's client, or a retry, to read there.
+fn with_header_map(req: Request<ProxyBody>) -> Request<ProxyBody> {
+    match req.into_parts() {
+        (mut parts, Either::Left(Wire::Fields(fields))) => {
+            fields.append_block_to(&mut parts.headers);
+            Request::from_parts(parts, Either::Left(Wire::Empty))
+        }
+        (parts, body) => Request::from_parts(parts, body),
     }
 }
 

@@ -99,6 +99,86 @@ async fn the_client_header_is_replaced_and_hop_by_hop_headers_dropped() {
     sk.shutdown().await;
 }
 
+/// The proxy listener's own loop keeps a plain request's fields as they came and sends them on
+/// with the credential set beside them; within a rotation's retry window (a token just loaded,
+/// with an overlap) they go through a header map instead. Both must forward the same: the
+/// client's own value of the injected header replaced, the hop's fields and `Host` not passed
+/// on, the rest as the client sent it (routing by `Host` included).
+#[tokio::test]
+async fn a_plain_request_s_fields_go_on_less_the_hop_s_with_the_credential_replaced() {
+    let up = Upstream::plain().await;
+    for overlap in ["0s", "30s"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, TOKEN).unwrap();
+        std::fs::write(&b, OTHER).unwrap();
+        let config = format!(
+            r#"{LISTEN}
+[[routes]]
+name = "default"
+prefix = "/api"
+upstream = "{url}/base"
+token = "a"
+
+[[routes]]
+name = "custom"
+prefix = "/custom"
+host = "api.example.com"
+upstream = "{url}"
+token = "b"
+header = "X-Api-Key"
+format = "key={{token}}"
+
+[tokens.a]
+source = "file"
+path = {a:?}
+overlap = "{overlap}"
+
+[tokens.b]
+source = "file"
+path = {b:?}
+overlap = "{overlap}"
+"#,
+            url = up.url
+        );
+        let sk = start_proxy(&config).await;
+        let answer = raw(
+            sk.proxy_addr,
+            b"GET /api/x?q=1 HTTP/1.1\r\nHost: client.example\r\nAuthorization: Bearer client-supplied\r\n\
+              Proxy-Authorization: Basic c2VjcmV0\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+              TE: trailers\r\nX-Keep: Kept Value\r\nx-keep: second\r\nAccept:*/*\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "overlap {overlap}: {answer}");
+        let seen = up.last();
+        assert_eq!(seen.path, "/base/x?q=1");
+        let auth: Vec<_> = seen.headers.get_all("authorization").iter().collect();
+        assert_eq!(auth, [format!("Bearer {TOKEN}").as_str()], "overlap {overlap}");
+        assert_eq!(seen.headers.get_all("host").iter().collect::<Vec<_>>(), [up.addr.to_string().as_str()]);
+        for hop in ["proxy-authorization", "connection", "keep-alive", "te"] {
+            assert!(!seen.headers.contains_key(hop), "overlap {overlap}: {hop} passed on");
+        }
+        assert_eq!(seen.headers.get_all("x-keep").iter().collect::<Vec<_>>(), ["Kept Value", "second"]);
+        assert_eq!(seen.headers["accept"], "*/*");
+
+        // Chosen by its Host; the client's own value of the route's header replaced, its
+        // Authorization (not the route's to set) passed on.
+        let answer = raw(
+            sk.proxy_addr,
+            b"GET /custom/v1 HTTP/1.1\r\nHost: API.example.com\r\nX-API-Key: client\r\nAuthorization: Basic bWluZQ==\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "overlap {overlap}: {answer}");
+        let seen = up.last();
+        // Chosen by host, the path goes on whole (by its prefix it would be `/v1`).
+        assert_eq!(seen.path, "/custom/v1");
+        let keys: Vec<_> = seen.headers.get_all("x-api-key").iter().collect();
+        assert_eq!(keys, [format!("key={OTHER}").as_str()], "overlap {overlap}");
+        assert_eq!(seen.headers["authorization"], "Basic bWluZQ==");
+        sk.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn routes_by_prefix_host_and_absolute_form() {
     set_env("SK_T3_A", TOKEN);
