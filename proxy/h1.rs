@@ -616,9 +616,8 @@ struct FrameFields {
     length: io::Result<Option<u64>>,
 }
 
-/// Header fields as they came (names in lower case), less those of the hop (RFC 9110, section
-/// 7.6.1), in one block: written as they are instead of a header map built and encoded again
-/// field by field.
+/// Header fields as they came, less those of the hop (RFC 9110, section 7.6.1), in one block:
+/// written as they are instead of a header map built and encoded again field by field.
 ///
 /// An answer's: what the proxy listener's own loop writes to the client ([`crate::h1server`]).
 /// Kept so only where nothing else is to be done to them: an answer whose `Connection` names
@@ -637,33 +636,41 @@ pub struct Fields {
     /// Where the lines after a request's `Host` begin (0: no `Host` line); a head is far
     /// shorter than 4 GiB.
     start: u32,
-    /// The `Content-Length` among them.
-    length: Option<u64>,
+    /// Bit `n % 16` set for a name of `n` bytes among them: most are not looked for in vain.
+    lengths: u16,
+    /// The `Content-Length` among them, if `has_length`.
+    length: u64,
+    has_length: bool,
     date: bool,
 }
 
 impl Fields {
     /// A request's fields from its parsed head: `Host` first, the hop's own left out. `None`
     /// for a head with more than one `Host` (not served from fields).
-    pub(crate) fn request(headers: &[httparse::Header<'_>], length: Option<u64>) -> Option<Fields> {
-        let size: usize = headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
-        let mut block = Vec::with_capacity(size);
-        let mut hosts = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host"));
-        let start = match (hosts.next(), hosts.next()) {
-            (_, Some(_)) => return None,
-            (Some(host), None) => {
-                line(&mut block, b"host", host.value);
-                u32::try_from(block.len()).ok()?
-            }
-            (None, None) => 0,
-        };
+    pub(crate) fn request(buf: &[u8], headers: &[httparse::Header<'_>], length: Option<u64>) -> Option<Fields> {
+        let is_host = |name: &[u8]| name.len() == 4 && name.eq_ignore_ascii_case(b"host");
+        let (mut size, mut host) = (0, None);
         for h in headers {
-            let name = h.name.as_bytes();
-            if !crate::route::is_hop_by_hop_name(name) && !name.eq_ignore_ascii_case(b"host") {
-                line(&mut block, name, h.value);
+            size += h.name.len() + h.value.len() + 4;
+            if is_host(h.name.as_bytes()) && host.replace(h.value).is_some() {
+                return None;
             }
         }
-        Some(Fields { block, start, length, date: false })
+        let mut block = Lines::new(buf, size);
+        if let Some(host) = host {
+            block.line(b"host", host);
+        }
+        let start = u32::try_from(block.block.len()).ok()?;
+        let mut lengths = 0;
+        for h in headers {
+            let name = h.name.as_bytes();
+            if !crate::route::is_hop_by_hop_name(name) && !is_host(name) {
+                lengths |= 1 << (name.len() % 16);
+                block.push(h);
+            }
+        }
+        let block = block.finish();
+        Some(Fields { block, start, lengths, length: length.unwrap_or(0), has_length: length.is_some(), date: false })
     }
 
     /// The fields, `name: value\r\n` each (a request's without its `Host`).
@@ -678,7 +685,7 @@ impl Fields {
 
     /// The `Content-Length` among them, if any.
     pub(crate) fn length(&self) -> Option<u64> {
-        self.length
+        self.has_length.then_some(self.length)
     }
 
     /// A `Date` is among them.
@@ -689,11 +696,15 @@ impl Fields {
     /// Leaves out every field named `name` (a request's, whose credential is set by that name).
     pub(crate) fn remove(&mut self, name: &HeaderName) {
         let named = name.as_str().as_bytes();
+        if self.lengths & 1 << (named.len() % 16) == 0 {
+            return;
+        }
         let mut at = self.start as usize;
         while at < self.block.len() {
             let end = self.block[at..].iter().position(|&b| b == b'\n').map_or(self.block.len(), |i| at + i + 1);
             let line = &self.block[at..end];
-            if line.len() > named.len() && line.starts_with(named) && line[named.len()] == b':' {
+            if line.len() > named.len() && line[..named.len()].eq_ignore_ascii_case(named) && line[named.len()] == b':'
+            {
                 self.block.drain(at..end);
             } else {
                 at = end;
@@ -713,13 +724,61 @@ impl Fields {
     }
 }
 
-/// Appends `name: value\r\n`, the name in lower case (httparse allows in names and values
-/// what `HeaderName` and `HeaderValue` do).
-fn line(block: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    block.extend(name.iter().map(u8::to_ascii_lowercase));
-    block.extend_from_slice(b": ");
-    block.extend_from_slice(value);
-    block.extend_from_slice(b"\r\n");
+/// A block of `name: value\r\n` lines built from fields `httparse` read out of `buf`: a line
+/// that is in that form in `buf` already (one space after the colon, CRLF right after the
+/// value) is copied as it is, with the lines right after it in one piece; any other is written
+/// out so (httparse allows in names and values what `HeaderName` and `HeaderValue` do, and no
+/// CR or LF). Names keep their case, as HTTP/1.1 leaves it (RFC 9110, section 5.1).
+struct Lines<'b> {
+    buf: &'b [u8],
+    block: Vec<u8>,
+    /// Lines of `buf` to copy yet, in one piece.
+    run: std::ops::Range<usize>,
+}
+
+impl<'b> Lines<'b> {
+    fn new(buf: &'b [u8], capacity: usize) -> Lines<'b> {
+        Lines { buf, block: Vec::with_capacity(capacity), run: 0..0 }
+    }
+
+    fn push(&mut self, h: &httparse::Header<'_>) {
+        let (name, value) = (h.name.as_bytes(), h.value);
+        let at = |s: &[u8]| (s.as_ptr() as usize).checked_sub(self.buf.as_ptr() as usize);
+        let (Some(start), Some(value_at)) = (at(name), at(value)) else { return self.line(name, value) };
+        let end = value_at + value.len() + 2;
+        let whole = value_at == start + name.len() + 2
+            && self.buf.get(start + name.len()..value_at) == Some(b": ")
+            && self.buf.get(end - 2..end) == Some(b"\r\n");
+        if !whole {
+            return self.line(name, value);
+        }
+        if self.run.is_empty() || self.run.end != start {
+            self.flush();
+            self.run.start = start;
+        }
+        self.run.end = end;
+    }
+
+    /// Writes `name: value\r\n`.
+    fn line(&mut self, name: &[u8], value: &[u8]) {
+        self.flush();
+        self.block.extend_from_slice(name);
+        self.block.extend_from_slice(b": ");
+        self.block.extend_from_slice(value);
+        self.block.extend_from_slice(b"\r\n");
+    }
+
+    fn flush(&mut self) {
+        if !self.run.is_empty() {
+            self.block.extend_from_slice(&self.buf[self.run.clone()]);
+            self.run = 0..0;
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.flush();
+        self.block
+    }
 }
 
 fn append_lines(block: &[u8], headers: &mut HeaderMap) {
@@ -735,7 +794,9 @@ fn append_lines(block: &[u8], headers: &mut HeaderMap) {
 
 impl Clone for Fields {
     fn clone(&self) -> Fields {
-        Fields { block: self.block.clone(), start: self.start, length: self.length, date: self.date }
+        let (start, lengths, length, has_length, date) =
+            (self.start, self.lengths, self.length, self.has_length, self.date);
+        Fields { block: self.block.clone(), start, lengths, length, has_length, date }
     }
 }
 
@@ -815,16 +876,16 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
     plain &= !(frame.te && frame.cl);
     let mut headers = HeaderMap::new();
     let fields = if plain {
-        let mut block = Vec::with_capacity(size);
+        let mut block = Lines::new(buf, size);
         for h in parsed.headers.iter() {
-            let name = h.name.as_bytes();
-            if crate::route::is_hop_by_hop_name(name) {
-                continue;
+            if !crate::route::is_hop_by_hop_name(h.name.as_bytes()) {
+                block.push(h);
             }
-            line(&mut block, name, h.value);
         }
+        let block = block.finish();
         let length = if frame.cl { frame.length.as_ref().ok().copied().flatten() } else { None };
-        Some(Fields { block, start: 0, length, date })
+        let (length, has_length) = (length.unwrap_or(0), length.is_some());
+        Some(Fields { block, start: 0, lengths: u16::MAX, length, has_length, date })
     } else {
         headers.reserve(parsed.headers.len());
         for h in parsed.headers.iter() {
@@ -1208,7 +1269,7 @@ mod tests {
         let fields = head.fields.expect("kept as they came");
         assert_eq!(
             String::from_utf8_lossy(fields.block()),
-            "server: up\r\ncontent-length: 5\r\nx-two: a\r\nx-two: b\r\ndate: today\r\n"
+            "Server: up\r\nContent-Length: 5\r\nX-Two: a\r\nx-two: b\r\nDate: today\r\n"
         );
         assert_eq!((fields.length(), fields.has_date()), (Some(5), true));
         let mut map = HeaderMap::new();
@@ -1230,7 +1291,7 @@ mod tests {
         let (head, _) =
             parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nETag: x\r\n\r\n").unwrap().unwrap();
         let fields = head.fields.unwrap();
-        assert_eq!((fields.block(), fields.length()), (&b"etag: x\r\n"[..], None));
+        assert_eq!((fields.block(), fields.length()), (&b"ETag: x\r\n"[..], None));
     }
 
     #[test]
@@ -1238,14 +1299,23 @@ mod tests {
         let mut slots = [httparse::EMPTY_HEADER; 16];
         let mut req = httparse::Request::new(&mut slots);
         let text = b"GET /x HTTP/1.1\r\nAuthorization: mine\r\nHost: Client.Example\r\nX-A: 1\r\n\
-                     Connection: keep-alive\r\nKeep-Alive: 5\r\nauthorization: again\r\nContent-Length: 0\r\n\r\n";
+                     Connection: keep-alive\r\nKeep-Alive: 5\r\nauthorization: again\r\nX-B:2\r\nX-C:  3 \r\n\
+                     X-D: 4\nContent-Length: 0\r\n\r\n";
         req.parse(text).unwrap();
-        let mut fields = Fields::request(req.headers, Some(0)).unwrap();
+        let mut fields = Fields::request(text, req.headers, Some(0)).unwrap();
         assert_eq!(fields.host(), Some(&b"Client.Example"[..]));
-        assert_eq!(fields.block(), b"authorization: mine\r\nx-a: 1\r\nauthorization: again\r\ncontent-length: 0\r\n");
+        // Names as they came; lines not in the usual form written so (no bare LF goes on).
+        assert_eq!(
+            String::from_utf8_lossy(fields.block()),
+            "Authorization: mine\r\nX-A: 1\r\nauthorization: again\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\nContent-Length: 0\r\n"
+        );
         fields.remove(&http::header::AUTHORIZATION);
-        // Every field of that name gone.
-        assert_eq!(fields.block(), b"x-a: 1\r\ncontent-length: 0\r\n");
+        // Every field of that name gone, in any case.
+        assert_eq!(fields.block(), b"X-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\nContent-Length: 0\r\n");
+        // A name of a length none of them has is not looked for (nor one of a length some has).
+        fields.remove(&HeaderName::from_static("x-absent-name"));
+        fields.remove(&HeaderName::from_static("x-e"));
+        assert_eq!(fields.block().len(), 51);
 
         let mut req = Request::new(http_body_util::Either::Left(crate::error::Wire::Fields(fields)));
         *req.uri_mut() = "/up/x?q".parse().unwrap();
@@ -1257,26 +1327,28 @@ mod tests {
         );
         assert_eq!(
             String::from_utf8(encoded.bytes).unwrap(),
-            "GET /up/x?q HTTP/1.1\r\nhost: pool:1\r\nx-a: 1\r\ncontent-length: 0\r\nauthorization: Bearer s3cret\r\n\r\n"
+            "GET /up/x?q HTTP/1.1\r\nhost: pool:1\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\nContent-Length: 0\r\n\
+             authorization: Bearer s3cret\r\n\r\n"
         );
 
         // For a header map (HTTP/2, a retry): with their `Host` or without.
         let mut slots = [httparse::EMPTY_HEADER; 16];
         let mut req = httparse::Request::new(&mut slots);
         req.parse(text).unwrap();
-        let fields = Fields::request(req.headers, Some(0)).unwrap();
+        let fields = Fields::request(text, req.headers, Some(0)).unwrap();
         let (mut all, mut block) = (HeaderMap::new(), HeaderMap::new());
         fields.append_to(&mut all);
         fields.append_block_to(&mut block);
         assert_eq!(all["host"], "Client.Example");
         assert_eq!(all.get_all("authorization").iter().count(), 2);
-        assert_eq!((all.len(), block.len()), (5, 4));
+        assert_eq!((all.len(), block.len()), (8, 7));
         assert!(!block.contains_key("host"));
         // Two Hosts: not served from fields (hyper's server gets the request).
         let mut slots = [httparse::EMPTY_HEADER; 4];
         let mut req = httparse::Request::new(&mut slots);
-        req.parse(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n").unwrap();
-        assert!(Fields::request(req.headers, None).is_none());
+        let text = b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n";
+        req.parse(text).unwrap();
+        assert!(Fields::request(text, req.headers, None).is_none());
     }
 
     #[test]

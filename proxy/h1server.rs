@@ -116,7 +116,7 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
     // The path in a block of its own, which the URI points into; the header fields in another
     // (the read buffer is reused for the next request).
     let Ok(uri) = Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())) else { return Parsed::HandOver };
-    let Some(fields) = crate::h1::Fields::request(req.headers, length) else { return Parsed::HandOver };
+    let Some(fields) = crate::h1::Fields::request(buf, req.headers, length) else { return Parsed::HandOver };
     let mut request = Request::new(Inbound::Fields(fields));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -481,18 +481,18 @@ mod tests {
         let req = head.request;
         assert_eq!((req.method(), req.version()), (&Method::GET, Version::HTTP_11));
         assert_eq!(req.uri().path_and_query().unwrap().as_str(), "/a/b?c=d");
-        // The fields as they came, names in lower case, `Host` apart; no header map.
+        // The fields as they came, `Host` apart; no header map.
         assert!(req.headers().is_empty());
         let Inbound::Fields(fields) = req.body() else { panic!("no fields: {:?}", req.body()) };
         assert_eq!(fields.host(), Some(&b"example"[..]));
-        assert_eq!(fields.block(), b"accept: */*\r\nx-two: 1\r\nx-two: 2\r\n");
+        assert_eq!(fields.block(), b"Accept: */*\r\nX-Two: 1\r\nx-two: 2\r\n");
         assert!(req.body().is_end_stream());
 
         assert!(served(b"DELETE /x HTTP/1.1\r\nConnection: close\r\n\r\n").close);
         // The hop's own fields are left out; a `Content-Length: 0` stays (and frames the request).
         let head = served(b"GET /x HTTP/1.1\r\nConnection: Keep-Alive\r\nKeep-Alive: 5\r\nContent-Length: 0\r\n\r\n");
         let Inbound::Fields(fields) = head.request.body() else { panic!("no fields") };
-        assert_eq!((fields.block(), fields.host(), fields.length()), (&b"content-length: 0\r\n"[..], None, Some(0)));
+        assert_eq!((fields.block(), fields.host(), fields.length()), (&b"Content-Length: 0\r\n"[..], None, Some(0)));
 
         for other in [
             &b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"[..],
