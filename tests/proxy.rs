@@ -18,6 +18,17 @@ fn set_env(var: &str, value: &str) {
 }
 
 fn two_routes(up: &Upstream, var_a: &str, var_b: &str) -> String {
+    two_routes_with(
+        up,
+        &format!(
+            "[tokens.a]\nsource = \"env\"\nvar = \"{var_a}\"\n\n[tokens.b]\nsource = \"env\"\nvar = \"{var_b}\"\n"
+        ),
+    )
+}
+
+/// Route `default` (`/api`, token `a` as `Authorization: Bearer`) and route `custom` (host
+/// `api.example.com`, token `b` as `X-Api-Key: key=...`), with `tokens` defining `a` and `b`.
+fn two_routes_with(up: &Upstream, tokens: &str) -> String {
     format!(
         r#"{LISTEN}
 [[routes]]
@@ -35,14 +46,7 @@ token = "b"
 header = "X-Api-Key"
 format = "key={{token}}"
 
-[tokens.a]
-source = "env"
-var = "{var_a}"
-
-[tokens.b]
-source = "env"
-var = "{var_b}"
-"#,
+{tokens}"#,
         url = up.url
     )
 }
@@ -100,10 +104,10 @@ async fn the_client_header_is_replaced_and_hop_by_hop_headers_dropped() {
 }
 
 /// The proxy listener's own loop keeps a plain request's fields as they came and sends them on
-/// with the credential set beside them; within a rotation's retry window (a token just loaded,
-/// with an overlap) they go through a header map instead. Both must forward the same: the
-/// client's own value of the injected header replaced, the hop's fields and `Host` not passed
-/// on, the rest as the client sent it (routing by `Host` included).
+/// with the credential after them; within a rotation's retry window (a token just loaded, with
+/// an overlap) a copy is kept for a 401 retry as well. Both must forward the same: the client's
+/// own value of the injected header replaced, the hop's fields and `Host` not passed on, the
+/// rest as the client sent it (routing by `Host` included).
 #[tokio::test]
 async fn a_plain_request_s_fields_go_on_less_the_hop_s_with_the_credential_replaced() {
     let up = Upstream::plain().await;
@@ -112,35 +116,11 @@ async fn a_plain_request_s_fields_go_on_less_the_hop_s_with_the_credential_repla
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         std::fs::write(&a, TOKEN).unwrap();
         std::fs::write(&b, OTHER).unwrap();
-        let config = format!(
-            r#"{LISTEN}
-[[routes]]
-name = "default"
-prefix = "/api"
-upstream = "{url}/base"
-token = "a"
-
-[[routes]]
-name = "custom"
-prefix = "/custom"
-host = "api.example.com"
-upstream = "{url}"
-token = "b"
-header = "X-Api-Key"
-format = "key={{token}}"
-
-[tokens.a]
-source = "file"
-path = {a:?}
-overlap = "{overlap}"
-
-[tokens.b]
-source = "file"
-path = {b:?}
-overlap = "{overlap}"
-"#,
-            url = up.url
+        let tokens = format!(
+            "[tokens.a]\nsource = \"file\"\npath = {a:?}\noverlap = \"{overlap}\"\n\n\
+             [tokens.b]\nsource = \"file\"\npath = {b:?}\noverlap = \"{overlap}\"\n"
         );
+        let config = two_routes_with(&up, &tokens);
         let sk = start_proxy(&config).await;
         let answer = raw(
             sk.proxy_addr,
