@@ -27,6 +27,13 @@
 //! sleeping CPU, twice per request: every proxy measured ~+100 µs at p50 that way, nearly all
 //! of it the wake-ups.
 //!
+//! `--c1-exact` adds, per target and round, a second concurrency-1 run right after wrk's, by
+//! this program's own client (`--c1-client URL SECS`, pinned as wrk is): one keep-alive
+//! connection, each request timed from its write to its answer's last byte to the ns, for
+//! p10/p25/p50/p75/p90/p99 and the mean to a hundredth of a µs, in a table of their own with
+//! sidekey's ratios to each peer round by round. wrk keeps whole µs, too coarse for proxies
+//! that differ by less than one; the two clients also load the CPU they share differently.
+//!
 //! `--rotate INTERVAL` adds, per proxy, a concurrency-64 run while the token changes every
 //! INTERVAL (sidekey: its token file is replaced; nginx: its config include is rewritten and
 //! the master gets SIGHUP, as `nginx -s reload` does; HAProxy: `set map` on its runtime API),
@@ -85,7 +92,7 @@
 //! pays alike (two reads and two writes per request on loopback); the rest is the proxy's own.
 //!
 //! Options: `--duration SECS` (10), `--rounds N` (3), `--out FILE` (target/load/result.json),
-//! `--only sidekey,nginx,...`, `--rounds 0` to skip the comparison rounds.
+//! `--only sidekey,nginx,...`, `--rounds 0` to skip the comparison rounds, `--c1-exact`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -106,6 +113,16 @@ fn main() {
     if args.iter().any(|a| a == "--origin") {
         let cert_out = args.iter().position(|a| a == "--cert-out").map(|i| PathBuf::from(&args[i + 1]));
         origin(cert_out);
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--c1-client") {
+        match c1_client(&args[i + 1], args[i + 2].parse().expect("--c1-client URL SECS")) {
+            Ok(line) => println!("C1_JSON {line}"),
+            Err(e) => {
+                eprintln!("load: c1 client: {e}");
+                std::process::exit(1);
+            }
+        }
         return;
     }
     let opts = Opts::parse(&args);
@@ -133,6 +150,8 @@ struct Opts {
     callgrind_out: Option<PathBuf>,
     intercept: Option<usize>,
     link_order: Option<PathBuf>,
+    /// Also time each request at concurrency 1 to the ns, with this program's own client.
+    exact_c1: bool,
 }
 
 impl Opts {
@@ -152,6 +171,7 @@ impl Opts {
             callgrind_out: None,
             intercept: None,
             link_order: None,
+            exact_c1: false,
         };
         let mut sidekey = None;
         let mut it = args.iter().skip(1);
@@ -167,6 +187,7 @@ impl Opts {
                 "--soak" => o.soak = Some(value().parse().expect("--soak SECS")),
                 "--only" => o.only = Some(value().split(',').map(str::to_owned).collect()),
                 "--tls-upstream" => o.tls_upstream = true,
+                "--c1-exact" => o.exact_c1 = true,
                 "--audit" => o.audit = true,
                 "--callgrind" => o.callgrind = Some(value().parse().expect("--callgrind REQUESTS")),
                 "--callgrind-out" => o.callgrind_out = Some(PathBuf::from(value())),
@@ -796,6 +817,8 @@ fn wrk(url: &str, connections: usize, secs: u64) -> Result<Wrk, String> {
 #[derive(Debug, Clone)]
 struct Sample {
     latency: Wrk,
+    /// Concurrency 1 timed to the ns by this program's own client (`--c1-exact`).
+    exact: Option<Exact>,
     rps: f64,
     cpu_us_per_request: Option<f64>,
     /// The part of it spent in the kernel.
@@ -804,15 +827,17 @@ struct Sample {
     errors: u64,
 }
 
-fn measure(url: &str, server: Option<&Server>, secs: u64) -> Result<Sample, String> {
+fn measure(url: &str, server: Option<&Server>, secs: u64, exact: bool) -> Result<Sample, String> {
     // A short warm-up fills pools and caches.
     wrk(url, 64, 1)?;
     // Latency beside the load generator, throughput on the proxy's own CPU.
     let pids = server.map(Server::pids).unwrap_or_default();
     move_to(&pids, 0)?;
     let latency = wrk(url, 1, secs);
+    let exact = if exact && latency.is_ok() { Some(exact_c1(url, secs)) } else { None };
     move_to(&pids, 1)?;
     let latency = latency?;
+    let exact = exact.transpose()?;
     let cpu_before = server.map(Server::cpu_us);
     let load = wrk(url, 64, secs)?;
     let cpu = server.zip(cpu_before).map(|(s, before)| {
@@ -826,6 +851,7 @@ fn measure(url: &str, server: Option<&Server>, secs: u64) -> Result<Sample, Stri
         peak_rss_kib: server.map(Server::peak_rss_kib),
         errors: latency.errors + load.errors,
         latency,
+        exact,
     })
 }
 
@@ -886,14 +912,17 @@ fn run(opts: &Opts) -> Result<(), String> {
             order.rotate_left(shift);
             for target in order {
                 let (name, url) = target.map_or(("direct", direct_url.as_str()), |s| (s.name, s.url.as_str()));
-                let s = measure(url, target, opts.duration)?;
+                let s = measure(url, target, opts.duration, opts.exact_c1)?;
                 eprintln!(
-                    "load:   {name:8} c1 p50 {:.0} µs p99 {:.0} µs mean {:.2} µs | c64 {:.0} req/s, {} µs CPU/req",
+                    "load:   {name:8} c1 p50 {:.0} µs p99 {:.0} µs mean {:.2} µs | c64 {:.0} req/s, {} µs CPU/req{}",
                     s.latency.p50,
                     s.latency.p99,
                     s.latency.mean,
                     s.rps,
-                    s.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.1}"))
+                    s.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.1}")),
+                    s.exact
+                        .as_ref()
+                        .map_or(String::new(), |e| format!(" | exact c1 p50 {:.2} µs mean {:.2} µs", e.p50, e.mean))
                 );
                 samples.entry(name).or_default().push(s);
             }
@@ -1126,6 +1155,119 @@ fn callgrind_totals(profile: &Path) -> Result<(u64, u64), String> {
 }
 
 /// Sends `n` GETs to `url` one after another on one connection; each must get a 200.
+/// Concurrency 1 timed to the ns (`--c1-exact`; µs, to a hundredth): wrk keeps whole µs, and
+/// proxies a µs apart need finer figures than that.
+#[derive(Debug, Clone, Copy)]
+struct Exact {
+    p10: f64,
+    p25: f64,
+    p50: f64,
+    p75: f64,
+    p90: f64,
+    p99: f64,
+    mean: f64,
+}
+
+/// Runs this program's own client (`--c1-client`) beside the load generator's CPU for `secs`.
+fn exact_c1(url: &str, secs: u64) -> Result<Exact, String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = pinned(0, &me.to_string_lossy())
+        .args(["--c1-client", url, &secs.to_string()])
+        .output()
+        .map_err(|e| format!("c1 client: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("C1_JSON "))
+        .ok_or_else(|| format!("the c1 client printed no result: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
+    let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let f = |k: &str| v[k].as_f64().ok_or_else(|| format!("c1 client: no {k} in {line}"));
+    Ok(Exact {
+        p10: f("p10")?,
+        p25: f("p25")?,
+        p50: f("p50")?,
+        p75: f("p75")?,
+        p90: f("p90")?,
+        p99: f("p99")?,
+        mean: f("mean")?,
+    })
+}
+
+/// The `--c1-client` mode: `GET` requests one at a time on a keep-alive connection (opened
+/// again when the server closes it between answers, as nginx does after
+/// `keepalive_requests`), each timed from its write to the last byte of its answer, for `secs`
+/// (the first 200 ms not counted). Returns the JSON line the harness reads.
+fn c1_client(url: &str, secs: f64) -> Result<String, String> {
+    let rest = url.strip_prefix("http://").ok_or("the c1 client speaks plain HTTP")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let connect = || -> Result<std::net::TcpStream, String> {
+        let s = std::net::TcpStream::connect(authority).map_err(|e| format!("{authority}: {e}"))?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        Ok(s)
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: load\r\nAccept: */*\r\n\r\n");
+    let (start, mut reconnects) = (Instant::now(), 0u64);
+    let (warm, end) = (start + Duration::from_millis(200), start + Duration::from_secs_f64(secs));
+    let mut lat: Vec<u64> = Vec::with_capacity(4_000_000);
+    let (mut s, mut buf) = (connect()?, vec![0u8; 65536]);
+    loop {
+        let t0 = Instant::now();
+        if t0 >= end {
+            break;
+        }
+        use std::io::Read;
+        if s.write_all(request.as_bytes()).is_err() {
+            (s, reconnects) = (connect()?, reconnects + 1);
+            continue;
+        }
+        let (mut got, mut need) = (0, None);
+        loop {
+            let n = s.read(&mut buf[got..]).unwrap_or(0);
+            if n == 0 && got == 0 {
+                // Closed between answers: again on a new connection, not counted.
+                (s, reconnects) = (connect()?, reconnects + 1);
+                break;
+            }
+            if n == 0 || got + n == buf.len() {
+                return Err("the connection ended within an answer, or the answer is over 64 KiB".into());
+            }
+            got += n;
+            if need.is_none() {
+                if let Some(head) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {
+                    let length = buf[..head]
+                        .split(|&b| b == b'\n')
+                        .find_map(|l| {
+                            let l = l.strip_suffix(b"\r").unwrap_or(l);
+                            let colon = l.iter().position(|&b| b == b':')?;
+                            l[..colon].eq_ignore_ascii_case(b"content-length").then(|| l[colon + 1..].trim_ascii())
+                        })
+                        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
+                        .ok_or("an answer without Content-Length")?;
+                    need = Some(head + 4 + length);
+                }
+            }
+            if need.is_some_and(|n| got >= n) {
+                if t0 >= warm {
+                    lat.push(t0.elapsed().as_nanos() as u64);
+                }
+                break;
+            }
+        }
+    }
+    if lat.is_empty() {
+        return Err("no request was timed".into());
+    }
+    lat.sort_unstable();
+    let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1e3;
+    let mean = lat.iter().sum::<u64>() as f64 / lat.len() as f64 / 1e3;
+    Ok(json!({
+        "requests": lat.len(), "reconnects": reconnects,
+        "p10": at(0.10), "p25": at(0.25), "p50": at(0.50), "p75": at(0.75), "p90": at(0.90), "p99": at(0.99), "mean": mean,
+    })
+    .to_string())
+}
+
 fn keep_alive_requests(url: &str, n: u64) -> Result<(), String> {
     let rest = url.strip_prefix("http://").unwrap();
     let (authority, path) = rest.split_at(rest.find('/').unwrap());
@@ -1398,6 +1540,62 @@ fn by_round(samples: &BTreeMap<&str, Vec<Sample>>, peer: &str, f: &RoundRatio) -
     (!ratios.is_empty()).then(|| median(ratios))
 }
 
+/// The `--c1-exact` table (medians over the rounds) and sidekey's ratios to each peer round by
+/// round; the figures also go into `rows` and `versus` for the JSON result.
+fn exact_table(samples: &BTreeMap<&str, Vec<Sample>>, rows: &mut [Value], versus: &mut [Value]) -> String {
+    let med = |name: &str, f: &dyn Fn(&Exact) -> f64| {
+        let v: Vec<f64> = samples.get(name)?.iter().filter_map(|s| s.exact.as_ref().map(f)).collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    let mut table = String::from(
+        "\n\n| concurrency 1, timed to the ns | p10 µs | p25 µs | p50 µs | p75 µs | p90 µs | p99 µs | mean µs | added p50 | added mean |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let (direct50, direct_mean) = (med("direct", &|e| e.p50), med("direct", &|e| e.mean));
+    for name in ["direct", "sidekey", "baseline", "nginx", "haproxy"] {
+        let Some(p50) = med(name, &|e| e.p50) else { continue };
+        let m = |f: &dyn Fn(&Exact) -> f64| med(name, f).unwrap_or(f64::NAN);
+        let mean = m(&|e| e.mean);
+        let added = |x: f64, d: Option<f64>| match d {
+            Some(d) if name != "direct" => format!("{:+.2}", x - d),
+            _ => "-".to_owned(),
+        };
+        table.push_str(&format!(
+            "| {name} | {:.2} | {:.2} | {p50:.2} | {:.2} | {:.2} | {:.2} | {mean:.2} | {} | {} |\n",
+            m(&|e| e.p10),
+            m(&|e| e.p25),
+            m(&|e| e.p75),
+            m(&|e| e.p90),
+            m(&|e| e.p99),
+            added(p50, direct50),
+            added(mean, direct_mean)
+        ));
+        if let Some(row) = rows.iter_mut().find(|r| r["target"] == name) {
+            row["exact_c1"] = json!({
+                "p10_us": m(&|e| e.p10), "p25_us": m(&|e| e.p25), "p50_us": p50, "p75_us": m(&|e| e.p75),
+                "p90_us": m(&|e| e.p90), "p99_us": m(&|e| e.p99), "mean_us": mean,
+            });
+        }
+    }
+    for row in versus.iter_mut() {
+        let peer = row["peer"].as_str().unwrap_or_default().to_owned();
+        let ratio = |f: fn(&Exact) -> f64| {
+            by_round(samples, &peer, &move |a, b, d| {
+                let (a, b, d) = (a.exact?, b.exact?, d?.exact?);
+                Some((f(&a) - f(&d)) / (f(&b) - f(&d)))
+            })
+        };
+        let (p50, mean) = (ratio(|e| e.p50), ratio(|e| e.mean));
+        let Some(p50) = p50 else { continue };
+        let mean = mean.unwrap_or(f64::NAN);
+        table.push_str(&format!(
+            "\nsidekey / {peer}, timed to the ns, round by round (median of each round's ratio): added p50 x{p50:.2}, added mean x{mean:.2}"
+        ));
+        row["exact_c1_by_round"] = json!({ "added_p50_ratio": p50, "added_mean_ratio": mean });
+    }
+    table
+}
+
 fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String], extra: Extra) -> Result<(), String> {
     let Extra { rotation, soak, callgrind, intercept } = extra;
     let med = |name: &str, f: &dyn Fn(&Sample) -> f64| samples.get(name).map(|v| median(v.iter().map(f).collect()));
@@ -1488,6 +1686,9 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         }
         versus.push(row);
     }
+    if samples.values().flatten().any(|s| s.exact.is_some()) {
+        table.push_str(&exact_table(samples, &mut rows, &mut versus));
+    }
     if !samples.is_empty() {
         println!("\n{table}\n");
     }
@@ -1556,7 +1757,7 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
     let doc = json!({
         "machine": { "cpus": cpus(), "kernel": command_line("uname", &["-r"]) },
         "versions": versions,
-        "settings": { "duration_s": opts.duration, "rounds": opts.rounds, "pinned": cpus() >= 2 && which("taskset"),
+        "settings": { "duration_s": opts.duration, "rounds": opts.rounds, "c1_exact": opts.exact_c1, "pinned": cpus() >= 2 && which("taskset"),
                       "tls_upstream": opts.tls_upstream, "audit": opts.audit,
                       "rotate_ms": opts.rotate.map(|d| d.as_millis() as u64) },
         "results": rows,
