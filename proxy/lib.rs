@@ -5,11 +5,13 @@
 //!
 //! ```text
 //! conn::serve (accept under a connection cap, h1 + h2c, slow-head and idle timeouts, drain)
-//!   h1server::serve                 the common HTTP/1.1 request; hyper's server for the rest
+//!   h1server::serve                 the common HTTP/1.1 request, its fields kept as they came
+//!                                   (h1::Fields); hyper's server for the rest
 //!   -> proxy::Proxy::handle
 //!        route::RouteTable::find      host / absolute-form / longest prefix; never an unknown upstream
 //!        token::Token::credential        one lock-free load of the current snapshot, a header clone
 //!        route::strip_hop_by_hop      hop-by-hop and Proxy-Authorization dropped, Host re-derived
+//!                                   (for fields kept as they came: left out when they were read)
 //!        upstream::Pool               pooled upstream connections over rustls (ALPN h2 / http/1.1)
 //!        h1::Conn                     an HTTP/1.1 request and its answer, with no task of its own
 //!        error::ProxyError            the one place failures become 404/502/503/504 JSON
