@@ -787,17 +787,22 @@ struct Wrk {
     mean: f64,
 }
 
+/// The JSON after `prefix` on a line of what `who` printed.
+fn json_line(out: &std::process::Output, prefix: &str, who: &str) -> Result<Value, String> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .ok_or_else(|| format!("{who} printed no result: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
+    serde_json::from_str(line).map_err(|e| e.to_string())
+}
+
 fn wrk(url: &str, connections: usize, secs: u64) -> Result<Wrk, String> {
     let out = pinned(0, "wrk")
         .args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency", "-s", WRK_SCRIPT, url])
         .output()
         .map_err(|e| format!("wrk: {e} (benches/load/setup.sh installs it)"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("WRK_JSON "))
-        .ok_or_else(|| format!("wrk printed no result: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
-    let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let v = json_line(&out, "WRK_JSON ", "wrk")?;
     let e = &v["errors"];
     let errors = ["connect", "read", "write", "status", "timeout"].iter().map(|k| e[k].as_u64().unwrap()).sum();
     let f = |k: &str| v[k].as_f64().unwrap();
@@ -1175,13 +1180,8 @@ fn exact_c1(url: &str, secs: u64) -> Result<Exact, String> {
         .args(["--c1-client", url, &secs.to_string()])
         .output()
         .map_err(|e| format!("c1 client: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("C1_JSON "))
-        .ok_or_else(|| format!("the c1 client printed no result: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
-    let v: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-    let f = |k: &str| v[k].as_f64().ok_or_else(|| format!("c1 client: no {k} in {line}"));
+    let v = json_line(&out, "C1_JSON ", "the c1 client")?;
+    let f = |k: &str| v[k].as_f64().ok_or_else(|| format!("c1 client: no {k} in {v}"));
     Ok(Exact {
         p10: f("p10")?,
         p25: f("p25")?,
