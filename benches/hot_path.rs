@@ -213,22 +213,11 @@ fn whole_stack_in_memory(c: &mut Criterion) {
         tokio::spawn(memory_origin(sidekey::upstream::listen_in_memory("127.0.0.1:1")));
         let running = sidekey::start(config("http://127.0.0.1:1")).await.unwrap();
         let direct = pipe_client(|io| drop(tokio::spawn(serve_origin(io)))).await;
+        // The proxy listener's own serving of a client connection, as `sidekey run` does it.
         let proxy = running.proxy();
         let proxied = pipe_client(move |io| {
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let req = req.map(sidekey::conn::Inbound::Hyper);
-                futures_util::FutureExt::map(proxy.handle(req), |response| {
-                    use sidekey::h1::AnswerFields;
-                    let (mut parts, mut body) = response.into_parts();
-                    if let Some(fields) = body.take_fields() {
-                        fields.append_to(&mut parts.headers);
-                    }
-                    Ok::<_, std::convert::Infallible>(hyper::Response::from_parts(parts, body))
-                })
-            });
-            let conn =
-                hyper::server::conn::http1::Builder::new().writev(false).serve_connection(TokioIo::new(io), service);
-            tokio::spawn(conn);
+            let handler = move |req| futures_util::FutureExt::map(proxy.handle(req), Ok::<_, std::convert::Infallible>);
+            drop(tokio::spawn(sidekey::conn::serve_one(io, handler)));
         })
         .await;
         (running, direct, proxied)
