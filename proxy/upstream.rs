@@ -491,13 +491,16 @@ impl Pool {
                 Sent::H1(conn.exchange(Encoded::with_credential(req, &self.host, credential), self.clone(), deadline))
             }
             waits => {
-                if let Some((name, value)) = credential {
-                    req = with_header_map(req);
-                    req.headers_mut().insert(name.clone(), value);
-                }
-                // Held past this call: see `own_values`.
+                // Held past this call: see `own_values` (fields the own loop kept as they came
+                // are a block of their own already).
                 if req.body().is_end_stream() {
                     crate::route::own_values(req.headers_mut());
+                }
+                // After that: the credential's value is its own already, and is not copied
+                // with the rest. Fields kept as they came stay so: a new HTTP/1.1 connection
+                // writes them as they are, the HTTP/2 one gets them in the header map.
+                if let Some((name, value)) = credential {
+                    req.headers_mut().insert(name.clone(), value);
                 }
                 match waits {
                     Some(Conn::H2(send)) => {
@@ -673,7 +676,7 @@ where
 }
 
 /// `req` with the fields the proxy listener's own loop kept as they came in its header map
-/// (but `Host`: the pool gives the authority), for hyper's client, or a retry, to read there.
+/// (but `Host`: the pool gives the authority), for hyper's client to read there.
 fn with_header_map(req: Request<ProxyBody>) -> Request<ProxyBody> {
     match req.into_parts() {
         (mut parts, Either::Left(Wire::Fields(fields))) => {
