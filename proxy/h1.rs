@@ -130,6 +130,13 @@ pub(crate) struct Encoded {
     head_request: bool,
     /// Sending it again is safe (RFC 9110, section 9.2.2) once written whole from memory.
     idempotent: bool,
+    /// A streamed body of a known length no longer than [`BODY_CHUNK`] (a client's `POST` of
+    /// a JSON document, say): gathered into `bytes` before the first write, so the head and
+    /// the body go out in one write and reach the upstream in one segment, as nginx's
+    /// buffered request bodies do. Written apart, the upstream may read the head alone and
+    /// answer before the body came: hyper's server then closes the connection (it cannot
+    /// drain a body it has not got), and each such request cost a new upstream connection.
+    gather: bool,
 }
 
 impl Encoded {
@@ -232,7 +239,8 @@ impl Encoded {
             }
             body = None;
         }
-        Encoded { bytes, body, chunked, head_request, idempotent }
+        let gather = body.is_some() && !chunked && exact.is_some_and(|n| n <= BODY_CHUNK as u64);
+        Encoded { bytes, body, chunked, head_request, idempotent, gather }
     }
 
     /// Sending it again is safe, should nothing of an answer arrive.
@@ -480,6 +488,28 @@ impl Exchange {
     fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Head>>> {
         let Exchange { held, req, written, body_done, flushed, pending, pending_at, .. } = self;
         let conn = held.conn.as_mut().expect("the connection is held until the head is read");
+        // A short body joins the head before anything is written (see `Encoded::gather`).
+        while req.gather {
+            let body = req.body.as_mut().expect("a body to gather is there");
+            match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        req.bytes.extend_from_slice(&data);
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(io::Error::other(format!("the client's body failed: {e}")))))
+                }
+                Poll::Ready(None) => {
+                    // All of it is in memory now: sent again as a whole, should that be needed.
+                    req.gather = false;
+                    req.body = None;
+                    *body_done = true;
+                }
+                // The body's first bytes may be on their way still; the deadline holds.
+                Poll::Pending => return conn.poll_deadline(cx, self.deadline).map(|()| None),
+            }
+        }
         while !*flushed {
             // The encoded request first, then each frame of a streamed body.
             let (out, at) =
