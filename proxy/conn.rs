@@ -493,12 +493,14 @@ impl<F: Future> Future for Closable<F> {
     }
 }
 
-/// A request's body as a listener's handler gets it: what hyper's server reads, or none (a
-/// request served by the proxy listener's own loop, [`crate::h1server`], has no body).
+/// A request's body as a listener's handler gets it: what hyper's server reads, or what the
+/// proxy listener's own loop ([`crate::h1server`]) read: none, or a short body whole.
 #[derive(Debug)]
 pub enum Inbound {
     Hyper(Incoming),
     Empty,
+    /// A body read whole (its header fields are in the header map).
+    Full(bytes::Bytes),
     /// None, and the request's header fields are these, as they came (its header map is
     /// empty): a request read by the proxy listener's own loop. See [`Inbound::header_map`].
     Fields(crate::h1::Fields),
@@ -528,18 +530,21 @@ impl Body for Inbound {
     ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Inbound::Hyper(b) => Pin::new(b).poll_frame(cx),
-            Inbound::Empty | Inbound::Fields(_) => Poll::Ready(None),
+            Inbound::Full(b) if !b.is_empty() => Poll::Ready(Some(Ok(Frame::data(std::mem::take(b))))),
+            Inbound::Empty | Inbound::Full(_) | Inbound::Fields(_) => Poll::Ready(None),
         }
     }
     fn is_end_stream(&self) -> bool {
         match self {
             Inbound::Hyper(b) => b.is_end_stream(),
+            Inbound::Full(b) => b.is_empty(),
             Inbound::Empty | Inbound::Fields(_) => true,
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
             Inbound::Hyper(b) => b.size_hint(),
+            Inbound::Full(b) => SizeHint::with_exact(b.len() as u64),
             Inbound::Empty | Inbound::Fields(_) => SizeHint::with_exact(0),
         }
     }

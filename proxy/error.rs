@@ -20,6 +20,8 @@ pub enum Wire {
     H1(crate::h1::Body),
     /// A client's request that has no body.
     Empty,
+    /// A client's short body, read whole by the own loop (see [`crate::conn::Inbound::Full`]).
+    Full(Bytes),
     /// A client's request that has no body, its header fields as they came (the own loop's:
     /// see [`crate::conn::Inbound::Fields`]).
     Fields(crate::h1::Fields),
@@ -30,6 +32,7 @@ impl From<crate::conn::Inbound> for Wire {
         match body {
             crate::conn::Inbound::Hyper(b) => Wire::Incoming(b),
             crate::conn::Inbound::Empty => Wire::Empty,
+            crate::conn::Inbound::Full(b) => Wire::Full(b),
             crate::conn::Inbound::Fields(f) => Wire::Fields(f),
         }
     }
@@ -46,7 +49,10 @@ impl hyper::body::Body for Wire {
         match self.get_mut() {
             Wire::Incoming(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             Wire::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Wire::Empty | Wire::Fields(_) => std::task::Poll::Ready(None),
+            Wire::Full(b) if !b.is_empty() => {
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(std::mem::take(b)))))
+            }
+            Wire::Empty | Wire::Full(_) | Wire::Fields(_) => std::task::Poll::Ready(None),
         }
     }
 
@@ -54,6 +60,7 @@ impl hyper::body::Body for Wire {
         match self {
             Wire::Incoming(b) => b.is_end_stream(),
             Wire::H1(b) => b.is_end_stream(),
+            Wire::Full(b) => b.is_empty(),
             Wire::Empty | Wire::Fields(_) => true,
         }
     }
@@ -62,6 +69,7 @@ impl hyper::body::Body for Wire {
         match self {
             Wire::Incoming(b) => b.size_hint(),
             Wire::H1(b) => b.size_hint(),
+            Wire::Full(b) => hyper::body::SizeHint::with_exact(b.len() as u64),
             Wire::Empty | Wire::Fields(_) => hyper::body::SizeHint::with_exact(0),
         }
     }

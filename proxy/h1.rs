@@ -231,13 +231,20 @@ impl Encoded {
         );
         let mut body = (!body.is_end_stream()).then_some(body);
         // A body in memory goes out with the head, in one write.
-        if let Some(http_body_util::Either::Right(full)) = &mut body {
-            if let Some(Ok(frame)) = poll_now(full) {
-                if let Ok(data) = frame.into_data() {
-                    bytes.extend_from_slice(&data);
+        match &mut body {
+            Some(http_body_util::Either::Right(full)) => {
+                if let Some(Ok(frame)) = poll_now(full) {
+                    if let Ok(data) = frame.into_data() {
+                        bytes.extend_from_slice(&data);
+                    }
                 }
+                body = None;
             }
-            body = None;
+            Some(http_body_util::Either::Left(crate::error::Wire::Full(data))) => {
+                bytes.extend_from_slice(data);
+                body = None;
+            }
+            _ => {}
         }
         let gather = body.is_some() && !chunked && exact.is_some_and(|n| n <= BODY_CHUNK as u64);
         Encoded { bytes, body, chunked, head_request, idempotent, gather }

@@ -1,9 +1,11 @@
-//! The proxy listener's own HTTP/1.1 loop for the common request: a head with no body, in
-//! origin form, over HTTP/1.1. It reads the head with `httparse`, hands the request to the
-//! proxy, and writes the answer's head and body to the socket itself.
+//! The proxy listener's own HTTP/1.1 loop for the common request: in origin form, over
+//! HTTP/1.1, with no body or a short one of a stated length (a JSON document an API client
+//! posts, say: up to [`BODY_MAX`], read whole before the request goes on, as nginx buffers
+//! request bodies). It reads the head with `httparse`, hands the request to the proxy, and
+//! writes the answer's head and body to the socket itself.
 //!
 //! Anything else hands the connection, with every byte read of it and not yet served, to
-//! hyper's server for the rest of its life: a request with a body or an `Expect`, CONNECT, an
+//! hyper's server for the rest of its life: a chunked or longer body, an `Expect`, CONNECT, an
 //! upgrade, HTTP/1.0, a target in another form, a `Connection` header that names more than
 //! `close` or `keep-alive`, a head that does not parse or is over the listener's limits. hyper
 //! then serves that request (or refuses it, as it would have from the start) and every one
@@ -37,6 +39,8 @@ const MAX_HEADERS: usize = 100;
 /// chunk's size line), copied into the connection's write buffer; a larger one is written
 /// from where it is.
 const GATHER_MAX: usize = 16 * 1024;
+/// Longest request body read here (by its `Content-Length`); a longer one goes to hyper.
+pub(crate) const BODY_MAX: usize = 16 * 1024;
 
 /// How the loop ended.
 #[derive(Debug, PartialEq)]
@@ -61,6 +65,8 @@ pub(crate) struct Head {
     pub request: Request<Inbound>,
     /// Its length in the read buffer.
     pub len: usize,
+    /// The length of the body that follows it (its `Content-Length`, at most [`BODY_MAX`]).
+    pub body: usize,
     /// The client said `Connection: close`.
     pub close: bool,
 }
@@ -99,8 +105,13 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let stays = if name.eq_ignore_ascii_case(b"content-length") {
-            length = Some(0);
-            h.value == b"0"
+            // One, in digits, and short; any other (a list, a sign, two fields) is hyper's to
+            // judge.
+            let n = (length.is_none() && (1..=5).contains(&h.value.len()) && h.value.iter().all(u8::is_ascii_digit))
+                .then(|| h.value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+                .filter(|&n| n <= BODY_MAX as u64);
+            length = n;
+            n.is_some()
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= h.value.eq_ignore_ascii_case(b"close");
             close || h.value.eq_ignore_ascii_case(b"keep-alive")
@@ -121,7 +132,7 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
-    Parsed::Request(Head { request, len, close })
+    Parsed::Request(Head { request, len, body: length.unwrap_or(0) as usize, close })
 }
 
 /// Serves requests on `io`, the first starting at `read` (what was read of it already), until
@@ -147,10 +158,15 @@ where
     let mut buf = read;
     let mut out: Vec<u8> = Vec::new();
     loop {
-        let head = loop {
+        // How much the request read so far needs: its head and body (the head's limit until
+        // the head is read).
+        let mut need = limits.max_bytes;
+        let mut head = loop {
             if !buf.is_empty() {
                 match parse(&buf, limits) {
-                    Parsed::Request(head) => break head,
+                    Parsed::Request(head) if buf.len() >= head.len + head.body => break head,
+                    // Its body is on its way.
+                    Parsed::Request(head) => need = need.max(head.len + head.body),
                     Parsed::HandOver => return Ok(End::HandOver(buf)),
                     Parsed::Partial => {}
                 }
@@ -159,21 +175,27 @@ where
                 if closing.load(Ordering::Relaxed) {
                     return Poll::Ready(None);
                 }
-                let room = limits.max_bytes.saturating_sub(buf.len());
+                let room = need.saturating_sub(buf.len());
                 crate::memory::poll_read_spare(Pin::new(&mut *io), cx, &mut buf, READ_ROOM, room).map(Some)
             })
             .await;
             match read {
-                // Closing, or the client closed (in the middle of a head or not).
+                // Closing, or the client closed (in the middle of a request or not).
                 None | Some(Ok(0)) => return Ok(End::Closed),
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e),
             }
         };
-        if head.len == buf.len() {
+        let end = head.len + head.body;
+        if head.body > 0 {
+            // A request with a body goes on with a header map, its body in memory.
+            let body = Bytes::copy_from_slice(&buf[head.len..end]);
+            head.request = Inbound::header_map(head.request).map(|_| Inbound::Full(body));
+        }
+        if end == buf.len() {
             buf.clear();
         } else {
-            buf.drain(..head.len);
+            buf.drain(..end);
         }
         let head_request = head.request.method() == Method::HEAD;
         let in_flight = begin();
@@ -422,8 +444,14 @@ pub fn fuzz_requests(data: &[u8]) -> Option<usize> {
                 let _ = from_server.read_to_end(&mut answers).await;
             });
             let served = std::sync::atomic::AtomicUsize::new(0);
-            let handler = |_req: Request<Inbound>| {
+            let handler = |req: Request<Inbound>| {
                 served.fetch_add(1, Ordering::Relaxed);
+                // A body read here is all its `Content-Length` says, no more, no less.
+                let length = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+                match req.body() {
+                    Inbound::Full(body) => assert_eq!(Some(body.len()), length, "a body read short or long"),
+                    other => assert!(other.is_end_stream(), "a request served here with a body not read"),
+                }
                 std::future::ready(Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from_static(
                     b"ok",
                 )))))
@@ -494,9 +522,21 @@ mod tests {
         let Inbound::Fields(fields) = head.request.body() else { panic!("no fields") };
         assert_eq!((fields.block(), fields.host(), fields.length()), (&b"Content-Length: 0\r\n"[..], None, Some(0)));
 
+        // A short body of a stated length: read here (the loop waits for all of it).
+        let head = served(b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhel");
+        assert_eq!((head.body, head.len), (5, b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\n".len()));
+        let most = format!("PUT /x HTTP/1.1\r\nContent-Length: {BODY_MAX}\r\n\r\n");
+        assert_eq!(served(most.as_bytes()).body, BODY_MAX);
+
+        let over = format!("POST /x HTTP/1.1\r\nContent-Length: {}\r\n\r\n", BODY_MAX + 1);
         for other in [
-            &b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"[..],
+            over.as_bytes(),
             b"POST /x HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST /x HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhello",
+            b"POST /x HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
+            b"POST /x HTTP/1.1\r\nContent-Length: 000005\r\n\r\nhello",
+            b"POST /x HTTP/1.1\r\nContent-Length: \r\n\r\n",
             b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
             b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
@@ -550,6 +590,13 @@ mod tests {
                 ]))
                 .boxed(),
                 "/pending" => return Box::pin(std::future::pending()) as Answer,
+                // The body it got, and how: a header map with its fields, the body whole.
+                "/echo" => {
+                    let Inbound::Full(got) = req.body() else { panic!("no body read whole: {:?}", req.body()) };
+                    let length = req.headers().get(CONTENT_LENGTH).map(|v| v.to_str().unwrap().to_owned());
+                    assert_eq!(length, Some(got.len().to_string()), "its fields are in the header map");
+                    Full::new(got.clone()).map_err(|e| match e {}).boxed()
+                }
                 _ => Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
             });
             let headers = response.headers_mut();
@@ -623,13 +670,49 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_for_hyper_is_handed_over_with_every_byte_after_what_was_served() {
-        let post = b"POST /upload HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello world";
+        let post = b"POST /upload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
         let mut sent = b"GET /full HTTP/1.1\r\n\r\n".to_vec();
         sent.extend_from_slice(post);
         let (end, got, n) = exchange(&sent, false).await;
         assert_eq!(end.unwrap(), End::HandOver(post.to_vec()));
         assert_eq!(n, 1);
         assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_short_body_is_read_whole_with_its_request_and_the_next_request_after_it() {
+        // The body in the same read as its head, split from it, and the next request right
+        // after the body's last byte (pipelined): each is served here, in order.
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let started = Arc::new(AtomicUsize::new(0));
+        let closing = AtomicBool::new(false);
+        let h = handler(started.clone());
+        let serving = serve(&mut server, Vec::new(), &h, || (), &closing, LIMITS);
+        let client_side = async {
+            client.write_all(b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
+            client.write_all(b"PUT /echo HTTP/1.1\r\nContent-Length: 11\r\n\r\nhello").await.unwrap();
+            // The loop has the head and half the body; it waits for the rest.
+            let mut first = vec![0; b"HTTP/1.1 200 OK\r\n".len()];
+            client.read_exact(&mut first).await.unwrap();
+            client.write_all(b" worldGET /full HTTP/1.1\r\nConnection: close\r\n\r\n").await.unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            String::from_utf8([first, rest].concat()).unwrap()
+        };
+        let (end, got) =
+            tokio::time::timeout(Duration::from_secs(10), futures_util::future::join(serving, client_side))
+                .await
+                .expect("the loop ends");
+        assert_eq!(end.unwrap(), End::Closed);
+        assert_eq!(started.load(Ordering::SeqCst), 3, "{got}");
+        let date = "date: Sun, 29 Nov 2026 00:00:00 GMT\r\n";
+        let expected = [
+            format!("HTTP/1.1 200 OK\r\n{date}content-length: 5\r\n\r\nhello"),
+            format!("HTTP/1.1 200 OK\r\n{date}content-length: 11\r\n\r\nhello world"),
+            format!("HTTP/1.1 200 OK\r\n{date}content-length: 5\r\nconnection: close\r\n\r\nhello"),
+        ]
+        .concat();
+        assert_eq!(got, expected);
     }
 
     #[tokio::test]
@@ -648,7 +731,13 @@ mod tests {
     #[test]
     fn the_fuzz_entry_serves_what_a_client_sends() {
         assert_eq!(fuzz_requests(b"\0GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"), Some(2));
-        assert_eq!(fuzz_requests(b"\0GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"), Some(1));
+        assert_eq!(fuzz_requests(b"\0GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"), Some(2));
+        assert_eq!(
+            fuzz_requests(b"\0GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            Some(1)
+        );
+        // A body cut short by the client's close: not served.
+        assert_eq!(fuzz_requests(b"\0POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nxy"), Some(0));
         assert_eq!(
             fuzz_requests(b"\x01GET /a-path-longer-than-sixty-four-bytes-for-the-tight-limits/xxxx HTTP/1.1\r\n\r\n"),
             Some(0)
