@@ -88,11 +88,17 @@
 //! dependency or feature change (symbol names change with them); the harness says how many of
 //! its names the measured binary still has.
 //!
+//! `--post BYTES`: every client of the comparison rounds (wrk, through `report.lua`, and this
+//! program's own: `--c1-exact`, `--callgrind`) sends `POST /x` with a JSON document of BYTES
+//! bytes (`Content-Type: application/json`, `Content-Length`; at least 11) instead of
+//! `GET /x`, as an API client posts one. The origin answers without reading it, as many do.
+//!
 //! CPU per request is also split out: the kernel's part (`stime`) is the socket work every proxy
 //! pays alike (two reads and two writes per request on loopback); the rest is the proxy's own.
 //!
 //! Options: `--duration SECS` (10), `--rounds N` (3), `--out FILE` (target/load/result.json),
-//! `--only sidekey,nginx,...`, `--rounds 0` to skip the comparison rounds, `--c1-exact`.
+//! `--only sidekey,nginx,...`, `--rounds 0` to skip the comparison rounds, `--c1-exact`,
+//! `--post BYTES`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -106,6 +112,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 const SIDEKEY: &str = env!("CARGO_BIN_EXE_sidekey");
+/// `--post BYTES` as the harness's processes (wrk's `report.lua`, the clients) see it.
+const POST_VAR: &str = "LOAD_POST_BYTES";
+
+/// The request the harness's clients send on a keep-alive connection: `GET`, as a client
+/// library sends it, or with `--post` a `POST` of a JSON document as wrk's script makes it.
+fn load_request(authority: &str, path: &str) -> String {
+    let common = format!("{path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: load\r\nAccept: */*\r\n");
+    let Some(bytes) = std::env::var(POST_VAR).ok().and_then(|v| v.parse::<usize>().ok()) else {
+        return format!("GET {common}\r\n");
+    };
+    // `{"data":"xxx"}`: the same document as `report.lua`'s.
+    let body = format!("{{\"data\":\"{}\"}}", "x".repeat(bytes.saturating_sub(11)));
+    format!("POST {common}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+}
 const WRK_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/load/report.lua");
 
 fn main() {
@@ -126,6 +146,10 @@ fn main() {
         return;
     }
     let opts = Opts::parse(&args);
+    if let Some(bytes) = opts.post {
+        // For wrk's script and this program's clients, which run as processes of their own.
+        std::env::set_var(POST_VAR, bytes.to_string());
+    }
     eprintln!("load: sidekey is {}", opts.sidekey.display());
     if let Err(e) = run(&opts) {
         eprintln!("load: {e}");
@@ -152,6 +176,8 @@ struct Opts {
     link_order: Option<PathBuf>,
     /// Also time each request at concurrency 1 to the ns, with this program's own client.
     exact_c1: bool,
+    /// Requests are `POST`s of a JSON document this long (see [`POST_VAR`]).
+    post: Option<usize>,
 }
 
 impl Opts {
@@ -172,6 +198,7 @@ impl Opts {
             intercept: None,
             link_order: None,
             exact_c1: false,
+            post: None,
         };
         let mut sidekey = None;
         let mut it = args.iter().skip(1);
@@ -188,6 +215,7 @@ impl Opts {
                 "--only" => o.only = Some(value().split(',').map(str::to_owned).collect()),
                 "--tls-upstream" => o.tls_upstream = true,
                 "--c1-exact" => o.exact_c1 = true,
+                "--post" => o.post = Some(value().parse().expect("--post BYTES")),
                 "--audit" => o.audit = true,
                 "--callgrind" => o.callgrind = Some(value().parse().expect("--callgrind REQUESTS")),
                 "--callgrind-out" => o.callgrind_out = Some(PathBuf::from(value())),
@@ -1206,7 +1234,7 @@ fn c1_client(url: &str, secs: f64) -> Result<String, String> {
         s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
         Ok(s)
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: load\r\nAccept: */*\r\n\r\n");
+    let request = load_request(authority, path);
     let (start, mut reconnects) = (Instant::now(), 0u64);
     let (warm, end) = (start + Duration::from_millis(200), start + Duration::from_secs_f64(secs));
     let mut lat: Vec<u64> = Vec::with_capacity(4_000_000);
@@ -1273,7 +1301,7 @@ fn keep_alive_requests(url: &str, n: u64) -> Result<(), String> {
     let (authority, path) = rest.split_at(rest.find('/').unwrap());
     let mut s = std::net::TcpStream::connect(authority).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: load\r\nAccept: */*\r\n\r\n");
+    let request = load_request(authority, path);
     let mut buf = Vec::new();
     for _ in 0..n {
         exchange(&mut s, request.as_bytes(), &mut buf)?;
@@ -1690,6 +1718,9 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         table.push_str(&exact_table(samples, &mut rows, &mut versus));
     }
     if !samples.is_empty() {
+        if let Some(bytes) = opts.post {
+            println!("\nRequests: POST /x with a {bytes}-byte JSON body (`--post`).");
+        }
         println!("\n{table}\n");
     }
     if let Some(rot) = &rotation {
@@ -1757,7 +1788,7 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
     let doc = json!({
         "machine": { "cpus": cpus(), "kernel": command_line("uname", &["-r"]) },
         "versions": versions,
-        "settings": { "duration_s": opts.duration, "rounds": opts.rounds, "c1_exact": opts.exact_c1, "pinned": cpus() >= 2 && which("taskset"),
+        "settings": { "duration_s": opts.duration, "rounds": opts.rounds, "c1_exact": opts.exact_c1, "post_bytes": opts.post, "pinned": cpus() >= 2 && which("taskset"),
                       "tls_upstream": opts.tls_upstream, "audit": opts.audit,
                       "rotate_ms": opts.rotate.map(|d| d.as_millis() as u64) },
         "results": rows,

@@ -5,6 +5,14 @@
 -- harness's own keep-alive requests: a proxy forwards these, and they cost what they cost.
 wrk.headers["User-Agent"] = "load"
 wrk.headers["Accept"] = "*/*"
+-- `--post BYTES` (benches/load.rs): a POST of a JSON document of BYTES bytes (at least 11),
+-- the same as the harness's own clients send.
+local post = tonumber(os.getenv("LOAD_POST_BYTES") or "")
+if post then
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  wrk.body = '{"data":"' .. string.rep("x", math.max(post - 11, 0)) .. '"}'
+end
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
