@@ -20,20 +20,20 @@ pub enum Wire {
     H1(crate::h1::Body),
     /// A client's request that has no body.
     Empty,
-    /// A client's short body, read whole by the own loop (see [`crate::conn::Inbound::Full`]).
-    Full(Bytes),
     /// A client's request that has no body, its header fields as they came (the own loop's:
     /// see [`crate::conn::Inbound::Fields`]).
     Fields(crate::h1::Fields),
 }
 
-impl From<crate::conn::Inbound> for Wire {
-    fn from(body: crate::conn::Inbound) -> Wire {
+/// A client's body as the upstream side takes it; a body the own loop read whole is one in
+/// memory, written with the request's head.
+impl From<crate::conn::Inbound> for ProxyBody {
+    fn from(body: crate::conn::Inbound) -> ProxyBody {
         match body {
-            crate::conn::Inbound::Hyper(b) => Wire::Incoming(b),
-            crate::conn::Inbound::Empty => Wire::Empty,
-            crate::conn::Inbound::Full(b) => Wire::Full(b),
-            crate::conn::Inbound::Fields(f) => Wire::Fields(f),
+            crate::conn::Inbound::Hyper(b) => Either::Left(Wire::Incoming(b)),
+            crate::conn::Inbound::Empty => Either::Left(Wire::Empty),
+            crate::conn::Inbound::Full(b) => Either::Right(Full::new(b)),
+            crate::conn::Inbound::Fields(f) => Either::Left(Wire::Fields(f)),
         }
     }
 }
@@ -49,10 +49,7 @@ impl hyper::body::Body for Wire {
         match self.get_mut() {
             Wire::Incoming(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             Wire::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Wire::Full(b) if !b.is_empty() => {
-                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(std::mem::take(b)))))
-            }
-            Wire::Empty | Wire::Full(_) | Wire::Fields(_) => std::task::Poll::Ready(None),
+            Wire::Empty | Wire::Fields(_) => std::task::Poll::Ready(None),
         }
     }
 
@@ -60,7 +57,6 @@ impl hyper::body::Body for Wire {
         match self {
             Wire::Incoming(b) => b.is_end_stream(),
             Wire::H1(b) => b.is_end_stream(),
-            Wire::Full(b) => b.is_empty(),
             Wire::Empty | Wire::Fields(_) => true,
         }
     }
@@ -69,7 +65,6 @@ impl hyper::body::Body for Wire {
         match self {
             Wire::Incoming(b) => b.size_hint(),
             Wire::H1(b) => b.size_hint(),
-            Wire::Full(b) => hyper::body::SizeHint::with_exact(b.len() as u64),
             Wire::Empty | Wire::Fields(_) => hyper::body::SizeHint::with_exact(0),
         }
     }

@@ -231,20 +231,13 @@ impl Encoded {
         );
         let mut body = (!body.is_end_stream()).then_some(body);
         // A body in memory goes out with the head, in one write.
-        match &mut body {
-            Some(http_body_util::Either::Right(full)) => {
-                if let Some(Ok(frame)) = poll_now(full) {
-                    if let Ok(data) = frame.into_data() {
-                        bytes.extend_from_slice(&data);
-                    }
+        if let Some(http_body_util::Either::Right(full)) = &mut body {
+            if let Some(Ok(frame)) = poll_now(full) {
+                if let Ok(data) = frame.into_data() {
+                    bytes.extend_from_slice(&data);
                 }
-                body = None;
             }
-            Some(http_body_util::Either::Left(crate::error::Wire::Full(data))) => {
-                bytes.extend_from_slice(data);
-                body = None;
-            }
-            _ => {}
+            body = None;
         }
         let gather = body.is_some() && !chunked && exact.is_some_and(|n| n <= BODY_CHUNK as u64);
         Encoded { bytes, body, chunked, head_request, idempotent, gather }
@@ -514,10 +507,10 @@ impl Exchange {
                     *body_done = true;
                 }
                 // The body's first bytes may be on their way still; the deadline holds.
-                Poll::Pending => return conn.poll_deadline(cx, self.deadline).map(|()| None),
+                Poll::Pending => break,
             }
         }
-        while !*flushed {
+        while !*flushed && !req.gather {
             // The encoded request first, then each frame of a streamed body.
             let (out, at) =
                 if *written < req.bytes.len() { (&req.bytes, &mut *written) } else { (&*pending, &mut *pending_at) };

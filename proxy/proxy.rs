@@ -501,7 +501,7 @@ impl RouteSet {
             (kept.request(credential.header).0, Some(Box::new(kept)))
         } else {
             parts.headers.insert(name.clone(), credential.header);
-            (Request::from_parts(parts, Either::Left(Wire::from(body))), None)
+            (Request::from_parts(parts, ProxyBody::from(body)), None)
         };
         let answer = route.start_send(req, None, start);
         Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept } }
@@ -542,7 +542,7 @@ impl Route {
         for t in self.tokens.iter() {
             t.count_request();
         }
-        self.send(Request::from_parts(parts, Either::Left(Wire::from(body)))).await
+        self.send(Request::from_parts(parts, ProxyBody::from(body))).await
     }
 
     /// Signs and sends: a body within the signer's limit is buffered and signed with its hash;
@@ -577,7 +577,7 @@ impl Route {
             self.sign(signer, &mut req, Some(&bytes))?;
             req
         } else if signer.unsigned_payload() {
-            let mut req = Request::from_parts(parts, Either::Left(Wire::from(body)));
+            let mut req = Request::from_parts(parts, ProxyBody::from(body));
             self.sign(signer, &mut req, None)?;
             req
         } else {
