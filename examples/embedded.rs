@@ -33,11 +33,12 @@ source = "env"
 var = "EXAMPLE_TOKEN"
 "#
     ))?;
+    let mut shutdown = sidekey::ShutdownSignal::listen();
     let running = sidekey::start(config).await?;
     println!("try: curl -s http://{}/echo/hi   (stops in 30 s or on Ctrl-C)", running.proxy_addr);
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-        _ = sidekey::shutdown_signal() => {}
+        _ = shutdown.recv() => {}
     }
     running.shutdown().await;
     Ok(())

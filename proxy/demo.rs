@@ -69,6 +69,7 @@ refresh_before = "50%"
 "#
         ))
     };
+    let mut shutdown = crate::ShutdownSignal::listen();
     let running = match serve::start(config_for(opts.port, opts.admin_port)?).await {
         Ok(r) => r,
         Err(StartError::Bind { addr, .. }) => {
@@ -84,7 +85,7 @@ refresh_before = "50%"
         lifetime.as_secs_f64(),
         opts.rotate_every.as_secs_f64(),
     );
-    crate::shutdown_signal().await;
+    shutdown.recv().await;
     tracing::info!("demo stopping");
     running.shutdown().await;
     Ok(())

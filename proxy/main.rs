@@ -185,6 +185,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 async fn run(config: Config, path: PathBuf, loaded: Option<Vec<u8>>, watch_config: bool) -> ExitCode {
     let hangup = sidekey::reload::hangup_signal();
+    let mut shutdown = sidekey::ShutdownSignal::listen();
     for w in &config.warnings {
         tracing::warn!(key = %w.key, line = w.line, "{}", w.message);
     }
@@ -196,7 +197,7 @@ async fn run(config: Config, path: PathBuf, loaded: Option<Vec<u8>>, watch_confi
         }
     };
     tokio::select! {
-        _ = sidekey::shutdown_signal() => {}
+        _ = shutdown.recv() => {}
         _ = sidekey::reload::reload_loop(&running, path, loaded, watch_config, hangup) => {}
     }
     running.begin_draining();
@@ -206,7 +207,7 @@ async fn run(config: Config, path: PathBuf, loaded: Option<Vec<u8>>, watch_confi
     );
     tokio::select! {
         _ = running.shutdown() => ExitCode::SUCCESS,
-        _ = sidekey::shutdown_signal() => {
+        _ = shutdown.recv() => {
             tracing::warn!("second signal; exiting now");
             ExitCode::from(EXIT_FATAL)
         }
