@@ -494,30 +494,31 @@ impl<F: Future> Future for Closable<F> {
 }
 
 /// A request's body as a listener's handler gets it: what hyper's server reads, or what the
-/// proxy listener's own loop ([`crate::h1server`]) read: none, or a short body whole.
+/// proxy listener's own loop ([`crate::h1server`]) read: none, or a short body whole, with the
+/// request's header fields as they came.
 #[derive(Debug)]
 pub enum Inbound {
     Hyper(Incoming),
     Empty,
     /// A body read whole (its header fields are in the header map).
     Full(bytes::Bytes),
-    /// None, and the request's header fields are these, as they came (its header map is
-    /// empty): a request read by the proxy listener's own loop. See [`Inbound::header_map`].
-    Fields(crate::h1::Fields),
+    /// A request read by the proxy listener's own loop: its header fields as they came (its
+    /// header map is empty; see [`Inbound::header_map`]) and its body, read whole (empty for
+    /// none; its `Content-Length` is among the fields).
+    Fields(crate::h1::Fields, bytes::Bytes),
 }
 
 impl Inbound {
     /// A request's header fields in its header map, for a way that reads them there: those
     /// the own loop kept as they came are added to it (their `Host` too).
     pub fn header_map(req: Request<Inbound>) -> Request<Inbound> {
-        if !matches!(req.body(), Inbound::Fields(_)) {
+        if !matches!(req.body(), Inbound::Fields(..)) {
             return req;
         }
         let (mut parts, body) = req.into_parts();
-        if let Inbound::Fields(fields) = body {
-            fields.append_to(&mut parts.headers);
-        }
-        Request::from_parts(parts, Inbound::Empty)
+        let Inbound::Fields(fields, body) = body else { unreachable!("fields, looked at above") };
+        fields.append_to(&mut parts.headers);
+        Request::from_parts(parts, if body.is_empty() { Inbound::Empty } else { Inbound::Full(body) })
     }
 }
 
@@ -530,22 +531,24 @@ impl Body for Inbound {
     ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Inbound::Hyper(b) => Pin::new(b).poll_frame(cx),
-            Inbound::Full(b) if !b.is_empty() => Poll::Ready(Some(Ok(Frame::data(std::mem::take(b))))),
-            Inbound::Empty | Inbound::Full(_) | Inbound::Fields(_) => Poll::Ready(None),
+            Inbound::Full(b) | Inbound::Fields(_, b) if !b.is_empty() => {
+                Poll::Ready(Some(Ok(Frame::data(std::mem::take(b)))))
+            }
+            Inbound::Empty | Inbound::Full(_) | Inbound::Fields(..) => Poll::Ready(None),
         }
     }
     fn is_end_stream(&self) -> bool {
         match self {
             Inbound::Hyper(b) => b.is_end_stream(),
-            Inbound::Full(b) => b.is_empty(),
-            Inbound::Empty | Inbound::Fields(_) => true,
+            Inbound::Full(b) | Inbound::Fields(_, b) => b.is_empty(),
+            Inbound::Empty => true,
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
             Inbound::Hyper(b) => b.size_hint(),
-            Inbound::Full(b) => SizeHint::with_exact(b.len() as u64),
-            Inbound::Empty | Inbound::Fields(_) => SizeHint::with_exact(0),
+            Inbound::Full(b) | Inbound::Fields(_, b) => SizeHint::with_exact(b.len() as u64),
+            Inbound::Empty => SizeHint::with_exact(0),
         }
     }
 }

@@ -158,7 +158,7 @@ impl Encoded {
         // Fields the proxy listener's own loop kept as they came (the request has no body):
         // written as they are.
         let fields = match &body {
-            http_body_util::Either::Left(crate::error::Wire::Fields(fields)) => Some(fields),
+            http_body_util::Either::Left(crate::error::Wire::Fields(fields, _)) => Some(fields),
             _ => None,
         };
         // One pass over the fields for the head's length and the two looked for (cheaper than
@@ -231,13 +231,20 @@ impl Encoded {
         );
         let mut body = (!body.is_end_stream()).then_some(body);
         // A body in memory goes out with the head, in one write.
-        if let Some(http_body_util::Either::Right(full)) = &mut body {
-            if let Some(Ok(frame)) = poll_now(full) {
-                if let Ok(data) = frame.into_data() {
-                    bytes.extend_from_slice(&data);
+        match &mut body {
+            Some(http_body_util::Either::Right(full)) => {
+                if let Some(Ok(frame)) = poll_now(full) {
+                    if let Ok(data) = frame.into_data() {
+                        bytes.extend_from_slice(&data);
+                    }
                 }
+                body = None;
             }
-            body = None;
+            Some(http_body_util::Either::Left(crate::error::Wire::Fields(_, data))) => {
+                bytes.extend_from_slice(data);
+                body = None;
+            }
+            _ => {}
         }
         let gather = body.is_some() && !chunked && exact.is_some_and(|n| n <= BODY_CHUNK as u64);
         Encoded { bytes, body, chunked, head_request, idempotent, gather }
@@ -1347,7 +1354,7 @@ mod tests {
         fields.remove(&HeaderName::from_static("x-e"));
         assert_eq!(fields.block().len(), 51);
 
-        let mut req = Request::new(http_body_util::Either::Left(crate::error::Wire::Fields(fields)));
+        let mut req = Request::new(http_body_util::Either::Left(crate::error::Wire::Fields(fields, Bytes::new())));
         *req.uri_mut() = "/up/x?q".parse().unwrap();
         let secret = HeaderValue::from_static("Bearer s3cret");
         let encoded = Encoded::with_credential(

@@ -679,9 +679,14 @@ where
 /// (but `Host`: the pool gives the authority), for hyper's client to read there.
 fn with_header_map(req: Request<ProxyBody>) -> Request<ProxyBody> {
     match req.into_parts() {
-        (mut parts, Either::Left(Wire::Fields(fields))) => {
+        (mut parts, Either::Left(Wire::Fields(fields, body))) => {
             fields.append_block_to(&mut parts.headers);
-            Request::from_parts(parts, Either::Left(Wire::Empty))
+            let body = if body.is_empty() {
+                Either::Left(Wire::Empty)
+            } else {
+                Either::Right(http_body_util::Full::new(body))
+            };
+            Request::from_parts(parts, body)
         }
         (parts, body) => Request::from_parts(parts, body),
     }
