@@ -503,21 +503,22 @@ pub enum Inbound {
     /// A body read whole (its header fields are in the header map).
     Full(bytes::Bytes),
     /// A request read by the proxy listener's own loop: its header fields as they came (its
-    /// header map is empty; see [`Inbound::header_map`]) and its body, read whole (empty for
-    /// none; its `Content-Length` is among the fields).
-    Fields(crate::h1::Fields, bytes::Bytes),
+    /// header map is empty; see [`Inbound::header_map`]) and its body, read whole, after them
+    /// ([`crate::h1::Fields::body`]; its `Content-Length` is among the fields).
+    Fields(crate::h1::Fields),
 }
 
 impl Inbound {
     /// A request's header fields in its header map, for a way that reads them there: those
     /// the own loop kept as they came are added to it (their `Host` too).
     pub fn header_map(req: Request<Inbound>) -> Request<Inbound> {
-        if !matches!(req.body(), Inbound::Fields(..)) {
+        if !matches!(req.body(), Inbound::Fields(_)) {
             return req;
         }
         let (mut parts, body) = req.into_parts();
-        let Inbound::Fields(fields, body) = body else { unreachable!("fields, looked at above") };
+        let Inbound::Fields(mut fields) = body else { unreachable!("fields, looked at above") };
         fields.append_to(&mut parts.headers);
+        let body = fields.take_body();
         Request::from_parts(parts, if body.is_empty() { Inbound::Empty } else { Inbound::Full(body) })
     }
 }
@@ -531,23 +532,24 @@ impl Body for Inbound {
     ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
         match self.get_mut() {
             Inbound::Hyper(b) => Pin::new(b).poll_frame(cx),
-            Inbound::Full(b) | Inbound::Fields(_, b) if !b.is_empty() => {
-                Poll::Ready(Some(Ok(Frame::data(std::mem::take(b)))))
-            }
-            Inbound::Empty | Inbound::Full(_) | Inbound::Fields(..) => Poll::Ready(None),
+            Inbound::Full(b) if !b.is_empty() => Poll::Ready(Some(Ok(Frame::data(std::mem::take(b))))),
+            Inbound::Fields(f) if !f.body().is_empty() => Poll::Ready(Some(Ok(Frame::data(f.take_body())))),
+            Inbound::Empty | Inbound::Full(_) | Inbound::Fields(_) => Poll::Ready(None),
         }
     }
     fn is_end_stream(&self) -> bool {
         match self {
             Inbound::Hyper(b) => b.is_end_stream(),
-            Inbound::Full(b) | Inbound::Fields(_, b) => b.is_empty(),
+            Inbound::Full(b) => b.is_empty(),
+            Inbound::Fields(f) => f.body().is_empty(),
             Inbound::Empty => true,
         }
     }
     fn size_hint(&self) -> SizeHint {
         match self {
             Inbound::Hyper(b) => b.size_hint(),
-            Inbound::Full(b) | Inbound::Fields(_, b) => SizeHint::with_exact(b.len() as u64),
+            Inbound::Full(b) => SizeHint::with_exact(b.len() as u64),
+            Inbound::Fields(f) => SizeHint::with_exact(f.body().len() as u64),
             Inbound::Empty => SizeHint::with_exact(0),
         }
     }

@@ -22,7 +22,7 @@ pub enum Wire {
     Empty,
     /// A client's request that has no body, its header fields as they came (the own loop's:
     /// see [`crate::conn::Inbound::Fields`]).
-    Fields(crate::h1::Fields, Bytes),
+    Fields(crate::h1::Fields),
 }
 
 /// A client's body as the upstream side takes it; a body the own loop read whole is one in
@@ -33,7 +33,7 @@ impl From<crate::conn::Inbound> for ProxyBody {
             crate::conn::Inbound::Hyper(b) => Either::Left(Wire::Incoming(b)),
             crate::conn::Inbound::Empty => Either::Left(Wire::Empty),
             crate::conn::Inbound::Full(b) => Either::Right(Full::new(b)),
-            crate::conn::Inbound::Fields(f, b) => Either::Left(Wire::Fields(f, b)),
+            crate::conn::Inbound::Fields(f) => Either::Left(Wire::Fields(f)),
         }
     }
 }
@@ -49,10 +49,10 @@ impl hyper::body::Body for Wire {
         match self.get_mut() {
             Wire::Incoming(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             Wire::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Wire::Fields(_, b) if !b.is_empty() => {
-                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(std::mem::take(b)))))
+            Wire::Fields(f) if !f.body().is_empty() => {
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(f.take_body()))))
             }
-            Wire::Empty | Wire::Fields(..) => std::task::Poll::Ready(None),
+            Wire::Empty | Wire::Fields(_) => std::task::Poll::Ready(None),
         }
     }
 
@@ -60,7 +60,7 @@ impl hyper::body::Body for Wire {
         match self {
             Wire::Incoming(b) => b.is_end_stream(),
             Wire::H1(b) => b.is_end_stream(),
-            Wire::Fields(_, b) => b.is_empty(),
+            Wire::Fields(f) => f.body().is_empty(),
             Wire::Empty => true,
         }
     }
@@ -69,7 +69,7 @@ impl hyper::body::Body for Wire {
         match self {
             Wire::Incoming(b) => b.size_hint(),
             Wire::H1(b) => b.size_hint(),
-            Wire::Fields(_, b) => hyper::body::SizeHint::with_exact(b.len() as u64),
+            Wire::Fields(f) => hyper::body::SizeHint::with_exact(f.body().len() as u64),
             Wire::Empty => hyper::body::SizeHint::with_exact(0),
         }
     }

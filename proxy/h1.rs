@@ -158,7 +158,7 @@ impl Encoded {
         // Fields the proxy listener's own loop kept as they came (the request has no body):
         // written as they are.
         let fields = match &body {
-            http_body_util::Either::Left(crate::error::Wire::Fields(fields, _)) => Some(fields),
+            http_body_util::Either::Left(crate::error::Wire::Fields(fields)) => Some(fields),
             _ => None,
         };
         // One pass over the fields for the head's length and the two looked for (cheaper than
@@ -240,8 +240,8 @@ impl Encoded {
                 }
                 body = None;
             }
-            Some(http_body_util::Either::Left(crate::error::Wire::Fields(_, data))) => {
-                bytes.extend_from_slice(data);
+            Some(http_body_util::Either::Left(crate::error::Wire::Fields(fields))) => {
+                bytes.extend_from_slice(fields.body());
                 body = None;
             }
             _ => {}
@@ -666,13 +666,19 @@ struct FrameFields {
 /// credential after them (never copied in: see [`Encoded::with_credential`]); a request that
 /// goes any other way gets a header map from them first ([`Fields::append_to`]).
 ///
+/// A request's short body, read whole by that loop, follows the lines in the same block
+/// ([`Fields::set_body`]): one allocation, written upstream with them.
+///
 /// Zeroed when dropped (an upstream may echo a credential; a request's carries one).
 pub struct Fields {
-    /// `name: value\r\n` lines: a request's `Host` line, then the rest from `start`.
+    /// `name: value\r\n` lines: a request's `Host` line, then the rest from `start`, to
+    /// `end`; a request's body after them.
     block: Vec<u8>,
     /// Where the lines after a request's `Host` begin (0: no `Host` line); a head is far
     /// shorter than 4 GiB.
     start: u32,
+    /// Where the lines end (and a request's body begins).
+    end: u32,
     /// Bit `n % 16` set for a name of `n` bytes among them: most are not looked for in vain.
     lengths: u16,
     /// The `Content-Length` among them, if `has_length`.
@@ -686,7 +692,8 @@ impl Fields {
     /// for a head with more than one `Host` (not served from fields).
     pub(crate) fn request(buf: &[u8], headers: &[httparse::Header<'_>], length: Option<u64>) -> Option<Fields> {
         let is_host = |name: &[u8]| name.len() == 4 && name.eq_ignore_ascii_case(b"host");
-        let (mut size, mut host) = (0, None);
+        // Room for the body too (the own loop reads only short ones).
+        let (mut size, mut host) = (length.unwrap_or(0) as usize, None);
         for h in headers {
             size += h.name.len() + h.value.len() + 4;
             if is_host(h.name.as_bytes()) && host.replace(h.value).is_some() {
@@ -707,12 +714,32 @@ impl Fields {
             }
         }
         let block = block.finish();
-        Some(Fields { block, start, lengths, length: length.unwrap_or(0), has_length: length.is_some(), date: false })
+        let end = u32::try_from(block.len()).ok()?;
+        let (length, has_length) = (length.unwrap_or(0), length.is_some());
+        Some(Fields { block, start, end, lengths, length, has_length, date: false })
     }
 
     /// The fields, `name: value\r\n` each (a request's without its `Host`).
     pub(crate) fn block(&self) -> &[u8] {
-        &self.block[self.start as usize..]
+        &self.block[self.start as usize..self.end as usize]
+    }
+
+    /// A request's body, read whole (empty: none).
+    pub(crate) fn body(&self) -> &[u8] {
+        &self.block[self.end as usize..]
+    }
+
+    /// Sets a request's body (its `Content-Length` is among the fields).
+    pub(crate) fn set_body(&mut self, body: &[u8]) {
+        self.block.truncate(self.end as usize);
+        self.block.extend_from_slice(body);
+    }
+
+    /// A request's body, taken out (for a request that goes on with a header map).
+    pub(crate) fn take_body(&mut self) -> Bytes {
+        let body = Bytes::copy_from_slice(self.body());
+        self.block.truncate(self.end as usize);
+        body
     }
 
     /// A request's `Host`.
@@ -737,12 +764,14 @@ impl Fields {
             return;
         }
         let mut at = self.start as usize;
-        while at < self.block.len() {
-            let end = self.block[at..].iter().position(|&b| b == b'\n').map_or(self.block.len(), |i| at + i + 1);
-            let line = &self.block[at..end];
+        while at < self.end as usize {
+            let lines = &self.block[..self.end as usize];
+            let end = lines[at..].iter().position(|&b| b == b'\n').map_or(lines.len(), |i| at + i + 1);
+            let line = &lines[at..end];
             if line.len() > named.len() && line[..named.len()].eq_ignore_ascii_case(named) && line[named.len()] == b':'
             {
                 self.block.drain(at..end);
+                self.end -= (end - at) as u32;
             } else {
                 at = end;
             }
@@ -752,7 +781,7 @@ impl Fields {
     /// Adds the fields, a request's `Host` among them, to `headers` (for a message a header map
     /// carries on).
     pub fn append_to(&self, headers: &mut HeaderMap) {
-        append_lines(&self.block, headers);
+        append_lines(&self.block[..self.end as usize], headers);
     }
 
     /// Adds the fields but a request's `Host` to `headers`.
@@ -831,9 +860,9 @@ fn append_lines(block: &[u8], headers: &mut HeaderMap) {
 
 impl Clone for Fields {
     fn clone(&self) -> Fields {
-        let (start, lengths, length, has_length, date) =
-            (self.start, self.lengths, self.length, self.has_length, self.date);
-        Fields { block: self.block.clone(), start, lengths, length, has_length, date }
+        let (start, end, lengths, length, has_length, date) =
+            (self.start, self.end, self.lengths, self.length, self.has_length, self.date);
+        Fields { block: self.block.clone(), start, end, lengths, length, has_length, date }
     }
 }
 
@@ -922,7 +951,8 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
         let block = block.finish();
         let length = if frame.cl { frame.length.as_ref().ok().copied().flatten() } else { None };
         let (length, has_length) = (length.unwrap_or(0), length.is_some());
-        Some(Fields { block, start: 0, lengths: u16::MAX, length, has_length, date })
+        let end = u32::try_from(block.len()).map_err(|_| invalid("the upstream's response head is too large"))?;
+        Some(Fields { block, start: 0, end, lengths: u16::MAX, length, has_length, date })
     } else {
         headers.reserve(parsed.headers.len());
         for h in parsed.headers.iter() {
@@ -1354,7 +1384,7 @@ mod tests {
         fields.remove(&HeaderName::from_static("x-e"));
         assert_eq!(fields.block().len(), 51);
 
-        let mut req = Request::new(http_body_util::Either::Left(crate::error::Wire::Fields(fields, Bytes::new())));
+        let mut req = Request::new(http_body_util::Either::Left(crate::error::Wire::Fields(fields)));
         *req.uri_mut() = "/up/x?q".parse().unwrap();
         let secret = HeaderValue::from_static("Bearer s3cret");
         let encoded = Encoded::with_credential(
@@ -1386,6 +1416,35 @@ mod tests {
         let text = b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n";
         req.parse(text).unwrap();
         assert!(Fields::request(text, req.headers, None).is_none());
+
+        // A short body after the lines: apart from them when a field is removed, written after
+        // the credential, and taken out whole for a header map.
+        let mut slots = [httparse::EMPTY_HEADER; 4];
+        let mut req = httparse::Request::new(&mut slots);
+        let text = b"POST /p HTTP/1.1\r\nHost: h\r\nAuthorization: mine\r\nContent-Length: 5\r\n\r\nhello";
+        req.parse(text).unwrap();
+        let mut fields = Fields::request(text, req.headers, Some(5)).unwrap();
+        fields.set_body(b"hello");
+        fields.remove(&http::header::AUTHORIZATION);
+        assert_eq!((fields.block(), fields.body()), (&b"Content-Length: 5\r\n"[..], &b"hello"[..]));
+        let mut headers = HeaderMap::new();
+        fields.append_to(&mut headers);
+        assert_eq!(headers.len(), 2, "the body is not read as a field: {headers:?}");
+        let req =
+            Request::post("/p").body(http_body_util::Either::Left(crate::error::Wire::Fields(fields.clone()))).unwrap();
+        let secret = HeaderValue::from_static("Bearer s3cret");
+        let encoded = Encoded::with_credential(
+            req,
+            &HeaderValue::from_static("pool"),
+            Some((&http::header::AUTHORIZATION, secret)),
+        );
+        assert_eq!(
+            String::from_utf8(encoded.bytes.clone()).unwrap(),
+            "POST /p HTTP/1.1\r\nhost: pool\r\nContent-Length: 5\r\nauthorization: Bearer s3cret\r\n\r\nhello"
+        );
+        assert!(encoded.body.is_none(), "the body is written with the head, from memory");
+        assert_eq!(fields.take_body(), Bytes::from_static(b"hello"));
+        assert_eq!((fields.block(), fields.body()), (&b"Content-Length: 5\r\n"[..], &b""[..]));
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
     // (the read buffer is reused for the next request).
     let Ok(uri) = Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())) else { return Parsed::HandOver };
     let Some(fields) = crate::h1::Fields::request(buf, req.headers, length) else { return Parsed::HandOver };
-    let mut request = Request::new(Inbound::Fields(fields, Bytes::new()));
+    let mut request = Request::new(Inbound::Fields(fields));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
@@ -187,8 +187,8 @@ where
             }
         };
         let end = head.len + head.body;
-        if let (Inbound::Fields(_, body), true) = (head.request.body_mut(), head.body > 0) {
-            *body = Bytes::copy_from_slice(&buf[head.len..end]);
+        if let (Inbound::Fields(fields), true) = (head.request.body_mut(), head.body > 0) {
+            fields.set_body(&buf[head.len..end]);
         }
         if end == buf.len() {
             buf.clear();
@@ -445,10 +445,8 @@ pub fn fuzz_requests(data: &[u8]) -> Option<usize> {
             let handler = |req: Request<Inbound>| {
                 served.fetch_add(1, Ordering::Relaxed);
                 // A body read here is all its `Content-Length` says, no more, no less.
-                let Inbound::Fields(fields, body) = req.body() else {
-                    panic!("a request served here without its fields")
-                };
-                assert_eq!(fields.length().unwrap_or(0), body.len() as u64, "a body read short or long");
+                let Inbound::Fields(fields) = req.body() else { panic!("a request served here without its fields") };
+                assert_eq!(fields.length().unwrap_or(0), fields.body().len() as u64, "a body read short or long");
                 std::future::ready(Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from_static(
                     b"ok",
                 )))))
@@ -508,7 +506,7 @@ mod tests {
         assert_eq!(req.uri().path_and_query().unwrap().as_str(), "/a/b?c=d");
         // The fields as they came, `Host` apart; no header map.
         assert!(req.headers().is_empty());
-        let Inbound::Fields(fields, _) = req.body() else { panic!("no fields: {:?}", req.body()) };
+        let Inbound::Fields(fields) = req.body() else { panic!("no fields: {:?}", req.body()) };
         assert_eq!(fields.host(), Some(&b"example"[..]));
         assert_eq!(fields.block(), b"Accept: */*\r\nX-Two: 1\r\nx-two: 2\r\n");
         assert!(req.body().is_end_stream());
@@ -516,7 +514,7 @@ mod tests {
         assert!(served(b"DELETE /x HTTP/1.1\r\nConnection: close\r\n\r\n").close);
         // The hop's own fields are left out; a `Content-Length: 0` stays (and frames the request).
         let head = served(b"GET /x HTTP/1.1\r\nConnection: Keep-Alive\r\nKeep-Alive: 5\r\nContent-Length: 0\r\n\r\n");
-        let Inbound::Fields(fields, _) = head.request.body() else { panic!("no fields") };
+        let Inbound::Fields(fields) = head.request.body() else { panic!("no fields") };
         assert_eq!((fields.block(), fields.host(), fields.length()), (&b"Content-Length: 0\r\n"[..], None, Some(0)));
 
         // A short body of a stated length: read here (the loop waits for all of it).
@@ -589,9 +587,11 @@ mod tests {
                 "/pending" => return Box::pin(std::future::pending()) as Answer,
                 // The body it got, whole, beside its fields as they came.
                 "/echo" => {
-                    let Inbound::Fields(fields, got) = req.body() else { panic!("no fields: {:?}", req.body()) };
+                    let Inbound::Fields(fields) = req.body() else { panic!("no fields: {:?}", req.body()) };
+                    let got = fields.body();
                     assert_eq!(fields.length(), Some(got.len() as u64), "its Content-Length is among its fields");
-                    Full::new(got.clone()).map_err(|e| match e {}).boxed()
+                    assert!(fields.block().ends_with(b"\r\n"), "the body is kept apart from the lines");
+                    Full::new(Bytes::copy_from_slice(got)).map_err(|e| match e {}).boxed()
                 }
                 _ => Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
             });

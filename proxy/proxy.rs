@@ -218,7 +218,7 @@ impl Kept {
     /// as they came, returned to be sent beside them.
     fn request(&self, header: HeaderValue) -> (Request<ProxyBody>, Option<HeaderValue>) {
         let body = match &self.fields {
-            Some(fields) => Either::Left(Wire::Fields(fields.clone(), self.body.clone())),
+            Some(fields) => Either::Left(Wire::Fields(fields.clone())),
             None => Either::Right(Full::new(self.body.clone())),
         };
         let mut req = Request::new(body);
@@ -464,18 +464,18 @@ impl RouteSet {
         let replayable = credential.fresh
             && retry.methods.contains(&parts.method)
             && body.size_hint().exact().is_some_and(|n| n <= retry.body_limit as u64);
-        if let Inbound::Fields(mut fields, body) = body {
+        if let Inbound::Fields(mut fields) = body {
             // The own loop's common request: its fields go on as they came (less the hop's own
             // and `Host`, left out already, and any of the credential's name), the credential
             // after them; kept so for a retry likewise.
             fields.remove(name);
             if !replayable {
-                let req = Request::from_parts(parts, Either::Left(Wire::Fields(fields, body)));
+                let req = Request::from_parts(parts, Either::Left(Wire::Fields(fields)));
                 let answer = route.start_send(req, Some((name, credential.header)), start);
                 return Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept: None } };
             }
             let (name, format, used) = (name.clone(), *format, credential.generation);
-            let kept = Kept { parts, body, fields: Some(fields), name, format, used };
+            let kept = Kept { parts, body: Bytes::new(), fields: Some(fields), name, format, used };
             let (req, beside) = kept.request(credential.header);
             let answer = route.start_send(req, beside.map(|v| (&kept.name, v)), start);
             let step = Step::Sent { route: index, answer, kept: Some(Box::new(kept)) };
@@ -720,7 +720,7 @@ impl Route {
 /// text (`HeaderValue::to_str`'s visible ASCII).
 fn request_host(req: &Request<Inbound>) -> Option<&str> {
     match req.body() {
-        Inbound::Fields(fields, _) => {
+        Inbound::Fields(fields) => {
             let host = fields.host()?;
             host.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)).then(|| std::str::from_utf8(host).ok())?
         }

@@ -679,8 +679,9 @@ where
 /// (but `Host`: the pool gives the authority), for hyper's client to read there.
 fn with_header_map(req: Request<ProxyBody>) -> Request<ProxyBody> {
     match req.into_parts() {
-        (mut parts, Either::Left(Wire::Fields(fields, body))) => {
+        (mut parts, Either::Left(Wire::Fields(mut fields))) => {
             fields.append_block_to(&mut parts.headers);
+            let body = fields.take_body();
             let body = if body.is_empty() {
                 Either::Left(Wire::Empty)
             } else {
