@@ -1384,16 +1384,16 @@ mod tests {
         fields.remove(&HeaderName::from_static("x-e"));
         assert_eq!(fields.block().len(), 51);
 
-        let mut req = Request::new(http_body_util::Either::Left(crate::error::Wire::Fields(fields)));
-        *req.uri_mut() = "/up/x?q".parse().unwrap();
-        let secret = HeaderValue::from_static("Bearer s3cret");
-        let encoded = Encoded::with_credential(
-            req,
-            &HeaderValue::from_static("pool:1"),
-            Some((&http::header::AUTHORIZATION, secret)),
-        );
+        // The fields of `method` `path`, encoded with a credential as the pool writes them.
+        let with_secret = |method: Method, path: &str, fields: Fields, host: &'static str| {
+            let mut req = Request::new(http_body_util::Either::Left(crate::error::Wire::Fields(fields)));
+            (*req.method_mut(), *req.uri_mut()) = (method, path.parse().unwrap());
+            let secret = HeaderValue::from_static("Bearer s3cret");
+            let host = HeaderValue::from_static(host);
+            Encoded::with_credential(req, &host, Some((&http::header::AUTHORIZATION, secret)))
+        };
         assert_eq!(
-            String::from_utf8(encoded.bytes).unwrap(),
+            String::from_utf8(with_secret(Method::GET, "/up/x?q", fields, "pool:1").bytes).unwrap(),
             "GET /up/x?q HTTP/1.1\r\nhost: pool:1\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\nX-D: 4\r\nContent-Length: 0\r\n\
              authorization: Bearer s3cret\r\n\r\n"
         );
@@ -1430,14 +1430,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         fields.append_to(&mut headers);
         assert_eq!(headers.len(), 2, "the body is not read as a field: {headers:?}");
-        let req =
-            Request::post("/p").body(http_body_util::Either::Left(crate::error::Wire::Fields(fields.clone()))).unwrap();
-        let secret = HeaderValue::from_static("Bearer s3cret");
-        let encoded = Encoded::with_credential(
-            req,
-            &HeaderValue::from_static("pool"),
-            Some((&http::header::AUTHORIZATION, secret)),
-        );
+        let encoded = with_secret(Method::POST, "/p", fields.clone(), "pool");
         assert_eq!(
             String::from_utf8(encoded.bytes.clone()).unwrap(),
             "POST /p HTTP/1.1\r\nhost: pool\r\nContent-Length: 5\r\nauthorization: Bearer s3cret\r\n\r\nhello"
