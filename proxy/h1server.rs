@@ -160,19 +160,19 @@ where
     loop {
         // How much the request read so far needs: its head and body (the head's limit until
         // the head is read).
-        let mut need = limits.max_bytes;
+        let (mut need, mut body_due) = (limits.max_bytes, false);
         let mut head = loop {
             if !buf.is_empty() {
                 match parse(&buf, limits) {
                     Parsed::Request(head) if buf.len() >= head.len + head.body => break head,
-                    // Its body is on its way.
-                    Parsed::Request(head) => need = need.max(head.len + head.body),
+                    // Its body is on its way: the request is under way, closing or not.
+                    Parsed::Request(head) => (need, body_due) = (need.max(head.len + head.body), true),
                     Parsed::HandOver => return Ok(End::HandOver(buf)),
                     Parsed::Partial => {}
                 }
             }
             let read = std::future::poll_fn(|cx| {
-                if closing.load(Ordering::Relaxed) {
+                if closing.load(Ordering::Relaxed) && !body_due {
                     return Poll::Ready(None);
                 }
                 let room = need.saturating_sub(buf.len());
@@ -778,5 +778,24 @@ mod tests {
                 .await
                 .expect("an idle connection closes at once");
         assert_eq!(end.unwrap(), End::Closed);
+
+        // Closing while a request's body is on its way: the request is served, and is the last.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let closing = AtomicBool::new(true);
+        let h = handler(Arc::default());
+        let head = b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nhe".to_vec();
+        let serving = serve(&mut server, head, &h, || (), &closing, LIMITS);
+        let client_side = async {
+            client.write_all(b"llo").await.unwrap();
+            let mut got = String::new();
+            client.read_to_string(&mut got).await.unwrap();
+            got
+        };
+        let (end, got) =
+            tokio::time::timeout(Duration::from_secs(10), futures_util::future::join(serving, client_side))
+                .await
+                .expect("the loop ends");
+        assert_eq!(end.unwrap(), End::Closed);
+        assert!(got.contains("connection: close\r\n") && got.ends_with("hello"), "{got}");
     }
 }
