@@ -138,8 +138,9 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
 /// Serves requests on `io`, the first starting at `read` (what was read of it already), until
 /// the connection is done or a request is for hyper. `begin`
 /// is called as each request starts; what it returns is dropped once its answer is sent.
-/// `closing` (the listener's graceful shutdown): no new request is read once it is set, and
-/// the answer under way says `Connection: close`.
+/// `closing` (the listener's graceful shutdown): no new request is read once it is set (a
+/// request whose head is in and whose body is on its way is read to its end), and the answer
+/// under way says `Connection: close`.
 pub(crate) async fn serve<I, F, Fut, B, G>(
     io: &mut I,
     read: Vec<u8>,
