@@ -289,6 +289,11 @@ pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
+/// A client's body that failed while it was read to be written upstream.
+fn body_failed(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("the client's body failed: {e}"))
+}
+
 fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
@@ -504,9 +509,7 @@ impl Exchange {
                         req.bytes.extend_from_slice(&data);
                     }
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    return Poll::Ready(Some(Err(io::Error::other(format!("the client's body failed: {e}")))))
-                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(body_failed(e)))),
                 Poll::Ready(None) => {
                     // All of it is in memory now: sent again as a whole, should that be needed.
                     req.gather = false;
@@ -547,9 +550,7 @@ impl Exchange {
                             }
                         }
                     }
-                    Poll::Ready(Some(Err(e))) => {
-                        return Poll::Ready(Some(Err(io::Error::other(format!("the client's body failed: {e}")))))
-                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(body_failed(e)))),
                     Poll::Ready(None) => {
                         *body_done = true;
                         if req.chunked {

@@ -188,8 +188,10 @@ where
             }
         };
         let end = head.len + head.body;
-        if let (Inbound::Fields(fields), true) = (head.request.body_mut(), head.body > 0) {
-            fields.set_body(&buf[head.len..end]);
+        if head.body > 0 {
+            if let Inbound::Fields(fields) = head.request.body_mut() {
+                fields.set_body(&buf[head.len..end]);
+            }
         }
         if end == buf.len() {
             buf.clear();
