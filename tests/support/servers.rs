@@ -24,6 +24,9 @@ pub struct Oidc {
     pub issuer: String,
     /// With [`Oidc::start_https`]: the HTTPS JWKS URL and the CA file that verifies it.
     pub jwks_https: Option<(String, PathBuf)>,
+    /// The TLS material's directory (`OIDC_TLS_DIR`): the server is killed without a chance to
+    /// remove a directory of its own, so the test owns it and removes it when dropped.
+    _tls_dir: Option<tempfile::TempDir>,
 }
 
 impl Oidc {
@@ -41,8 +44,9 @@ impl Oidc {
         let dir = servers_dir().join("oidc");
         assert!(dir.join("node_modules/oidc-provider").exists(), "oidc-provider is not installed: {INSTALL_HINT}");
         let mut cmd = Command::new("node");
-        if https {
-            cmd.env("OIDC_HTTPS_PORT", "0");
+        let tls_dir = https.then(|| tempfile::tempdir().expect("a directory for the TLS material"));
+        if let Some(d) = &tls_dir {
+            cmd.env("OIDC_HTTPS_PORT", "0").env("OIDC_TLS_DIR", d.path());
         }
         let mut child = cmd
             .arg(dir.join("server.mjs"))
@@ -74,6 +78,7 @@ impl Oidc {
             token_url: j["token_url"].as_str().unwrap().to_owned(),
             issuer: j["issuer"].as_str().unwrap().to_owned(),
             jwks_https,
+            _tls_dir: tls_dir,
         }
     }
 
