@@ -495,7 +495,7 @@ impl<F: Future> Future for Closable<F> {
 
 /// A request's body as a listener's handler gets it: what hyper's server reads, or what the
 /// proxy listener's own loop ([`crate::h1server`]) read: none, or a short body whole, with the
-/// request's header fields as they came.
+/// request's header fields as they came, or a longer body streamed.
 #[derive(Debug)]
 pub enum Inbound {
     Hyper(Incoming),
@@ -506,6 +506,8 @@ pub enum Inbound {
     /// header map is empty; see [`Inbound::header_map`]) and its body, read whole, after them
     /// ([`crate::h1::Fields::body`]; its `Content-Length` is among the fields).
     Fields(crate::h1::Fields),
+    /// A body the own loop streams as it arrives (its header fields are in the header map).
+    Streamed(crate::h1server::Streamed),
 }
 
 impl Inbound {
@@ -525,13 +527,14 @@ impl Inbound {
 
 impl Body for Inbound {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<bytes::Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
         match self.get_mut() {
-            Inbound::Hyper(b) => Pin::new(b).poll_frame(cx),
+            Inbound::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inbound::Streamed(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Inbound::Full(b) if !b.is_empty() => Poll::Ready(Some(Ok(Frame::data(std::mem::take(b))))),
             Inbound::Fields(f) if !f.body().is_empty() => Poll::Ready(Some(Ok(Frame::data(f.take_body())))),
             Inbound::Empty | Inbound::Full(_) | Inbound::Fields(_) => Poll::Ready(None),
@@ -540,6 +543,7 @@ impl Body for Inbound {
     fn is_end_stream(&self) -> bool {
         match self {
             Inbound::Hyper(b) => b.is_end_stream(),
+            Inbound::Streamed(b) => b.is_end_stream(),
             Inbound::Full(b) => b.is_empty(),
             Inbound::Fields(f) => f.body().is_empty(),
             Inbound::Empty => true,
@@ -548,6 +552,7 @@ impl Body for Inbound {
     fn size_hint(&self) -> SizeHint {
         match self {
             Inbound::Hyper(b) => b.size_hint(),
+            Inbound::Streamed(b) => b.size_hint(),
             Inbound::Full(b) => SizeHint::with_exact(b.len() as u64),
             Inbound::Fields(f) => SizeHint::with_exact(f.body().len() as u64),
             Inbound::Empty => SizeHint::with_exact(0),

@@ -23,6 +23,8 @@ pub enum Wire {
     /// A client's request that has no body, its header fields as they came (the own loop's:
     /// see [`crate::conn::Inbound::Fields`]).
     Fields(crate::h1::Fields),
+    /// A client's body the own loop streams (see [`crate::conn::Inbound::Streamed`]).
+    Streamed(crate::h1server::Streamed),
 }
 
 /// A client's body as the upstream side takes it; a body the own loop read whole is one in
@@ -34,6 +36,7 @@ impl From<crate::conn::Inbound> for ProxyBody {
             crate::conn::Inbound::Empty => Either::Left(Wire::Empty),
             crate::conn::Inbound::Full(b) => Either::Right(Full::new(b)),
             crate::conn::Inbound::Fields(f) => Either::Left(Wire::Fields(f)),
+            crate::conn::Inbound::Streamed(b) => Either::Left(Wire::Streamed(b)),
         }
     }
 }
@@ -49,6 +52,7 @@ impl hyper::body::Body for Wire {
         match self.get_mut() {
             Wire::Incoming(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             Wire::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Wire::Streamed(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             Wire::Fields(f) if !f.body().is_empty() => {
                 std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(f.take_body()))))
             }
@@ -60,6 +64,7 @@ impl hyper::body::Body for Wire {
         match self {
             Wire::Incoming(b) => b.is_end_stream(),
             Wire::H1(b) => b.is_end_stream(),
+            Wire::Streamed(b) => b.is_end_stream(),
             Wire::Fields(f) => f.body().is_empty(),
             Wire::Empty => true,
         }
@@ -69,6 +74,7 @@ impl hyper::body::Body for Wire {
         match self {
             Wire::Incoming(b) => b.size_hint(),
             Wire::H1(b) => b.size_hint(),
+            Wire::Streamed(b) => b.size_hint(),
             Wire::Fields(f) => hyper::body::SizeHint::with_exact(f.body().len() as u64),
             Wire::Empty => hyper::body::SizeHint::with_exact(0),
         }

@@ -1,15 +1,18 @@
 //! The proxy listener's own HTTP/1.1 loop for the common request: in origin form, over
-//! HTTP/1.1, with no body or a short one of a stated length (a JSON document an API client
-//! posts, say: up to [`BODY_MAX`], read whole before the request goes on, as nginx buffers
-//! request bodies). It reads the head with `httparse`, hands the request to the proxy, and
-//! writes the answer's head and body to the socket itself.
+//! HTTP/1.1, with or without a body. A short body of a stated length (a JSON document an API
+//! client posts, say: up to [`BODY_MAX`]) is read whole before the request goes on, as nginx
+//! buffers request bodies; a longer one, or a chunked one, is streamed on as it arrives
+//! ([`Streamed`]). `Expect: 100-continue` is answered here when the body is waited for. It
+//! reads the head with `httparse`, hands the request to the proxy, and writes the answer's head
+//! and body to the socket itself.
 //!
 //! Anything else hands the connection, with every byte read of it and not yet served, to
-//! hyper's server for the rest of its life: a chunked or longer body, an `Expect`, CONNECT, an
-//! upgrade, HTTP/1.0, a target in another form, a `Connection` header that names more than
-//! `close` or `keep-alive`, a head that does not parse or is over the listener's limits. hyper
-//! then serves that request (or refuses it, as it would have from the start) and every one
-//! after it. Nothing about such a request is decided here.
+//! hyper's server for the rest of its life: CONNECT, an upgrade, HTTP/1.0, a target in another
+//! form, a `Connection` header that names more than `close` or `keep-alive`, a framing hyper
+//! refuses (two lengths, a length and a chunked body, another transfer coding), another
+//! `Expect`, a head that does not parse or is over the listener's limits. hyper then serves that
+//! request (or refuses it, as it would have from the start) and every one after it. Nothing
+//! about such a request is decided here.
 //!
 //! hyper's server took about half of sidekey's own instructions per request (its dispatcher,
 //! read and write buffers, a header map built for a head it then encodes again); see the
@@ -23,9 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use bytes::{Buf, Bytes};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Body;
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::conn::Inbound;
@@ -39,8 +42,19 @@ const MAX_HEADERS: usize = 100;
 /// chunk's size line), copied into the connection's write buffer; a larger one is written
 /// from where it is.
 const GATHER_MAX: usize = 16 * 1024;
-/// Longest request body read here (by its `Content-Length`); a longer one goes to hyper.
+/// Longest request body read whole with its head (by its `Content-Length`); a longer one is
+/// streamed.
 pub(crate) const BODY_MAX: usize = 16 * 1024;
+/// A streamed body is read this much at a time at most (what the read buffer may hold of it).
+const STREAM_ROOM: usize = 16 * 1024;
+/// Longest chunk size line (with its extensions), and most bytes of trailer fields, in a
+/// chunked body.
+const CHUNK_LINE_MAX: usize = 1024;
+const TRAILERS_MAX: usize = 8 * 1024;
+/// Chunks of a streamed body read ahead of the upstream's taking them.
+const STREAM_AHEAD: usize = 2;
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// How the loop ended.
 #[derive(Debug, PartialEq)]
@@ -65,10 +79,23 @@ pub(crate) struct Head {
     pub request: Request<Inbound>,
     /// Its length in the read buffer.
     pub len: usize,
-    /// The length of the body that follows it (its `Content-Length`, at most [`BODY_MAX`]).
+    /// The length of the body that follows it, to be read whole (its `Content-Length`, at most
+    /// [`BODY_MAX`]).
     pub body: usize,
+    /// A body streamed instead: how it is framed, and where its chunks go (the request's body
+    /// is the other end).
+    pub stream: Option<(Framing, tokio::sync::mpsc::Sender<Bytes>)>,
+    /// The client said `Expect: 100-continue`.
+    pub expect: bool,
     /// The client said `Connection: close`.
     pub close: bool,
+}
+
+/// How a streamed request body is framed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Framing {
+    Length(u64),
+    Chunked,
 }
 
 /// What the bytes at the start of a read buffer are.
@@ -101,38 +128,67 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
     if method == Method::CONNECT {
         return Parsed::HandOver;
     }
-    let (mut close, mut length) = (false, None);
+    let (mut close, mut length, mut chunked, mut expect) = (false, None, false, false);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let stays = if name.eq_ignore_ascii_case(b"content-length") {
-            // One, in digits, and short; any other (a list, a sign, two fields) is hyper's to
-            // judge.
-            let n = (length.is_none() && (1..=5).contains(&h.value.len()) && h.value.iter().all(u8::is_ascii_digit))
-                .then(|| h.value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-                .filter(|&n| n <= BODY_MAX as u64);
+            // One, in digits; any other (a list, a sign, two fields) is hyper's to judge.
+            let n = (length.is_none() && (1..=19).contains(&h.value.len()) && h.value.iter().all(u8::is_ascii_digit))
+                .then(|| h.value.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')));
             length = n;
             n.is_some()
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= h.value.eq_ignore_ascii_case(b"close");
             close || h.value.eq_ignore_ascii_case(b"keep-alive")
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // `chunked` alone, once; another coding or a list is hyper's.
+            let one = !chunked && h.value.eq_ignore_ascii_case(b"chunked");
+            chunked = true;
+            one
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            let one = !expect && h.value.eq_ignore_ascii_case(b"100-continue");
+            expect = true;
+            one
         } else {
-            !(name.eq_ignore_ascii_case(b"transfer-encoding")
-                || name.eq_ignore_ascii_case(b"expect")
-                || name.eq_ignore_ascii_case(b"upgrade"))
+            !name.eq_ignore_ascii_case(b"upgrade")
         };
         if !stays {
             return Parsed::HandOver;
         }
     }
+    let framing = match (chunked, length) {
+        // Both: hyper refuses it (RFC 9112, section 6.1).
+        (true, Some(_)) => return Parsed::HandOver,
+        (true, None) => Some(Framing::Chunked),
+        (false, Some(n)) if n > BODY_MAX as u64 => Some(Framing::Length(n)),
+        _ => None,
+    };
     // The path in a block of its own, which the URI points into; the header fields in another
     // (the read buffer is reused for the next request).
     let Ok(uri) = Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())) else { return Parsed::HandOver };
-    let Some(fields) = crate::h1::Fields::request(buf, req.headers, length) else { return Parsed::HandOver };
-    let mut request = Request::new(Inbound::Fields(fields));
+    let short = if framing.is_some() { None } else { length };
+    let Some(mut fields) = crate::h1::Fields::request(buf, req.headers, short) else { return Parsed::HandOver };
+    if expect {
+        // Answered here, not sent on.
+        fields.remove(&EXPECT);
+    }
+    let (mut request, stream) = match framing {
+        None => (Request::new(Inbound::Fields(fields)), None),
+        // A streamed body goes on as hyper's would, its fields in a header map (`Content-Length`
+        // among them; a chunked one is framed again upstream).
+        Some(framing) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(STREAM_AHEAD);
+            let mut request = Request::new(Inbound::Streamed(Streamed::new(rx, framing)));
+            fields.append_to(request.headers_mut());
+            (request, Some((framing, tx)))
+        }
+    };
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
-    Parsed::Request(Head { request, len, body: length.unwrap_or(0) as usize, close })
+    let body = short.unwrap_or(0) as usize;
+    let expect = expect && (body > 0 || stream.is_some());
+    Parsed::Request(Head { request, len, body, stream, expect, close })
 }
 
 /// Serves requests on `io`, the first starting at `read` (what was read of it already), until
@@ -161,13 +217,20 @@ where
     loop {
         // How much the request read so far needs: its head and body (the head's limit until
         // the head is read).
-        let (mut need, mut body_due) = (limits.max_bytes, false);
+        let (mut need, mut body_due, mut continued) = (limits.max_bytes, false, false);
         let mut head = loop {
             if !buf.is_empty() {
                 match parse(&buf, limits) {
-                    Parsed::Request(head) if buf.len() >= head.len + head.body => break head,
+                    Parsed::Request(head) if head.stream.is_some() || buf.len() >= head.len + head.body => break head,
                     // Its body is on its way: the request is under way, closing or not.
-                    Parsed::Request(head) => (need, body_due) = (need.max(head.len + head.body), true),
+                    Parsed::Request(head) => {
+                        (need, body_due) = (need.max(head.len + head.body), true);
+                        if head.expect && !continued && buf.len() == head.len {
+                            // The client waits to be told to send its body.
+                            continued = true;
+                            io.write_all(CONTINUE).await?;
+                        }
+                    }
                     Parsed::HandOver => return Ok(End::HandOver(buf)),
                     Parsed::Partial => {}
                 }
@@ -200,29 +263,60 @@ where
         }
         let head_request = head.request.method() == Method::HEAD;
         let in_flight = begin();
-        let response = {
-            let mut answer = pin!(handler(head.request));
-            let max = limits.max_bytes;
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(Ok(response)) = answer.as_mut().poll(cx) {
-                    return Poll::Ready(Some(response));
-                }
-                // Meanwhile, notice a client that goes away (as hyper does): its request is
-                // dropped. What a client sends ahead (pipelined) is kept for after.
-                while buf.len() < max {
-                    let room = max.saturating_sub(buf.len());
-                    match crate::memory::poll_read_spare(Pin::new(&mut *io), cx, &mut buf, READ_ROOM, room) {
-                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
-                        Poll::Ready(Ok(_)) => {}
-                        Poll::Pending => break,
+        let mut answer = pin!(handler(head.request));
+        // A streamed body is read while the request is under way; an answer that comes before
+        // its end is the last on this connection (what is left of the body is not read).
+        let mut early = None;
+        let mut cut = false;
+        if let Some((framing, tx)) = head.stream {
+            let pumped = {
+                let mut pump = pin!(pump(&mut *io, &mut buf, framing, tx, head.expect));
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(pumped) = pump.as_mut().poll(cx) {
+                        return Poll::Ready(Some(pumped));
                     }
-                }
-                Poll::Pending
-            })
-            .await
+                    match answer.as_mut().poll(cx) {
+                        Poll::Ready(Ok(response)) => {
+                            early = Some(response);
+                            Poll::Ready(None)
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await
+            };
+            match pumped {
+                Some(Pumped::Whole) => {}
+                // The client went away; its request is dropped.
+                Some(Pumped::Closed) => return Ok(End::Closed),
+                Some(Pumped::Unread | Pumped::Bad) | None => cut = true,
+            }
+        }
+        let response = match early {
+            Some(response) => Some(response),
+            None => {
+                let max = limits.max_bytes;
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(Ok(response)) = answer.as_mut().poll(cx) {
+                        return Poll::Ready(Some(response));
+                    }
+                    // Meanwhile, notice a client that goes away (as hyper does): its request is
+                    // dropped. What a client sends ahead (pipelined) is kept for after.
+                    while buf.len() < max && !cut {
+                        let room = max.saturating_sub(buf.len());
+                        match crate::memory::poll_read_spare(Pin::new(&mut *io), cx, &mut buf, READ_ROOM, room) {
+                            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                            Poll::Ready(Ok(_)) => {}
+                            Poll::Pending => break,
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
+            }
         };
         let Some(response) = response else { return Ok(End::Closed) };
-        let close = head.close || closing.load(Ordering::Relaxed);
+        let close = head.close || cut || closing.load(Ordering::Relaxed);
         let whole = write_response(io, &mut out, response, head_request, close).await;
         drop(in_flight);
         match whole {
@@ -412,6 +506,236 @@ async fn flush<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> io::Resu
     written
 }
 
+/// How reading a streamed body ended.
+#[derive(Debug, PartialEq)]
+enum Pumped {
+    /// Read to its end and sent on.
+    Whole,
+    /// The upstream side stopped taking it before its end (its answer came, or it failed).
+    Unread,
+    /// A chunked body that does not parse: the upstream side was told it failed.
+    Bad,
+    /// The client closed (or its connection failed) before the body's end.
+    Closed,
+}
+
+/// Reads a streamed body from the client's connection (what `buf` holds of it first) and sends
+/// its data on through `tx`, chunk by chunk, as the upstream side takes it (a chunked body's
+/// end is an empty chunk). Its end is left at the start of `buf`. The request's body ends in an
+/// error wherever this stops short.
+async fn pump<I>(
+    io: &mut I,
+    buf: &mut Vec<u8>,
+    framing: Framing,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+    expect: bool,
+) -> Pumped
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    if expect && buf.is_empty() && io.write_all(CONTINUE).await.is_err() {
+        return Pumped::Closed;
+    }
+    let mut decoder = Decoder::new(framing);
+    loop {
+        let mut at = 0;
+        let step = loop {
+            match decoder.step(&buf[at..]) {
+                Ok(Step::Data(n)) => {
+                    let data = Bytes::copy_from_slice(&buf[at..at + n]);
+                    at += n;
+                    if tx.send(data).await.is_err() {
+                        break Some(Pumped::Unread);
+                    }
+                }
+                Ok(Step::Skip(n)) => at += n,
+                Ok(Step::More) => break None,
+                Ok(Step::End(n)) => {
+                    at += n;
+                    if framing == Framing::Chunked {
+                        let _ = tx.send(Bytes::new()).await;
+                    }
+                    break Some(Pumped::Whole);
+                }
+                Err(why) => {
+                    tracing::debug!(error = why, "a client's chunked body does not parse");
+                    break Some(Pumped::Bad);
+                }
+            }
+        };
+        buf.drain(..at);
+        if let Some(pumped) = step {
+            return pumped;
+        }
+        let room = STREAM_ROOM.saturating_sub(buf.len()).max(CHUNK_LINE_MAX);
+        let read =
+            std::future::poll_fn(|cx| crate::memory::poll_read_spare(Pin::new(&mut *io), cx, buf, READ_ROOM, room))
+                .await;
+        if !matches!(read, Ok(n) if n > 0) {
+            return Pumped::Closed;
+        }
+    }
+}
+
+/// What comes next of a streamed body, from the bytes read of it.
+#[derive(Debug, PartialEq)]
+enum Step {
+    /// This many bytes of its data.
+    Data(usize),
+    /// This many bytes of framing.
+    Skip(usize),
+    /// Nothing until more is read.
+    More,
+    /// Its end, after this many bytes of framing.
+    End(usize),
+}
+
+/// Where a streamed body is: the length left of a stated one, or the part of a chunked one
+/// (RFC 9112, section 7.1; chunk extensions and trailer fields are read and dropped).
+#[derive(Debug)]
+enum Decoder {
+    Length(u64),
+    Size,
+    Data(u64),
+    DataEnd,
+    /// Trailer fields, and how many bytes of them so far.
+    Trailers(usize),
+}
+
+impl Decoder {
+    fn new(framing: Framing) -> Decoder {
+        match framing {
+            Framing::Length(n) => Decoder::Length(n),
+            Framing::Chunked => Decoder::Size,
+        }
+    }
+
+    fn step(&mut self, buf: &[u8]) -> Result<Step, &'static str> {
+        let line = |buf: &[u8]| buf.windows(2).position(|w| w == b"\r\n");
+        match self {
+            Decoder::Length(0) => Ok(Step::End(0)),
+            Decoder::Length(_) | Decoder::Data(_) if buf.is_empty() => Ok(Step::More),
+            Decoder::Length(left) => {
+                let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= n as u64;
+                Ok(Step::Data(n))
+            }
+            Decoder::Data(left) => {
+                let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= n as u64;
+                if *left == 0 {
+                    *self = Decoder::DataEnd;
+                }
+                Ok(Step::Data(n))
+            }
+            Decoder::DataEnd => match buf {
+                [b'\r', b'\n', ..] => {
+                    *self = Decoder::Size;
+                    Ok(Step::Skip(2))
+                }
+                [] | [b'\r'] => Ok(Step::More),
+                _ => Err("a chunk's data is not followed by CRLF"),
+            },
+            Decoder::Size => match httparse::parse_chunk_size(buf) {
+                // No digit at all, or a bare LF inside an extension, `httparse` takes; not here.
+                Ok(httparse::Status::Complete(_)) if !buf[0].is_ascii_hexdigit() => {
+                    Err("a chunk size that does not parse")
+                }
+                Ok(httparse::Status::Complete((used, _))) if used > CHUNK_LINE_MAX => Err("a chunk size line too long"),
+                Ok(httparse::Status::Complete((used, _))) if buf[..used - 2].contains(&b'\n') => {
+                    Err("a bare LF in a chunk size line")
+                }
+                Ok(httparse::Status::Complete((used, size))) => {
+                    *self = if size == 0 { Decoder::Trailers(0) } else { Decoder::Data(size) };
+                    Ok(Step::Skip(used))
+                }
+                Ok(httparse::Status::Partial) if buf.len() < CHUNK_LINE_MAX => Ok(Step::More),
+                Ok(httparse::Status::Partial) => Err("a chunk size line too long"),
+                Err(_) => Err("a chunk size that does not parse"),
+            },
+            Decoder::Trailers(seen) => match line(buf) {
+                Some(0) => Ok(Step::End(2)),
+                Some(n) if *seen + n + 2 > TRAILERS_MAX => Err("trailer fields too long"),
+                Some(n) if buf[..n].contains(&b'\n') || !buf[..n].contains(&b':') => {
+                    Err("a trailer field that does not parse")
+                }
+                Some(n) => {
+                    *seen += n + 2;
+                    Ok(Step::Skip(n + 2))
+                }
+                None if *seen + buf.len() > TRAILERS_MAX => Err("trailer fields too long"),
+                None => Ok(Step::More),
+            },
+        }
+    }
+}
+
+/// A request body the own loop streams from the client's connection as it arrives (one longer
+/// than [`BODY_MAX`], or a chunked one), decoded: data chunks as they are read, then (a chunked
+/// one) an empty chunk for its end. A body whose sender is gone before its end failed: the
+/// client closed, its chunks did not parse, or the loop stopped.
+#[derive(Debug)]
+pub struct Streamed {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    /// What is left of a stated length; `None`: chunked.
+    left: Option<u64>,
+    ended: bool,
+}
+
+impl Streamed {
+    fn new(rx: tokio::sync::mpsc::Receiver<Bytes>, framing: Framing) -> Streamed {
+        let left = match framing {
+            Framing::Length(n) => Some(n),
+            Framing::Chunked => None,
+        };
+        Streamed { rx, left, ended: false }
+    }
+}
+
+/// The client's body did not come whole.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's body did not come whole")]
+pub struct BodyCut;
+
+impl Body for Streamed {
+    type Data = Bytes;
+    type Error = BodyCut;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
+        let this = self.get_mut();
+        if this.is_end_stream() {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(this.rx.poll_recv(cx)) {
+            Some(data) if data.is_empty() && this.left.is_none() => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Some(data) => {
+                if let Some(left) = &mut this.left {
+                    *left = left.saturating_sub(data.len() as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            None => Poll::Ready(Some(Err(BodyCut))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.left == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.left {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
 /// For the fuzz target `client_requests`: the input's first byte picks the listener's limits
 /// (odd: 64 bytes and 4 headers; even: 8 KiB and 100), the rest is everything a client sends
 /// before closing its side. The loop serves it with a handler that answers every request, and
@@ -447,12 +771,31 @@ pub fn fuzz_requests(data: &[u8]) -> Option<usize> {
             let served = std::sync::atomic::AtomicUsize::new(0);
             let handler = |req: Request<Inbound>| {
                 served.fetch_add(1, Ordering::Relaxed);
-                // A body read here is all its `Content-Length` says, no more, no less.
-                let Inbound::Fields(fields) = req.body() else { panic!("a request served here without its fields") };
-                assert_eq!(fields.length().unwrap_or(0), fields.body().len() as u64, "a body read short or long");
-                std::future::ready(Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from_static(
-                    b"ok",
-                )))))
+                async move {
+                    let length = req.body().size_hint().exact();
+                    match req.into_body() {
+                        // A body read here is all its `Content-Length` says, no more, no less.
+                        Inbound::Fields(fields) => {
+                            assert_eq!(
+                                fields.length().unwrap_or(0),
+                                fields.body().len() as u64,
+                                "a body read short or long"
+                            );
+                        }
+                        // So is a streamed one that comes whole.
+                        Inbound::Streamed(body) => {
+                            if let Ok(got) = http_body_util::BodyExt::collect(body).await {
+                                let got = got.to_bytes().len() as u64;
+                                assert!(
+                                    length.is_none_or(|n| n == got),
+                                    "a streamed body of {got} bytes for {length:?}"
+                                );
+                            }
+                        }
+                        other => panic!("a request served here with {other:?}"),
+                    }
+                    Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from_static(b"ok"))))
+                }
             };
             let closing = AtomicBool::new(false);
             let end = serve(&mut server, Vec::new(), &handler, || (), &closing, limits).await;
@@ -526,17 +869,49 @@ mod tests {
         let most = format!("PUT /x HTTP/1.1\r\nContent-Length: {BODY_MAX}\r\n\r\n");
         assert_eq!(served(most.as_bytes()).body, BODY_MAX);
 
-        let over = format!("POST /x HTTP/1.1\r\nContent-Length: {}\r\n\r\n", BODY_MAX + 1);
+        // Leading zeros are digits all the same.
+        assert_eq!(served(b"POST /x HTTP/1.1\r\nContent-Length: 000005\r\n\r\nhello").body, 5);
+        // `Expect: 100-continue`: answered here, not sent on; said only where a body is waited for.
+        let head = served(b"PUT /x HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n");
+        let Inbound::Fields(fields) = head.request.body() else { panic!("no fields") };
+        assert_eq!((head.expect, fields.block()), (true, &b"Content-Length: 2\r\n"[..]));
+        assert!(!served(b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n").expect);
+
+        // A longer body, or a chunked one: streamed, its fields in a header map.
+        let over = format!("POST /x HTTP/1.1\r\nContent-Length: {}\r\nX-A: 1\r\n\r\n", BODY_MAX + 1);
+        let largest = "PUT /x HTTP/1.1\r\nContent-Length: 9999999999999999999\r\n\r\n";
+        let chunked = "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\nExpect: 100-continue\r\n\r\n";
+        for (sent, framing, length) in [
+            (over.as_str(), Framing::Length(BODY_MAX as u64 + 1), Some(BODY_MAX as u64 + 1)),
+            (largest, Framing::Length(9_999_999_999_999_999_999), Some(9_999_999_999_999_999_999)),
+            (chunked, Framing::Chunked, None),
+        ] {
+            let head = served(sent.as_bytes());
+            assert_eq!((head.len, head.body), (sent.len(), 0), "{sent}");
+            assert_eq!(head.stream.as_ref().map(|s| s.0), Some(framing), "{sent}");
+            assert_eq!(head.expect, framing == Framing::Chunked, "{sent}");
+            assert!(matches!(head.request.body(), Inbound::Streamed(_)), "{sent}");
+            assert_eq!(head.request.body().size_hint().exact(), length, "{sent}");
+            let headers = head.request.headers();
+            assert_eq!(headers.get(CONTENT_LENGTH).map(|v| v.to_str().unwrap().parse().unwrap()), length, "{sent}");
+            assert!(!headers.contains_key(TRANSFER_ENCODING) && !headers.contains_key(EXPECT), "{sent}");
+        }
+        assert_eq!(served(chunked.as_bytes()).request.headers()["host"], "h");
+
         for other in [
-            over.as_bytes(),
-            b"POST /x HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello",
+            b"POST /x HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 5\r\n\r\nhello".as_slice(),
             b"POST /x HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
             b"POST /x HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhello",
             b"POST /x HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello",
-            b"POST /x HTTP/1.1\r\nContent-Length: 000005\r\n\r\nhello",
+            b"POST /x HTTP/1.1\r\nContent-Length: 18446744073709551616\r\n\r\n",
             b"POST /x HTTP/1.1\r\nContent-Length: \r\n\r\n",
-            b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"PUT /x HTTP/1.1\r\nExpect: 100-continue, x\r\nContent-Length: 1\r\n\r\nx",
+            b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nx",
             b"GET /ws HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"GET /x HTTP/1.1\r\nConnection: keep-alive, x-secret\r\n\r\n",
             b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
@@ -577,6 +952,19 @@ mod tests {
     fn handler(started: Arc<AtomicUsize>) -> impl Fn(Request<Inbound>) -> Answer {
         move |req: Request<Inbound>| {
             started.fetch_add(1, Ordering::SeqCst);
+            if let ("/echo", Inbound::Streamed(_)) = (req.uri().path(), req.body()) {
+                // A streamed body, read to its end: 200 with it, or 400 and why.
+                return Box::pin(async move {
+                    let (status, got) = match req.into_body().collect().await {
+                        Ok(got) => (StatusCode::OK, got.to_bytes()),
+                        Err(e) => (StatusCode::BAD_REQUEST, Bytes::from(e.to_string())),
+                    };
+                    let mut response = Response::new(Full::new(got).map_err(|e| match e {}).boxed());
+                    *response.status_mut() = status;
+                    response.headers_mut().insert(DATE, HeaderValue::from_static("Sun, 29 Nov 2026 00:00:00 GMT"));
+                    Ok(response)
+                });
+            }
             let mut response = Response::new(match req.uri().path() {
                 "/full" => Full::new(Bytes::from_static(b"hello")).map_err(|e| match e {}).boxed(),
                 "/stream" | "/head" => body(&["hello", " world"]),
@@ -669,7 +1057,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_for_hyper_is_handed_over_with_every_byte_after_what_was_served() {
-        let post = b"POST /upload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        let post = b"POST /upload HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
         let mut sent = b"GET /full HTTP/1.1\r\n\r\n".to_vec();
         sent.extend_from_slice(post);
         let (end, got, n) = exchange(&sent, false).await;
@@ -733,7 +1121,13 @@ mod tests {
         assert_eq!(fuzz_requests(b"\0GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 1\r\n\r\nx"), Some(2));
         assert_eq!(
             fuzz_requests(b"\0GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
-            Some(1)
+            Some(2)
+        );
+        assert_eq!(
+            fuzz_requests(
+                b"\0POST /b HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\nGET /a HTTP/1.1\r\n\r\n"
+            ),
+            Some(0)
         );
         // A body cut short by the client's close: not served.
         assert_eq!(fuzz_requests(b"\0POST /b HTTP/1.1\r\nContent-Length: 5\r\n\r\nxy"), Some(0));
@@ -743,6 +1137,207 @@ mod tests {
         );
         assert_eq!(fuzz_requests(b"\0GET /a HTTP/1.1\r\nHost: x"), Some(0));
         assert_eq!(fuzz_requests(b""), None);
+    }
+
+    /// Runs a decoder over `input` as a pump would, fed `piece` bytes at a time: the data, and
+    /// how much of the input the body took; or why it failed.
+    fn decode(framing: Framing, input: &[u8], piece: usize) -> Result<(Vec<u8>, usize), &'static str> {
+        let (mut decoder, mut data, mut buf, mut fed, mut taken) =
+            (Decoder::new(framing), Vec::new(), Vec::new(), 0, 0);
+        loop {
+            match decoder.step(&buf)? {
+                Step::Data(n) => {
+                    assert!(n > 0, "an empty data step");
+                    data.extend(buf.drain(..n));
+                    taken += n;
+                }
+                Step::Skip(n) => {
+                    buf.drain(..n);
+                    taken += n;
+                }
+                Step::End(n) => return Ok((data, taken + n)),
+                Step::More if fed == input.len() => return Err("more wanted than sent"),
+                Step::More => {
+                    let next = input.len().min(fed + piece);
+                    buf.extend_from_slice(&input[fed..next]);
+                    fed = next;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn streamed_bodies_are_decoded_to_their_end_and_bad_chunks_refused() {
+        let chunked = b"5\r\nhello\r\nA;name=\"va;lue\"\r\n, world!!!\r\n0\r\nX-Sum: 1\r\nX-Other: 2\r\n\r\nGET /next";
+        for piece in [1, 2, 7, 1000] {
+            let (data, taken) = decode(Framing::Chunked, chunked, piece).unwrap();
+            assert_eq!(
+                (data.as_slice(), taken),
+                (&b"hello, world!!!"[..], chunked.len() - b"GET /next".len()),
+                "{piece}"
+            );
+            let (data, taken) = decode(Framing::Length(7), b"1234567GET", piece).unwrap();
+            assert_eq!((data.as_slice(), taken), (&b"1234567"[..], 7), "{piece}");
+            assert_eq!(decode(Framing::Chunked, b"0\r\n\r\n", piece).unwrap(), (Vec::new(), 5));
+        }
+        let long_line = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(CHUNK_LINE_MAX));
+        let long_trailers = format!("0\r\nX-T: {}\r\n\r\n", "t".repeat(TRAILERS_MAX));
+        for (bad, why) in [
+            (&b"5\r\nhelloX\r\n0\r\n\r\n"[..], "a chunk's data is not followed by CRLF"),
+            (b"5\nhello\r\n0\r\n\r\n", "a chunk size that does not parse"),
+            (b"5;a\nb\r\nhello\r\n0\r\n\r\n", "a bare LF in a chunk size line"),
+            (b"-5\r\nhello\r\n0\r\n\r\n", "a chunk size that does not parse"),
+            (b"0x5\r\nhello\r\n0\r\n\r\n", "a chunk size that does not parse"),
+            (b"fffffffffffffffff\r\n", "a chunk size that does not parse"),
+            (b"\r\n", "a chunk size that does not parse"),
+            (b"5\r\nhello\r\n;x\r\n\r\n", "a chunk size that does not parse"),
+            (long_line.as_bytes(), "a chunk size line too long"),
+            (b"0\r\nno colon\r\n\r\n", "a trailer field that does not parse"),
+            (b"0\r\nX-A: 1\nX-B: 2\r\n\r\n", "a trailer field that does not parse"),
+            (long_trailers.as_bytes(), "trailer fields too long"),
+            (b"5\r\nhel", "more wanted than sent"),
+        ] {
+            for piece in [1, 1000] {
+                assert_eq!(
+                    decode(Framing::Chunked, bad, piece),
+                    Err(why),
+                    "{:?} by {piece}",
+                    String::from_utf8_lossy(bad)
+                );
+            }
+        }
+    }
+
+    /// Runs the loop with `handler(started)` on one side of a pipe and `client` on the other
+    /// (which closes its side when done), within 10 s: how the loop ended, and the client's result.
+    async fn converse<C, Fut>(client: C) -> (io::Result<End>, Fut::Output, usize)
+    where
+        C: FnOnce(tokio::io::DuplexStream) -> Fut,
+        Fut: Future,
+    {
+        let (client_io, mut server) = tokio::io::duplex(64 * 1024);
+        let started = Arc::new(AtomicUsize::new(0));
+        let closing = AtomicBool::new(false);
+        let h = handler(started.clone());
+        let serving = async {
+            let end = serve(&mut server, Vec::new(), &h, || (), &closing, LIMITS).await;
+            drop(server);
+            end
+        };
+        let (end, got) =
+            tokio::time::timeout(Duration::from_secs(10), futures_util::future::join(serving, client(client_io)))
+                .await
+                .expect("the loop and the client end");
+        (end, got, started.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_long_or_chunked_body_is_streamed_and_the_connection_serves_the_next_request() {
+        let long: Vec<u8> = (0..BODY_MAX * 3 + 5).map(|i| b'a' + (i % 26) as u8).collect();
+        let (end, got, n) = converse(|mut c| {
+            let long = long.clone();
+            async move {
+                let head = format!("PUT /echo HTTP/1.1\r\nContent-Length: {}\r\n\r\n", long.len());
+                c.write_all(head.as_bytes()).await.unwrap();
+                // In pieces, the last with the next request after it.
+                for piece in long[..long.len() - 10].chunks(5000) {
+                    c.write_all(piece).await.unwrap();
+                }
+                c.write_all(
+                    &[&long[long.len() - 10..], b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"].concat(),
+                )
+                .await
+                .unwrap();
+                for byte in b"3\r\nabc\r\n10;x=y\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\n" {
+                    c.write_all(&[*byte]).await.unwrap();
+                }
+                c.write_all(b"GET /full HTTP/1.1\r\nConnection: close\r\n\r\n").await.unwrap();
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).await.unwrap();
+                got
+            }
+        })
+        .await;
+        assert_eq!(end.unwrap(), End::Closed);
+        assert_eq!(n, 3);
+        let date = "date: Sun, 29 Nov 2026 00:00:00 GMT\r\n";
+        let expected = [
+            format!("HTTP/1.1 200 OK\r\n{date}content-length: {}\r\n\r\n", long.len()).into_bytes(),
+            long,
+            format!("HTTP/1.1 200 OK\r\n{date}content-length: 19\r\n\r\nabc0123456789abcdef").into_bytes(),
+            format!("HTTP/1.1 200 OK\r\n{date}content-length: 5\r\nconnection: close\r\n\r\nhello").into_bytes(),
+        ]
+        .concat();
+        assert!(got == expected, "{}", String::from_utf8_lossy(&got));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_expects_100_continue_is_told_to_send_its_body() {
+        for (head, body, echoed) in [
+            ("PUT /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n", &b"hello"[..], "hello"),
+            (
+                "POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+                &b"5\r\nhello\r\n0\r\n\r\n"[..],
+                "hello",
+            ),
+        ] {
+            let (end, got, n) = converse(|mut c| async move {
+                c.write_all(head.as_bytes()).await.unwrap();
+                // Nothing of the body is sent until the loop says so.
+                let mut interim = vec![0; CONTINUE.len()];
+                c.read_exact(&mut interim).await.unwrap();
+                c.write_all(body).await.unwrap();
+                c.write_all(b"GET /full HTTP/1.1\r\nConnection: close\r\n\r\n").await.unwrap();
+                let mut rest = Vec::new();
+                c.read_to_end(&mut rest).await.unwrap();
+                (interim, String::from_utf8(rest).unwrap())
+            })
+            .await;
+            assert_eq!((end.unwrap(), n), (End::Closed, 2), "{head}");
+            assert_eq!(got.0, CONTINUE, "{head}");
+            let date = "date: Sun, 29 Nov 2026 00:00:00 GMT\r\n";
+            assert!(
+                got.1.starts_with(&format!("HTTP/1.1 200 OK\r\n{date}content-length: 5\r\n\r\n{echoed}HTTP/1.1 200")),
+                "{}",
+                got.1
+            );
+        }
+        // A body sent with its head needs no interim answer.
+        let (end, got, n) =
+            exchange(b"PUT /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nhi", true).await;
+        assert_eq!((end.unwrap(), n), (End::Closed, 1));
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("\r\n\r\nhi"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_that_fails_or_is_not_read_costs_the_connection() {
+        // Chunks that do not parse: the handler's body fails (here: a 400), and it is the last
+        // answer on the connection; what follows is never read as a request.
+        let (end, got, n) = exchange(
+            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloGET /full HTTP/1.1\r\n\r\n",
+            false,
+        )
+        .await;
+        assert_eq!((end.unwrap(), n), (End::Closed, 1));
+        assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+        assert!(
+            got.contains("connection: close\r\n") && got.ends_with("the client's body did not come whole"),
+            "{got}"
+        );
+        // An answer before the body's end (the handler does not read it): the last one too.
+        let (end, got, n) =
+            exchange(b"POST /full HTTP/1.1\r\nContent-Length: 100000\r\n\r\nhalfGET /full HTTP/1.1\r\n\r\n", false)
+                .await;
+        assert_eq!((end.unwrap(), n), (End::Closed, 1));
+        assert!(got.contains("connection: close\r\n") && got.ends_with("\r\n\r\nhello"), "{got}");
+        // A client that closes before its body's end: the request is dropped, nothing answered.
+        for cut in [
+            &b"PUT /echo HTTP/1.1\r\nContent-Length: 20000\r\n\r\nsome"[..],
+            b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        ] {
+            let (end, got, n) = exchange(cut, true).await;
+            assert_eq!((end.unwrap(), n, got.as_str()), (End::Closed, 1, ""), "{}", String::from_utf8_lossy(cut));
+        }
     }
 
     #[tokio::test]

@@ -370,6 +370,31 @@ async fn bodies_stream_through_unchanged_both_ways() {
     assert_eq!(j["body_len"], upload.len());
     assert_eq!(j["body_sha256"], sha256(&upload));
 
+    // A chunked body, in chunks of every size, then another request on the same connection.
+    {
+        use tokio::io::AsyncWriteExt;
+        let upload = pattern(300_007);
+        let mut raw = tokio::net::TcpStream::connect(sk.proxy_addr).await.unwrap();
+        let mut sent = b"POST /api/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for chunk in upload.chunks(70_001).chain(upload.chunks(1).take(3)) {
+            sent.extend_from_slice(format!("{:x};ext=1\r\n", chunk.len()).as_bytes());
+            sent.extend_from_slice(chunk);
+            sent.extend_from_slice(b"\r\n");
+        }
+        sent.extend_from_slice(b"0\r\nX-Trailer: 1\r\n\r\nGET /api/bytes/3 HTTP/1.1\r\nHost: x\r\n\r\n");
+        for piece in sent.chunks(65_536) {
+            raw.write_all(piece).await.unwrap();
+        }
+        let answer = one_answer(&mut raw).await;
+        let json = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        let j: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        let mut whole = upload.clone();
+        whole.extend_from_slice(&upload[..3]);
+        assert_eq!((j["body_len"].as_u64(), &j["body_sha256"]), (Some(whole.len() as u64), &sha256(&whole).into()));
+        let next = one_answer(&mut raw).await;
+        assert!(next.starts_with("HTTP/1.1 200 ") && next.ends_with(&String::from_utf8(pattern(3)).unwrap()), "{next}");
+    }
+
     let n = 5 * 1024 * 1024 + 3;
     let a = get(&c, &format!("http://{}/api/bytes/{n}", sk.proxy_addr)).await;
     assert_eq!(a.status, 200);
@@ -531,15 +556,17 @@ async fn a_short_body_goes_upstream_with_its_head_and_the_connection_is_used_aga
          [tokens.t]\nsource = \"env\"\nvar = \"SK_T_BODY\"\n"
     );
     let sk = start_proxy(&config).await;
-    // On a connection the listener's own loop serves, and on one it handed to hyper's server
-    // (a chunked body does that; the origin may close the connection that carried it).
-    for handed_over in [false, true] {
+    // On a connection the listener's own loop serves, on one after a chunked body it streamed,
+    // and on one it handed to hyper's server (a `Connection` header naming a field does that).
+    // The origin may close the connection that carried the chunked body.
+    for handed_over in [None, Some(""), Some("Connection: keep-alive, x-hop\r\n")] {
         let mut client = tokio::net::TcpStream::connect(sk.proxy_addr).await.unwrap();
-        if handed_over {
+        if let Some(connection) = handed_over {
             let chunked =
-                b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
-            client.write_all(chunked).await.unwrap();
-            assert!(one_answer(&mut client).await.ends_with("ok"));
+                format!("POST /chunked HTTP/1.1\r\nHost: x\r\n{connection}Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n");
+            client.write_all(chunked.as_bytes()).await.unwrap();
+            let answer = one_answer(&mut client).await;
+            assert!(answer.ends_with("ok"), "after {handed_over:?}: {answer}");
             assert_eq!(bounded("the chunked request upstream", seen.recv()).await.as_deref(), Some("POST /chunked"));
         }
         let before = connections.load(Ordering::SeqCst);
@@ -547,7 +574,7 @@ async fn a_short_body_goes_upstream_with_its_head_and_the_connection_is_used_aga
         // head written alone came at once before).
         client.write_all(b"POST /first HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n").await.unwrap();
         let early = tokio::time::timeout(std::time::Duration::from_millis(300), seen.recv()).await;
-        assert!(early.is_err(), "handed over {handed_over}: the head went upstream before its body: {early:?}");
+        assert!(early.is_err(), "after {handed_over:?}: the head went upstream before its body: {early:?}");
         client.write_all(b"0123456789").await.unwrap();
         let first = one_answer(&mut client).await;
         assert!(first.starts_with("HTTP/1.1 200 ") && first.ends_with("ok"), "{first}");
@@ -563,7 +590,7 @@ async fn a_short_body_goes_upstream_with_its_head_and_the_connection_is_used_aga
         // The origin had each body in its buffer when it answered: the connection it had (or
         // one new one, where the chunked request's was closed) carried all four.
         let new = connections.load(Ordering::SeqCst) - before;
-        assert!(new <= 1, "handed over {handed_over}: {new} new upstream connections for 4 requests");
+        assert!(new <= 1, "after {handed_over:?}: {new} new upstream connections for 4 requests");
     }
     sk.shutdown().await;
 }
