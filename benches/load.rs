@@ -347,7 +347,8 @@ fn origin_tls(cert_out: &Path) -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
-/// One origin connection: HTTP/1.1, `200 ok`, the token noted.
+/// One origin connection: HTTP/1.1, `200 ok` once the request's body is read (as an API server
+/// reads the document it is sent), the token noted.
 async fn serve_origin<I>(io: I, stats: Arc<Stats>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -370,6 +371,14 @@ where
                 ))));
             }
             stats.requests.fetch_add(1, Ordering::Relaxed);
+            let (parts, mut body) = req.into_parts();
+            while !hyper::body::Body::is_end_stream(&body) {
+                match http_body_util::BodyExt::frame(&mut body).await {
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            let req = hyper::Request::from_parts(parts, ());
             let n = req
                 .headers()
                 .get("authorization")

@@ -336,8 +336,7 @@ impl Conn {
             deadline,
             written: 0,
             flushed: false,
-            pending: Vec::new(),
-            pending_at: 0,
+            pending: Pending::default(),
             got_any: false,
         };
         async move {
@@ -487,18 +486,69 @@ struct Exchange {
     written: usize,
     body_done: bool,
     flushed: bool,
-    /// A frame of a streamed body, encoded, and how much of it is written.
-    pending: Vec<u8>,
-    pending_at: usize,
+    /// A frame of a streamed body and its framing, to be written.
+    pending: Pending,
     /// A byte of the answer came.
     got_any: bool,
+}
+
+/// A frame of a streamed request body to write: its data, in the chunk framing of a chunked
+/// body (or the last chunk), and how much of it all is written.
+#[derive(Default)]
+struct Pending {
+    before: Vec<u8>,
+    data: Bytes,
+    after: &'static [u8],
+    at: usize,
+}
+
+impl Pending {
+    fn written(&self) -> bool {
+        self.at >= self.before.len() + self.data.len() + self.after.len()
+    }
+
+    /// A data frame next.
+    fn data(&mut self, data: Bytes, chunked: bool) {
+        self.before.clear();
+        self.after = b"";
+        if chunked && !data.is_empty() {
+            push_hex(&mut self.before, data.len());
+            self.before.extend_from_slice(b"\r\n");
+            self.after = b"\r\n";
+        }
+        self.data = data;
+        self.at = 0;
+    }
+
+    /// The body's end next.
+    fn end(&mut self, chunked: bool) {
+        self.before.clear();
+        self.data = Bytes::new();
+        self.after = if chunked { b"0\r\n\r\n" } else { b"" };
+        self.at = 0;
+    }
+
+    /// What is left to write, into `slices` from `i` on; how many of them are filled.
+    fn slices<'a>(&'a self, slices: &mut [io::IoSlice<'a>; 4], mut i: usize) -> usize {
+        let mut skip = self.at;
+        for part in [&self.before[..], &self.data[..], self.after] {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            slices[i] = io::IoSlice::new(&part[skip..]);
+            skip = 0;
+            i += 1;
+        }
+        i
+    }
 }
 
 impl Exchange {
     /// Writes as far as it goes without waiting and reads the answer's head; `None` once the
     /// deadline has passed.
     fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Head>>> {
-        let Exchange { held, req, written, body_done, flushed, pending, pending_at, .. } = self;
+        let Exchange { held, req, written, body_done, flushed, pending, .. } = self;
         let conn = held.conn.as_mut().expect("the connection is held until the head is read");
         // A short body joins the head before anything is written (see `Encoded::gather`).
         while req.gather {
@@ -521,48 +571,50 @@ impl Exchange {
             }
         }
         while !*flushed && !req.gather {
-            // The encoded request first, then each frame of a streamed body.
-            let (out, at) =
-                if *written < req.bytes.len() { (&req.bytes, &mut *written) } else { (&*pending, &mut *pending_at) };
-            if *at < out.len() {
-                match Pin::new(&mut conn.io).poll_write(cx, &out[*at..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into()))),
-                    Poll::Ready(Ok(n)) => *at += n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
-                    Poll::Pending => break,
-                }
-                continue;
-            }
-            if !*body_done {
+            // The next frame of a streamed body, once the last is written: what is ready goes
+            // out in one write with what is left of the head.
+            if pending.written() && !*body_done {
                 let body = req.body.as_mut().expect("a body not done is there");
-                pending.clear();
-                *pending_at = 0;
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Ok(data) = frame.into_data() {
-                            if req.chunked && !data.is_empty() {
-                                push_hex(pending, data.len());
-                                pending.extend_from_slice(b"\r\n");
-                                pending.extend_from_slice(&data);
-                                pending.extend_from_slice(b"\r\n");
-                            } else {
-                                pending.extend_from_slice(&data);
-                            }
+                            pending.data(data, req.chunked);
                         }
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(body_failed(e)))),
                     Poll::Ready(None) => {
                         *body_done = true;
-                        if req.chunked {
-                            pending.extend_from_slice(b"0\r\n\r\n");
-                        }
+                        pending.end(req.chunked);
                     }
+                    Poll::Pending if *written == req.bytes.len() => break,
+                    Poll::Pending => {}
+                }
+            }
+            let mut slices = [io::IoSlice::new(&[]); 4];
+            let mut n = 0;
+            if *written < req.bytes.len() {
+                slices[0] = io::IoSlice::new(&req.bytes[*written..]);
+                n = 1;
+            }
+            n = pending.slices(&mut slices, n);
+            if n == 0 {
+                if !*body_done {
+                    continue;
+                }
+                match Pin::new(&mut conn.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => *flushed = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                     Poll::Pending => break,
                 }
                 continue;
             }
-            match Pin::new(&mut conn.io).poll_flush(cx) {
-                Poll::Ready(Ok(())) => *flushed = true,
+            match Pin::new(&mut conn.io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into()))),
+                Poll::Ready(Ok(k)) => {
+                    let head = k.min(req.bytes.len() - *written);
+                    *written += head;
+                    pending.at += k - head;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                 Poll::Pending => break,
             }

@@ -45,8 +45,8 @@ const GATHER_MAX: usize = 16 * 1024;
 /// Longest request body read whole with its head (by its `Content-Length`); a longer one is
 /// streamed.
 pub(crate) const BODY_MAX: usize = 16 * 1024;
-/// A streamed body is read this much at a time at most (what the read buffer may hold of it).
-const STREAM_ROOM: usize = 16 * 1024;
+/// A streamed body is read in blocks of this size (each goes on as one chunk, or several).
+const STREAM_READ: usize = 64 * 1024;
 /// Longest chunk size line (with its extensions), and most bytes of trailer fields, in a
 /// chunked body.
 const CHUNK_LINE_MAX: usize = 1024;
@@ -536,45 +536,76 @@ where
     if expect && buf.is_empty() && io.write_all(CONTINUE).await.is_err() {
         return Pumped::Closed;
     }
+    // The body is read into blocks of its own and its data sent on from there, not copied.
+    // A read that fills the room it had may have left more behind: that is read too, without
+    // waiting, before what is in goes on (the bytes that came with the head and the rest of a
+    // body sent whole go upstream in one write).
+    let mut read = bytes::BytesMut::from(&buf[..]);
+    let short = match framing {
+        Framing::Length(n) => (buf.len() as u64) < n,
+        Framing::Chunked => true,
+    };
+    let (mut more, mut eof) = (!buf.is_empty() && short, false);
+    buf.clear();
     let mut decoder = Decoder::new(framing);
-    loop {
-        let mut at = 0;
-        let step = loop {
-            match decoder.step(&buf[at..]) {
-                Ok(Step::Data(n)) => {
-                    let data = Bytes::copy_from_slice(&buf[at..at + n]);
-                    at += n;
-                    if tx.send(data).await.is_err() {
-                        break Some(Pumped::Unread);
-                    }
-                }
-                Ok(Step::Skip(n)) => at += n,
-                Ok(Step::More) => break None,
-                Ok(Step::End(n)) => {
-                    at += n;
-                    if framing == Framing::Chunked {
-                        let _ = tx.send(Bytes::new()).await;
-                    }
-                    break Some(Pumped::Whole);
-                }
-                Err(why) => {
-                    tracing::debug!(error = why, "a client's chunked body does not parse");
-                    break Some(Pumped::Bad);
+    let pumped = loop {
+        if more && !eof {
+            let room = reserve_stream_read(&mut read);
+            match std::future::poll_fn(|cx| {
+                Poll::Ready(crate::memory::poll_read_bytes(Pin::new(&mut *io), cx, &mut read))
+            })
+            .await
+            {
+                Poll::Ready(Ok(0)) => eof = true,
+                Poll::Ready(Ok(n)) => more = n == room,
+                Poll::Ready(Err(_)) => break Pumped::Closed,
+                Poll::Pending => more = false,
+            }
+        }
+        match decoder.step(&read) {
+            Ok(Step::Data(n)) => {
+                if tx.send(read.split_to(n).freeze()).await.is_err() {
+                    break Pumped::Unread;
                 }
             }
-        };
-        buf.drain(..at);
-        if let Some(pumped) = step {
-            return pumped;
+            Ok(Step::Skip(n)) => read.advance(n),
+            Ok(Step::More) if eof => break Pumped::Closed,
+            Ok(Step::More) => {
+                let room = reserve_stream_read(&mut read);
+                match std::future::poll_fn(|cx| crate::memory::poll_read_bytes(Pin::new(&mut *io), cx, &mut read)).await
+                {
+                    Ok(0) | Err(_) => break Pumped::Closed,
+                    Ok(n) => more = n == room,
+                }
+            }
+            Ok(Step::End(n)) => {
+                read.advance(n);
+                if framing == Framing::Chunked {
+                    let _ = tx.send(Bytes::new()).await;
+                }
+                break Pumped::Whole;
+            }
+            Err(why) => {
+                tracing::debug!(error = why, "a client's chunked body does not parse");
+                break Pumped::Bad;
+            }
         }
-        let room = STREAM_ROOM.saturating_sub(buf.len()).max(CHUNK_LINE_MAX);
-        let read =
-            std::future::poll_fn(|cx| crate::memory::poll_read_spare(Pin::new(&mut *io), cx, buf, READ_ROOM, room))
-                .await;
-        if !matches!(read, Ok(n) if n > 0) {
-            return Pumped::Closed;
-        }
+    };
+    // What follows the body (a request sent ahead) is the next request's.
+    buf.extend_from_slice(&read);
+    pumped
+}
+
+/// Makes room in `read` for a read of a streamed body: the room there is. A block with too
+/// little room left is followed by a new one (what is in it and not taken yet, a part of a
+/// chunk's size line say, is moved there), never grown: chunks sent on still point into it.
+fn reserve_stream_read(read: &mut bytes::BytesMut) -> usize {
+    if read.capacity() - read.len() < READ_ROOM {
+        let mut block = bytes::BytesMut::with_capacity(STREAM_READ.max(read.len() + READ_ROOM));
+        block.extend_from_slice(read);
+        *read = block;
     }
+    read.capacity() - read.len()
 }
 
 /// What comes next of a streamed body, from the bytes read of it.

@@ -278,6 +278,24 @@ pub fn poll_read_spare<R: tokio::io::AsyncRead + ?Sized>(
     std::task::Poll::Ready(Ok(n))
 }
 
+/// Reads from `io` into the spare capacity of `buf` (a block whose data goes on as `Bytes`):
+/// the number of bytes read, 0 at the end of the stream. As [`poll_read_spare`], nothing is
+/// zeroed first.
+pub fn poll_read_bytes<R: tokio::io::AsyncRead + ?Sized>(
+    io: std::pin::Pin<&mut R>,
+    cx: &mut std::task::Context<'_>,
+    buf: &mut bytes::BytesMut,
+) -> std::task::Poll<std::io::Result<usize>> {
+    let len = buf.len();
+    let mut read = tokio::io::ReadBuf::uninit(buf.spare_capacity_mut());
+    std::task::ready!(io.poll_read(cx, &mut read))?;
+    let n = read.filled().len();
+    // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity (`ReadBuf`
+    // tracks what it filled).
+    unsafe { buf.set_len(len + n) };
+    std::task::Poll::Ready(Ok(n))
+}
+
 /// Zeroes the first `len` bytes of `buf`'s allocation, initialised or not (what reads left
 /// there beyond its length), in a way the compiler does not drop as a dead store.
 pub fn wipe_allocation(buf: &mut Vec<u8>, len: usize) {
