@@ -336,7 +336,7 @@ impl Conn {
             deadline,
             written: 0,
             flushed: false,
-            pending: Pending::default(),
+            pending: None,
             got_any: false,
         };
         async move {
@@ -486,8 +486,9 @@ struct Exchange {
     written: usize,
     body_done: bool,
     flushed: bool,
-    /// A frame of a streamed body and its framing, to be written.
-    pending: Pending,
+    /// A frame of a streamed body and its framing, to be written (boxed: a request without a
+    /// streamed body, the most, carries a pointer's room for it and no more).
+    pending: Option<Box<Pending>>,
     /// A byte of the answer came.
     got_any: bool,
 }
@@ -573,18 +574,18 @@ impl Exchange {
         while !*flushed && !req.gather {
             // The next frame of a streamed body, once the last is written: what is ready goes
             // out in one write with what is left of the head.
-            if pending.written() && !*body_done {
+            if !*body_done && pending.as_ref().is_none_or(|p| p.written()) {
                 let body = req.body.as_mut().expect("a body not done is there");
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Ok(data) = frame.into_data() {
-                            pending.data(data, req.chunked);
+                            pending.get_or_insert_default().data(data, req.chunked);
                         }
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(body_failed(e)))),
                     Poll::Ready(None) => {
                         *body_done = true;
-                        pending.end(req.chunked);
+                        pending.get_or_insert_default().end(req.chunked);
                     }
                     Poll::Pending if *written == req.bytes.len() => break,
                     Poll::Pending => {}
@@ -596,7 +597,9 @@ impl Exchange {
                 slices[0] = io::IoSlice::new(&req.bytes[*written..]);
                 n = 1;
             }
-            n = pending.slices(&mut slices, n);
+            if let Some(pending) = pending {
+                n = pending.slices(&mut slices, n);
+            }
             if n == 0 {
                 if !*body_done {
                     continue;
@@ -608,12 +611,19 @@ impl Exchange {
                 }
                 continue;
             }
-            match Pin::new(&mut conn.io).poll_write_vectored(cx, &slices[..n]) {
+            let wrote = if n == 1 {
+                Pin::new(&mut conn.io).poll_write(cx, &slices[0])
+            } else {
+                Pin::new(&mut conn.io).poll_write_vectored(cx, &slices[..n])
+            };
+            match wrote {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Some(Err(io::ErrorKind::WriteZero.into()))),
                 Poll::Ready(Ok(k)) => {
                     let head = k.min(req.bytes.len() - *written);
                     *written += head;
-                    pending.at += k - head;
+                    if let Some(pending) = pending {
+                        pending.at += k - head;
+                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
                 Poll::Pending => break,
