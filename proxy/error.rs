@@ -180,6 +180,10 @@ impl ProxyError {
                 if io.kind() == std::io::ErrorKind::TimedOut {
                     return ProxyError::UpstreamTimeout;
                 }
+                // The client's body failed on its way (cut short, or chunks that do not parse).
+                if io.get_ref().is_some_and(|inner| inner.is::<crate::h1::ClientBodyFailed>()) {
+                    return ProxyError::ClientBody;
+                }
             }
             cause = e.source();
         }

@@ -289,9 +289,14 @@ pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-/// A client's body that failed while it was read to be written upstream.
+/// A client's body that failed while it was read to be written upstream: the client's fault,
+/// not the upstream's (see [`crate::error::ProxyError::from_client_error`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the client's body failed: {0}")]
+pub struct ClientBodyFailed(String);
+
 fn body_failed(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(format!("the client's body failed: {e}"))
+    io::Error::other(ClientBodyFailed(e.to_string()))
 }
 
 fn invalid(what: &'static str) -> io::Error {

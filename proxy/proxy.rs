@@ -709,7 +709,11 @@ impl Route {
             }
             Err(e) => {
                 let err = ProxyError::from_client_error(&e);
-                tracing::warn!(route = %self.name, error = %error_chain(&e), "upstream request failed");
+                if matches!(err, ProxyError::ClientBody) {
+                    tracing::debug!(route = %self.name, error = %error_chain(&e), "client body failed");
+                } else {
+                    tracing::warn!(route = %self.name, error = %error_chain(&e), "upstream request failed");
+                }
                 Err(err)
             }
         }
