@@ -437,6 +437,13 @@ var = "SK_T8_A"
     assert_eq!(seen.version, http::Version::HTTP_2);
     assert_eq!(seen.headers["authorization"], format!("Bearer {TOKEN}").as_str());
     assert_eq!(seen.path, "/one");
+    // A body the listener streams (longer than it reads whole), to HTTP/2.
+    let upload = Bytes::from(pattern(200_003));
+    let req = Request::post(format!("http://{}/tls/upload", sk.proxy_addr)).body(Full::new(upload.clone())).unwrap();
+    let a = send(&client(), req).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!((a.json()["body_len"].as_u64(), &a.json()["body_sha256"]), (Some(200_003), &sha256(&upload).into()));
+    assert_eq!(up.last().version, http::Version::HTTP_2);
 
     // h2c prior knowledge in.
     let h2 = h2c_client();
