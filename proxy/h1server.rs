@@ -53,6 +53,10 @@ const CHUNK_LINE_MAX: usize = 1024;
 const TRAILERS_MAX: usize = 8 * 1024;
 /// Chunks of a streamed body read ahead of the upstream's taking them.
 const STREAM_AHEAD: usize = 2;
+/// How long, and how many bytes of a body not read, a closing connection reads and drops (see
+/// [`linger`]).
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -323,6 +327,9 @@ where
             Ok(true) if !close => {}
             Ok(_) => {
                 let _ = io.shutdown().await;
+                if cut {
+                    linger(io).await;
+                }
                 return Ok(End::Closed);
             }
             Err(e) => return Err(e),
@@ -504,6 +511,24 @@ async fn flush<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> io::Resu
     crate::memory::wipe_allocation(out, len);
     out.clear();
     written
+}
+
+/// After the last answer on a connection whose client may still be sending a body (it was
+/// not read to its end): what comes is read and dropped for a while, up to a bound, until the
+/// client closes (as nginx's lingering close). Closed with bytes unread, the connection would
+/// be reset, and the client could lose the answer it has not read yet.
+async fn linger<I: AsyncRead + Unpin>(io: &mut I) {
+    let mut sink = [0u8; 8192];
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match tokio::io::AsyncReadExt::read(io, &mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// How reading a streamed body ended.
@@ -1346,7 +1371,7 @@ mod tests {
         // answer on the connection; what follows is never read as a request.
         let (end, got, n) = exchange(
             b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloGET /full HTTP/1.1\r\n\r\n",
-            false,
+            true,
         )
         .await;
         assert_eq!((end.unwrap(), n), (End::Closed, 1));
@@ -1355,12 +1380,27 @@ mod tests {
             got.contains("connection: close\r\n") && got.ends_with("the client's body did not come whole"),
             "{got}"
         );
-        // An answer before the body's end (the handler does not read it): the last one too.
+        // An answer before the body's end (the handler does not read it): the last one too;
+        // the client never closes, and the loop ends once it has lingered its while.
         let (end, got, n) =
             exchange(b"POST /full HTTP/1.1\r\nContent-Length: 100000\r\n\r\nhalfGET /full HTTP/1.1\r\n\r\n", false)
                 .await;
         assert_eq!((end.unwrap(), n), (End::Closed, 1));
         assert!(got.contains("connection: close\r\n") && got.ends_with("\r\n\r\nhello"), "{got}");
+        // The answer read, the client still sends its body: the connection is kept open and
+        // what comes is read and dropped (not reset) until the client closes.
+        let (end, (answer, rest), n) = converse(|mut c| async move {
+            c.write_all(b"POST /full HTTP/1.1\r\nContent-Length: 1000000\r\n\r\nfirst").await.unwrap();
+            let mut answer = Vec::new();
+            c.read_to_end(&mut answer).await.unwrap();
+            let rest = c.write_all(&[b'x'; 300_000]).await;
+            c.shutdown().await.unwrap();
+            (String::from_utf8(answer).unwrap(), rest)
+        })
+        .await;
+        assert_eq!((end.unwrap(), n), (End::Closed, 1));
+        assert!(answer.contains("connection: close\r\n") && answer.ends_with("\r\n\r\nhello"), "{answer}");
+        assert!(rest.is_ok(), "the rest of the body was refused: {rest:?}");
         // A client that closes before its body's end: the request is dropped, nothing answered.
         for cut in [
             &b"PUT /echo HTTP/1.1\r\nContent-Length: 20000\r\n\r\nsome"[..],
