@@ -200,7 +200,9 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
 /// is called as each request starts; what it returns is dropped once its answer is sent.
 /// `closing` (the listener's graceful shutdown): no new request is read once it is set (a
 /// request whose head is in and whose body is on its way is read to its end), and the answer
-/// under way says `Connection: close`.
+/// under way says `Connection: close`. A streamed body is read while its request is under way
+/// ([`pump`]); an answer before its end is the connection's last, and the loop lingers before
+/// it closes ([`linger`]).
 pub(crate) async fn serve<I, F, Fut, B, G>(
     io: &mut I,
     read: Vec<u8>,
