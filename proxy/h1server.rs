@@ -520,7 +520,8 @@ async fn flush<I: AsyncWrite + Unpin>(io: &mut I, out: &mut Vec<u8>) -> io::Resu
 /// client closes (as nginx's lingering close). Closed with bytes unread, the connection would
 /// be reset, and the client could lose the answer it has not read yet.
 async fn linger<I: AsyncRead + Unpin>(io: &mut I) {
-    let mut sink = [0u8; 8192];
+    // On the heap: a buffer in this future's state would be in every connection's.
+    let mut sink = vec![0u8; 8192];
     let _ = tokio::time::timeout(LINGER_TIME, async {
         let mut left = LINGER_BYTES;
         while left > 0 {
@@ -1122,6 +1123,20 @@ mod tests {
         assert_eq!(end.unwrap(), End::HandOver(post.to_vec()));
         assert_eq!(n, 1);
         assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+    }
+
+    #[test]
+    fn a_connections_loop_holds_no_large_buffer_in_its_state() {
+        // The loop's future is held for each open connection (moved into its task whole): a
+        // buffer kept in it, as lingering's 8 KiB once was, costs every connection that much
+        // (it cost 1.1 MiB of RSS after 64 connections). Buffers belong on the heap, made when
+        // needed. It is 1.5 KiB with this test's handler.
+        let (_client, mut server) = tokio::io::duplex(64);
+        let closing = AtomicBool::new(false);
+        let h = handler(Arc::new(AtomicUsize::new(0)));
+        let serving = serve(&mut server, Vec::new(), &h, || (), &closing, LIMITS);
+        let size = std::mem::size_of_val(&serving);
+        assert!(size <= 4096, "the loop's future is {size} bytes");
     }
 
     #[tokio::test]
