@@ -48,8 +48,10 @@ const GATHER_MAX: usize = 16 * 1024;
 /// Longest request body read whole with its head (by its `Content-Length`); a longer one is
 /// streamed.
 pub(crate) const BODY_MAX: usize = 16 * 1024;
-/// A streamed body is read in blocks of this size (each goes on as one chunk, or several).
+/// A streamed body is read in blocks of this size (each goes on as one chunk, or several);
+/// a new one is made when less than `STREAM_ROOM` is left in the last.
 const STREAM_READ: usize = 64 * 1024;
+const STREAM_ROOM: usize = 4096;
 /// Longest chunk size line (with its extensions), and most bytes of trailer fields, in a
 /// chunked body.
 const CHUNK_LINE_MAX: usize = 1024;
@@ -631,8 +633,8 @@ where
 /// little room left is followed by a new one (what is in it and not taken yet, a part of a
 /// chunk's size line say, is moved there), never grown: chunks sent on still point into it.
 fn reserve_stream_read(read: &mut bytes::BytesMut) -> usize {
-    if read.capacity() - read.len() < READ_ROOM {
-        let mut block = bytes::BytesMut::with_capacity(STREAM_READ.max(read.len() + READ_ROOM));
+    if read.capacity() - read.len() < STREAM_ROOM {
+        let mut block = bytes::BytesMut::with_capacity(STREAM_READ.max(read.len() + STREAM_ROOM));
         block.extend_from_slice(read);
         *read = block;
     }
