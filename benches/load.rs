@@ -14,9 +14,10 @@
 //! in whole µs as wrk's histogram keeps them) and the mean (to a hundredth of a µs: a finer
 //! figure for proxies that differ by less than a µs), at concurrency
 //! 64 for requests/s and the proxy's CPU time per request (utime + stime of its processes from
-//! `/proc`, over the requests wrk completed), and the proxy's peak RSS (`VmHWM`). Targets
-//! alternate within each round and the table shows each figure's median over the rounds, with
-//! ratios against the direct run of the same rounds.
+//! `/proc`, over the requests wrk completed), and the proxy's peak RSS (`VmHWM`; each proxy's
+//! binary is dropped from the page cache before it starts, so that its text is read in the same
+//! way for each). Targets alternate within each round and the table shows each figure's median
+//! over the rounds, with ratios against the direct run of the same rounds.
 //!
 //! Pinning (`taskset`, when there are at least 2 CPUs), as the reference figures were
 //! measured: each proxy runs with one worker (sidekey: one tokio worker, as its CPU set has one
@@ -561,6 +562,28 @@ fn which(program: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Drops `program`'s executable file from the page cache before it starts (`sync FILE`, then
+/// `dd iflag=nocache count=0`: `posix_fadvise(DONTNEED)` over the whole file), so every binary's
+/// text is read in the same way as it runs. How much of a binary is resident at start otherwise
+/// moves by up to 0.8 MiB with how its file sits in the cache (large folios as it was just
+/// written or copied, pages read in before), more than two builds differ by. Best effort: a
+/// binary that cannot be found or dropped starts as it is.
+fn drop_from_page_cache(program: &str) {
+    let path = if program.contains('/') {
+        Some(PathBuf::from(program))
+    } else {
+        std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| p.is_file()))
+    };
+    let Some(path) = path else { return };
+    let quiet = |c: &mut Command| c.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if quiet(Command::new("sync").arg(&path)) {
+        let mut input = std::ffi::OsString::from("if=");
+        input.push(&path);
+        quiet(Command::new("dd").arg(input).args(["iflag=nocache", "count=0", "status=none"]));
+    }
+}
+
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -685,7 +708,10 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> R
             c.arg(bin);
             c
         }
-        None => pinned(1, bin.to_str().unwrap()),
+        None => {
+            drop_from_page_cache(bin.to_str().unwrap());
+            pinned(1, bin.to_str().unwrap())
+        }
     };
     let mut child = command
         .args(["run", "--log-format", "json", "-c"])
@@ -769,6 +795,7 @@ fn spawn_peer(
     dir: tempfile::TempDir,
     rotate: Rotator,
 ) -> Result<Server, String> {
+    drop_from_page_cache(name);
     let child = pinned(1, name)
         .args(args)
         .stdout(Stdio::null())
