@@ -754,10 +754,7 @@ pub async fn serve<F, Fut, B>(
         let _ = stream.set_nodelay(true);
         let open = Open::new(open.clone());
         let task = connection(stream, peer, ctx.clone(), stop.clone(), handler.clone(), ctx.tunnels);
-        connections.spawn(async move {
-            let _held = (permit, open);
-            task.await;
-        });
+        connections.spawn(holding(task, (permit, open)));
     }
     drop(listener);
     if !connections.is_empty() {
@@ -775,6 +772,15 @@ pub async fn serve<F, Fut, B>(
     connections.shutdown().await;
 }
 
+/// `task`, holding `held` (a connection's slot, its count in the gauge) until it ends or is
+/// dropped. Not `async move { let _held = held; task.await }`: a future an async block captures
+/// and awaits takes its room twice in the block's state (as the captured value and as the one
+/// being awaited), and this is every connection's task: 7.1 KiB where the connection's future
+/// is 3.5.
+fn holding<T: Future<Output = ()>, H>(task: T, held: H) -> impl Future<Output = ()> {
+    futures_util::FutureExt::map(task, move |()| drop(held))
+}
+
 /// Resolves once the watch value turns true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -784,6 +790,19 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn a_connections_task_holds_its_future_once() {
+        let task = async {
+            let state = [1u8; 4096];
+            tokio::task::yield_now().await;
+            std::hint::black_box(&state);
+        };
+        let alone = std::mem::size_of_val(&task);
+        let held = holding(task, (Arc::new(()), 7u64));
+        let size = std::mem::size_of_val(&held);
+        assert!(size < alone + 64, "the task is {size} bytes around a future of {alone}");
+    }
 
     fn watched(io: tokio::io::DuplexStream) -> Watched<tokio::io::DuplexStream> {
         Watched { io, watch: ConnWatch::new(), pre: Vec::new() }
