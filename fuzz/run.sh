@@ -23,7 +23,10 @@ fi
 targets=(config header_format route upstream_answer client_requests)
 build_log="$(mktemp)"
 if ! cargo +nightly fuzz build >"$build_log" 2>&1; then
-  grep -v '^ *Compiling ' "$build_log" | head -n 60 >&2
+  # CI keeps the end of its output: the compiler's own messages, without cargo-fuzz's
+  # backtrace, then the disk's free space (a full disk is one way this build fails).
+  awk '/^Stack backtrace:/ { exit } !/^ *Compiling / { print }' "$build_log" | tail -n 40 >&2
+  echo "fuzz: free space where the build writes: $(df -h "${CARGO_TARGET_DIR:-.}" | awk 'NR == 2 { print $4 }')" >&2
   echo "fuzz: the fuzz targets do not build" >&2
   exit 1
 fi
