@@ -23,7 +23,7 @@ use crate::conn::{Inbound, Tunnel};
 use crate::error::{ProxyBody, ProxyError, Wire};
 use crate::intercept::{HostPort, Intercept};
 use crate::metrics::RouteMetrics;
-use crate::route::{own_values, strip_hop_by_hop, RouteTable, Target};
+use crate::route::{own_values, strip_hop_by_hop, strip_request_hop_by_hop, RouteTable, Target};
 use crate::token::Token;
 use crate::upstream::Pool;
 
@@ -455,6 +455,7 @@ impl RouteSet {
         };
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
+        let client_on_h2 = parts.version == Version::HTTP_2;
         // The upstream connection picks HTTP/1.1 or HTTP/2 by ALPN; hyper needs 1.1 here for both.
         parts.version = Version::HTTP_11;
         route.token.count_request();
@@ -481,7 +482,7 @@ impl RouteSet {
             let step = Step::Sent { route: index, answer, kept: Some(Box::new(kept)) };
             return Prepared { route: Some(index), slot, step };
         }
-        strip_hop_by_hop(&mut parts.headers);
+        strip_request_hop_by_hop(&mut parts.headers, client_on_h2);
         // The client derives Host (or :authority) from the upstream URI.
         parts.headers.remove(header::HOST);
         let empty = body.is_end_stream();
@@ -514,8 +515,9 @@ impl Route {
     async fn send_other(&self, req: Request<Inbound>, uri: http::Uri) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
+        let client_on_h2 = parts.version == Version::HTTP_2;
         parts.version = Version::HTTP_11;
-        strip_hop_by_hop(&mut parts.headers);
+        strip_request_hop_by_hop(&mut parts.headers, client_on_h2);
         parts.headers.remove(header::HOST);
         match &self.inject {
             Inject::Sign(signer) => return self.send_signed(signer, parts, body).await,

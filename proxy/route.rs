@@ -356,9 +356,57 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove("proxy-connection");
 }
 
+/// [`strip_hop_by_hop`] for a request, but for one hop-by-hop field it keeps: `te: trailers`
+/// from a client on HTTP/2, where it is the one value TE may have (RFC 9113, section 8.2.2)
+/// and says the client takes trailer fields. gRPC servers refuse a request without it, and an
+/// answer's trailers reach such a client (an HTTP/2 upstream's pass through). TE from a client
+/// on HTTP/1.1 is dropped, as before: the proxy's own HTTP/1.1 loop does not send trailers on.
+pub fn strip_request_hop_by_hop(headers: &mut HeaderMap, client_on_h2: bool) {
+    let trailers = client_on_h2 && headers.get_all(header::TE).iter().any(names_trailers);
+    strip_hop_by_hop(headers);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether a TE value lists `trailers` (among transfer codings, each with its parameters).
+fn names_trailers(value: &HeaderValue) -> bool {
+    value.to_str().is_ok_and(|v| {
+        v.split(',').any(|item| item.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers")))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn te_trailers_is_kept_only_for_a_client_on_http2_and_only_that_value() {
+        let with = |te: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in te {
+                h.append(header::TE, HeaderValue::from_str(v).unwrap());
+            }
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            h
+        };
+        for te in [&["trailers"][..], &["TRAILERS"], &["gzip, trailers;q=1"], &["gzip", " trailers "]] {
+            let mut h = with(te);
+            strip_request_hop_by_hop(&mut h, true);
+            let kept: Vec<_> = h.get_all(header::TE).iter().collect();
+            assert_eq!(kept, [HeaderValue::from_static("trailers")], "{te:?}");
+            assert!(h.get(header::CONNECTION).is_none() && h.get("x-kept").is_some());
+        }
+        for te in [&["gzip"][..], &["trailersx"], &["x-trailers"], &[]] {
+            let mut h = with(te);
+            strip_request_hop_by_hop(&mut h, true);
+            assert!(h.get(header::TE).is_none(), "{te:?}");
+        }
+        let mut h = with(&["trailers"]);
+        strip_request_hop_by_hop(&mut h, false);
+        assert!(h.get(header::TE).is_none(), "TE from a client on HTTP/1.1 is not forwarded");
+    }
 
     #[test]
     fn hop_by_hop_names_as_they_came_are_the_header_names_ones() {

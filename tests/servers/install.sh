@@ -156,6 +156,14 @@ from importlib.metadata import version as v
 print(f"moto {v('moto')}, boto3 {v('boto3')} in {sys.argv[1]}")
 PY
 
+# --- grpcio (PyPI, own venv) -----------------------------------------------------------------
+# gRPC's C core with its Python binding: server and client of tests/grpc.rs (grpc/echo.py).
+# SIDEKEY_GRPC_VENV, default /opt/sidekey-grpc-venv; pinned by grpc/requirements.txt +
+# grpc/constraints.txt.
+grpc_venv="${SIDEKEY_GRPC_VENV:-/opt/sidekey-grpc-venv}"
+pinned_venv grpc "$grpc_venv" "$here/grpc/requirements.txt" "$here/grpc/constraints.txt" python
+"$grpc_venv/bin/python" -c "import grpc, sys; print(f'grpcio {grpc.__version__} in {sys.prefix}')"
+
 # --- lint tools: checkov, kubernetes-validate (PyPI, own venv) ---------------------------------
 # For tests/servers/lint/run.sh (the Dockerfile and examples/kubernetes). A venv of their own,
 # since checkov pins a hundred packages: SIDEKEY_LINT_VENV, default /opt/sidekey-lint-venv.

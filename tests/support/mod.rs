@@ -267,6 +267,8 @@ pub struct TestCa {
     pub ca_file: PathBuf,
     leaf_der: rustls_pki_types::CertificateDer<'static>,
     leaf_key: Vec<u8>,
+    leaf_pem: String,
+    leaf_key_pem: String,
 }
 
 impl TestCa {
@@ -285,7 +287,22 @@ impl TestCa {
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-        TestCa { dir, ca_file, leaf_der: leaf.der().clone(), leaf_key: leaf_key.serialize_der() }
+        TestCa {
+            dir,
+            ca_file,
+            leaf_der: leaf.der().clone(),
+            leaf_key: leaf_key.serialize_der(),
+            leaf_pem: leaf.pem(),
+            leaf_key_pem: leaf_key.serialize_pem(),
+        }
+    }
+
+    /// The leaf's certificate and key as PEM files, for a server of another program.
+    pub fn leaf_files(&self) -> (PathBuf, PathBuf) {
+        let (cert, key) = (self.dir.path().join("leaf.pem"), self.dir.path().join("leaf-key.pem"));
+        std::fs::write(&cert, &self.leaf_pem).unwrap();
+        std::fs::write(&key, &self.leaf_key_pem).unwrap();
+        (cert, key)
     }
 
     fn server_config(&self) -> Arc<rustls::ServerConfig> {

@@ -1,6 +1,7 @@
 //! Real third-party servers for the tests, installed by `tests/servers/install.sh` (which
 //! `.ci/run` and the README's test command run first): oidc-provider (an OpenID-certified
-//! OAuth2 server) and OpenBao's dev server (the Vault API). Each starts on a free
+//! OAuth2 server), OpenBao's dev server (the Vault API), moto (AWS APIs), Prometheus, apache
+//! with mod_auth_openidc, and a grpcio server (gRPC's C core). Each starts on a free
 //! 127.0.0.1 port and is killed by pid when dropped.
 
 use std::io::{BufRead, BufReader};
@@ -360,6 +361,69 @@ impl Moto {
 }
 
 impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The virtualenv `tests/servers/install.sh` installs grpcio into.
+fn grpc_python() -> PathBuf {
+    let venv = PathBuf::from(std::env::var("SIDEKEY_GRPC_VENV").unwrap_or_else(|_| "/opt/sidekey-grpc-venv".into()));
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists() && venv.join(".sidekey-install-stamp").exists(),
+        "grpcio is not installed in {}: {INSTALL_HINT} (it makes a grpcio virtualenv)",
+        venv.display()
+    );
+    python
+}
+
+/// A gRPC server on grpcio (gRPC's C core) over TLS: the `echo.Echo` service of
+/// `tests/servers/grpc/echo.py`.
+pub struct Grpc {
+    child: Child,
+    pub port: u16,
+}
+
+impl Grpc {
+    pub fn start(cert: &std::path::Path, key: &std::path::Path) -> Grpc {
+        let mut child = Command::new(grpc_python())
+            .arg(servers_dir().join("grpc/echo.py"))
+            .arg("serve")
+            .args([cert, key])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the gRPC server starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            // Drained, so that the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("the gRPC server printed no port within 30 s");
+        let port = line.and_then(|l| l.trim().parse().ok()).expect("the gRPC server printed its port");
+        Grpc { child, port }
+    }
+
+    /// Calls each of the service's methods through `target` (`host:port`, plaintext HTTP/2
+    /// with prior knowledge) with grpcio's client; what came back, as `echo.py call` prints it.
+    pub async fn call(target: &str) -> serde_json::Value {
+        let out = tokio::process::Command::new(grpc_python())
+            .arg(servers_dir().join("grpc/echo.py"))
+            .args(["call", target])
+            .kill_on_drop(true)
+            .output();
+        let out = super::bounded("echo.py call", out).await.expect("echo.py runs");
+        assert!(out.status.success(), "echo.py call: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("echo.py prints JSON")
+    }
+}
+
+impl Drop for Grpc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
