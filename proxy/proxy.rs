@@ -291,6 +291,14 @@ impl RouteSet {
     }
 }
 
+/// Whether an answer's head is a gRPC call's refusal for its credentials (a trailers-only
+/// answer with status UNAUTHENTICATED).
+fn grpc_unauthenticated(headers: &http::HeaderMap) -> bool {
+    headers.get(GRPC_STATUS).is_some_and(|v| v.as_bytes() == b"16")
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// What a CONNECT became, for `sidekey_connect_total{result}`.
 fn count_connect(result: &'static str) {
     metrics::counter!("sidekey_connect_total", "result" => result).increment(1);
@@ -702,6 +710,13 @@ impl Route {
         match outcome {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
+                // gRPC's 401: a call refused for its credentials is answered `200` with
+                // `grpc-status: 16` (UNAUTHENTICATED) in its only HEADERS frame. Counted as a 401
+                // (HTTP/2 answers only: gRPC has no other; a status in trailers is not seen).
+                if matches!(body, Wire::Incoming(_)) && grpc_unauthenticated(&parts.headers) {
+                    self.metrics.count_unauthorized();
+                    self.unauthorized();
+                }
                 strip_hop_by_hop(&mut parts.headers);
                 Ok(Response::from_parts(parts, Either::Left(body)))
             }

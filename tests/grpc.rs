@@ -1,7 +1,8 @@
 //! gRPC through sidekey, against a real gRPC server and client (grpcio, gRPC's C core): the
 //! client speaks HTTP/2 with prior knowledge to the proxy listener, sidekey injects the token
 //! and forwards over TLS (HTTP/2 by ALPN) to the server. Unary, failing, server-streaming and
-//! bidirectional calls, with their status and trailing metadata carried back in trailers.
+//! bidirectional calls, with their status and trailing metadata carried back in trailers, and
+//! UNAUTHENTICATED counted as an upstream 401.
 
 mod support;
 
@@ -9,7 +10,7 @@ use support::servers::Grpc;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_calls_pass_through_with_the_token_their_status_and_trailers() {
+async fn grpc_calls_pass_through_with_the_token_their_status_and_trailers_and_unauthenticated_counts_as_401() {
     let ca = TestCa::new();
     let (cert, key) = ca.leaf_files();
     let server = Grpc::start(&cert, &key);
@@ -37,5 +38,18 @@ async fn grpc_calls_pass_through_with_the_token_their_status_and_trailers() {
     assert_eq!(got["stream"]["ok"]["messages"], serde_json::json!(["part0", "part1", "part2"]), "{got}");
     assert_eq!(got["stream"]["ok"]["trailers"]["x-done"], "yes", "{got}");
     assert_eq!(got["chat"]["ok"], serde_json::json!(["ONE", "TWO", "THREE"]), "{got}");
+
+    // UNAUTHENTICATED, gRPC's 401, reaches the client as it came and is counted as a 401 (the
+    // PERMISSION_DENIED above is not).
+    let unauthenticated = serde_json::json!({"code": "UNAUTHENTICATED", "details": "token rejected"});
+    assert_eq!(got["unauth"], unauthenticated, "{got}");
+    let admin = format!("http://{}", running.admin_addr);
+    let metrics = get(&client(), &format!("{admin}/metrics")).await.text();
+    let line = r#"sidekey_upstream_unauthorized_total{route="echo",token="t"} "#;
+    let counted = metrics.lines().find_map(|l| l.strip_prefix(line));
+    assert_eq!(counted, Some("1"), "{metrics}");
+    let tokens = get(&client(), &format!("{admin}/tokens")).await.json();
+    assert_eq!(tokens[0]["unauthorized"], 1, "{tokens}");
+    assert!(!metrics.contains("grpc-tok-1") && !tokens.to_string().contains("grpc-tok-1"));
     running.shutdown().await;
 }

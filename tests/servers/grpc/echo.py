@@ -6,6 +6,7 @@
 The service `echo.Echo` takes and gives raw bytes (no generated code):
   Say     unary: answers what it got, with the `authorization` metadata it was sent
   Fail    unary: fails with PERMISSION_DENIED "nope" (a trailers-only answer)
+  Unauth  unary: fails with UNAUTHENTICATED "token rejected" (as a server refusing the credential)
   Stream  server streaming: three messages, then the trailing metadata x-done: yes
   Chat    bidirectional: each message back upper-cased, as it comes
 """
@@ -28,6 +29,9 @@ def serve(cert, key):
     def fail(request, context):
         context.abort(grpc.StatusCode.PERMISSION_DENIED, "nope")
 
+    def unauth(request, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "token rejected")
+
     def stream(request, context):
         for i in range(3):
             yield b"part%d" % i
@@ -40,6 +44,7 @@ def serve(cert, key):
     handler = grpc.method_handlers_generic_handler("echo.Echo", {
         "Say": grpc.unary_unary_rpc_method_handler(say, ident, ident),
         "Fail": grpc.unary_unary_rpc_method_handler(fail, ident, ident),
+        "Unauth": grpc.unary_unary_rpc_method_handler(unauth, ident, ident),
         "Stream": grpc.unary_stream_rpc_method_handler(stream, ident, ident),
         "Chat": grpc.stream_stream_rpc_method_handler(chat, ident, ident),
     })
@@ -66,6 +71,8 @@ def call(target):
         outcome("say", lambda: json.loads(say(b"hello", timeout=10)))
         fail = channel.unary_unary("/echo.Echo/Fail", ident, ident)
         outcome("fail", lambda: fail(b"x", timeout=10).decode())
+        unauth = channel.unary_unary("/echo.Echo/Unauth", ident, ident)
+        outcome("unauth", lambda: unauth(b"x", timeout=10).decode())
 
         def streamed():
             c = channel.unary_stream("/echo.Echo/Stream", ident, ident)(b"x", timeout=10)
