@@ -683,6 +683,19 @@ impl Token {
         let fingerprint = value.fingerprint.clone();
         let expires_at = value.expires_at;
         let overlap = self.config.retry.overlap;
+        // Recorded before the value is published: once it is, a request may carry it and its
+        // 401s may be audited (a propagation failure naming this generation), and those must
+        // not come before the rotation in the chain (they did, on a busy machine).
+        self.audit(
+            if previous.is_some() { "rotated" } else { "loaded" },
+            audit_fields([
+                ("fingerprint", fingerprint.as_str().into()),
+                ("generation", generation.into()),
+                ("previous", previous.as_ref().map(|p| p.fingerprint.clone()).into()),
+                ("expires_at", expires_at.map(|e| humantime::format_rfc3339_seconds(e).to_string()).into()),
+            ]),
+            true,
+        );
         self.previous.store(match &previous {
             Some(p) if !overlap.is_zero() => {
                 let kept =
@@ -731,16 +744,6 @@ impl Token {
         // read as an expiry coming.
         metrics::gauge!("sidekey_token_expiry_timestamp_seconds", "token" => name.clone())
             .set(expires_at.map_or(0.0, unix_seconds));
-        self.audit(
-            if previous.is_some() { "rotated" } else { "loaded" },
-            audit_fields([
-                ("fingerprint", fingerprint.as_str().into()),
-                ("generation", generation.into()),
-                ("previous", previous.as_ref().map(|p| p.fingerprint.clone()).into()),
-                ("expires_at", expires_at.map(|e| humantime::format_rfc3339_seconds(e).to_string()).into()),
-            ]),
-            true,
-        );
         match previous {
             Some(prev) => {
                 self.count_rotation("success");
