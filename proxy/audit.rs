@@ -7,20 +7,23 @@
 //! the chain at that line, which `sidekey audit verify` names. On start the writer continues an
 //! existing file's chain.
 //!
-//! Writing never blocks a request: events go through a bounded channel to a writer thread. A
-//! token event is never dropped (when the channel is full it waits in a task of its own); usage
-//! is summarised from counters, so a full channel only makes a summary cover more time.
+//! Writing never blocks a request: events go through a channel to a writer thread, in the order
+//! they were recorded. A token event is never dropped and never waits; usage is summarised from
+//! counters, so while [`QUEUE`] records wait for the writer a summary is put off and the next
+//! one covers more time.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-/// Events waiting for the writer.
+/// Records waiting for the writer past which a usage summary is put off.
 const QUEUE: usize = 1024;
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -37,7 +40,9 @@ enum Message {
 /// A handle to the audit log: cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Audit {
-    tx: mpsc::Sender<Message>,
+    tx: mpsc::UnboundedSender<Message>,
+    /// Records sent and not yet written.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Message {
@@ -71,54 +76,59 @@ impl Audit {
                 }
             }
         };
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let path = path.to_owned();
+        let (audit, rx) = Audit::channel();
+        let (path, waiting) = (path.to_owned(), audit.waiting.clone());
         std::thread::Builder::new()
             .name("sidekey-audit".into())
-            .spawn(move || writer(file, path, seq, prev, rx))
+            .spawn(move || writer(file, path, seq, prev, rx, &waiting))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
-        Ok(Audit { tx })
+        Ok(audit)
+    }
+
+    fn channel() -> (Audit, mpsc::UnboundedReceiver<Message>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Audit { tx, waiting: Arc::new(AtomicUsize::new(0)) }, rx)
+    }
+
+    fn send(&self, event: &'static str, fields: Map<String, Value>, sync: bool) -> bool {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let sent = self.tx.send(Message::Record { event, fields, sync }).is_ok();
+        if !sent {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        sent
     }
 
     /// Records an event; never blocks and never drops it.
     pub fn event(&self, event: &'static str, fields: Map<String, Value>, sync: bool) {
-        match self.tx.try_send(Message::Record { event, fields, sync }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                let tx = self.tx.clone();
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
-                        rt.spawn(async move {
-                            let _ = tx.send(msg).await;
-                        });
-                    }
-                    Err(_) => {
-                        let _ = tx.blocking_send(msg);
-                    }
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!(event, "audit writer is gone; event not recorded")
-            }
+        if !self.send(event, fields, sync) {
+            tracing::error!(event, "audit writer is gone; event not recorded");
         }
     }
 
-    /// Records a usage summary if there is room now; `false` means try again next interval
-    /// (with the counts of both).
+    /// Records a usage summary if fewer than [`QUEUE`] records wait for the writer; `false`
+    /// means try again next interval (with the counts of both).
     pub fn try_usage(&self, fields: Map<String, Value>) -> bool {
-        self.tx.try_send(Message::Record { event: "usage", fields, sync: false }).is_ok()
+        self.waiting.load(Ordering::Relaxed) < QUEUE && self.send("usage", fields, false)
     }
 
     /// Waits until every event sent so far is written.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Message::Flush(tx)).await.is_ok() {
+        if self.tx.send(Message::Flush(tx)).is_ok() {
             let _ = rx.await;
         }
     }
 }
 
-fn writer(mut file: File, path: PathBuf, mut seq: u64, mut prev: String, mut rx: mpsc::Receiver<Message>) {
+fn writer(
+    mut file: File,
+    path: PathBuf,
+    mut seq: u64,
+    mut prev: String,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    waiting: &AtomicUsize,
+) {
     while let Some(msg) = rx.blocking_recv() {
         let (event, mut fields, sync) = match msg {
             Message::Record { event, fields, sync } => (event, fields, sync),
@@ -127,6 +137,7 @@ fn writer(mut file: File, path: PathBuf, mut seq: u64, mut prev: String, mut rx:
                 continue;
             }
         };
+        waiting.fetch_sub(1, Ordering::Relaxed);
         seq += 1;
         fields.insert("seq".into(), seq.into());
         fields.insert("ts".into(), humantime::format_rfc3339_millis(SystemTime::now()).to_string().into());
@@ -208,4 +219,38 @@ pub fn verify(path: &Path) -> Result<usize, Broken> {
         count += 1;
     }
     Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_events_keep_their_order_past_the_queue_and_a_summary_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let file = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        // The writer not started yet: as if it were stalled on a slow disk.
+        let (audit, rx) = Audit::channel();
+        let numbered = |n: usize| Map::from_iter([("n".to_owned(), Value::from(n))]);
+        for n in 0..QUEUE + 10 {
+            audit.event("rotated", numbered(n), false);
+            if n == QUEUE - 2 {
+                assert!(audit.try_usage(numbered(n)), "room for a summary below the queue's length");
+            }
+        }
+        assert!(!audit.try_usage(numbered(0)), "a summary is put off while the queue is full");
+        let waiting = audit.waiting.clone();
+        drop(audit);
+        writer(file, path.clone(), 0, GENESIS.to_owned(), rx, &waiting);
+
+        assert_eq!(waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(verify(&path), Ok(QUEUE + 11));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let rotations: Vec<u64> =
+            lines.iter().filter(|l| l["event"] == "rotated").map(|l| l["n"].as_u64().unwrap()).collect();
+        assert_eq!(rotations, (0..QUEUE as u64 + 10).collect::<Vec<_>>(), "in the order they were recorded");
+        assert_eq!(lines[QUEUE - 1]["event"], "usage");
+    }
 }
