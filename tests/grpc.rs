@@ -2,7 +2,8 @@
 //! client speaks HTTP/2 with prior knowledge to the proxy listener, sidekey injects the token
 //! and forwards over TLS (HTTP/2 by ALPN) to the server. Unary, failing, server-streaming and
 //! bidirectional calls, with their status and trailing metadata carried back in trailers, and
-//! UNAUTHENTICATED counted as an upstream 401.
+//! UNAUTHENTICATED counted as an upstream 401; and the same from a TLS-only client through the
+//! HTTPS interception (`grpc_proxy`).
 
 mod support;
 
@@ -51,5 +52,37 @@ async fn grpc_calls_pass_through_with_the_token_their_status_and_trailers_and_un
     let tokens = get(&client(), &format!("{admin}/tokens")).await.json();
     assert_eq!(tokens[0]["unauthorized"], 1, "{tokens}");
     assert!(!metrics.contains("grpc-tok-1") && !tokens.to_string().contains("grpc-tok-1"));
+    running.shutdown().await;
+}
+
+/// A gRPC client that only speaks TLS, pointed at sidekey with `grpc_proxy`: its `CONNECT`
+/// tunnel is intercepted (sidekey's CA trusted by the client), and the calls go on as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_through_the_https_interception_gets_the_token_and_trailers() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf_files();
+    let server = Grpc::start(&cert, &key);
+    let token_file = ca.dir.path().join("token");
+    std::fs::write(&token_file, "grpc-tok-2\n").unwrap();
+    let sidekey_ca = ca.dir.path().join("sidekey-ca.crt");
+    let config = format!(
+        "{LISTEN}[intercept]\ngenerate = true\nca_cert_out = {out:?}\n\n\
+         [[routes]]\nname = \"intercepted\"\nhost = \"api.test\"\nupstream = \"https://localhost:{port}\"\n\
+         ca_file = {ca:?}\ntoken = \"t\"\n\n\
+         [tokens.t]\nsource = \"file\"\npath = {token:?}\n",
+        out = sidekey_ca.display().to_string(),
+        port = server.port,
+        ca = ca.ca_file.display().to_string(),
+        token = token_file.display().to_string(),
+    );
+    let running = start_proxy(&config).await;
+
+    let got = Grpc::call_through("api.test:443", &sidekey_ca, running.proxy_addr).await;
+
+    assert_eq!(got["say"]["ok"]["authorization"], "Bearer grpc-tok-2", "{got}");
+    assert_eq!(got["fail"], serde_json::json!({"code": "PERMISSION_DENIED", "details": "nope"}), "{got}");
+    assert_eq!(got["stream"]["ok"]["messages"], serde_json::json!(["part0", "part1", "part2"]), "{got}");
+    assert_eq!(got["stream"]["ok"]["trailers"]["x-done"], "yes", "{got}");
+    assert_eq!(got["chat"]["ok"], serde_json::json!(["ONE", "TWO", "THREE"]), "{got}");
     running.shutdown().await;
 }

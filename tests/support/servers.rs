@@ -412,11 +412,25 @@ impl Grpc {
     /// Calls each of the service's methods through `target` (`host:port`, plaintext HTTP/2
     /// with prior knowledge) with grpcio's client; what came back, as `echo.py call` prints it.
     pub async fn call(target: &str) -> serde_json::Value {
-        let out = tokio::process::Command::new(grpc_python())
-            .arg(servers_dir().join("grpc/echo.py"))
-            .args(["call", target])
-            .kill_on_drop(true)
-            .output();
+        Grpc::call_with(target, None).await
+    }
+
+    /// [`Grpc::call`] over TLS to `target`, trusting only `ca` (a PEM file), through the HTTP
+    /// proxy `proxy` (`grpc_proxy`: a `CONNECT` tunnel).
+    pub async fn call_through(target: &str, ca: &std::path::Path, proxy: SocketAddr) -> serde_json::Value {
+        Grpc::call_with(target, Some((ca, proxy))).await
+    }
+
+    async fn call_with(target: &str, tls: Option<(&std::path::Path, SocketAddr)>) -> serde_json::Value {
+        let mut cmd = tokio::process::Command::new(grpc_python());
+        cmd.arg(servers_dir().join("grpc/echo.py")).args(["call", target]);
+        for var in ["grpc_proxy", "https_proxy", "http_proxy", "no_proxy", "no_grpc_proxy"] {
+            cmd.env_remove(var).env_remove(var.to_uppercase());
+        }
+        if let Some((ca, proxy)) = tls {
+            cmd.arg(ca).env("grpc_proxy", format!("http://{proxy}"));
+        }
+        let out = cmd.kill_on_drop(true).output();
         let out = super::bounded("echo.py call", out).await.expect("echo.py runs");
         assert!(out.status.success(), "echo.py call: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("echo.py prints JSON")

@@ -2,6 +2,8 @@
 
     python echo.py serve CERT KEY   # TLS on 127.0.0.1, a free port; prints the port, then serves
     python echo.py call TARGET      # calls every method through TARGET (plaintext HTTP/2); prints JSON
+    python echo.py call TARGET CA   # the same over TLS, trusting only the PEM file CA (with
+                                    # grpc_proxy=http://HOST:PORT set, through that proxy's CONNECT)
 
 The service `echo.Echo` takes and gives raw bytes (no generated code):
   Say     unary: answers what it got, with the `authorization` metadata it was sent
@@ -58,9 +60,14 @@ def serve(cert, key):
     server.wait_for_termination()
 
 
-def call(target):
+def call(target, ca=None):
     out = {}
-    with grpc.insecure_channel(target) as channel:
+    if ca is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        with open(ca, "rb") as f:
+            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=f.read()))
+    with channel:
         def outcome(name, f):
             try:
                 out[name] = {"ok": f()}
@@ -88,7 +95,7 @@ def call(target):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["serve"] and len(sys.argv) == 4:
         serve(sys.argv[2], sys.argv[3])
-    elif sys.argv[1:2] == ["call"] and len(sys.argv) == 3:
-        call(sys.argv[2])
+    elif sys.argv[1:2] == ["call"] and len(sys.argv) in (3, 4):
+        call(*sys.argv[2:])
     else:
         sys.exit(__doc__)
