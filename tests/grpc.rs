@@ -10,28 +10,39 @@ mod support;
 use support::servers::Grpc;
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_calls_pass_through_with_the_token_their_status_and_trailers_and_unauthenticated_counts_as_401() {
-    let ca = TestCa::new();
-    let (cert, key) = ca.leaf_files();
-    let server = Grpc::start(&cert, &key);
-    let token_file = ca.dir.path().join("token");
-    std::fs::write(&token_file, "grpc-tok-1\n").unwrap();
-    let config = format!(
-        "{LISTEN}[upstream]\nca_file = {ca:?}\n\n\
-         [[routes]]\nname = \"echo\"\nprefix = \"/echo.Echo\"\nupstream = \"https://localhost:{port}/echo.Echo\"\ntoken = \"t\"\n\n\
-         [tokens.t]\nsource = \"file\"\npath = {token:?}\n",
-        ca = ca.ca_file.display().to_string(),
-        port = server.port,
-        token = token_file.display().to_string(),
-    );
-    let running = start_proxy(&config).await;
+/// The gRPC server over TLS (a leaf of a test CA), and a token file for sidekey's token `t`.
+struct Echo {
+    ca: TestCa,
+    server: Grpc,
+    token_file: std::path::PathBuf,
+}
 
-    let got = Grpc::call(&running.proxy_addr.to_string()).await;
+impl Echo {
+    fn start(token: &str) -> Echo {
+        let ca = TestCa::new();
+        let (cert, key) = ca.leaf_files();
+        let server = Grpc::start(&cert, &key);
+        let token_file = ca.dir.path().join("token");
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        Echo { ca, server, token_file }
+    }
 
+    /// A route to the server (`rest`: its matching keys and upstream path) with token `t`.
+    fn route(&self, name: &str, rest: &str) -> String {
+        format!(
+            "[[routes]]\nname = {name:?}\n{rest}\nca_file = {ca:?}\ntoken = \"t\"\n\n\
+             [tokens.t]\nsource = \"file\"\npath = {token:?}\n",
+            ca = self.ca.ca_file.display().to_string(),
+            token = self.token_file.display().to_string(),
+        )
+    }
+}
+
+/// What `echo.py call` got back when every call went through with `token`.
+fn assert_went_through(got: &serde_json::Value, token: &str) {
     // The server refuses a request without `te: trailers` (the C core: "Missing :te header"),
     // so each call getting through at all says the proxy forwarded it.
-    assert_eq!(got["say"]["ok"]["authorization"], "Bearer grpc-tok-1", "{got}");
+    assert_eq!(got["say"]["ok"]["authorization"], format!("Bearer {token}"), "{got}");
     assert_eq!(got["say"]["ok"]["body"], "hello", "{got}");
     // A trailers-only answer: the status and its message in the answer's one HEADERS frame.
     assert_eq!(got["fail"], serde_json::json!({"code": "PERMISSION_DENIED", "details": "nope"}), "{got}");
@@ -39,7 +50,17 @@ async fn grpc_calls_pass_through_with_the_token_their_status_and_trailers_and_un
     assert_eq!(got["stream"]["ok"]["messages"], serde_json::json!(["part0", "part1", "part2"]), "{got}");
     assert_eq!(got["stream"]["ok"]["trailers"]["x-done"], "yes", "{got}");
     assert_eq!(got["chat"]["ok"], serde_json::json!(["ONE", "TWO", "THREE"]), "{got}");
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_pass_through_with_the_token_their_status_and_trailers_and_unauthenticated_counts_as_401() {
+    let echo = Echo::start("grpc-tok-1");
+    let rest = format!("prefix = \"/echo.Echo\"\nupstream = \"https://localhost:{}/echo.Echo\"", echo.server.port);
+    let running = start_proxy(&format!("{LISTEN}{}", echo.route("echo", &rest))).await;
+
+    let got = Grpc::call(&running.proxy_addr.to_string()).await;
+
+    assert_went_through(&got, "grpc-tok-1");
     // UNAUTHENTICATED, gRPC's 401, reaches the client as it came and is counted as a 401 (the
     // PERMISSION_DENIED above is not).
     let unauthenticated = serde_json::json!({"code": "UNAUTHENTICATED", "details": "token rejected"});
@@ -59,30 +80,14 @@ async fn grpc_calls_pass_through_with_the_token_their_status_and_trailers_and_un
 /// tunnel is intercepted (sidekey's CA trusted by the client), and the calls go on as above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_tls_through_the_https_interception_gets_the_token_and_trailers() {
-    let ca = TestCa::new();
-    let (cert, key) = ca.leaf_files();
-    let server = Grpc::start(&cert, &key);
-    let token_file = ca.dir.path().join("token");
-    std::fs::write(&token_file, "grpc-tok-2\n").unwrap();
-    let sidekey_ca = ca.dir.path().join("sidekey-ca.crt");
-    let config = format!(
-        "{LISTEN}[intercept]\ngenerate = true\nca_cert_out = {out:?}\n\n\
-         [[routes]]\nname = \"intercepted\"\nhost = \"api.test\"\nupstream = \"https://localhost:{port}\"\n\
-         ca_file = {ca:?}\ntoken = \"t\"\n\n\
-         [tokens.t]\nsource = \"file\"\npath = {token:?}\n",
-        out = sidekey_ca.display().to_string(),
-        port = server.port,
-        ca = ca.ca_file.display().to_string(),
-        token = token_file.display().to_string(),
-    );
-    let running = start_proxy(&config).await;
+    let echo = Echo::start("grpc-tok-2");
+    let sidekey_ca = echo.ca.dir.path().join("sidekey-ca.crt");
+    let rest = format!("host = \"api.test\"\nupstream = \"https://localhost:{}\"", echo.server.port);
+    let intercept = format!("[intercept]\ngenerate = true\nca_cert_out = {:?}\n\n", sidekey_ca.display().to_string());
+    let running = start_proxy(&format!("{LISTEN}{intercept}{}", echo.route("intercepted", &rest))).await;
 
     let got = Grpc::call_through("api.test:443", &sidekey_ca, running.proxy_addr).await;
 
-    assert_eq!(got["say"]["ok"]["authorization"], "Bearer grpc-tok-2", "{got}");
-    assert_eq!(got["fail"], serde_json::json!({"code": "PERMISSION_DENIED", "details": "nope"}), "{got}");
-    assert_eq!(got["stream"]["ok"]["messages"], serde_json::json!(["part0", "part1", "part2"]), "{got}");
-    assert_eq!(got["stream"]["ok"]["trailers"]["x-done"], "yes", "{got}");
-    assert_eq!(got["chat"]["ok"], serde_json::json!(["ONE", "TWO", "THREE"]), "{got}");
+    assert_went_through(&got, "grpc-tok-2");
     running.shutdown().await;
 }

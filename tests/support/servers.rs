@@ -343,21 +343,24 @@ impl Moto {
     /// credential_process JSON, or none for the first free actions); its JSON answer.
     pub async fn admin(&self, command: &str, args: &[&str], creds: Option<&serde_json::Value>) -> serde_json::Value {
         let key = |k: &str| creds.map_or("unused".to_owned(), |c| c[k].as_str().unwrap().to_owned());
-        let out = tokio::process::Command::new(moto_venv().join("bin/python"))
-            .arg(servers_dir().join("moto/admin.py"))
+        let mut cmd = tokio::process::Command::new(moto_venv().join("bin/python"));
+        cmd.arg(servers_dir().join("moto/admin.py"))
             .arg(command)
             .arg(&self.url)
             .args(args)
             .env("AWS_ACCESS_KEY_ID", key("AccessKeyId"))
             .env("AWS_SECRET_ACCESS_KEY", key("SecretAccessKey"))
             .env_remove("AWS_SESSION_TOKEN")
-            .env_remove("AWS_PROFILE")
-            .kill_on_drop(true)
-            .output();
-        let out = super::bounded("moto admin.py", out).await.expect("admin.py runs");
-        assert!(out.status.success(), "admin.py {command}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("admin.py prints JSON")
+            .env_remove("AWS_PROFILE");
+        json_of(&format!("admin.py {command}"), cmd).await
     }
+}
+
+/// Runs a script that prints JSON; what it printed (its stderr in the panic when it fails).
+async fn json_of(what: &str, mut cmd: tokio::process::Command) -> serde_json::Value {
+    let out = super::bounded(what, cmd.kill_on_drop(true).output()).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what} printed no JSON ({e})"))
 }
 
 impl Drop for Moto {
@@ -430,10 +433,7 @@ impl Grpc {
         if let Some((ca, proxy)) = tls {
             cmd.arg(ca).env("grpc_proxy", format!("http://{proxy}"));
         }
-        let out = cmd.kill_on_drop(true).output();
-        let out = super::bounded("echo.py call", out).await.expect("echo.py runs");
-        assert!(out.status.success(), "echo.py call: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("echo.py prints JSON")
+        json_of("echo.py call", cmd).await
     }
 }
 
