@@ -25,38 +25,7 @@ pub enum Wire {
     Fields(crate::h1::Fields),
     /// A client's body the own loop streams (see [`crate::conn::Inbound::Streamed`]).
     Streamed(crate::h1server::Streamed),
-    /// A gRPC call's answer from an HTTP/2 upstream, its trailers watched for UNAUTHENTICATED.
-    Grpc(Box<GrpcAnswer>),
 }
-
-/// A gRPC call's answer whose head had no status: the status comes in the trailers, and one of
-/// UNAUTHENTICATED (gRPC's 401) is counted as an upstream 401 when they pass.
-pub struct GrpcAnswer {
-    pub body: Incoming,
-    /// Counts the 401; taken when it is.
-    pub on_unauthenticated: Option<Box<dyn FnOnce() + Send + Sync>>,
-}
-
-impl std::fmt::Debug for GrpcAnswer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GrpcAnswer").field("body", &self.body).finish_non_exhaustive()
-    }
-}
-
-/// Whether a gRPC call's head or trailers carry the status UNAUTHENTICATED (16): the server
-/// refused the call's credentials.
-pub fn grpc_unauthenticated(fields: &http::HeaderMap) -> bool {
-    fields.get(GRPC_STATUS).is_some_and(|v| v.as_bytes() == b"16")
-}
-
-/// Whether an answer's head is a gRPC call's that has not ended yet (its status to come in the
-/// trailers).
-pub fn grpc_status_to_come(fields: &http::HeaderMap) -> bool {
-    fields.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-        && !fields.contains_key(GRPC_STATUS)
-}
-
-const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// A client's body as the upstream side takes it; a body the own loop read whole is one in
 /// memory, written with the request's head.
@@ -84,17 +53,6 @@ impl hyper::body::Body for Wire {
             Wire::Incoming(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             Wire::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             Wire::Streamed(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Wire::Grpc(g) => {
-                let frame = std::task::ready!(std::pin::Pin::new(&mut g.body).poll_frame(cx));
-                if let Some(Ok(trailers)) = frame.as_ref().map(|f| f.as_ref().map(hyper::body::Frame::trailers_ref)) {
-                    if trailers.is_some_and(grpc_unauthenticated) {
-                        if let Some(count) = g.on_unauthenticated.take() {
-                            count();
-                        }
-                    }
-                }
-                std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
             Wire::Fields(f) if !f.body().is_empty() => {
                 std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(f.take_body()))))
             }
@@ -107,7 +65,6 @@ impl hyper::body::Body for Wire {
             Wire::Incoming(b) => b.is_end_stream(),
             Wire::H1(b) => b.is_end_stream(),
             Wire::Streamed(b) => b.is_end_stream(),
-            Wire::Grpc(g) => g.body.is_end_stream(),
             Wire::Fields(f) => f.body().is_empty(),
             Wire::Empty => true,
         }
@@ -118,7 +75,6 @@ impl hyper::body::Body for Wire {
             Wire::Incoming(b) => b.size_hint(),
             Wire::H1(b) => b.size_hint(),
             Wire::Streamed(b) => b.size_hint(),
-            Wire::Grpc(g) => g.body.size_hint(),
             Wire::Fields(f) => hyper::body::SizeHint::with_exact(f.body().len() as u64),
             Wire::Empty => hyper::body::SizeHint::with_exact(0),
         }

@@ -153,11 +153,6 @@ impl RouteMetrics {
         self.unauthorized.increment(1);
     }
 
-    /// `sidekey_upstream_unauthorized_total` of the route, for a 401 counted later.
-    pub fn unauthorized_counter(&self) -> Counter {
-        self.unauthorized.clone()
-    }
-
     /// Records one answered request.
     #[inline]
     pub fn record(&self, status: u16, elapsed: Duration) {

@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body;
 
 use crate::conn::{Inbound, Tunnel};
-use crate::error::{grpc_status_to_come, grpc_unauthenticated, GrpcAnswer, ProxyBody, ProxyError, Wire};
+use crate::error::{ProxyBody, ProxyError, Wire};
 use crate::intercept::{HostPort, Intercept};
 use crate::metrics::RouteMetrics;
 use crate::route::{own_values, strip_hop_by_hop, strip_request_hop_by_hop, RouteTable, Target};
@@ -291,18 +291,13 @@ impl RouteSet {
     }
 }
 
-/// [`Route::unauthorized`], of its parts.
-fn unauthorized(usage: &RouteUsage, token: &Arc<Token>, route: &str) {
-    usage.unauthorized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Some(failure) = token.observe_unauthorized(route) {
-        if failure.refresh {
-            let token = token.clone();
-            tokio::spawn(async move {
-                token.refresh().await;
-            });
-        }
-    }
+/// Whether an answer's head is a gRPC call's refusal for its credentials (a trailers-only
+/// answer with status UNAUTHENTICATED).
+fn grpc_unauthenticated(headers: &http::HeaderMap) -> bool {
+    headers.get(GRPC_STATUS).is_some_and(|v| v.as_bytes() == b"16")
 }
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// What a CONNECT became, for `sidekey_connect_total{result}`.
 fn count_connect(result: &'static str) {
@@ -678,19 +673,15 @@ impl Route {
     /// Accounts for an upstream 401; a propagation failure with `on_401 = "refresh"` starts
     /// one early refresh (at most one per window: the tracker reports once).
     fn unauthorized(&self) {
-        unauthorized(&self.usage, &self.token, &self.name);
-    }
-
-    /// Counts an upstream 401 as `sidekey_upstream_unauthorized_total` and
-    /// [`Route::unauthorized`] do, when called (by an answer's body, after the route's part of
-    /// the exchange has ended).
-    fn unauthorized_later(&self) -> Box<dyn FnOnce() + Send + Sync> {
-        let (usage, token, name) = (self.usage.clone(), self.token.clone(), self.name.clone());
-        let counter = self.metrics.unauthorized_counter();
-        Box::new(move || {
-            counter.increment(1);
-            unauthorized(&usage, &token, &name);
-        })
+        self.usage.unauthorized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(failure) = self.token.observe_unauthorized(&self.name) {
+            if failure.refresh {
+                let token = self.token.clone();
+                tokio::spawn(async move {
+                    token.refresh().await;
+                });
+            }
+        }
     }
 
     /// Hands one request to the upstream; the answer is due within the route's timeout.
@@ -718,22 +709,13 @@ impl Route {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         match outcome {
             Ok(resp) => {
-                let (mut parts, mut body) = resp.into_parts();
-                // gRPC's 401 is a status of UNAUTHENTICATED: in the answer's only HEADERS frame
-                // when the server refuses the call before it runs (`200`, `grpc-status: 16`), or
-                // in its trailers after messages. Counted as a 401 either way (HTTP/2 answers
-                // only: gRPC has no other).
-                if let Wire::Incoming(incoming) = body {
-                    body = if grpc_unauthenticated(&parts.headers) {
-                        self.metrics.count_unauthorized();
-                        self.unauthorized();
-                        Wire::Incoming(incoming)
-                    } else if grpc_status_to_come(&parts.headers) {
-                        let on_unauthenticated = Some(self.unauthorized_later());
-                        Wire::Grpc(Box::new(GrpcAnswer { body: incoming, on_unauthenticated }))
-                    } else {
-                        Wire::Incoming(incoming)
-                    };
+                let (mut parts, body) = resp.into_parts();
+                // gRPC's 401: a call refused for its credentials is answered `200` with
+                // `grpc-status: 16` (UNAUTHENTICATED) in its only HEADERS frame. Counted as a 401
+                // (HTTP/2 answers only: gRPC has no other; a status in trailers is not seen).
+                if matches!(body, Wire::Incoming(_)) && grpc_unauthenticated(&parts.headers) {
+                    self.metrics.count_unauthorized();
+                    self.unauthorized();
                 }
                 strip_hop_by_hop(&mut parts.headers);
                 Ok(Response::from_parts(parts, Either::Left(body)))

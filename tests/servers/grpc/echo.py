@@ -10,7 +10,6 @@ The service `echo.Echo` takes and gives raw bytes (no generated code):
   Fail    unary: fails with PERMISSION_DENIED "nope" (a trailers-only answer)
   Unauth  unary: fails with UNAUTHENTICATED "token rejected" (as a server refusing the credential)
   Stream  server streaming: three messages, then the trailing metadata x-done: yes
-  Expire  server streaming: one message, then UNAUTHENTICATED "token expired" (in trailers)
   Chat    bidirectional: each message back upper-cased, as it comes
 """
 import json
@@ -40,10 +39,6 @@ def serve(cert, key):
             yield b"part%d" % i
         context.set_trailing_metadata((("x-done", "yes"),))
 
-    def expire(request, context):
-        yield b"before"
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "token expired")
-
     def chat(requests, context):
         for r in requests:
             yield r.upper()
@@ -53,7 +48,6 @@ def serve(cert, key):
         "Fail": grpc.unary_unary_rpc_method_handler(fail, ident, ident),
         "Unauth": grpc.unary_unary_rpc_method_handler(unauth, ident, ident),
         "Stream": grpc.unary_stream_rpc_method_handler(stream, ident, ident),
-        "Expire": grpc.unary_stream_rpc_method_handler(expire, ident, ident),
         "Chat": grpc.stream_stream_rpc_method_handler(chat, ident, ident),
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -93,17 +87,6 @@ def call(target, ca=None):
             return {"messages": messages, "trailers": dict(c.trailing_metadata())}
 
         outcome("stream", streamed)
-
-        def expiring():
-            messages = []
-            try:
-                for m in channel.unary_stream("/echo.Echo/Expire", ident, ident)(b"x", timeout=10):
-                    messages.append(m.decode())
-            except grpc.RpcError as e:
-                return {"messages": messages, "code": e.code().name, "details": e.details()}
-            return {"messages": messages}
-
-        outcome("expire", expiring)
         chat = channel.stream_stream("/echo.Echo/Chat", ident, ident)
         outcome("chat", lambda: [m.decode() for m in chat(iter([b"one", b"two", b"three"]), timeout=10)])
     print(json.dumps(out))
