@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use crate::serve::Live;
+use crate::live::Live;
 use crate::token::{Refreshed, Token};
 
 /// The dashboard: one self-contained page (inline CSS and script, no outside assets) that

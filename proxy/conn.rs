@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Limits;
+use crate::shutdown::stopped;
 
 /// An instant and the coarse clock's reading then: what [`now_ms`] counts from.
 fn epoch() -> (Instant, coarsetime::Instant) {
@@ -779,11 +780,6 @@ pub async fn serve<F, Fut, B>(
 /// connection's future is ~3.5 KiB (massif).
 fn holding<T: Future<Output = ()>, H>(task: T, held: H) -> impl Future<Output = ()> {
     futures_util::FutureExt::map(task, move |()| drop(held))
-}
-
-/// Resolves once the watch value turns true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 #[cfg(test)]

@@ -206,3 +206,15 @@ pub fn json_response(
     }
     resp
 }
+
+/// `error: cause: cause`, for logs. Upstream client errors never carry header values.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}

@@ -776,7 +776,7 @@ impl Fields {
         let mut lengths = 0;
         for h in headers {
             let name = h.name.as_bytes();
-            if !crate::route::is_hop_by_hop_name(name) && !is_host(name) {
+            if !crate::headers::is_hop_by_hop_name(name) && !is_host(name) {
                 lengths |= 1 << (name.len() % 16);
                 block.push(h);
             }
@@ -1012,7 +1012,7 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
     let fields = if plain {
         let mut block = Lines::new(buf, size);
         for h in parsed.headers.iter() {
-            if !crate::route::is_hop_by_hop_name(h.name.as_bytes()) {
+            if !crate::headers::is_hop_by_hop_name(h.name.as_bytes()) {
                 block.push(h);
             }
         }

@@ -19,201 +19,20 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use notify::Watcher;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    PKCS_ECDSA_P256_SHA256,
-};
-use rustls::client::danger::ServerCertVerifier;
 use rustls::ServerConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{InterceptConfig, SecretRef};
+use crate::config::{HostPort, InterceptConfig, SecretRef};
+use crate::pki::Ca;
 use crate::secret::Secret;
 
-/// How long a minted leaf is valid.
-const LEAF_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// A cached leaf older than this is minted again, so none served is close to expiry.
 const LEAF_REMINT: Duration = Duration::from_secs(12 * 3600);
-/// Leaves and a generated CA start this far in the past, for clients whose clock is behind.
-const BACKDATE: Duration = Duration::from_secs(3600);
-/// A generated CA's lifetime (it lives only as long as the process anyway).
-const CA_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Changes to the CA files are folded into one reload after this long (a certificate and a
 /// key written one after the other are read as a pair).
 const CA_SETTLE: Duration = Duration::from_millis(100);
 /// How often the CA files are checked where notifications are not available.
 const CA_POLL: Duration = Duration::from_secs(1);
-
-/// `host` or `host:port` from a `passthrough` entry or a CONNECT target, host lowercased, IPv6
-/// brackets removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    pub host: String,
-    pub port: u16,
-}
-
-impl HostPort {
-    /// Parses `host[:port]`; `default_port` when none is given.
-    pub fn parse(s: &str, default_port: u16) -> Result<HostPort, String> {
-        let authority = http::uri::Authority::try_from(s).map_err(|_| format!("{s:?} is not a host or host:port"))?;
-        let after_host = &authority.as_str()[authority.host().len()..];
-        if authority.as_str().contains('@') || (!after_host.is_empty() && authority.port_u16().is_none()) {
-            return Err(format!("{s:?} is not a host or host:port"));
-        }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-        if host.is_empty() {
-            return Err(format!("{s:?} has no host"));
-        }
-        Ok(HostPort { host, port: authority.port_u16().unwrap_or(default_port) })
-    }
-}
-
-/// The interception CA: its certificate, and the key that signs leaves (never printed).
-pub struct Ca {
-    cert_der: CertificateDer<'static>,
-    cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-    /// SHA-256 of the key's PEM, to tell a changed key from an unchanged one on reload.
-    key_digest: [u8; 32],
-}
-
-impl std::fmt::Debug for Ca {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ca").field("certificate", &self.fingerprint()).field("key", &"<redacted>").finish()
-    }
-}
-
-impl Ca {
-    /// A new CA: ECDSA P-256, valid for a year, allowed to sign leaves only (path length 0).
-    pub fn generate() -> Result<Ca, String> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| format!("cannot make a CA key: {e}"))?;
-        let mut params =
-            CertificateParams::new(Vec::<String>::new()).map_err(|e| format!("cannot make a CA certificate: {e}"))?;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.distinguished_name.push(DnType::CommonName, "sidekey interception CA");
-        params.distinguished_name.push(DnType::OrganizationName, "sidekey");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = now + CA_LIFETIME;
-        let cert = params.self_signed(&key).map_err(|e| format!("cannot make a CA certificate: {e}"))?;
-        let key_digest = Sha256::digest(zeroize::Zeroizing::new(key.serialize_pem()).as_bytes()).into();
-        Ok(Ca { cert_pem: cert.pem(), cert_der: cert.der().clone(), issuer: Issuer::new(params, key), key_digest })
-    }
-
-    /// A CA from a PEM certificate and PEM private key (PKCS#8, or SEC1 for EC keys). Checks
-    /// that the key belongs to the certificate by verifying a leaf it signs. Errors never
-    /// quote the key.
-    pub fn from_pem(cert_pem: &str, key_pem: &Secret) -> Result<Ca, String> {
-        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
-            .map_err(|e| format!("the CA certificate is not a PEM certificate: {e}"))?;
-        let key = KeyPair::from_pem(key_pem.expose())
-            .map_err(|_| "the CA key is not a PEM private key (PKCS#8, or SEC1 for EC keys)".to_owned())?;
-        let issuer = Issuer::from_ca_cert_der(&cert_der, key)
-            .map_err(|e| format!("the CA certificate cannot be used to sign: {e}"))?;
-        let key_digest = Sha256::digest(key_pem.expose().as_bytes()).into();
-        let ca = Ca { cert_pem: cert_to_pem(&cert_der), cert_der, issuer, key_digest };
-        ca.check_pair()?;
-        Ok(ca)
-    }
-
-    /// The certificate, PEM-encoded, as written to `ca_cert_out`.
-    pub fn cert_pem(&self) -> &str {
-        &self.cert_pem
-    }
-
-    /// The certificate, DER-encoded.
-    pub fn cert_der(&self) -> &CertificateDer<'static> {
-        &self.cert_der
-    }
-
-    /// `sha256:` and 12 hex digits of the certificate's hash (the certificate is public).
-    pub fn fingerprint(&self) -> String {
-        let digest = Sha256::digest(self.cert_der.as_ref());
-        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        format!("sha256:{hex}")
-    }
-
-    /// Mints a leaf for `host` (a DNS name or an IP address): its chain and key.
-    pub fn mint(&self, host: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| format!("cannot make a leaf key: {e}"))?;
-        let mut params = CertificateParams::new(vec![host.to_owned()])
-            .map_err(|e| format!("cannot make a certificate for {host:?}: {e}"))?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, host);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.use_authority_key_identifier_extension = true;
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = now + LEAF_LIFETIME;
-        let leaf = params.signed_by(&key, &self.issuer).map_err(|e| format!("cannot sign a leaf for {host:?}: {e}"))?;
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        Ok((vec![leaf.der().clone(), self.cert_der.clone()], key))
-    }
-
-    /// Signs a leaf and verifies it against the certificate as the only root: fails when the
-    /// key is not the certificate's, or the certificate cannot act as a CA.
-    fn check_pair(&self) -> Result<(), String> {
-        const PROBE: &str = "pair-check.sidekey.invalid";
-        let (chain, _) = self.mint(PROBE)?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.cert_der.clone()).map_err(|e| format!("the CA certificate cannot be a trust root: {e}"))?;
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .map_err(|e| format!("the CA certificate cannot be a trust root: {e}"))?;
-        let name = ServerName::try_from(PROBE).expect("a valid DNS name");
-        verifier
-            .verify_server_cert(&chain[0], &[], &name, &[], UnixTime::now())
-            .map(|_| ())
-            .map_err(|e| format!("ca_key does not belong to ca_cert, or the certificate is not a usable CA ({e})"))
-    }
-}
-
-/// One certificate in PEM.
-fn cert_to_pem(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Writes a new CA pair to `dir` (`ca.crt`, and `ca.key` readable by the owner only) for
-/// operators who keep the CA in a secret store. Refuses to overwrite either file.
-pub fn init_files(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let (cert_path, key_path) = (dir.join("ca.crt"), dir.join("ca.key"));
-    for p in [&cert_path, &key_path] {
-        if p.exists() {
-            return Err(format!("{} exists already; remove it or choose another directory", p.display()));
-        }
-    }
-    let ca = Ca::generate()?;
-    let key_pem = zeroize::Zeroizing::new(ca.issuer.key().serialize_pem());
-    let mut key_file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key_path)
-        .map_err(|e| format!("cannot create {}: {e}", key_path.display()))?;
-    key_file.write_all(key_pem.as_bytes()).map_err(|e| format!("cannot write {}: {e}", key_path.display()))?;
-    std::fs::write(&cert_path, ca.cert_pem()).map_err(|e| format!("cannot write {}: {e}", cert_path.display()))?;
-    Ok((cert_path, key_path))
-}
 
 /// Writes the CA certificate where the app reads it: to a temporary file beside it, then
 /// renamed over, so a reader never sees half a certificate.
@@ -321,7 +140,7 @@ impl Intercept {
         }
         // Minted outside the lock: two first CONNECTs to one host may both mint, which is harmless.
         let (chain, key) = state.ca.mint(host)?;
-        let mut tls = ServerConfig::builder_with_provider(provider())
+        let mut tls = ServerConfig::builder_with_provider(crate::pki::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
@@ -373,10 +192,7 @@ impl Intercept {
             Err(e) => return Err(self.rejected(e)),
         };
         let current = self.ca.load();
-        let unchanged = CertificateDer::from_pem_slice(cert.expose().as_bytes())
-            .is_ok_and(|d| d == current.ca.cert_der)
-            && <[u8; 32]>::from(Sha256::digest(key.expose().as_bytes())) == current.ca.key_digest;
-        if unchanged {
+        if current.ca.is_pair(cert.expose(), &key) {
             return Ok(false);
         }
         let ca = Ca::from_pem(cert.expose(), &key).map_err(|e| self.rejected(e))?;
@@ -472,7 +288,7 @@ impl Intercept {
                         true
                     }
                     _ = poll.tick() => false,
-                    _ = crate::conn::stopped(&mut stop) => break,
+                    _ = crate::shutdown::stopped(&mut stop) => break,
                 };
                 let this = this.clone();
                 let reload = move || if notified { this.reload_ca() } else { this.poll_ca() };
@@ -522,73 +338,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn verifier_for(ca: &Ca) -> Arc<rustls::client::WebPkiServerVerifier> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.cert_der().clone()).unwrap();
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap()
-    }
-
-    #[test]
-    fn minted_leaves_verify_against_the_ca_for_names_and_addresses() {
-        let ca = Ca::generate().unwrap();
-        let v = verifier_for(&ca);
-        for host in ["api.example.com", "127.0.0.1", "::1"] {
-            let (chain, _) = ca.mint(host).unwrap();
-            let name = ServerName::try_from(host).unwrap();
-            v.verify_server_cert(&chain[0], &chain[1..], &name, &[], UnixTime::now())
-                .unwrap_or_else(|e| panic!("{host}: {e}"));
-        }
-        // A leaf is for its host only.
-        let (chain, _) = ca.mint("api.example.com").unwrap();
-        let other = ServerName::try_from("evil.example.com").unwrap();
-        assert!(v.verify_server_cert(&chain[0], &[], &other, &[], UnixTime::now()).is_err());
-    }
-
-    #[test]
-    fn a_pair_loads_and_a_mismatched_key_is_refused_without_quoting_it() {
-        let a = Ca::generate().unwrap();
-        let b = Ca::generate().unwrap();
-        let a_key = Secret::new(a.issuer.key().serialize_pem());
-        let b_key = Secret::new(b.issuer.key().serialize_pem());
-        let loaded = Ca::from_pem(a.cert_pem(), &a_key).unwrap();
-        assert_eq!(loaded.cert_der(), a.cert_der());
-        // A leaf the loaded CA signs verifies against the original certificate.
-        let (chain, _) = loaded.mint("x.example").unwrap();
-        let name = ServerName::try_from("x.example").unwrap();
-        verifier_for(&a).verify_server_cert(&chain[0], &[], &name, &[], UnixTime::now()).unwrap();
-
-        let err = Ca::from_pem(a.cert_pem(), &b_key).unwrap_err();
-        assert!(err.contains("does not belong"), "{err}");
-        // The private scalar of a P-256 PKCS#8 key is its bytes 36..68: base64 characters 48..88.
-        let private = |k: &Secret| -> String {
-            let body: String = k.expose().lines().filter(|l| !l.starts_with("-----")).collect();
-            body[48..88].to_owned()
-        };
-        assert!(!err.contains(&private(&b_key)), "the error quotes the key: {err}");
-
-        let err = Ca::from_pem(a.cert_pem(), &Secret::new("not a key".into())).unwrap_err();
-        assert!(!err.contains("not a key\""), "{err}");
-        assert!(Ca::from_pem("garbage", &a_key).is_err());
-        let shown = format!("{loaded:?}");
-        assert!(!shown.contains(&private(&a_key)) && !shown.contains(&private(&a_key)[..16]), "{shown}");
-    }
-
-    #[test]
-    fn host_port_parsing() {
-        assert_eq!(HostPort::parse("PyPI.org", 443).unwrap(), HostPort { host: "pypi.org".into(), port: 443 });
-        assert_eq!(HostPort::parse("h:8443", 443).unwrap(), HostPort { host: "h".into(), port: 8443 });
-        assert_eq!(HostPort::parse("[::1]:9", 443).unwrap(), HostPort { host: "::1".into(), port: 9 });
-        for bad in ["", "user@h", "h:x", "a b", "http://h"] {
-            assert!(HostPort::parse(bad, 443).is_err(), "{bad:?}");
-        }
-    }
-
     #[test]
     fn the_leaf_cache_is_bounded_and_follows_the_ca() {
         let dir = tempfile::tempdir().unwrap();
         let write_pair = |ca: &Ca| {
             std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
-            std::fs::write(dir.path().join("ca.key"), ca.issuer.key().serialize_pem()).unwrap();
+            std::fs::write(dir.path().join("ca.key"), ca.key_pem()).unwrap();
         };
         let first = Ca::generate().unwrap();
         write_pair(&first);
@@ -618,7 +373,7 @@ mod tests {
         assert_eq!(i.cached_leaves(), 0, "leaves of the old CA are dropped");
         assert_eq!(std::fs::read_to_string(dir.path().join("out.crt")).unwrap(), second.cert_pem());
         // A broken pair keeps the CA in force.
-        std::fs::write(dir.path().join("ca.key"), first.issuer.key().serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("ca.key"), first.key_pem()).unwrap();
         assert!(i.reload_ca().is_err());
         assert_eq!(i.ca_fingerprint(), second.fingerprint());
     }

@@ -53,63 +53,28 @@ pub mod demo;
 pub mod error;
 pub mod h1;
 pub(crate) mod h1server;
+pub mod headers;
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
 pub use h1server::fuzz_requests;
 pub mod inject;
 pub mod intercept;
+pub mod live;
 #[allow(unsafe_code)]
 pub mod memory;
 pub mod metrics;
+pub mod pki;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod secret;
 pub mod serve;
+pub mod shutdown;
 pub mod telemetry;
 pub mod token;
 pub mod upstream;
 
 pub use config::Config;
 pub use serve::{start, Running};
-
-/// SIGINT (Ctrl-C) and SIGTERM, listened for from when it is made: made before the listeners
-/// start, so a signal that comes while the first requests are served is never the default
-/// action (the process killed, its requests in flight cut off).
-pub struct ShutdownSignal {
-    #[cfg(unix)]
-    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
-}
-
-impl ShutdownSignal {
-    pub fn listen() -> ShutdownSignal {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let signals = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-                (Ok(int), Ok(term)) => Some((int, term)),
-                _ => {
-                    tracing::warn!("cannot listen for SIGINT and SIGTERM; waiting for Ctrl-C the portable way");
-                    None
-                }
-            };
-            ShutdownSignal { signals }
-        }
-        #[cfg(not(unix))]
-        ShutdownSignal {}
-    }
-
-    /// Resolves on the next SIGINT or SIGTERM.
-    pub async fn recv(&mut self) {
-        #[cfg(unix)]
-        if let Some((int, term)) = &mut self.signals {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
+pub use shutdown::ShutdownSignal;

@@ -139,7 +139,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FATAL)
             }
         },
-        Command::Ca { command: CaCommand::Init { out } } => match sidekey::intercept::init_files(&out) {
+        Command::Ca { command: CaCommand::Init { out } } => match sidekey::pki::init_files(&out) {
             Ok((cert, key)) => {
                 println!(
                     "wrote {} (give it to the apps to trust) and {} (keep it secret)",

@@ -139,19 +139,19 @@ pub fn locked_bytes() -> usize {
 
 /// Applies `[hardening]` to this process: `no_dump` makes it non-dumpable (Linux), `mlock`
 /// makes every token buffer created from now on lock its pages. Returns what took effect.
-pub fn harden(config: &crate::config::Hardening) -> Hardened {
-    MLOCK.store(config.mlock && cfg!(target_os = "linux"), Ordering::Relaxed);
-    let mut no_dump = false;
+pub fn harden(mlock: bool, no_dump: bool) -> Hardened {
+    MLOCK.store(mlock && cfg!(target_os = "linux"), Ordering::Relaxed);
+    let mut dump_off = false;
     #[cfg(target_os = "linux")]
-    if config.no_dump {
+    if no_dump {
         // SAFETY: prctl with PR_SET_DUMPABLE takes one integer argument.
         if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } == 0 {
-            no_dump = true;
+            dump_off = true;
         } else {
             tracing::warn!(error = %std::io::Error::last_os_error(), "cannot turn off core dumps (PR_SET_DUMPABLE)");
         }
     }
-    Hardened { no_dump, mlock: MLOCK.load(Ordering::Relaxed) }
+    Hardened { no_dump: dump_off, mlock: MLOCK.load(Ordering::Relaxed) }
 }
 
 /// What [`harden`] turned on.
@@ -328,7 +328,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn hardening_locks_pages_and_turns_off_dumps() {
-        let on = harden(&crate::config::Hardening { mlock: true, no_dump: true });
+        let on = harden(true, true);
         assert!(on.no_dump);
         // SAFETY: a read-only prctl.
         assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) }, 0);
@@ -338,7 +338,7 @@ mod tests {
         assert!(locked_bytes() >= before + PAGE);
         drop(b);
         // Other tests may lock pages meanwhile; this one's page is unlocked.
-        harden(&crate::config::Hardening { mlock: false, no_dump: true });
+        harden(false, true);
         assert!(!LockedBuf::copy_of(b"unlocked").locked);
     }
 

@@ -19,9 +19,10 @@ use http::{Method, Request, Response, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Body;
 
+use crate::config::HostPort;
 use crate::conn::{Inbound, Tunnel};
-use crate::error::{ProxyBody, ProxyError, Wire};
-use crate::intercept::{HostPort, Intercept};
+use crate::error::{error_chain, ProxyBody, ProxyError, Wire};
+use crate::intercept::Intercept;
 use crate::metrics::RouteMetrics;
 use crate::route::{own_values, strip_hop_by_hop, strip_request_hop_by_hop, RouteTable, Target};
 use crate::token::Token;
@@ -747,16 +748,4 @@ fn request_host(req: &Request<Inbound>) -> Option<&str> {
         }
         _ => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
     }
-}
-
-/// `error: cause: cause`, for logs. Upstream client errors never carry header values.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }

@@ -6,6 +6,8 @@ use http::header::{self, HeaderName};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Uri, Version};
 
+use crate::headers::is_hop_by_hop;
+
 /// Where a route forwards to: fixed at config time.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -261,35 +263,6 @@ pub fn normalize_path(path: &str) -> Option<std::borrow::Cow<'_, str>> {
     Some(std::borrow::Cow::Owned(s))
 }
 
-/// Headers that describe one hop, not the request: never forwarded in either direction.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
-/// [`is_hop_by_hop`] for a name as it came, in any case (an answer's head read without a
-/// header map, `h1::Fields`). The same names; a test holds the two to it.
-pub(crate) fn is_hop_by_hop_name(name: &[u8]) -> bool {
-    let candidates: &[&[u8]] = match name.len() {
-        2 => &[b"te"],
-        7 => &[b"trailer", b"upgrade"],
-        10 => &[b"connection", b"keep-alive"],
-        16 => &[b"proxy-connection"],
-        17 => &[b"transfer-encoding"],
-        18 => &[b"proxy-authenticate"],
-        19 => &[b"proxy-authorization"],
-        _ => return false,
-    };
-    candidates.iter().any(|c| c.eq_ignore_ascii_case(name))
-}
-
 /// Gives the header values one block of their own, copied out of the buffer hyper read the
 /// request into, where they point until then.
 ///
@@ -406,33 +379,6 @@ mod tests {
         let mut h = with(&["trailers"]);
         strip_request_hop_by_hop(&mut h, false);
         assert!(h.get(header::TE).is_none(), "TE from a client on HTTP/1.1 is not forwarded");
-    }
-
-    #[test]
-    fn hop_by_hop_names_as_they_came_are_the_header_names_ones() {
-        for name in [
-            "connection",
-            "Keep-Alive",
-            "TE",
-            "trailer",
-            "Transfer-Encoding",
-            "upgrade",
-            "Proxy-Authorization",
-            "proxy-authenticate",
-            "Proxy-Connection",
-            "host",
-            "te2",
-            "x-te",
-            "content-length",
-            "authorization",
-            "connectiom",
-            "upgrades",
-            "trailers",
-            "keep-alive2",
-        ] {
-            let header = HeaderName::from_bytes(name.as_bytes()).unwrap();
-            assert_eq!(is_hop_by_hop_name(name.as_bytes()), is_hop_by_hop(&header), "{name}");
-        }
     }
 
     #[test]

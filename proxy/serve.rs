@@ -19,10 +19,12 @@ use crate::admin::Admin;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::config::Injection;
-use crate::conn::{admin_limits, serve, stopped};
+use crate::conn::{admin_limits, serve};
+use crate::live::{lock, Background, Live};
 use crate::metrics::RouteMetrics;
 use crate::proxy::{Inject, Proxy, Route, RouteSet, RouteUsage};
 use crate::route::{RouteTable, Target};
+use crate::shutdown::stopped;
 use crate::token::{FormatRegistry, Token, TokenStore};
 use crate::upstream::{build_client, UpstreamClient};
 
@@ -59,88 +61,6 @@ pub struct Running {
     summary_task: Option<JoinHandle<()>>,
     /// Watches the interception CA's files.
     ca_task: Option<JoinHandle<()>>,
-}
-
-/// What a reload replaces, shared by the proxy, the admin API and `Running`.
-pub struct Live {
-    proxy: Proxy,
-    tokens: ArcSwap<TokenStore>,
-    /// Upstream clients by (CA files, connect timeout), kept across reloads so unchanged
-    /// routes keep their pooled connections.
-    clients: Mutex<HashMap<(Vec<PathBuf>, Duration), UpstreamClient>>,
-    /// The config in force.
-    config: Mutex<Config>,
-    /// The file watcher and refresh schedulers of the current token set.
-    background: tokio::sync::Mutex<Background>,
-    /// Serializes reloads.
-    reloading: tokio::sync::Mutex<()>,
-    /// Set at shutdown so `/readyz` turns 503 while connections drain.
-    pub draining: AtomicBool,
-    /// The audit log, when `[audit]` is configured (opened once; a reload keeps it).
-    audit: Option<Audit>,
-    /// Requests and 401s per route name, kept across reloads, for the audit usage summary.
-    usage: Mutex<HashMap<String, Arc<RouteUsage>>>,
-    /// `[intercept]`, when configured.
-    pub intercept: Option<Arc<crate::intercept::Intercept>>,
-}
-
-impl Live {
-    /// `[admin] token` of the config in force.
-    pub fn admin_token(&self) -> Option<crate::config::SecretRef> {
-        lock(&self.config).admin.token.clone()
-    }
-
-    /// The token set in force.
-    pub fn tokens(&self) -> Arc<TokenStore> {
-        self.tokens.load_full()
-    }
-
-    /// Every configured route with its counters, for the admin API.
-    pub fn routes_json(&self) -> serde_json::Value {
-        let config = lock(&self.config);
-        let usage = lock(&self.usage);
-        let routes = config.routes.iter().map(|r| {
-            let u = usage.get(&r.name);
-            let n = |f: fn(&RouteUsage) -> &std::sync::atomic::AtomicU64| u.map_or(0, |u| f(u).load(Ordering::Relaxed));
-            serde_json::json!({
-                "name": r.name,
-                "prefix": r.prefix,
-                "host": r.host,
-                "upstream": r.upstream,
-                "token": r.token_names().first(),
-                "tokens": r.token_names(),
-                "requests": n(|u| &u.requests),
-                "unauthorized": n(|u| &u.unauthorized),
-                "errors": n(|u| &u.errors),
-                "denied_not_allowed": n(|u| &u.denied_not_allowed),
-                "denied_rate_limited": n(|u| &u.denied_rate_limited),
-            })
-        });
-        serde_json::Value::Array(routes.collect())
-    }
-}
-
-/// Background tasks of one token set, stopped together.
-struct Background {
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Background {
-    fn spawn(tokens: &TokenStore) -> Background {
-        let (stop, rx) = watch::channel(false);
-        let mut tasks = crate::token::schedule::spawn(tokens.iter().cloned().collect(), rx.clone());
-        tasks.push(tokio::spawn(sample_usage(tokens.iter().cloned().collect(), rx.clone())));
-        tasks.extend(crate::token::file::spawn_watcher(tokens.iter().cloned().collect(), rx));
-        Background { stop, tasks }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-    }
 }
 
 /// What a reload changed.
@@ -264,10 +184,6 @@ impl Running {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn build_tokens(
     config: &Config,
     previous: Option<&TokenStore>,
@@ -279,8 +195,8 @@ fn build_tokens(
             Injection::Header { token, format, .. } => formats.register(token, format),
             Injection::Headers(headers) => {
                 for template in headers.values() {
-                    if let Ok((token, format)) =
-                        crate::inject::parse_template(template).and_then(|p| crate::inject::as_format(&p))
+                    if let Ok((token, format)) = crate::config::template::parse_template(template)
+                        .and_then(|p| crate::config::template::as_format(&p))
                     {
                         formats.register(&token, &format);
                     }
@@ -337,8 +253,8 @@ fn build_routes(
             Injection::Headers(headers) => {
                 let mut list = Vec::with_capacity(headers.len());
                 for (name, template) in headers {
-                    let (t, format) = crate::inject::parse_template(template)
-                        .and_then(|p| crate::inject::as_format(&p))
+                    let (t, format) = crate::config::template::parse_template(template)
+                        .and_then(|p| crate::config::template::as_format(&p))
                         .map_err(err)?;
                     let t = get(&t)?;
                     let index = format_of(&t, &format)?;
@@ -347,7 +263,7 @@ fn build_routes(
                 Inject::Headers(list.into())
             }
             Injection::Basic(b) => {
-                let parse = |t: &str| crate::inject::parse_template(t).map_err(err);
+                let parse = |t: &str| crate::config::template::parse_template(t).map_err(err);
                 let basic = crate::inject::Basic::new(parse(&b.username)?, parse(&b.password)?, all.clone());
                 Inject::Basic(Box::new(basic))
             }
@@ -387,7 +303,7 @@ fn build_routes(
 /// Builds everything from a validated config, loads every token once, and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     crate::metrics::install();
-    let hardened = crate::memory::harden(&config.hardening);
+    let hardened = crate::memory::harden(config.hardening.mlock, config.hardening.no_dump);
     if let Some(reference) = &config.admin.token {
         reference.read().map_err(StartError::AdminToken)?;
     }
@@ -473,21 +389,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         summary_task,
         ca_task,
     })
-}
-
-/// Samples every token's usage counters once a minute, for the history on `/tokens`.
-async fn sample_usage(tokens: Vec<Arc<Token>>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped(&mut stop) => break,
-        }
-        let now = std::time::SystemTime::now();
-        for t in &tokens {
-            t.sample_usage(now);
-        }
-    }
 }
 
 /// Writes a usage summary per route (requests and 401s since the last one) to the audit log

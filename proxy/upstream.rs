@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -28,9 +28,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use tower::ServiceExt;
 
 use crate::error::{ProxyBody, Wire};
@@ -38,46 +35,6 @@ use crate::h1::{Encoded, Failed, Retry};
 
 /// The connector every upstream client uses.
 pub type Connector = ConnectTimeout<HttpsConnector<Dialer>>;
-
-/// Reads a PEM CA bundle; the error says what is wrong with which file.
-pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let iter =
-        CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-    let certs: Vec<_> =
-        iter.collect::<Result<_, _>>().map_err(|e| format!("CA file {} is not valid PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("CA file {} holds no certificate", path.display()));
-    }
-    Ok(certs)
-}
-
-/// The platform's trust roots, read once per process.
-fn platform_roots() -> &'static [CertificateDer<'static>] {
-    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
-    ROOTS.get_or_init(|| {
-        let result = rustls_native_certs::load_native_certs();
-        for e in &result.errors {
-            tracing::debug!(error = %e, "skipping a platform root certificate");
-        }
-        result.certs
-    })
-}
-
-fn root_store(extra: &[PathBuf]) -> Result<RootCertStore, String> {
-    let mut roots = RootCertStore::empty();
-    let platform = platform_roots();
-    if platform.is_empty() {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    } else {
-        roots.add_parsable_certificates(platform.iter().cloned());
-    }
-    for file in extra {
-        for cert in load_ca_file(file)? {
-            roots.add(cert).map_err(|e| format!("CA file {}: {e}", file.display()))?;
-        }
-    }
-    Ok(roots)
-}
 
 /// The client token sources and validation use: small buffered bodies.
 pub type SourceClient = Client<Connector, http_body_util::Full<bytes::Bytes>>;
@@ -98,7 +55,7 @@ fn connector(extra: &[PathBuf], connect_timeout: Duration) -> Result<Connector, 
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(root_store(extra)?)
+        .with_root_certificates(crate::pki::root_store(extra)?)
         .with_no_client_auth();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
@@ -886,7 +843,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn the_http2_connection_is_shared_and_let_go_when_unused_for_two_sweeps() {
         // A TLS origin offering h2 by ALPN, with a certificate from a throwaway CA.
-        let ca = crate::intercept::Ca::generate().unwrap();
+        let ca = crate::pki::Ca::generate().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, ca.cert_pem()).unwrap();

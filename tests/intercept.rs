@@ -374,7 +374,7 @@ async fn a_rotated_ca_signs_new_sessions_and_established_ones_carry_on() {
     let up = Upstream::tls(&upstream_ca).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_dir = dir.path().join("ca");
-    sidekey::intercept::init_files(&ca_dir).unwrap();
+    sidekey::pki::init_files(&ca_dir).unwrap();
     let (cert, key) = (ca_dir.join("ca.crt"), ca_dir.join("ca.key"));
     let out = dir.path().join("trust.crt");
     let audit = dir.path().join("audit.log");
@@ -403,7 +403,7 @@ async fn a_rotated_ca_signs_new_sessions_and_established_ones_carry_on() {
 
     // A new pair, swapped in the way a Kubernetes secret volume or an operator's `mv` does.
     let staging = dir.path().join("staging");
-    sidekey::intercept::init_files(&staging).unwrap();
+    sidekey::pki::init_files(&staging).unwrap();
     std::fs::rename(staging.join("ca.key"), &key).unwrap();
     std::fs::rename(staging.join("ca.crt"), &cert).unwrap();
     let new_pem = std::fs::read(&cert).unwrap();

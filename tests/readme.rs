@@ -14,6 +14,9 @@ fn the_config_reference_covers_every_accepted_key_and_nothing_else() {
     let accepted: std::collections::BTreeSet<String> = sidekey::config::accepted_keys().into_iter().collect();
     let undocumented: Vec<_> = accepted.difference(&documented).collect();
     let unknown: Vec<_> = documented.difference(&accepted).collect();
-    assert!(undocumented.is_empty(), "keys the config accepts but docs/configuration.md does not document: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "keys the config accepts but docs/configuration.md does not document: {undocumented:?}"
+    );
     assert!(unknown.is_empty(), "keys docs/configuration.md documents but the config does not accept: {unknown:?}");
 }

@@ -21,7 +21,7 @@ pub async fn exchange(
 ) -> Result<(StatusCode, Bytes), String> {
     let url = req.uri().clone();
     let work = async {
-        let resp = client.request(req).await.map_err(|e| format!("{url}: {}", crate::proxy::error_chain(&e)))?;
+        let resp = client.request(req).await.map_err(|e| format!("{url}: {}", crate::error::error_chain(&e)))?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_BODY)
             .collect()

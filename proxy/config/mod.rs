@@ -17,6 +17,11 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use toml_edit::{Item, TableLike};
 
+mod hostport;
+pub mod template;
+
+pub use hostport::HostPort;
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -401,8 +406,8 @@ impl RouteConfig {
             (None, None) => Vec::new(),
         };
         for t in templates {
-            for n in crate::inject::parse_template(t)
-                .map(|p| crate::inject::template_tokens(&p).into_iter().map(str::to_owned).collect::<Vec<_>>())
+            for n in template::parse_template(t)
+                .map(|p| template::template_tokens(&p).into_iter().map(str::to_owned).collect::<Vec<_>>())
                 .unwrap_or_default()
             {
                 if !names.contains(&n) {
@@ -1451,7 +1456,7 @@ impl<'a> Loader<'a> {
         if let Some(h) = &r.header_name {
             match http::HeaderName::from_bytes(h.as_bytes()) {
                 Err(_) => self.error(&child(base, "header"), "not a valid HTTP header name"),
-                Ok(h) if crate::route::is_hop_by_hop(&h) || h == http::header::HOST => {
+                Ok(h) if crate::headers::is_hop_by_hop(&h) || h == http::header::HOST => {
                     self.error(&child(base, "header"), format!("{h} cannot carry a token: sidekey manages it"))
                 }
                 Ok(_) => {}
@@ -1478,12 +1483,12 @@ impl<'a> Loader<'a> {
                 path.push(Seg::Key(name.clone()));
                 match http::HeaderName::from_bytes(name.as_bytes()) {
                     Err(_) => self.error(&path, "not a valid HTTP header name"),
-                    Ok(h) if crate::route::is_hop_by_hop(&h) || h == http::header::HOST => {
+                    Ok(h) if crate::headers::is_hop_by_hop(&h) || h == http::header::HOST => {
                         self.error(&path, format!("{h} cannot carry a token: sidekey manages it"))
                     }
                     Ok(_) => {}
                 }
-                match crate::inject::parse_template(template).and_then(|p| crate::inject::as_format(&p)) {
+                match template::parse_template(template).and_then(|p| template::as_format(&p)) {
                     Err(m) => self.error(&path, m),
                     Ok((token, format)) => {
                         check_token(self, &path, &token);
@@ -1512,15 +1517,15 @@ impl<'a> Loader<'a> {
             for (key, template) in [("username", &b.username), ("password", &b.password)] {
                 let mut path = child(base, "basic");
                 path.push(Seg::Key(key.into()));
-                match crate::inject::parse_template(template) {
+                match template::parse_template(template) {
                     Err(m) => self.error(&path, m),
                     Ok(pieces) => {
-                        for t in crate::inject::template_tokens(&pieces) {
+                        for t in template::template_tokens(&pieces) {
                             named += 1;
                             check_token(self, &path, t);
                         }
                         let literal_colon =
-                            pieces.iter().any(|p| matches!(p, crate::inject::Piece::Text(t) if t.contains(':')));
+                            pieces.iter().any(|p| matches!(p, template::Piece::Text(t) if t.contains(':')));
                         if key == "username" && literal_colon {
                             self.error(&path, "a Basic username cannot contain `:`");
                         }
@@ -1553,7 +1558,7 @@ impl<'a> Loader<'a> {
                 // Loaded now, so `sidekey check` reports a CA that cannot be used.
                 match (cert.read(), key.read()) {
                     (Ok(cert), Ok(key)) => {
-                        if let Err(e) = crate::intercept::Ca::from_pem(cert.expose(), &key) {
+                        if let Err(e) = crate::pki::Ca::from_pem(cert.expose(), &key) {
                             self.error(&child(&path, "ca_key"), e);
                         }
                     }
@@ -1568,7 +1573,7 @@ impl<'a> Loader<'a> {
             ),
         }
         for (n, entry) in i.passthrough.iter().enumerate() {
-            if let Err(e) = crate::intercept::HostPort::parse(entry, 443) {
+            if let Err(e) = HostPort::parse(entry, 443) {
                 let mut p = child(&path, "passthrough");
                 p.push(Seg::Index(n));
                 self.error(&p, e);
@@ -1601,7 +1606,7 @@ impl<'a> Loader<'a> {
     }
 
     fn check_ca_file(&mut self, path: &[Seg], file: &Path) {
-        if let Err(e) = crate::upstream::load_ca_file(file) {
+        if let Err(e) = crate::pki::load_ca_file(file) {
             self.error(path, e);
         }
     }
