@@ -10,7 +10,7 @@
 //!
 //! `socket_write` compares the two ways to hand a response (head and a small body) to a
 //! loopback socket: `writev` of the two buffers, as hyper does, and one `send` of them gathered
-//! by `sidekey::memory::poll_write_gathered`, as sidekey's sockets do; each write is read back whole
+//! by `sidekey::http1::socket::poll_write_gathered`, as sidekey's sockets do; each write is read back whole
 //! on the other end.
 //!
 //! `cargo bench --bench hot_path`
@@ -217,7 +217,7 @@ fn whole_stack_in_memory(c: &mut Criterion) {
         let proxy = running.proxy();
         let proxied = pipe_client(move |io| {
             let handler = move |req| futures_util::FutureExt::map(proxy.handle(req), Ok::<_, std::convert::Infallible>);
-            drop(tokio::spawn(sidekey::conn::serve_one(io, handler)));
+            drop(tokio::spawn(sidekey::listen::serve_one(io, handler)));
         })
         .await;
         (running, direct, proxied)
@@ -277,7 +277,7 @@ fn socket_write(c: &mut Criterion) {
     group.bench_function("gathered_send", |b| {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         b.iter(|| {
-            let written = sidekey::memory::poll_write_gathered(Pin::new(&mut Blocking(&mut writer)), &mut cx, &bufs);
+            let written = sidekey::http1::socket::poll_write_gathered(Pin::new(&mut Blocking(&mut writer)), &mut cx, &bufs);
             assert!(matches!(written, std::task::Poll::Ready(Ok(n)) if n == total));
             read_back(&mut reader);
         })

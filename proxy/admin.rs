@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::conn::Inbound;
+use crate::upstream::ProxyBody;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -39,7 +39,7 @@ impl Admin {
         Admin { live }
     }
 
-    pub async fn handle(&self, req: Request<Inbound>) -> AdminResponse {
+    pub async fn handle(&self, req: Request<ProxyBody>) -> AdminResponse {
         let path = req.uri().path();
         match (req.method(), path) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
@@ -83,7 +83,7 @@ impl Admin {
         }
     }
 
-    async fn handle_authorized(&self, req: Request<Inbound>) -> AdminResponse {
+    async fn handle_authorized(&self, req: Request<ProxyBody>) -> AdminResponse {
         let path = req.uri().path();
         match (req.method(), path) {
             (&Method::GET | &Method::HEAD, "/metrics") => {

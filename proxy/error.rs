@@ -1,85 +1,9 @@
 //! Typed proxy errors, and the one place they become HTTP responses.
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use crate::route::NoRoute;
-use crate::upstream::ConnectTimedOut;
-
-/// The body of every response the proxy sends: the upstream's, streamed, or one of ours; and
-/// of every request it sends upstream: the client's, streamed, or one held in memory.
-pub type ProxyBody = Either<Wire, Full<Bytes>>;
-
-/// A body read from a connection: a client's request body, or an upstream's answer (over
-/// HTTP/2 by hyper, over HTTP/1.1 by sidekey's own client).
-#[derive(Debug)]
-pub enum Wire {
-    Incoming(Incoming),
-    H1(crate::h1::Body),
-    /// A client's request that has no body.
-    Empty,
-    /// A client's request that has no body, its header fields as they came (the own loop's:
-    /// see [`crate::conn::Inbound::Fields`]).
-    Fields(crate::h1::Fields),
-    /// A client's body the own loop streams (see [`crate::conn::Inbound::Streamed`]).
-    Streamed(crate::h1server::Streamed),
-}
-
-/// A client's body as the upstream side takes it; a body the own loop read whole is one in
-/// memory, written with the request's head.
-impl From<crate::conn::Inbound> for ProxyBody {
-    fn from(body: crate::conn::Inbound) -> ProxyBody {
-        match body {
-            crate::conn::Inbound::Hyper(b) => Either::Left(Wire::Incoming(b)),
-            crate::conn::Inbound::Empty => Either::Left(Wire::Empty),
-            crate::conn::Inbound::Full(b) => Either::Right(Full::new(b)),
-            crate::conn::Inbound::Fields(f) => Either::Left(Wire::Fields(f)),
-            crate::conn::Inbound::Streamed(b) => Either::Left(Wire::Streamed(b)),
-        }
-    }
-}
-
-impl hyper::body::Body for Wire {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            Wire::Incoming(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Wire::H1(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Wire::Streamed(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Wire::Fields(f) if !f.body().is_empty() => {
-                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(f.take_body()))))
-            }
-            Wire::Empty | Wire::Fields(_) => std::task::Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Wire::Incoming(b) => b.is_end_stream(),
-            Wire::H1(b) => b.is_end_stream(),
-            Wire::Streamed(b) => b.is_end_stream(),
-            Wire::Fields(f) => f.body().is_empty(),
-            Wire::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        match self {
-            Wire::Incoming(b) => b.size_hint(),
-            Wire::H1(b) => b.size_hint(),
-            Wire::Streamed(b) => b.size_hint(),
-            Wire::Fields(f) => hyper::body::SizeHint::with_exact(f.body().len() as u64),
-            Wire::Empty => hyper::body::SizeHint::with_exact(0),
-        }
-    }
-}
+use crate::upstream::{ConnectTimedOut, ProxyBody};
 
 /// Why a request was not (fully) proxied.
 #[derive(Debug, thiserror::Error)]
@@ -181,7 +105,7 @@ impl ProxyError {
                     return ProxyError::UpstreamTimeout;
                 }
                 // The client's body failed on its way (cut short, or chunks that do not parse).
-                if io.get_ref().is_some_and(|inner| inner.is::<crate::h1::ClientBodyFailed>()) {
+                if io.get_ref().is_some_and(|inner| inner.is::<crate::upstream::h1::ClientBodyFailed>()) {
                     return ProxyError::ClientBody;
                 }
             }
@@ -197,7 +121,7 @@ pub fn json_response(
     body: &serde_json::Value,
     retry_after: Option<&'static str>,
 ) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    let mut resp = Response::new(ProxyBody::full(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

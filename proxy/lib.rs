@@ -47,18 +47,21 @@
 pub mod admin;
 pub mod audit;
 pub mod aws;
+pub mod body;
 pub mod config;
-pub mod conn;
 pub mod demo;
 pub mod error;
-pub mod h1;
-pub(crate) mod h1server;
 pub mod headers;
+pub mod http1;
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
-pub use h1server::fuzz_requests;
+pub use listen::fuzz_requests;
+#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
+pub use upstream::fuzz_answer;
 pub mod inject;
 pub mod intercept;
+pub mod listen;
 pub mod live;
 #[allow(unsafe_code)]
 pub mod memory;

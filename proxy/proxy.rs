@@ -16,17 +16,19 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderName};
 use http::{HeaderValue, StatusCode};
 use http::{Method, Request, Response, Version};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::BodyExt;
 use hyper::body::Body;
 
+use crate::body::Body as DataBody;
 use crate::config::HostPort;
-use crate::conn::{Inbound, Tunnel};
-use crate::error::{error_chain, ProxyBody, ProxyError, Wire};
+use crate::error::{error_chain, ProxyError};
 use crate::intercept::Intercept;
+use crate::listen::Tunnel;
 use crate::metrics::RouteMetrics;
 use crate::route::{own_values, strip_hop_by_hop, strip_request_hop_by_hop, RouteTable, Target};
 use crate::token::Token;
 use crate::upstream::Pool;
+use crate::upstream::ProxyBody;
 
 /// One configured route, ready to serve.
 pub struct Route {
@@ -134,7 +136,7 @@ impl Proxy {
     }
 
     /// Serves one request. Never fails: every error is an HTTP answer.
-    pub fn handle(&self, req: Request<Inbound>) -> Handling<impl UpstreamAnswer> {
+    pub fn handle(&self, req: Request<ProxyBody>) -> Handling<impl UpstreamAnswer> {
         if req.method() == Method::CONNECT {
             let this = self.clone();
             let step = Step::Connect(Box::pin(async move { this.connect(req).await }));
@@ -146,7 +148,7 @@ impl Proxy {
     /// Serves one request; `via` is the CONNECT target of an intercepted tunnel it came through.
     /// The routing, the token and the hand-over to an upstream connection happen here, before
     /// the future is returned: it only waits for the upstream's answer.
-    fn handle_via(&self, req: Request<Inbound>, via: Option<&str>) -> Handling<impl UpstreamAnswer> {
+    fn handle_via(&self, req: Request<ProxyBody>, via: Option<&str>) -> Handling<impl UpstreamAnswer> {
         let start = Instant::now();
         let shared = self.routes.load_full();
         let Prepared { route, slot, step } = RouteSet::prepare(&shared, req, via, start);
@@ -168,9 +170,10 @@ pub struct Handling<S> {
 }
 
 /// The answer to a request handed to a route's upstream, within its timeout.
-pub trait UpstreamAnswer: Future<Output = Result<Response<Wire>, crate::upstream::UpstreamError>> + Send {}
+pub trait UpstreamAnswer: Future<Output = Result<Response<ProxyBody>, crate::upstream::UpstreamError>> + Send {}
 
-impl<F> UpstreamAnswer for F where F: Future<Output = Result<Response<Wire>, crate::upstream::UpstreamError>> + Send {}
+impl<F> UpstreamAnswer for F where F: Future<Output = Result<Response<ProxyBody>, crate::upstream::UpstreamError>> + Send
+{}
 
 type BoxedResult = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
 
@@ -207,7 +210,7 @@ struct Kept {
     body: Bytes,
     /// The request's fields, where the own loop kept them as they came (the credential's name
     /// left out of them).
-    fields: Option<crate::h1::Fields>,
+    fields: Option<crate::http1::Fields>,
     /// The credential's header, its format number, and the generation the first attempt used.
     name: HeaderName,
     format: usize,
@@ -219,8 +222,8 @@ impl Kept {
     /// as they came, returned to be sent beside them.
     fn request(&self, header: HeaderValue) -> (Request<ProxyBody>, Option<HeaderValue>) {
         let body = match &self.fields {
-            Some(fields) => Either::Left(Wire::Fields(fields.clone())),
-            None => Either::Right(Full::new(self.body.clone())),
+            Some(fields) => DataBody::Fields(fields.clone()),
+            None => DataBody::Full(self.body.clone()),
         };
         let mut req = Request::new(body);
         *req.method_mut() = self.parts.method.clone();
@@ -308,7 +311,7 @@ fn count_connect(result: &'static str) {
 impl Proxy {
     /// `CONNECT host:port`: intercepted when a route names the host, tunnelled untouched when it
     /// is a passthrough host, refused otherwise (sidekey is never an open proxy).
-    async fn connect(&self, mut req: Request<Inbound>) -> Response<ProxyBody> {
+    async fn connect(&self, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
         let result = self.open_tunnel(&mut req).await;
         let (outcome, response) = match result {
             Ok((outcome, response)) => (outcome, response),
@@ -326,13 +329,16 @@ impl Proxy {
         response
     }
 
-    async fn open_tunnel(&self, req: &mut Request<Inbound>) -> Result<(&'static str, Response<ProxyBody>), ProxyError> {
+    async fn open_tunnel(
+        &self,
+        req: &mut Request<ProxyBody>,
+    ) -> Result<(&'static str, Response<ProxyBody>), ProxyError> {
         let authority = req.uri().authority().cloned().ok_or(ProxyError::ConnectTarget)?;
         let target = HostPort::parse(authority.as_str(), 443).map_err(|_| ProxyError::ConnectTarget)?;
         let Some(intercept) = &self.intercept else { return Err(ProxyError::ConnectRefused) };
         // Absent for HTTP/2 CONNECT: clients use HTTP/1.1 to talk to an HTTP proxy.
         let Some(tunnel) = req.extensions_mut().remove::<Tunnel>() else { return Err(ProxyError::ConnectRefused) };
-        let ok = || Response::new(Either::Right(Full::new(bytes::Bytes::new())));
+        let ok = || Response::new(DataBody::Empty);
         if self.routes.load().table.host_route(authority.as_str()).is_some() {
             let tls = intercept.server_config(&target.host).map_err(|e| {
                 tracing::error!(host = %target.host, error = %e, "cannot mint a certificate for an intercepted host");
@@ -391,7 +397,7 @@ impl RouteSet {
     /// upstream (or answers it). No `await`: see [`Proxy::handle_via`].
     fn prepare(
         this: &Arc<RouteSet>,
-        req: Request<Inbound>,
+        req: Request<ProxyBody>,
         via: Option<&str>,
         start: Instant,
     ) -> Prepared<impl UpstreamAnswer> {
@@ -454,7 +460,7 @@ impl RouteSet {
         }
         let Inject::Header { name, format } = &route.inject else {
             let shared = this.clone();
-            let req = Inbound::header_map(req);
+            let req = DataBody::fields_to_header_map(req, true);
             let step = Step::Boxed(Box::pin(async move { shared.routes[index].send_other(req, uri).await }));
             return Prepared { route: Some(index), slot, step };
         };
@@ -474,13 +480,13 @@ impl RouteSet {
         let replayable = credential.fresh
             && retry.methods.contains(&parts.method)
             && body.size_hint().exact().is_some_and(|n| n <= retry.body_limit as u64);
-        if let Inbound::Fields(mut fields) = body {
+        if let DataBody::Fields(mut fields) = body {
             // The own loop's common request: its fields go on as they came (less the hop's own
             // and `Host`, left out already, and any of the credential's name), the credential
             // after them; kept so for a retry likewise.
             fields.remove(name);
             if !replayable {
-                let req = Request::from_parts(parts, Either::Left(Wire::Fields(fields)));
+                let req = Request::from_parts(parts, DataBody::Fields(fields));
                 let answer = route.start_send(req, Some((name, credential.header)), start);
                 return Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept: None } };
             }
@@ -511,7 +517,7 @@ impl RouteSet {
             (kept.request(credential.header).0, Some(Box::new(kept)))
         } else {
             parts.headers.insert(name.clone(), credential.header);
-            (Request::from_parts(parts, ProxyBody::from(body)), None)
+            (Request::from_parts(parts, body), None)
         };
         let answer = route.start_send(req, None, start);
         Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept } }
@@ -521,7 +527,7 @@ impl RouteSet {
 impl Route {
     /// Sends a request of a route that injects otherwise than one header of one token (no
     /// 401 retry: that is for a single rotating token).
-    async fn send_other(&self, req: Request<Inbound>, uri: http::Uri) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn send_other(&self, req: Request<ProxyBody>, uri: http::Uri) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         let client_on_h2 = parts.version == Version::HTTP_2;
@@ -553,7 +559,7 @@ impl Route {
         for t in self.tokens.iter() {
             t.count_request();
         }
-        self.send(Request::from_parts(parts, ProxyBody::from(body))).await
+        self.send(Request::from_parts(parts, body)).await
     }
 
     /// Signs and sends: a body within the signer's limit is buffered and signed with its hash;
@@ -563,7 +569,7 @@ impl Route {
         &self,
         signer: &crate::aws::SigV4,
         mut parts: http::request::Parts,
-        body: Inbound,
+        body: ProxyBody,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         crate::aws::SigV4::strip_client_signature(&mut parts.headers);
         if let Some(authority) = parts.uri.authority() {
@@ -584,11 +590,11 @@ impl Route {
                     return Err(ProxyError::ClientBody);
                 }
             };
-            let mut req = Request::from_parts(parts, Either::Right(Full::new(bytes.clone())));
+            let mut req = Request::from_parts(parts, DataBody::Full(bytes.clone()));
             self.sign(signer, &mut req, Some(&bytes))?;
             req
         } else if signer.unsigned_payload() {
-            let mut req = Request::from_parts(parts, ProxyBody::from(body));
+            let mut req = Request::from_parts(parts, body);
             self.sign(signer, &mut req, None)?;
             req
         } else {
@@ -619,7 +625,7 @@ impl Route {
     async fn send_replayable(
         &self,
         parts: http::request::Parts,
-        body: Inbound,
+        body: ProxyBody,
         (name, format): (HeaderName, usize),
         credential: crate::token::Credential,
     ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -706,7 +712,7 @@ impl Route {
     /// The upstream's answer (or failure) as the client gets it.
     fn answer(
         &self,
-        outcome: Result<Response<Wire>, crate::upstream::UpstreamError>,
+        outcome: Result<Response<ProxyBody>, crate::upstream::UpstreamError>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         match outcome {
             Ok(resp) => {
@@ -714,12 +720,12 @@ impl Route {
                 // gRPC's 401: a call refused for its credentials is answered `200` with
                 // `grpc-status: 16` (UNAUTHENTICATED) in its only HEADERS frame. Counted as a 401
                 // (HTTP/2 answers only: gRPC has no other; a status in trailers is not seen).
-                if matches!(body, Wire::Incoming(_)) && grpc_unauthenticated(&parts.headers) {
+                if matches!(body, DataBody::Incoming(_)) && grpc_unauthenticated(&parts.headers) {
                     self.metrics.count_unauthorized();
                     self.unauthorized();
                 }
                 strip_hop_by_hop(&mut parts.headers);
-                Ok(Response::from_parts(parts, Either::Left(body)))
+                Ok(Response::from_parts(parts, body))
             }
             Err(crate::upstream::UpstreamError::TimedOut) => {
                 tracing::warn!(route = %self.name, timeout_ms = self.timeout.as_millis() as u64, "upstream response timed out");
@@ -740,9 +746,9 @@ impl Route {
 
 /// A request's `Host`, from the fields the own loop kept or from its header map, where it is
 /// text (`HeaderValue::to_str`'s visible ASCII).
-fn request_host(req: &Request<Inbound>) -> Option<&str> {
+fn request_host(req: &Request<ProxyBody>) -> Option<&str> {
     match req.body() {
-        Inbound::Fields(fields) => {
+        DataBody::Fields(fields) => {
             let host = fields.host()?;
             host.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)).then(|| std::str::from_utf8(host).ok())?
         }

@@ -19,7 +19,7 @@ use crate::admin::Admin;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::config::Injection;
-use crate::conn::{admin_limits, serve};
+use crate::listen::{admin_limits, serve};
 use crate::live::{lock, Background, Live};
 use crate::metrics::RouteMetrics;
 use crate::proxy::{Inject, Proxy, Route, RouteSet, RouteUsage};

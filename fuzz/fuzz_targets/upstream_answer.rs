@@ -8,5 +8,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = sidekey::h1::fuzz_answer(data);
+    let _ = sidekey::fuzz_answer(data);
 });

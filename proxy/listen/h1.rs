@@ -28,11 +28,12 @@ use std::task::Poll;
 use bytes::{Buf, Bytes};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::conn::Inbound;
-use crate::h1::{itoa, push_hex, AnswerFields};
+use crate::body::{Body as DataBody, Streamed};
+use crate::http1::{itoa, push_hex, AnswerFields};
+use crate::upstream::ProxyBody;
 
 /// Reads take at least this much room: a connection's block for request heads starts at this
 /// size (or its first head's) and grows while a head does not fit. An idle keep-alive
@@ -85,7 +86,7 @@ pub(crate) struct HeadLimits {
 /// A request head read whole and served here.
 #[derive(Debug)]
 pub(crate) struct Head {
-    pub request: Request<Inbound>,
+    pub request: Request<ProxyBody>,
     /// Its length in the read buffer.
     pub len: usize,
     /// The length of the body that follows it, to be read whole (its `Content-Length`, at most
@@ -176,18 +177,24 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
     // (the read buffer is reused for the next request).
     let Ok(uri) = Uri::from_maybe_shared(Bytes::copy_from_slice(path.as_bytes())) else { return Parsed::HandOver };
     let short = if framing.is_some() { None } else { length };
-    let Some(mut fields) = crate::h1::Fields::request(buf, req.headers, short) else { return Parsed::HandOver };
+    let Some(mut fields) = crate::http1::Fields::request(buf, req.headers, short) else { return Parsed::HandOver };
     if expect {
         // Answered here, not sent on.
         fields.remove(&EXPECT);
     }
     let (mut request, stream) = match framing {
-        None => (Request::new(Inbound::Fields(fields)), None),
+        None => (Request::new(DataBody::Fields(fields)), None),
         // A streamed body goes on as hyper's would, its fields in a header map (`Content-Length`
         // among them; a chunked one is framed again upstream).
         Some(framing) => {
             let (tx, rx) = tokio::sync::mpsc::channel(STREAM_AHEAD);
-            let mut request = Request::new(Inbound::Streamed(Streamed::new(rx, framing)));
+            let mut request = Request::new(DataBody::Streamed(Streamed::new(
+                rx,
+                match framing {
+                    Framing::Length(n) => Some(n),
+                    Framing::Chunked => None,
+                },
+            )));
             fields.append_to(request.headers_mut());
             (request, Some((framing, tx)))
         }
@@ -218,7 +225,7 @@ pub(crate) async fn serve<I, F, Fut, B, G>(
 ) -> io::Result<End>
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    F: Fn(Request<Inbound>) -> Fut,
+    F: Fn(Request<ProxyBody>) -> Fut,
     Fut: Future<Output = Result<Response<B>, Infallible>>,
     B: Body + AnswerFields,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -251,7 +258,7 @@ where
                     return Poll::Ready(None);
                 }
                 let room = need.saturating_sub(buf.len());
-                crate::memory::poll_read_spare(Pin::new(&mut *io), cx, &mut buf, READ_ROOM, room).map(Some)
+                crate::http1::socket::poll_read_spare(Pin::new(&mut *io), cx, &mut buf, READ_ROOM, room).map(Some)
             })
             .await;
             match read {
@@ -263,7 +270,7 @@ where
         };
         let end = head.len + head.body;
         if head.body > 0 {
-            if let Inbound::Fields(fields) = head.request.body_mut() {
+            if let DataBody::Fields(fields) = head.request.body_mut() {
                 fields.set_body(&buf[head.len..end]);
             }
         }
@@ -315,7 +322,7 @@ where
                     // dropped. What a client sends ahead (pipelined) is kept for after.
                     while buf.len() < max && !cut {
                         let room = max.saturating_sub(buf.len());
-                        match crate::memory::poll_read_spare(Pin::new(&mut *io), cx, &mut buf, READ_ROOM, room) {
+                        match crate::http1::socket::poll_read_spare(Pin::new(&mut *io), cx, &mut buf, READ_ROOM, room) {
                             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                             Poll::Ready(Ok(_)) => {}
                             Poll::Pending => break,
@@ -391,7 +398,7 @@ where
                 continue;
             }
             let items = value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii);
-            match crate::h1::content_length(items, None).ok().flatten() {
+            match crate::http1::content_length(items, None).ok().flatten() {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                 _ => conflicting = true,
             }
@@ -585,7 +592,7 @@ where
         if more && !eof {
             let room = reserve_stream_read(&mut read);
             match std::future::poll_fn(|cx| {
-                Poll::Ready(crate::memory::poll_read_bytes(Pin::new(&mut *io), cx, &mut read))
+                Poll::Ready(crate::http1::socket::poll_read_bytes(Pin::new(&mut *io), cx, &mut read))
             })
             .await
             {
@@ -605,7 +612,10 @@ where
             Ok(Step::More) if eof => break Pumped::Closed,
             Ok(Step::More) => {
                 let room = reserve_stream_read(&mut read);
-                match std::future::poll_fn(|cx| crate::memory::poll_read_bytes(Pin::new(&mut *io), cx, &mut read)).await
+                match std::future::poll_fn(|cx| {
+                    crate::http1::socket::poll_read_bytes(Pin::new(&mut *io), cx, &mut read)
+                })
+                .await
                 {
                     Ok(0) | Err(_) => break Pumped::Closed,
                     Ok(n) => more = n == room,
@@ -734,72 +744,6 @@ impl Decoder {
     }
 }
 
-/// A request body the own loop streams from the client's connection as it arrives (one longer
-/// than [`BODY_MAX`], or a chunked one), decoded: data chunks as they are read, then (a chunked
-/// one) an empty chunk for its end. A body whose sender is gone before its end failed: the
-/// client closed, its chunks did not parse, or the loop stopped.
-#[derive(Debug)]
-pub struct Streamed {
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
-    /// What is left of a stated length; `None`: chunked.
-    left: Option<u64>,
-    ended: bool,
-}
-
-impl Streamed {
-    fn new(rx: tokio::sync::mpsc::Receiver<Bytes>, framing: Framing) -> Streamed {
-        let left = match framing {
-            Framing::Length(n) => Some(n),
-            Framing::Chunked => None,
-        };
-        Streamed { rx, left, ended: false }
-    }
-}
-
-/// The client's body did not come whole.
-#[derive(Debug, thiserror::Error)]
-#[error("the client's body did not come whole")]
-pub struct BodyCut;
-
-impl Body for Streamed {
-    type Data = Bytes;
-    type Error = BodyCut;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
-        let this = self.get_mut();
-        if this.is_end_stream() {
-            return Poll::Ready(None);
-        }
-        match std::task::ready!(this.rx.poll_recv(cx)) {
-            Some(data) if data.is_empty() && this.left.is_none() => {
-                this.ended = true;
-                Poll::Ready(None)
-            }
-            Some(data) => {
-                if let Some(left) = &mut this.left {
-                    *left = left.saturating_sub(data.len() as u64);
-                }
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
-            None => Poll::Ready(Some(Err(BodyCut))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended || self.left == Some(0)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.left {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
-    }
-}
-
 /// For the fuzz target `client_requests`: the input's first byte picks the listener's limits
 /// (odd: 64 bytes and 4 headers; even: 8 KiB and 100), the rest is everything a client sends
 /// before closing its side. The loop serves it with a handler that answers every request, and
@@ -833,13 +777,13 @@ pub fn fuzz_requests(data: &[u8]) -> Option<usize> {
                 let _ = from_server.read_to_end(&mut answers).await;
             });
             let served = std::sync::atomic::AtomicUsize::new(0);
-            let handler = |req: Request<Inbound>| {
+            let handler = |req: Request<ProxyBody>| {
                 served.fetch_add(1, Ordering::Relaxed);
                 async move {
                     let length = req.body().size_hint().exact();
                     match req.into_body() {
                         // A body read here is all its `Content-Length` says, no more, no less.
-                        Inbound::Fields(fields) => {
+                        DataBody::Fields(fields) => {
                             assert_eq!(
                                 fields.length().unwrap_or(0),
                                 fields.body().len() as u64,
@@ -847,7 +791,7 @@ pub fn fuzz_requests(data: &[u8]) -> Option<usize> {
                             );
                         }
                         // So is a streamed one that comes whole.
-                        Inbound::Streamed(body) => {
+                        DataBody::Streamed(body) => {
                             if let Ok(got) = http_body_util::BodyExt::collect(body).await {
                                 let got = got.to_bytes().len() as u64;
                                 assert!(
@@ -916,7 +860,7 @@ mod tests {
         assert_eq!(req.uri().path_and_query().unwrap().as_str(), "/a/b?c=d");
         // The fields as they came, `Host` apart; no header map.
         assert!(req.headers().is_empty());
-        let Inbound::Fields(fields) = req.body() else { panic!("no fields: {:?}", req.body()) };
+        let DataBody::Fields(fields) = req.body() else { panic!("no fields: {:?}", req.body()) };
         assert_eq!(fields.host(), Some(&b"example"[..]));
         assert_eq!(fields.block(), b"Accept: */*\r\nX-Two: 1\r\nx-two: 2\r\n");
         assert!(req.body().is_end_stream());
@@ -924,7 +868,7 @@ mod tests {
         assert!(served(b"DELETE /x HTTP/1.1\r\nConnection: close\r\n\r\n").close);
         // The hop's own fields are left out; a `Content-Length: 0` stays (and frames the request).
         let head = served(b"GET /x HTTP/1.1\r\nConnection: Keep-Alive\r\nKeep-Alive: 5\r\nContent-Length: 0\r\n\r\n");
-        let Inbound::Fields(fields) = head.request.body() else { panic!("no fields") };
+        let DataBody::Fields(fields) = head.request.body() else { panic!("no fields") };
         assert_eq!((fields.block(), fields.host(), fields.length()), (&b"Content-Length: 0\r\n"[..], None, Some(0)));
 
         // A short body of a stated length: read here (the loop waits for all of it).
@@ -937,7 +881,7 @@ mod tests {
         assert_eq!(served(b"POST /x HTTP/1.1\r\nContent-Length: 000005\r\n\r\nhello").body, 5);
         // `Expect: 100-continue`: answered here, not sent on; said only where a body is waited for.
         let head = served(b"PUT /x HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n");
-        let Inbound::Fields(fields) = head.request.body() else { panic!("no fields") };
+        let DataBody::Fields(fields) = head.request.body() else { panic!("no fields") };
         assert_eq!((head.expect, fields.block()), (true, &b"Content-Length: 2\r\n"[..]));
         assert!(!served(b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n").expect);
 
@@ -954,7 +898,7 @@ mod tests {
             assert_eq!((head.len, head.body), (sent.len(), 0), "{sent}");
             assert_eq!(head.stream.as_ref().map(|s| s.0), Some(framing), "{sent}");
             assert_eq!(head.expect, framing == Framing::Chunked, "{sent}");
-            assert!(matches!(head.request.body(), Inbound::Streamed(_)), "{sent}");
+            assert!(matches!(head.request.body(), DataBody::Streamed(_)), "{sent}");
             assert_eq!(head.request.body().size_hint().exact(), length, "{sent}");
             let headers = head.request.headers();
             assert_eq!(headers.get(CONTENT_LENGTH).map(|v| v.to_str().unwrap().parse().unwrap()), length, "{sent}");
@@ -1013,10 +957,10 @@ mod tests {
     }
 
     /// Answers by path; counts the answers it started.
-    fn handler(started: Arc<AtomicUsize>) -> impl Fn(Request<Inbound>) -> Answer {
-        move |req: Request<Inbound>| {
+    fn handler(started: Arc<AtomicUsize>) -> impl Fn(Request<ProxyBody>) -> Answer {
+        move |req: Request<ProxyBody>| {
             started.fetch_add(1, Ordering::SeqCst);
-            if let ("/echo", Inbound::Streamed(_)) = (req.uri().path(), req.body()) {
+            if let ("/echo", DataBody::Streamed(_)) = (req.uri().path(), req.body()) {
                 // A streamed body, read to its end: 200 with it, or 400 and why.
                 return Box::pin(async move {
                     let (status, got) = match req.into_body().collect().await {
@@ -1042,7 +986,7 @@ mod tests {
                 "/pending" => return Box::pin(std::future::pending()) as Answer,
                 // The body it got, whole, beside its fields as they came.
                 "/echo" => {
-                    let Inbound::Fields(fields) = req.body() else { panic!("no fields: {:?}", req.body()) };
+                    let DataBody::Fields(fields) = req.body() else { panic!("no fields: {:?}", req.body()) };
                     let got = fields.body();
                     assert_eq!(fields.length(), Some(got.len() as u64), "its Content-Length is among its fields");
                     assert!(fields.block().ends_with(b"\r\n"), "the body is kept apart from the lines");

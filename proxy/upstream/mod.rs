@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Request, Response, Uri};
-use http_body_util::Either;
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
@@ -30,8 +29,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tower::ServiceExt;
 
-use crate::error::{ProxyBody, Wire};
-use crate::h1::{Encoded, Failed, Retry};
+pub(crate) mod h1;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use h1::fuzz_answer;
+
+use crate::body::Body;
+use crate::upstream::h1::{Encoded, Failed, Retry};
+
+/// The body of every request and answer on the data path (see [`crate::body`]): this
+/// client's HTTP/1.1 answers are its `Answer` variant.
+pub type ProxyBody = Body<h1::Body>;
 
 /// The connector every upstream client uses.
 pub type Connector = ConnectTimeout<HttpsConnector<Dialer>>;
@@ -155,7 +162,7 @@ impl hyper::rt::Write for Dialed {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
-            Dialed::Tcp(s) => crate::memory::poll_write_gathered(Pin::new(s.inner_mut()), cx, bufs),
+            Dialed::Tcp(s) => crate::http1::socket::poll_write_gathered(Pin::new(s.inner_mut()), cx, bufs),
             Dialed::Memory(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
@@ -270,13 +277,13 @@ pub struct Pool {
 }
 
 struct H1 {
-    conn: Box<crate::h1::Conn>,
+    conn: Box<crate::upstream::h1::Conn>,
     /// [`Pool::epoch`] when it was last put back.
     epoch: u32,
 }
 
 enum Conn {
-    H1(Box<crate::h1::Conn>),
+    H1(Box<crate::upstream::h1::Conn>),
     H2(http2::SendRequest<ProxyBody>),
 }
 
@@ -298,7 +305,7 @@ pub struct Answer<A, B> {
     state: Sent<A, B>,
 }
 
-pub(crate) type Boxed = Pin<Box<dyn Future<Output = Result<Response<Wire>, UpstreamError>> + Send>>;
+pub(crate) type Boxed = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, UpstreamError>> + Send>>;
 
 #[pin_project::pin_project(project = SentProj)]
 enum Sent<A, B> {
@@ -323,17 +330,17 @@ struct H2Sent<B> {
 
 impl<A, B> Future for Answer<A, B>
 where
-    A: Future<Output = Result<Response<crate::h1::Body>, Failed>> + Send,
+    A: Future<Output = Result<Response<crate::upstream::h1::Body>, Failed>> + Send,
     B: SendFuture,
 {
-    type Output = Result<Response<Wire>, UpstreamError>;
+    type Output = Result<Response<ProxyBody>, UpstreamError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {
             let (result, pool, deadline) = match state.as_mut().project() {
                 SentProj::H1(f) => match std::task::ready!(f.poll(cx)) {
-                    Ok(r) => return Poll::Ready(Ok(r.map(Wire::H1))),
+                    Ok(r) => return Poll::Ready(Ok(r.map(Body::Answer))),
                     Err(Failed::PastDeadline) => return Poll::Ready(Err(UpstreamError::TimedOut)),
                     // The pooled connection was closed: attempt 2, boxed.
                     Err(Failed::Io { error, retry }) => match Retry::again(retry, error, true, 1) {
@@ -354,7 +361,7 @@ where
                 SentProj::Other(f) => return f.as_mut().poll(cx),
             };
             match result {
-                Ok(r) => return Poll::Ready(Ok(r.map(Wire::Incoming))),
+                Ok(r) => return Poll::Ready(Ok(r.map(Body::Incoming))),
                 Err(mut e) => match e.take_message() {
                     // Never written: the HTTP/2 connection went away. Another one.
                     Some(req) => {
@@ -429,7 +436,7 @@ impl Pool {
         self: &Arc<Self>,
         req: Request<ProxyBody>,
         deadline: tokio::time::Instant,
-    ) -> Answer<impl Future<Output = Result<Response<crate::h1::Body>, Failed>> + Send, impl SendFuture> {
+    ) -> Answer<impl Future<Output = Result<Response<crate::upstream::h1::Body>, Failed>> + Send, impl SendFuture> {
         self.request_with(req, None, deadline)
     }
 
@@ -441,7 +448,7 @@ impl Pool {
         mut req: Request<ProxyBody>,
         credential: Option<(&HeaderName, HeaderValue)>,
         deadline: tokio::time::Instant,
-    ) -> Answer<impl Future<Output = Result<Response<crate::h1::Body>, Failed>> + Send, impl SendFuture> {
+    ) -> Answer<impl Future<Output = Result<Response<crate::upstream::h1::Body>, Failed>> + Send, impl SendFuture> {
         let state = match self.checkout() {
             // Encoded here, its parts dropped before the client's connection is read again.
             Some(Conn::H1(conn)) => {
@@ -485,7 +492,7 @@ impl Pool {
         mut req: Request<ProxyBody>,
         first: usize,
         deadline: tokio::time::Instant,
-    ) -> Result<Response<Wire>, UpstreamError> {
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
         for attempt in first..=ATTEMPTS {
             let (conn, reused) = match self.checkout() {
                 Some(c) => (c, true),
@@ -495,10 +502,10 @@ impl Pool {
                 Conn::H1(conn) => {
                     let encoded = Encoded::new(req, &self.host);
                     let sent = self.clone().send_h1(Some((conn, reused)), encoded, deadline, attempt);
-                    return Box::pin(sent).await.map(|r| r.map(Wire::H1));
+                    return Box::pin(sent).await.map(|r| r.map(Body::Answer));
                 }
                 Conn::H2(send) => match self.hand_over_h2(send, req).await {
-                    Ok(r) => return Ok(r.map(Wire::Incoming)),
+                    Ok(r) => return Ok(r.map(Body::Incoming)),
                     Err(mut e) => match e.take_message() {
                         Some(r) if reused && attempt < ATTEMPTS => {
                             tracing::debug!(error = %e.error(), "a pooled upstream connection was closed; retrying on another");
@@ -514,7 +521,7 @@ impl Pool {
 
     /// Gives `req` to the HTTP/2 connection.
     fn hand_over_h2(&self, mut send: http2::SendRequest<ProxyBody>, req: Request<ProxyBody>) -> impl SendFuture {
-        let mut req = with_header_map(req);
+        let mut req = Body::fields_to_header_map(req, false);
         self.absolute_form(req.uri_mut());
         send.try_send_request(req)
     }
@@ -532,7 +539,7 @@ impl Pool {
     }
 
     /// The idle HTTP/1 connection used last that is still open; closed ones are let go.
-    pub(crate) fn checkout_h1(&self) -> Option<Box<crate::h1::Conn>> {
+    pub(crate) fn checkout_h1(&self) -> Option<Box<crate::upstream::h1::Conn>> {
         let mut h1 = self.lock_h1();
         while let Some(mut idle) = h1.pop() {
             if idle.conn.is_open() {
@@ -543,14 +550,14 @@ impl Pool {
     }
 
     /// Takes back an HTTP/1 connection whose answer has been read, its read buffer wiped.
-    pub(crate) fn put_back(&self, mut conn: Box<crate::h1::Conn>) {
+    pub(crate) fn put_back(&self, mut conn: Box<crate::upstream::h1::Conn>) {
         conn.wipe();
         let epoch = self.epoch.load(Ordering::Relaxed);
         self.lock_h1().push(H1 { conn, epoch });
     }
 
     /// A new HTTP/1 connection, for a request that was being sent on one.
-    pub(crate) async fn connect_h1(&self) -> Result<Box<crate::h1::Conn>, UpstreamError> {
+    pub(crate) async fn connect_h1(&self) -> Result<Box<crate::upstream::h1::Conn>, UpstreamError> {
         match self.connect().await? {
             Conn::H1(conn) => Ok(conn),
             Conn::H2(_) => Err(UpstreamError::Connect("the upstream switched to HTTP/2 by ALPN".into())),
@@ -578,7 +585,7 @@ impl Pool {
             }
             return Ok(Conn::H2(send));
         }
-        Ok(Conn::H1(crate::h1::Conn::new(TokioIo::new(io))))
+        Ok(Conn::H1(crate::upstream::h1::Conn::new(TokioIo::new(io))))
     }
 
     /// Absolute form, for HTTP/2 (`:scheme` and `:authority` come from it). HTTP/1 writes
@@ -632,29 +639,11 @@ where
     }
 }
 
-/// `req` with the fields the proxy listener's own loop kept as they came in its header map
-/// (but `Host`: the pool gives the authority), for hyper's client to read there.
-fn with_header_map(req: Request<ProxyBody>) -> Request<ProxyBody> {
-    match req.into_parts() {
-        (mut parts, Either::Left(Wire::Fields(mut fields))) => {
-            fields.append_block_to(&mut parts.headers);
-            let body = fields.take_body();
-            let body = if body.is_empty() {
-                Either::Left(Wire::Empty)
-            } else {
-                Either::Right(http_body_util::Full::new(body))
-            };
-            Request::from_parts(parts, body)
-        }
-        (parts, body) => Request::from_parts(parts, body),
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use bytes::Bytes;
-    use http_body_util::{BodyExt, Either, Full};
+    use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;
 
@@ -739,7 +728,7 @@ pub(crate) mod tests {
     }
 
     async fn get(pool: &Arc<Pool>, addr: std::net::SocketAddr, path: &str) -> Bytes {
-        let req = Request::get(format!("http://{addr}{path}")).body(Either::Right(Full::default())).unwrap();
+        let req = Request::get(format!("http://{addr}{path}")).body(Body::Empty).unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req, soon())).await.unwrap().unwrap();
         assert_eq!(resp.status(), 200);
         resp.into_body().collect().await.unwrap().to_bytes()
@@ -752,7 +741,7 @@ pub(crate) mod tests {
         // As hyper parses a request: values that are slices of the connection's read buffer.
         let buffer = Bytes::from(b"text/html, */*curl/8.0".to_vec());
         let request = || {
-            let mut req = Request::get("/x").body(Either::Right(Full::default())).unwrap();
+            let mut req = Request::get("/x").body(Body::Empty).unwrap();
             req.headers_mut().insert("accept", HeaderValue::from_maybe_shared(buffer.slice(0..14)).unwrap());
             req.headers_mut().insert("user-agent", HeaderValue::from_maybe_shared(buffer.slice(14..)).unwrap());
             req
@@ -868,7 +857,7 @@ pub(crate) mod tests {
                     let _ = events.send("connection");
                     let ok = hyper::service::service_fn(|req: Request<Incoming>| async move {
                         assert_eq!(req.version(), http::Version::HTTP_2);
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("ok"))))
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(Bytes::from("ok"))))
                     });
                     let _ =
                         hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, ok).await;
@@ -879,7 +868,7 @@ pub(crate) mod tests {
         let client = build_client(&[ca_file], Duration::from_secs(5)).unwrap();
         let pool = client.pool(&Scheme::HTTPS, &Authority::try_from(format!("localhost:{port}").as_str()).unwrap());
         let get = || async {
-            let req = Request::get(format!("https://localhost:{port}/")).body(Either::Right(Full::default())).unwrap();
+            let req = Request::get(format!("https://localhost:{port}/")).body(Body::Empty).unwrap();
             let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req, soon())).await.unwrap().unwrap();
             assert_eq!(resp.status(), 200);
             resp.into_body().collect().await.unwrap().to_bytes()

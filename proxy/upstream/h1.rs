@@ -28,19 +28,20 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::error::ProxyBody;
+use crate::body::Body as DataBody;
+use crate::http1::answer::{framing, parse_head, Framing, Head};
+use crate::http1::{itoa, push_hex, AnswerFields, Fields};
+use crate::upstream::ProxyBody;
 
 /// The byte stream to an upstream (TCP, or TLS over it).
 pub(crate) type Stream = hyper_util::rt::TokioIo<hyper_rustls::MaybeHttpsStream<crate::upstream::Dialed>>;
 
 /// Longest response head read (nginx reads 4 or 8 KiB of an upstream's head by default).
 const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in a response head.
-const MAX_HEADERS: usize = 128;
 /// What a read asks for at least.
 const READ_CHUNK: usize = 4096;
 /// Largest read straight into a body chunk of its own.
@@ -58,15 +59,6 @@ pub(crate) struct Conn {
     dirty: usize,
     /// Wakes a request waiting for its answer at its deadline (see [`Conn::poll_deadline`]).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-/// Where the answer's body ends (RFC 9112, section 6.3).
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Framing {
-    Length(u64),
-    Chunked,
-    /// Read to the end of the stream (the connection cannot be used again).
-    Close,
 }
 
 /// Why a request got no answer on its connection.
@@ -115,7 +107,7 @@ impl Retry {
     pub(crate) fn send(self, attempt: usize) -> crate::upstream::Boxed {
         Box::pin(async move {
             let sent = self.pool.send_h1(None, self.req, self.deadline, attempt);
-            sent.await.map(|r| r.map(crate::error::Wire::H1))
+            sent.await.map(|r| r.map(DataBody::Answer))
         })
     }
 }
@@ -158,7 +150,7 @@ impl Encoded {
         // Fields the proxy listener's own loop kept as they came (the request has no body):
         // written as they are.
         let fields = match &body {
-            http_body_util::Either::Left(crate::error::Wire::Fields(fields)) => Some(fields),
+            DataBody::Fields(fields) => Some(fields),
             _ => None,
         };
         // One pass over the fields for the head's length and the two looked for (cheaper than
@@ -232,15 +224,11 @@ impl Encoded {
         let mut body = (!body.is_end_stream()).then_some(body);
         // A body in memory goes out with the head, in one write.
         match &mut body {
-            Some(http_body_util::Either::Right(full)) => {
-                if let Some(Ok(frame)) = poll_now(full) {
-                    if let Ok(data) = frame.into_data() {
-                        bytes.extend_from_slice(&data);
-                    }
-                }
+            Some(DataBody::Full(data)) => {
+                bytes.extend_from_slice(data);
                 body = None;
             }
-            Some(http_body_util::Either::Left(crate::error::Wire::Fields(fields))) => {
+            Some(DataBody::Fields(fields)) => {
                 bytes.extend_from_slice(fields.body());
                 body = None;
             }
@@ -259,34 +247,6 @@ impl Encoded {
 /// Methods whose requests carry a body as a rule, so an empty one is sent as `content-length: 0`.
 fn body_expected(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
-}
-
-/// The one frame of a body held in memory.
-fn poll_now(full: &mut http_body_util::Full<Bytes>) -> Option<Result<Frame<Bytes>, std::convert::Infallible>> {
-    let waker = std::task::Waker::noop();
-    match Pin::new(full).poll_frame(&mut Context::from_waker(waker)) {
-        Poll::Ready(f) => f,
-        Poll::Pending => None,
-    }
-}
-
-pub(crate) fn push_hex(out: &mut Vec<u8>, n: usize) {
-    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..digits).rev() {
-        out.push(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
-    }
-}
-
-pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 /// A client's body that failed while it was read to be written upstream: the client's fault,
@@ -436,7 +396,7 @@ impl Conn {
         if self.buf.capacity() == 0 {
             self.buf.reserve_exact(READ_CHUNK);
         }
-        let n = ready!(crate::memory::poll_read_spare(
+        let n = ready!(crate::http1::socket::poll_read_spare(
             Pin::new(&mut self.io),
             cx,
             &mut self.buf,
@@ -696,388 +656,6 @@ async fn drain(mut conn: Box<Conn>, pool: Arc<crate::upstream::Pool>, head_reque
     let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
-/// A parsed answer head.
-#[derive(Debug)]
-struct Head {
-    status: StatusCode,
-    /// HTTP/1.1 (the answer may keep the connection open) or 1.0.
-    http11: bool,
-    /// Its fields, when `fields` does not keep them as they came.
-    headers: HeaderMap,
-    fields: Option<Fields>,
-    frame: FrameFields,
-}
-
-/// What an answer's framing fields say, read as its head is parsed.
-#[derive(Debug)]
-struct FrameFields {
-    /// `Connection: close`.
-    close: bool,
-    /// A `Transfer-Encoding`, and whether its last coding is chunked.
-    te: bool,
-    chunked: bool,
-    /// A `Content-Length`, and the length all of them give.
-    cl: bool,
-    length: io::Result<Option<u64>>,
-}
-
-/// Header fields as they came, less those of the hop (RFC 9110, section 7.6.1), in one block:
-/// written as they are instead of a header map built and encoded again field by field.
-///
-/// An answer's: what the proxy listener's own loop writes to the client ([`crate::h1server`]).
-/// Kept so only where nothing else is to be done to them: an answer whose `Connection` names
-/// other fields, or with both `Transfer-Encoding` and `Content-Length`, or a 1xx or 204, has a
-/// header map.
-///
-/// A request's, read by that loop ([`Fields::request`]): its `Host` first (routing reads it,
-/// the upstream pool writes its own), written upstream by a pooled HTTP/1.1 connection with the
-/// credential after them (never copied in: see [`Encoded::with_credential`]); a request that
-/// goes any other way gets a header map from them first ([`Fields::append_to`]).
-///
-/// A request's short body, read whole by that loop, follows the lines in the same block
-/// ([`Fields::set_body`]): one allocation, written upstream with them.
-///
-/// Zeroed when dropped (an upstream may echo a credential; a request's carries one).
-pub struct Fields {
-    /// `name: value\r\n` lines: a request's `Host` line, then the rest from `start`, to
-    /// `end`; a request's body after them.
-    block: Vec<u8>,
-    /// Where the lines after a request's `Host` begin (0: no `Host` line); a head is far
-    /// shorter than 4 GiB.
-    start: u32,
-    /// Where the lines end (and a request's body begins).
-    end: u32,
-    /// Bit `n % 16` set for a name of `n` bytes among them: most are not looked for in vain.
-    lengths: u16,
-    /// The `Content-Length` among them, if `has_length`.
-    length: u64,
-    has_length: bool,
-    date: bool,
-}
-
-impl Fields {
-    /// A request's fields from its parsed head: `Host` first, the hop's own left out. `None`
-    /// for a head with more than one `Host` (not served from fields).
-    pub(crate) fn request(buf: &[u8], headers: &[httparse::Header<'_>], length: Option<u64>) -> Option<Fields> {
-        let is_host = |name: &[u8]| name.len() == 4 && name.eq_ignore_ascii_case(b"host");
-        // Room for the body too (the own loop reads only short ones).
-        let (mut size, mut host) = (length.unwrap_or(0) as usize, None);
-        for h in headers {
-            size += h.name.len() + h.value.len() + 4;
-            if is_host(h.name.as_bytes()) && host.replace(h.value).is_some() {
-                return None;
-            }
-        }
-        let mut block = Lines::new(buf, size);
-        if let Some(host) = host {
-            block.line(b"host", host);
-        }
-        let start = u32::try_from(block.block.len()).ok()?;
-        let mut lengths = 0;
-        for h in headers {
-            let name = h.name.as_bytes();
-            if !crate::headers::is_hop_by_hop_name(name) && !is_host(name) {
-                lengths |= 1 << (name.len() % 16);
-                block.push(h);
-            }
-        }
-        let block = block.finish();
-        let end = u32::try_from(block.len()).ok()?;
-        let (length, has_length) = (length.unwrap_or(0), length.is_some());
-        Some(Fields { block, start, end, lengths, length, has_length, date: false })
-    }
-
-    /// The fields, `name: value\r\n` each (a request's without its `Host`).
-    pub(crate) fn block(&self) -> &[u8] {
-        &self.block[self.start as usize..self.end as usize]
-    }
-
-    /// A request's body, read whole (empty: none).
-    pub(crate) fn body(&self) -> &[u8] {
-        &self.block[self.end as usize..]
-    }
-
-    /// Sets a request's body (its `Content-Length` is among the fields).
-    pub(crate) fn set_body(&mut self, body: &[u8]) {
-        self.block.truncate(self.end as usize);
-        self.block.extend_from_slice(body);
-    }
-
-    /// A request's body, taken out (for a request that goes on with a header map).
-    pub(crate) fn take_body(&mut self) -> Bytes {
-        let body = Bytes::copy_from_slice(self.body());
-        self.block.truncate(self.end as usize);
-        body
-    }
-
-    /// A request's `Host`.
-    pub(crate) fn host(&self) -> Option<&[u8]> {
-        (self.start > 0).then(|| &self.block[b"host: ".len()..self.start as usize - 2])
-    }
-
-    /// The `Content-Length` among them, if any.
-    pub(crate) fn length(&self) -> Option<u64> {
-        self.has_length.then_some(self.length)
-    }
-
-    /// A `Date` is among them.
-    pub(crate) fn has_date(&self) -> bool {
-        self.date
-    }
-
-    /// Leaves out every field named `name` (a request's, whose credential is set by that name).
-    pub(crate) fn remove(&mut self, name: &HeaderName) {
-        let named = name.as_str().as_bytes();
-        if self.lengths & 1 << (named.len() % 16) == 0 {
-            return;
-        }
-        let mut at = self.start as usize;
-        while at < self.end as usize {
-            let lines = &self.block[..self.end as usize];
-            let end = lines[at..].iter().position(|&b| b == b'\n').map_or(lines.len(), |i| at + i + 1);
-            let line = &lines[at..end];
-            if line.len() > named.len() && line[..named.len()].eq_ignore_ascii_case(named) && line[named.len()] == b':'
-            {
-                self.block.drain(at..end);
-                self.end -= (end - at) as u32;
-            } else {
-                at = end;
-            }
-        }
-    }
-
-    /// Adds the fields, a request's `Host` among them, to `headers` (for a message a header map
-    /// carries on).
-    pub fn append_to(&self, headers: &mut HeaderMap) {
-        append_lines(&self.block[..self.end as usize], headers);
-    }
-
-    /// Adds the fields but a request's `Host` to `headers`.
-    pub(crate) fn append_block_to(&self, headers: &mut HeaderMap) {
-        append_lines(self.block(), headers);
-    }
-}
-
-/// A block of `name: value\r\n` lines built from fields `httparse` read out of `buf`: a line
-/// that is in that form in `buf` already (one space after the colon, CRLF right after the
-/// value) is copied as it is, with the lines right after it in one piece; any other is written
-/// out so (httparse allows in names and values what `HeaderName` and `HeaderValue` do, and no
-/// CR or LF). Names keep their case, as HTTP/1.1 leaves it (RFC 9110, section 5.1).
-struct Lines<'b> {
-    buf: &'b [u8],
-    block: Vec<u8>,
-    /// Lines of `buf` to copy yet, in one piece.
-    run: std::ops::Range<usize>,
-}
-
-impl<'b> Lines<'b> {
-    fn new(buf: &'b [u8], capacity: usize) -> Lines<'b> {
-        Lines { buf, block: Vec::with_capacity(capacity), run: 0..0 }
-    }
-
-    fn push(&mut self, h: &httparse::Header<'_>) {
-        let (name, value) = (h.name.as_bytes(), h.value);
-        let at = |s: &[u8]| (s.as_ptr() as usize).checked_sub(self.buf.as_ptr() as usize);
-        let (Some(start), Some(value_at)) = (at(name), at(value)) else { return self.line(name, value) };
-        let end = value_at + value.len() + 2;
-        let whole = value_at == start + name.len() + 2
-            && self.buf.get(start + name.len()..value_at) == Some(b": ")
-            && self.buf.get(end - 2..end) == Some(b"\r\n");
-        if !whole {
-            return self.line(name, value);
-        }
-        if self.run.is_empty() || self.run.end != start {
-            self.flush();
-            self.run.start = start;
-        }
-        self.run.end = end;
-    }
-
-    /// Writes `name: value\r\n`.
-    fn line(&mut self, name: &[u8], value: &[u8]) {
-        self.flush();
-        self.block.extend_from_slice(name);
-        self.block.extend_from_slice(b": ");
-        self.block.extend_from_slice(value);
-        self.block.extend_from_slice(b"\r\n");
-    }
-
-    fn flush(&mut self) {
-        if !self.run.is_empty() {
-            self.block.extend_from_slice(&self.buf[self.run.clone()]);
-            self.run = 0..0;
-        }
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        self.flush();
-        self.block
-    }
-}
-
-fn append_lines(block: &[u8], headers: &mut HeaderMap) {
-    for line in block.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-        let (name, value) = (&line[..colon], &line[colon + 2..]);
-        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-            headers.append(name, value);
-        }
-    }
-}
-
-impl Clone for Fields {
-    fn clone(&self) -> Fields {
-        let (start, end, lengths, length, has_length, date) =
-            (self.start, self.end, self.lengths, self.length, self.has_length, self.date);
-        Fields { block: self.block.clone(), start, end, lengths, length, has_length, date }
-    }
-}
-
-impl Drop for Fields {
-    fn drop(&mut self) {
-        // All of it: a field `remove` left out may have left bytes beyond the length.
-        let all = self.block.capacity();
-        crate::memory::wipe_allocation(&mut self.block, all);
-    }
-}
-
-impl std::fmt::Debug for Fields {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fields").field("bytes", &self.block.len()).finish()
-    }
-}
-
-/// A response body that may carry its answer's header fields as they came ([`Fields`]).
-pub trait AnswerFields {
-    fn take_fields(&mut self) -> Option<Fields> {
-        None
-    }
-}
-
-impl AnswerFields for http_body_util::Full<Bytes> {}
-
-impl AnswerFields for crate::error::ProxyBody {
-    fn take_fields(&mut self) -> Option<Fields> {
-        match self {
-            http_body_util::Either::Left(crate::error::Wire::H1(body)) => body.fields.take(),
-            _ => None,
-        }
-    }
-}
-
-/// The head at the start of `buf` and its length, `None` while incomplete.
-fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
-    // Slots left uninitialised: setting up 128 empty ones cost more than parsing a small head.
-    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(invalid("the upstream's response has too many headers")),
-        Err(_) => return Err(invalid("the upstream's response head is malformed")),
-    };
-    let status = parsed.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or_else(|| invalid("bad status code"))?;
-    // The three fields that decide the framing, in one pass over the few of an answer
-    // (cheaper than hashed lookups); a `Content-Length` is checked only where it counts.
-    let mut frame = FrameFields { close: false, te: false, chunked: false, cl: false, length: Ok(None) };
-    let mut plain = !(status.is_informational() || status == StatusCode::NO_CONTENT);
-    let (mut date, mut size) = (false, 0);
-    for h in parsed.headers.iter() {
-        let name = h.name.as_bytes();
-        let items = || h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
-        if name.eq_ignore_ascii_case(b"connection") {
-            frame.close |= items().any(|t| t.eq_ignore_ascii_case(b"close"));
-            // The fields it names are the hop's as well: that answer gets a header map.
-            plain &= items()
-                .all(|t| t.is_empty() || t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive"));
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            frame.te = true;
-            // The last coding of all the fields' lists.
-            if let Some(last) = items().rfind(|c| !c.is_empty()) {
-                frame.chunked = last.eq_ignore_ascii_case(b"chunked");
-            }
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            frame.cl = true;
-            if let Ok(seen) = frame.length {
-                frame.length = content_length(items(), seen);
-            }
-        } else {
-            date |= name.eq_ignore_ascii_case(b"date");
-        }
-        size += name.len() + h.value.len() + 4;
-    }
-    plain &= !(frame.te && frame.cl);
-    let mut headers = HeaderMap::new();
-    let fields = if plain {
-        let mut block = Lines::new(buf, size);
-        for h in parsed.headers.iter() {
-            if !crate::headers::is_hop_by_hop_name(h.name.as_bytes()) {
-                block.push(h);
-            }
-        }
-        let block = block.finish();
-        let length = if frame.cl { frame.length.as_ref().ok().copied().flatten() } else { None };
-        let (length, has_length) = (length.unwrap_or(0), length.is_some());
-        let end = u32::try_from(block.len()).map_err(|_| invalid("the upstream's response head is too large"))?;
-        Some(Fields { block, start: 0, end, lengths: u16::MAX, length, has_length, date })
-    } else {
-        headers.reserve(parsed.headers.len());
-        for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| invalid("bad header name"))?;
-            let value = HeaderValue::from_bytes(h.value).map_err(|_| invalid("bad header value"))?;
-            headers.append(name, value);
-        }
-        None
-    };
-    Ok(Some((Head { status, http11: parsed.version == Some(1), headers, fields, frame }, len)))
-}
-
-/// Where the body of `head` ends, and whether the connection may carry another request after
-/// it (RFC 9112, sections 6.3 and 9.3).
-fn framing(head: &Head, head_request: bool) -> io::Result<(Framing, bool)> {
-    let FrameFields { close, te, chunked, cl, ref length } = head.frame;
-    let mut reusable = head.http11 && !close;
-    let status = head.status;
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        return Ok((Framing::Length(0), false));
-    }
-    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok((Framing::Length(0), reusable));
-    }
-    if te {
-        // Both: a sign of a message meant to be read two ways; this one is read as chunked
-        // (the standard's rule) and the connection is not trusted with another.
-        if cl {
-            reusable = false;
-        }
-        return Ok(if chunked { (Framing::Chunked, reusable) } else { (Framing::Close, false) });
-    }
-    match length {
-        Ok(Some(n)) => Ok((Framing::Length(*n), reusable)),
-        Ok(None) => Ok((Framing::Close, false)),
-        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-    }
-}
-
-/// The length a `Content-Length` field's `items` give, with `seen` from the fields before.
-pub(crate) fn content_length<'a>(
-    items: impl Iterator<Item = &'a [u8]>,
-    mut seen: Option<u64>,
-) -> io::Result<Option<u64>> {
-    for item in items {
-        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-            return Err(invalid("the upstream's content-length is not a number"));
-        }
-        let n: u64 = std::str::from_utf8(item).expect("digits").parse().expect("19 digits fit");
-        if seen.is_some_and(|l| l != n) {
-            return Err(invalid("the upstream's content-length values differ"));
-        }
-        seen = Some(n);
-    }
-    Ok(seen)
-}
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
     /// Nothing read yet.
@@ -1136,7 +714,7 @@ impl Body {
         // the next answer), handed on without a copy.
         let want = limit.min(BODY_CHUNK as u64) as usize;
         let mut chunk = Vec::with_capacity(want);
-        ready!(crate::memory::poll_read_spare(Pin::new(&mut conn.io), cx, &mut chunk, want, want))?;
+        ready!(crate::http1::socket::poll_read_spare(Pin::new(&mut conn.io), cx, &mut chunk, want, want))?;
         Poll::Ready(Ok(Bytes::from(chunk)))
     }
 
@@ -1211,6 +789,12 @@ impl Body {
 
 fn closed_early() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "the upstream closed the connection within a response body")
+}
+
+impl AnswerFields for Body {
+    fn take_fields(&mut self) -> Option<Fields> {
+        self.fields.take()
+    }
 }
 
 impl hyper::body::Body for Body {
@@ -1316,6 +900,7 @@ impl crate::upstream::Pool {
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
 pub fn fuzz_answer(data: &[u8]) -> Option<(u16, Vec<u8>)> {
+    use crate::body::Body as DataBody;
     use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
     thread_local! {
@@ -1350,7 +935,7 @@ pub fn fuzz_answer(data: &[u8]) -> Option<(u16, Vec<u8>)> {
                 .method(method)
                 .uri("/")
                 .header(http::header::HOST, "fuzz.invalid")
-                .body(http_body_util::Either::Right(http_body_util::Full::default()))
+                .body(DataBody::Empty)
                 .expect("a request");
             let encoded = Encoded::new(req, &pool.host);
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -1385,6 +970,7 @@ pub fn fuzz_answer(data: &[u8]) -> Option<(u16, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn head(text: &str) -> Head {
         let (head, len) = parse_head(text.as_bytes()).unwrap().unwrap();
@@ -1454,7 +1040,7 @@ mod tests {
 
         // The fields of `method` `path`, encoded with a credential as the pool writes them.
         let with_secret = |method: Method, path: &str, fields: Fields, host: &'static str| {
-            let mut req = Request::new(http_body_util::Either::Left(crate::error::Wire::Fields(fields)));
+            let mut req = Request::new(DataBody::Fields(fields));
             (*req.method_mut(), *req.uri_mut()) = (method, path.parse().unwrap());
             let secret = HeaderValue::from_static("Bearer s3cret");
             let host = HeaderValue::from_static(host);
@@ -1580,24 +1166,23 @@ mod tests {
 
     #[test]
     fn requests_are_framed_by_their_body() {
-        use http_body_util::{Either, Full};
         let enc = |method: Method, body: &'static str| {
             let req = Request::builder()
                 .method(method)
                 .uri("/p?q=1")
                 .header("host", "h")
                 .header("content-length", "999")
-                .body(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))))
+                .body(DataBody::Full(Bytes::from_static(body.as_bytes())))
                 .unwrap();
             String::from_utf8(Encoded::new(req, &HeaderValue::from_static("pool")).bytes).unwrap()
         };
         assert_eq!(enc(Method::POST, "abc"), "POST /p?q=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 3\r\n\r\nabc");
         assert_eq!(enc(Method::POST, ""), "POST /p?q=1 HTTP/1.1\r\nhost: h\r\ncontent-length: 0\r\n\r\n");
-        let get = Request::get("/").header("host", "h").body(Either::Right(Full::new(Bytes::new()))).unwrap();
+        let get = Request::get("/").header("host", "h").body(DataBody::Full(Bytes::new())).unwrap();
         let pool = HeaderValue::from_static("pool:8080");
         assert_eq!(String::from_utf8(Encoded::new(get, &pool).bytes).unwrap(), "GET / HTTP/1.1\r\nhost: h\r\n\r\n");
         // Without a `Host` of its own, the pool's goes first.
-        let get = Request::get("/a").header("x-b", "c").body(Either::Right(Full::new(Bytes::new()))).unwrap();
+        let get = Request::get("/a").header("x-b", "c").body(DataBody::Full(Bytes::new())).unwrap();
         assert_eq!(
             String::from_utf8(Encoded::new(get, &pool).bytes).unwrap(),
             "GET /a HTTP/1.1\r\nhost: pool:8080\r\nx-b: c\r\n\r\n"
@@ -1651,12 +1236,13 @@ mod tests {
 
 #[cfg(test)]
 mod wire_tests {
+    use crate::body::Body as DataBody;
     use std::sync::Arc;
     use std::time::Duration;
 
     use bytes::Bytes;
     use http::Request;
-    use http_body_util::{BodyExt, Either, Full};
+    use http_body_util::BodyExt;
     use tokio::sync::mpsc;
 
     use crate::upstream::tests::{pool_for, soon};
@@ -1751,7 +1337,7 @@ mod wire_tests {
     }
 
     async fn send(pool: &Arc<Pool>, method: &str, path: &str) -> (u16, Bytes) {
-        let req = Request::builder().method(method).uri(path).body(Either::Right(Full::default())).unwrap();
+        let req = Request::builder().method(method).uri(path).body(DataBody::Empty).unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req, soon())).await.unwrap().unwrap();
         let status = resp.status().as_u16();
         let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await.unwrap();
@@ -1823,7 +1409,7 @@ mod wire_tests {
         ])
         .await;
         let pool = pool_for(addr);
-        let req = || Request::get("/").body(Either::Right(Full::default())).unwrap();
+        let req = || Request::get("/").body(DataBody::Empty).unwrap();
         assert!(pool.request(req(), soon()).await.is_err(), "an invalid content-length was taken");
         let resp = pool.request(req(), soon()).await.unwrap();
         assert!(resp.into_body().collect().await.is_err(), "a bad chunk size was taken");
@@ -1845,7 +1431,7 @@ mod wire_tests {
         let pool = pool_for(addr);
         assert_eq!(send(&pool, "GET", "/1").await, (200, Bytes::from("ok")));
         assert_eq!(send(&pool, "GET", "/2").await, (200, Bytes::from("ok")));
-        let post = Request::post("/3").body(Either::Right(Full::new(Bytes::from("x")))).unwrap();
+        let post = Request::post("/3").body(DataBody::Full(Bytes::from("x"))).unwrap();
         let answer = tokio::time::timeout(Duration::from_secs(10), pool.request(post, soon())).await.unwrap();
         assert!(matches!(answer, Err(crate::upstream::UpstreamError::Exchange(_))), "{answer:?}");
         let heads: Vec<(usize, String)> = (0..4).map(|_| seen.try_recv().unwrap()).collect();

@@ -31,8 +31,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::body::Body as DataBody;
 use crate::config::Limits;
 use crate::shutdown::stopped;
+use crate::upstream::ProxyBody;
+
+pub(crate) mod h1;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use h1::fuzz_requests;
 
 /// An instant and the coarse clock's reading then: what [`now_ms`] counts from.
 fn epoch() -> (Instant, coarsetime::Instant) {
@@ -237,7 +243,7 @@ impl<T: AsyncWrite> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        crate::memory::poll_write_gathered(self.project().io, cx, bufs)
+        crate::http1::socket::poll_write_gathered(self.project().io, cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -347,9 +353,9 @@ impl Tunnel {
     pub async fn serve<I, F, Fut, B>(&self, io: I, handler: F)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: Fn(Request<Inbound>) -> Fut + Clone + Send + Sync + 'static,
+        F: Fn(Request<ProxyBody>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
-        B: Body + crate::h1::AnswerFields + Send + 'static,
+        B: Body + crate::http1::AnswerFields + Send + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
@@ -494,73 +500,6 @@ impl<F: Future> Future for Closable<F> {
     }
 }
 
-/// A request's body as a listener's handler gets it: what hyper's server reads, or what the
-/// proxy listener's own loop ([`crate::h1server`]) read: none, or a short body whole, with the
-/// request's header fields as they came, or a longer body streamed.
-#[derive(Debug)]
-pub enum Inbound {
-    Hyper(Incoming),
-    Empty,
-    /// A body read whole (its header fields are in the header map).
-    Full(bytes::Bytes),
-    /// A request read by the proxy listener's own loop: its header fields as they came (its
-    /// header map is empty; see [`Inbound::header_map`]) and its body, read whole, after them
-    /// ([`crate::h1::Fields::body`]; its `Content-Length` is among the fields).
-    Fields(crate::h1::Fields),
-    /// A body the own loop streams as it arrives (its header fields are in the header map).
-    Streamed(crate::h1server::Streamed),
-}
-
-impl Inbound {
-    /// A request's header fields in its header map, for a way that reads them there: those
-    /// the own loop kept as they came are added to it (their `Host` too).
-    pub fn header_map(req: Request<Inbound>) -> Request<Inbound> {
-        if !matches!(req.body(), Inbound::Fields(_)) {
-            return req;
-        }
-        let (mut parts, body) = req.into_parts();
-        let Inbound::Fields(mut fields) = body else { unreachable!("fields, looked at above") };
-        fields.append_to(&mut parts.headers);
-        let body = fields.take_body();
-        Request::from_parts(parts, if body.is_empty() { Inbound::Empty } else { Inbound::Full(body) })
-    }
-}
-
-impl Body for Inbound {
-    type Data = bytes::Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            Inbound::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Inbound::Streamed(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Inbound::Full(b) if !b.is_empty() => Poll::Ready(Some(Ok(Frame::data(std::mem::take(b))))),
-            Inbound::Fields(f) if !f.body().is_empty() => Poll::Ready(Some(Ok(Frame::data(f.take_body())))),
-            Inbound::Empty | Inbound::Full(_) | Inbound::Fields(_) => Poll::Ready(None),
-        }
-    }
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Inbound::Hyper(b) => b.is_end_stream(),
-            Inbound::Streamed(b) => b.is_end_stream(),
-            Inbound::Full(b) => b.is_empty(),
-            Inbound::Fields(f) => f.body().is_empty(),
-            Inbound::Empty => true,
-        }
-    }
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Inbound::Hyper(b) => b.size_hint(),
-            Inbound::Streamed(b) => b.size_hint(),
-            Inbound::Full(b) => SizeHint::with_exact(b.len() as u64),
-            Inbound::Fields(f) => SizeHint::with_exact(f.body().len() as u64),
-            Inbound::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
-
 /// Serves one stream as the proxy listener serves a client's connection (its own HTTP/1.1
 /// loop for the common request, hyper's server for the rest), with the default `[limits]`,
 /// until the client is done: the whole stack over an in-memory stream, for benchmarks.
@@ -568,9 +507,9 @@ impl Body for Inbound {
 pub async fn serve_one<I, F, Fut, B>(io: I, handler: F)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Inbound>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<ProxyBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
-    B: Body + crate::h1::AnswerFields + Send + 'static,
+    B: Body + crate::http1::AnswerFields + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -594,9 +533,9 @@ async fn connection<I, F, Fut, B>(
     tunnels: bool,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Inbound>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<ProxyBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
-    B: Body + crate::h1::AnswerFields + Send + 'static,
+    B: Body + crate::http1::AnswerFields + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -620,7 +559,7 @@ async fn connection<I, F, Fut, B>(
     let service_watch = watch.clone();
     let service_handler = handler.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let mut req = req.map(Inbound::Hyper);
+        let mut req = req.map(DataBody::Incoming);
         let in_flight = service_watch.begin(req.version() == http::Version::HTTP_2);
         if let Some(t) = &tunnel {
             if req.method() == http::Method::CONNECT && req.version() < http::Version::HTTP_2 {
@@ -647,7 +586,7 @@ async fn connection<I, F, Fut, B>(
         // The proxy listener: sidekey's own loop serves the common request (see `h1server`),
         // hyper the rest of a connection from the first request it does not.
         let closing = Arc::new(AtomicBool::new(false));
-        let limits = crate::h1server::HeadLimits {
+        let limits = crate::listen::h1::HeadLimits {
             max_bytes: ctx.limits.max_header_bytes.max(crate::config::MIN_HEADER_BYTES),
             max_headers: ctx.limits.max_headers,
         };
@@ -658,8 +597,8 @@ async fn connection<I, F, Fut, B>(
             // The first bytes, read to tell the protocol, are where the loop starts.
             let first = std::mem::take(&mut io.pre);
             let end =
-                crate::h1server::serve(&mut io, first, &handler, || own_watch.begin(false), &flag, limits).await?;
-            let crate::h1server::End::HandOver(read) = end else { return Ok(()) };
+                crate::listen::h1::serve(&mut io, first, &handler, || own_watch.begin(false), &flag, limits).await?;
+            let crate::listen::h1::End::HandOver(read) = end else { return Ok(()) };
             // The loop started from the sniffed bytes (`pre` is empty since): what it read and
             // did not serve is all that hyper's first reads are owed.
             io.pre = read;
@@ -702,9 +641,9 @@ pub async fn serve<F, Fut, B>(
     tunnels: bool,
     handler: F,
 ) where
-    F: Fn(Request<Inbound>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<ProxyBody>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
-    B: Body + crate::h1::AnswerFields + Send + 'static,
+    B: Body + crate::http1::AnswerFields + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
