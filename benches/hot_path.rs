@@ -277,7 +277,8 @@ fn socket_write(c: &mut Criterion) {
     group.bench_function("gathered_send", |b| {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         b.iter(|| {
-            let written = sidekey::http1::socket::poll_write_gathered(Pin::new(&mut Blocking(&mut writer)), &mut cx, &bufs);
+            let written =
+                sidekey::http1::socket::poll_write_gathered(Pin::new(&mut Blocking(&mut writer)), &mut cx, &bufs);
             assert!(matches!(written, std::task::Poll::Ready(Ok(n)) if n == total));
             read_back(&mut reader);
         })

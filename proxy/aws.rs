@@ -193,9 +193,15 @@ impl SigV4 {
         (!kept.is_empty()).then(|| std::borrow::Cow::Owned(kept.join("&")))
     }
 
-    /// Signs `req` (its URI absolute, its Host set) with the token's credentials: `body` is the
-    /// whole payload, or `None` for an unsigned one.
-    pub fn sign<B>(&self, token: &Token, req: &mut http::Request<B>, body: Option<&[u8]>) -> Result<(), SignError> {
+    /// The signature of `req` (its URI absolute, its Host set) with the token's credentials:
+    /// `body` is the whole payload, or `None` for an unsigned one. The headers it gives are
+    /// set by [`crate::inject::attach`].
+    pub fn sign<B>(
+        &self,
+        token: &Token,
+        req: &http::Request<B>,
+        body: Option<&[u8]>,
+    ) -> Result<aws_sigv4::http_request::SigningInstructions, SignError> {
         let identity = self.identity(token)?;
         let mut settings = SigningSettings::default();
         if self.config.service == "s3" {
@@ -229,14 +235,7 @@ impl SigV4 {
         let (instructions, _signature) = aws_sigv4::http_request::sign(signable, &params)
             .map_err(|e| SignError::Request(e.to_string()))?
             .into_parts();
-        instructions.apply_to_request_http1x(req);
-        if let Some(v) = req.headers_mut().get_mut(header::AUTHORIZATION) {
-            v.set_sensitive(true);
-        }
-        if let Some(v) = req.headers_mut().get_mut("x-amz-security-token") {
-            v.set_sensitive(true);
-        }
-        Ok(())
+        Ok(instructions)
     }
 }
 

@@ -22,6 +22,7 @@ use hyper::body::Body;
 use crate::body::Body as DataBody;
 use crate::config::HostPort;
 use crate::error::{error_chain, ProxyError};
+use crate::inject::{attach, AttachError, Credential, Inject};
 use crate::intercept::Intercept;
 use crate::listen::Tunnel;
 use crate::metrics::RouteMetrics;
@@ -52,20 +53,6 @@ pub struct Route {
     pub in_flight: Option<crate::policy::InFlight>,
     /// `sidekey_requests_denied_total{route,reason}`, in [`Denial`] order: not_allowed, rate_limited.
     pub denied: [metrics::Counter; 2],
-}
-
-/// How a route attaches its credential.
-pub enum Inject {
-    /// One header, `name`, rendered from [`Route::token`] in its format number `format`.
-    Header { name: HeaderName, format: usize },
-    /// [`Route::token`]'s value as this query parameter, replacing the client's.
-    Query(Box<str>),
-    /// Several headers, each a rendered format of its token.
-    Headers(Box<[(HeaderName, Arc<Token>, usize)]>),
-    /// `Authorization: Basic` from a username and a password naming tokens.
-    Basic(Box<crate::inject::Basic>),
-    /// AWS SigV4 with [`Route::token`]'s credentials.
-    Sign(Box<crate::aws::SigV4>),
 }
 
 /// Why policy refused a request; the index into [`Route::denied`].
@@ -177,7 +164,9 @@ impl<F> UpstreamAnswer for F where F: Future<Output = Result<Response<ProxyBody>
 
 type BoxedResult = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>>;
 
-/// Where a request stands once routed.
+/// Where a request stands once routed. `Done` is as large as an answer; the future holds the
+/// larger of it and `Sent` in place either way, and boxing it would allocate for each refusal.
+#[allow(clippy::large_enum_variant)]
 #[pin_project::pin_project(project = StepProj)]
 enum Step<S> {
     /// Answered already (refused, unroutable, no token); taken when polled.
@@ -218,9 +207,8 @@ struct Kept {
 }
 
 impl Kept {
-    /// A copy to send, with `header` as its credential: in its header map, or, for fields kept
-    /// as they came, returned to be sent beside them.
-    fn request(&self, header: HeaderValue) -> (Request<ProxyBody>, Option<HeaderValue>) {
+    /// A copy to send, with `header` as its credential.
+    fn request(&self, header: HeaderValue) -> Request<ProxyBody> {
         let body = match &self.fields {
             Some(fields) => DataBody::Fields(fields.clone()),
             None => DataBody::Full(self.body.clone()),
@@ -230,12 +218,15 @@ impl Kept {
         *req.uri_mut() = self.parts.uri.clone();
         *req.version_mut() = self.parts.version;
         *req.headers_mut() = self.parts.headers.clone();
-        if self.fields.is_some() {
-            return (req, Some(header));
-        }
-        req.headers_mut().insert(self.name.clone(), header);
-        (req, None)
+        attach_header(&mut req, &self.name, header);
+        req
     }
+}
+
+/// [`attach`] for a header, which cannot fail.
+fn attach_header(req: &mut Request<ProxyBody>, name: &HeaderName, value: HeaderValue) {
+    let attached = attach(req, Credential::Header(name, value));
+    debug_assert!(attached.is_ok(), "a header credential always attaches");
 }
 
 impl<S: UpstreamAnswer> Future for Handling<S> {
@@ -421,16 +412,17 @@ impl RouteSet {
         }
         // Origin form: the route's upstream pool adds the authority (HTTP/1.1's `Host` written
         // with the head, HTTP/2's `:scheme` and `:authority`); SigV4 signs the absolute URL.
-        let uri = match &route.inject {
-            Inject::Query(name) => {
-                let value = route.token.current().filter(|v| v.is_usable(std::time::SystemTime::now()));
-                let Some(value) = value else {
+        let query_value = match &route.inject {
+            Inject::Query(_) => match route.token.current().filter(|v| v.is_usable(std::time::SystemTime::now())) {
+                Some(value) => Some(value),
+                None => {
                     let token = route.token.name().to_owned();
                     return done(Some(index), Err(ProxyError::TokenUnavailable { token }));
-                };
-                let query = crate::inject::replace_query_param(req.uri().query(), name, value.secret.expose());
-                route.target.origin_uri(&m.rest, Some(&query))
-            }
+                }
+            },
+            _ => None,
+        };
+        let uri = match &route.inject {
             // A presigned URL's signature would be a second one beside sidekey's.
             Inject::Sign(_) => {
                 let query = crate::aws::SigV4::strip_query_signature(req.uri().query());
@@ -460,8 +452,16 @@ impl RouteSet {
         }
         let Inject::Header { name, format } = &route.inject else {
             let shared = this.clone();
-            let req = DataBody::fields_to_header_map(req, true);
-            let step = Step::Boxed(Box::pin(async move { shared.routes[index].send_other(req, uri).await }));
+            let mut req = DataBody::fields_to_header_map(req, true);
+            *req.uri_mut() = uri;
+            if let (Inject::Query(name), Some(value)) = (&route.inject, &query_value) {
+                let query = Credential::Query { name, value: value.secret.expose() };
+                if attach(&mut req, query).is_err() {
+                    return done(Some(index), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath)));
+                }
+            }
+            drop(query_value);
+            let step = Step::Boxed(Box::pin(async move { shared.routes[index].send_other(req).await }));
             return Prepared { route: Some(index), slot, step };
         };
         let Some(credential) = route.token.credential(*format) else {
@@ -482,18 +482,19 @@ impl RouteSet {
             && body.size_hint().exact().is_some_and(|n| n <= retry.body_limit as u64);
         if let DataBody::Fields(mut fields) = body {
             // The own loop's common request: its fields go on as they came (less the hop's own
-            // and `Host`, left out already, and any of the credential's name), the credential
-            // after them; kept so for a retry likewise.
-            fields.remove(name);
+            // and `Host`, left out already), the credential after them; kept so for a retry
+            // likewise.
             if !replayable {
-                let req = Request::from_parts(parts, DataBody::Fields(fields));
-                let answer = route.start_send(req, Some((name, credential.header)), start);
+                let mut req = Request::from_parts(parts, DataBody::Fields(fields));
+                attach_header(&mut req, name, credential.header);
+                let answer = route.start_send(req, start);
                 return Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept: None } };
             }
+            // Kept without the client's own field of that name.
+            fields.remove(name);
             let (name, format, used) = (name.clone(), *format, credential.generation);
             let kept = Kept { parts, body: Bytes::new(), fields: Some(fields), name, format, used };
-            let (req, beside) = kept.request(credential.header);
-            let answer = route.start_send(req, beside.map(|v| (&kept.name, v)), start);
+            let answer = route.start_send(kept.request(credential.header), start);
             let step = Step::Sent { route: index, answer, kept: Some(Box::new(kept)) };
             return Prepared { route: Some(index), slot, step };
         }
@@ -514,12 +515,13 @@ impl RouteSet {
             own_values(&mut parts.headers);
             let (name, format, used) = (name.clone(), *format, credential.generation);
             let kept = Kept { parts, body: Bytes::new(), fields: None, name, format, used };
-            (kept.request(credential.header).0, Some(Box::new(kept)))
+            (kept.request(credential.header), Some(Box::new(kept)))
         } else {
-            parts.headers.insert(name.clone(), credential.header);
-            (Request::from_parts(parts, body), None)
+            let mut req = Request::from_parts(parts, body);
+            attach_header(&mut req, name, credential.header);
+            (req, None)
         };
-        let answer = route.start_send(req, None, start);
+        let answer = route.start_send(req, start);
         Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept } }
     }
 }
@@ -527,28 +529,27 @@ impl RouteSet {
 impl Route {
     /// Sends a request of a route that injects otherwise than one header of one token (no
     /// 401 retry: that is for a single rotating token).
-    async fn send_other(&self, req: Request<ProxyBody>, uri: http::Uri) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn send_other(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        parts.uri = uri;
         let client_on_h2 = parts.version == Version::HTTP_2;
         parts.version = Version::HTTP_11;
         strip_request_hop_by_hop(&mut parts.headers, client_on_h2);
         parts.headers.remove(header::HOST);
+        let mut req = Request::from_parts(parts, body);
         match &self.inject {
-            Inject::Sign(signer) => return self.send_signed(signer, parts, body).await,
+            Inject::Sign(signer) => return self.send_signed(signer, req).await,
+            // The query parameter is in the URI already.
             Inject::Header { .. } | Inject::Query(_) => {}
             Inject::Headers(list) => {
                 for (name, token, format) in list.iter() {
                     let Some(credential) = token.credential(*format) else {
                         return Err(ProxyError::TokenUnavailable { token: token.name().to_owned() });
                     };
-                    parts.headers.insert(name.clone(), credential.header);
+                    attach_header(&mut req, name, credential.header);
                 }
             }
             Inject::Basic(basic) => match basic.credential() {
-                Ok(value) => {
-                    parts.headers.insert(header::AUTHORIZATION, value);
-                }
+                Ok(value) => attach_header(&mut req, &header::AUTHORIZATION, value),
                 Err(crate::inject::Unavailable::Token(token)) => return Err(ProxyError::TokenUnavailable { token }),
                 Err(crate::inject::Unavailable::NotHeaderSafe) => {
                     tracing::warn!(route = %self.name, "the Basic credential's values make no valid header");
@@ -559,7 +560,7 @@ impl Route {
         for t in self.tokens.iter() {
             t.count_request();
         }
-        self.send(Request::from_parts(parts, body)).await
+        self.send(req).await
     }
 
     /// Signs and sends: a body within the signer's limit is buffered and signed with its hash;
@@ -568,9 +569,9 @@ impl Route {
     async fn send_signed(
         &self,
         signer: &crate::aws::SigV4,
-        mut parts: http::request::Parts,
-        body: ProxyBody,
+        req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
         crate::aws::SigV4::strip_client_signature(&mut parts.headers);
         if let Some(authority) = parts.uri.authority() {
             let host = HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::ClientBody)?;
@@ -605,18 +606,25 @@ impl Route {
         self.send(req).await
     }
 
-    fn sign<B>(&self, signer: &crate::aws::SigV4, req: &mut Request<B>, body: Option<&[u8]>) -> Result<(), ProxyError> {
+    fn sign(
+        &self,
+        signer: &crate::aws::SigV4,
+        req: &mut Request<ProxyBody>,
+        body: Option<&[u8]>,
+    ) -> Result<(), ProxyError> {
         use crate::aws::SignError;
-        signer.sign(&self.token, req, body).map_err(|e| match e {
-            SignError::Unavailable => ProxyError::TokenUnavailable { token: self.token.name().to_owned() },
-            SignError::BadCredentials(why) => {
+        let signature = Credential::SigV4 { signer, token: &self.token, payload: body };
+        attach(req, signature).map_err(|e| match e {
+            AttachError::Sign(SignError::Unavailable) => ProxyError::TokenUnavailable { token: self.token.name().to_owned() },
+            AttachError::Sign(SignError::BadCredentials(why)) => {
                 tracing::warn!(route = %self.name, token = self.token.name(), error = %why, "cannot sign: the token holds no AWS credentials");
                 ProxyError::TokenUnavailable { token: self.token.name().to_owned() }
             }
-            SignError::Request(why) => {
+            AttachError::Sign(SignError::Request(why)) => {
                 tracing::debug!(route = %self.name, error = %why, "cannot sign the request");
                 ProxyError::Unsignable
             }
+            AttachError::BadUri => ProxyError::Unsignable,
         })
     }
 
@@ -637,7 +645,7 @@ impl Route {
             }
         };
         let kept = Kept { parts, body, fields: None, name, format, used: credential.generation };
-        let first = self.send(kept.request(credential.header).0).await;
+        let first = self.send(kept.request(credential.header)).await;
         match first {
             Ok(first) if first.status() == StatusCode::UNAUTHORIZED => self.retry_401(kept, first).await,
             first => first,
@@ -655,8 +663,7 @@ impl Route {
         self.metrics.count_unauthorized();
         self.unauthorized();
         drop(first);
-        let (req, beside) = kept.request(header);
-        let result = self.answer(self.start_send(req, beside.map(|v| (&kept.name, v)), Instant::now()).await);
+        let result = self.answer(self.start_send(kept.request(header), Instant::now()).await);
         let outcome = match &result {
             Ok(r) if r.status() == StatusCode::UNAUTHORIZED => "unauthorized",
             Ok(_) => "success",
@@ -691,22 +698,16 @@ impl Route {
         }
     }
 
-    /// Hands one request to the upstream; the answer is due within the route's timeout.
-    /// `credential`: a field to add (the request has none by that name), where the request's
-    /// fields are not in its header map.
-    fn start_send(
-        &self,
-        req: Request<ProxyBody>,
-        credential: Option<(&HeaderName, HeaderValue)>,
-        start: Instant,
-    ) -> impl UpstreamAnswer {
+    /// Hands one request, its credential attached, to the upstream; the answer is due within
+    /// the route's timeout.
+    fn start_send(&self, req: Request<ProxyBody>, start: Instant) -> impl UpstreamAnswer {
         // The deadline from the request's start (read once for its metrics as well).
-        self.upstream.request_with(req, credential, tokio::time::Instant::from_std(start) + self.timeout)
+        self.upstream.request(req, tokio::time::Instant::from_std(start) + self.timeout)
     }
 
     /// Sends one request upstream within the route's timeout.
     async fn send(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
-        self.answer(self.start_send(req, None, Instant::now()).await)
+        self.answer(self.start_send(req, Instant::now()).await)
     }
 
     /// The upstream's answer (or failure) as the client gets it.

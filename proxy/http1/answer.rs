@@ -98,7 +98,7 @@ pub fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
         let length = if frame.cl { frame.length.as_ref().ok().copied().flatten() } else { None };
         let (length, has_length) = (length.unwrap_or(0), length.is_some());
         let end = u32::try_from(block.len()).map_err(|_| invalid("the upstream's response head is too large"))?;
-        Some(Fields { block, start: 0, end, lengths: u16::MAX, length, has_length, date })
+        Some(Fields { block, start: 0, end, lengths: u16::MAX, length, has_length, date, credential: None })
     } else {
         headers.reserve(parsed.headers.len());
         for h in parsed.headers.iter() {

@@ -35,6 +35,10 @@ pub struct Fields {
     pub(super) length: u64,
     pub(super) has_length: bool,
     pub(super) date: bool,
+    /// A request's credential, set by [`crate::inject::attach`]: written after the lines, its
+    /// name's fields among them left out. Boxed: every body on the data path would carry its
+    /// room otherwise.
+    pub(super) credential: Option<Box<(HeaderName, HeaderValue)>>,
 }
 
 impl Fields {
@@ -66,7 +70,7 @@ impl Fields {
         let block = block.finish();
         let end = u32::try_from(block.len()).ok()?;
         let (length, has_length) = (length.unwrap_or(0), length.is_some());
-        Some(Fields { block, start, end, lengths, length, has_length, date: false })
+        Some(Fields { block, start, end, lengths, length, has_length, date: false, credential: None })
     }
 
     /// The fields, `name: value\r\n` each (a request's without its `Host`).
@@ -128,15 +132,35 @@ impl Fields {
         }
     }
 
-    /// Adds the fields, a request's `Host` among them, to `headers` (for a message a header map
-    /// carries on).
+    /// Sets a request's credential field: every field of its name is left out, and it is
+    /// written after the rest. Only through [`crate::inject::attach`].
+    pub(crate) fn set_credential(&mut self, name: &HeaderName, value: HeaderValue) {
+        self.remove(name);
+        self.credential = Some(Box::new((name.clone(), value)));
+    }
+
+    /// The credential field set, if any.
+    pub(crate) fn credential(&self) -> Option<(&HeaderName, &HeaderValue)> {
+        self.credential.as_deref().map(|(n, v)| (n, v))
+    }
+
+    /// Adds the fields, a request's `Host` and credential among them, to `headers` (for a
+    /// message a header map carries on).
     pub fn append_to(&self, headers: &mut HeaderMap) {
         append_lines(&self.block[..self.end as usize], headers);
+        self.append_credential(headers);
     }
 
     /// Adds the fields but a request's `Host` to `headers`.
     pub(crate) fn append_block_to(&self, headers: &mut HeaderMap) {
         append_lines(self.block(), headers);
+        self.append_credential(headers);
+    }
+
+    fn append_credential(&self, headers: &mut HeaderMap) {
+        if let Some((name, value)) = self.credential() {
+            headers.insert(name.clone(), value.clone());
+        }
     }
 }
 
@@ -212,7 +236,8 @@ impl Clone for Fields {
     fn clone(&self) -> Fields {
         let (start, end, lengths, length, has_length, date) =
             (self.start, self.end, self.lengths, self.length, self.has_length, self.date);
-        Fields { block: self.block.clone(), start, end, lengths, length, has_length, date }
+        let credential = self.credential.clone();
+        Fields { block: self.block.clone(), start, end, lengths, length, has_length, date, credential }
     }
 }
 

@@ -133,17 +133,9 @@ pub(crate) struct Encoded {
 
 impl Encoded {
     /// Encodes `req` (origin form) for the wire, with `host` as its `Host` unless it has one.
+    /// Fields the own loop kept as they came are written as they are, their credential (see
+    /// [`crate::inject::attach`]) after them.
     pub(crate) fn new(req: Request<ProxyBody>, host: &HeaderValue) -> Encoded {
-        Encoded::with_credential(req, host, None)
-    }
-
-    /// Encodes `req` as [`Encoded::new`] does, with `credential` as one more field (after the
-    /// request's own: a request that carries one by that name has it left out already).
-    pub(crate) fn with_credential(
-        req: Request<ProxyBody>,
-        host: &HeaderValue,
-        credential: Option<(&HeaderName, HeaderValue)>,
-    ) -> Encoded {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let exact = body.size_hint().exact();
@@ -162,7 +154,8 @@ impl Encoded {
             has_length |= name == CONTENT_LENGTH;
         }
         size += fields.map_or(0, |f| f.block().len());
-        size += credential.as_ref().map_or(0, |(n, v)| n.as_str().len() + v.len() + 4);
+        let credential = fields.and_then(Fields::credential);
+        size += credential.map_or(0, |(n, v)| n.as_str().len() + v.len() + 4);
         let host = (!has_host).then_some(host);
         let mut bytes = Vec::with_capacity(
             64 + path.len()
@@ -197,7 +190,7 @@ impl Encoded {
             bytes.extend_from_slice(fields.block());
             framed = fields.length().is_some();
         }
-        if let Some((name, value)) = &credential {
+        if let Some((name, value)) = credential {
             field_line(&mut bytes, name, value);
         }
         // The body's framing from what it is (hyper's server checked the client's against it).
@@ -1044,7 +1037,9 @@ mod tests {
             (*req.method_mut(), *req.uri_mut()) = (method, path.parse().unwrap());
             let secret = HeaderValue::from_static("Bearer s3cret");
             let host = HeaderValue::from_static(host);
-            Encoded::with_credential(req, &host, Some((&http::header::AUTHORIZATION, secret)))
+            crate::inject::attach(&mut req, crate::inject::Credential::Header(&http::header::AUTHORIZATION, secret))
+                .unwrap();
+            Encoded::new(req, &host)
         };
         assert_eq!(
             String::from_utf8(with_secret(Method::GET, "/up/x?q", fields, "pool:1").bytes).unwrap(),

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{HeaderName, HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response, Uri};
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http2;
 use hyper_rustls::HttpsConnector;
@@ -431,40 +431,19 @@ impl Pool {
     /// request is encoded here and written to a pooled connection by the future this returns
     /// (the exchange itself), without a box or a task of its own; a new connection, a retry,
     /// and a request handed to the HTTP/2 connection wait boxed.
-    #[cfg(test)]
     pub(crate) fn request(
         self: &Arc<Self>,
-        req: Request<ProxyBody>,
-        deadline: tokio::time::Instant,
-    ) -> Answer<impl Future<Output = Result<Response<crate::upstream::h1::Body>, Failed>> + Send, impl SendFuture> {
-        self.request_with(req, None, deadline)
-    }
-
-    /// Sends `req` as [`Pool::request`] does, with `credential` as one more header field (the
-    /// request has none by that name): written after the fields the proxy listener's own loop
-    /// kept as they came, or put into the header map with them for any other way.
-    pub(crate) fn request_with(
-        self: &Arc<Self>,
         mut req: Request<ProxyBody>,
-        credential: Option<(&HeaderName, HeaderValue)>,
         deadline: tokio::time::Instant,
     ) -> Answer<impl Future<Output = Result<Response<crate::upstream::h1::Body>, Failed>> + Send, impl SendFuture> {
         let state = match self.checkout() {
             // Encoded here, its parts dropped before the client's connection is read again.
-            Some(Conn::H1(conn)) => {
-                Sent::H1(conn.exchange(Encoded::with_credential(req, &self.host, credential), self.clone(), deadline))
-            }
+            Some(Conn::H1(conn)) => Sent::H1(conn.exchange(Encoded::new(req, &self.host), self.clone(), deadline)),
             waits => {
                 // Held past this call: see `own_values` (fields the own loop kept as they came
-                // are a block of their own already).
+                // are a block of their own already, their credential with them).
                 if req.body().is_end_stream() {
                     crate::route::own_values(req.headers_mut());
-                }
-                // After that: the credential's value is its own already, and is not copied
-                // with the rest. Fields kept as they came stay so: a new HTTP/1.1 connection
-                // writes them as they are, the HTTP/2 one gets them in the header map.
-                if let Some((name, value)) = credential {
-                    req.headers_mut().insert(name.clone(), value);
                 }
                 match waits {
                     Some(Conn::H2(send)) => {

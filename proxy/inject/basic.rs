@@ -1,11 +1,6 @@
-//! Injection forms beyond one header: several headers from several tokens (`headers`), HTTP
-//! Basic from a username and a password (`basic`), and a query parameter (`query`).
-//!
-//! A `headers` value names one token (`"Token {token:a}"`): it becomes one more format of that
-//! token, rendered once per generation like the route header, so a request only clones it. A
-//! Basic value depends on two values at once; it is rendered when either changes, cached with
-//! the generations it was made from, and checked against them on each request (two atomic
-//! loads). The query value is encoded into the request's URI.
+//! `Authorization: Basic` from a username and a password template: it depends on two values
+//! at once, so it is rendered when either changes, cached with the generations it was made
+//! from, and checked against them on each request (two atomic loads).
 
 use std::sync::{Arc, Mutex};
 
@@ -101,39 +96,5 @@ impl Basic {
         let generations = values.iter().map(|v| v.generation).collect();
         self.rendered.store(Some(Arc::new(Rendered { generations, value: value.clone() })));
         Ok(value)
-    }
-}
-
-/// The query string with every `name` parameter the client sent removed and `name=VALUE`
-/// (form-encoded) appended. The other parameters keep their bytes and order.
-pub fn replace_query_param(query: Option<&str>, name: &str, value: &str) -> String {
-    let mut out = String::with_capacity(query.map_or(0, str::len) + name.len() + value.len() * 3 + 2);
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        let decoded: String = url::form_urlencoded::parse(key.as_bytes()).map(|(k, _)| k.into_owned()).collect();
-        if decoded == name {
-            continue;
-        }
-        out.push_str(pair);
-        out.push('&');
-    }
-    out.extend(url::form_urlencoded::byte_serialize(name.as_bytes()));
-    out.push('=');
-    out.extend(url::form_urlencoded::byte_serialize(value.as_bytes()));
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_query_parameter_replaces_the_clients_and_keeps_the_rest() {
-        assert_eq!(replace_query_param(None, "api_key", "s3cr/t+=&"), "api_key=s3cr%2Ft%2B%3D%26");
-        assert_eq!(
-            replace_query_param(Some("a=1&api_key=mine&b=%20x&api%5Fkey=again&api_key"), "api_key", "v"),
-            "a=1&b=%20x&api_key=v"
-        );
-        assert_eq!(replace_query_param(Some("x&&y="), "k", "v v"), "x&y=&k=v+v");
     }
 }
