@@ -39,6 +39,7 @@
 //! - [`reload`]: what triggers a reload (SIGHUP, `--watch-config`).
 //! - [`telemetry`]: logging setup.
 //! - [`demo`]: `sidekey demo`.
+//! - [`kube`]: `sidekey inject` and its admission webhook (Kubernetes).
 
 // Unsafe code lives in one reviewed module, `memory` (page allocation, mlock, prctl, the
 // allocator); everywhere else it is an error.
@@ -61,6 +62,7 @@ pub use listen::fuzz_requests;
 pub use upstream::fuzz_answer;
 pub mod inject;
 pub mod intercept;
+pub mod kube;
 pub mod listen;
 pub mod live;
 #[allow(unsafe_code)]

@@ -1,5 +1,6 @@
 //! The `sidekey` binary: parse the command line, set up logging, load the config, run.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -46,6 +47,35 @@ enum Command {
     Ca {
         #[command(subcommand)]
         command: CaCommand,
+    },
+    /// Add sidekey to the Kubernetes pod templates annotated `sidekey.dev/inject: "true"`
+    /// (docs/kubernetes.md): YAML in, YAML out; or, with --webhook, the same as a mutating
+    /// admission webhook.
+    Inject {
+        /// The YAML to read, `-` for standard input. The result goes to standard output.
+        #[arg(short = 'f', long = "filename", default_value = "-", conflicts_with = "webhook")]
+        file: PathBuf,
+        /// The sidekey image, where a template has no `sidekey.dev/image`.
+        #[arg(long)]
+        image: Option<String>,
+        /// A regular container instead of a native sidecar (clusters before Kubernetes 1.29).
+        #[arg(long)]
+        classic: bool,
+        /// Serve the mutation as an admission webhook (POST /mutate, GET /healthz) over TLS.
+        #[arg(long)]
+        webhook: bool,
+        /// The webhook's certificate chain (PEM); reloaded when the file changes.
+        #[arg(long, required_if_eq("webhook", "true"), requires = "webhook")]
+        tls_cert: Option<PathBuf>,
+        /// The webhook's private key (PEM); reloaded when the file changes.
+        #[arg(long, required_if_eq("webhook", "true"), requires = "webhook")]
+        tls_key: Option<PathBuf>,
+        /// Where the webhook listens.
+        #[arg(long, default_value = "0.0.0.0:8443", requires = "webhook")]
+        listen: SocketAddr,
+        /// Deny a pod that cannot be injected rather than admit it without sidekey.
+        #[arg(long, requires = "webhook")]
+        fail_closed: bool,
     },
     /// A self-contained demo on loopback: an echo upstream, a rotating token, the proxy between.
     Demo {
@@ -158,6 +188,17 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FATAL)
             }
         },
+        Command::Inject { file, image, classic, webhook, tls_cert, tls_key, listen, fail_closed } => {
+            let inject = sidekey::kube::Options { image, classic };
+            match (webhook, tls_cert, tls_key) {
+                (true, Some(tls_cert), Some(tls_key)) => {
+                    let opts =
+                        sidekey::kube::webhook::WebhookOptions { listen, tls_cert, tls_key, fail_closed, inject };
+                    runtime().block_on(serve_webhook(opts))
+                }
+                _ => inject_file(&file, &inject),
+            }
+        }
         Command::Demo { port, admin_port, rotate_every } => {
             let opts = sidekey::demo::DemoOptions { port, admin_port, rotate_every };
             match runtime().block_on(sidekey::demo::run(opts)) {
@@ -169,6 +210,59 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `sidekey inject -f FILE`: exit 1 when the YAML does not parse or a template cannot be
+/// injected, with nothing written to standard output.
+fn inject_file(file: &std::path::Path, opts: &sidekey::kube::Options) -> ExitCode {
+    use std::io::{Read, Write};
+    let stdin = file.as_os_str() == "-";
+    let name = if stdin { "<stdin>".to_owned() } else { file.display().to_string() };
+    let mut text = String::new();
+    let read = if stdin {
+        std::io::stdin().read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_string(&mut text))
+    };
+    if let Err(e) = read {
+        eprintln!("sidekey inject: {name}: {e}");
+        return ExitCode::from(EXIT_FATAL);
+    }
+    match sidekey::kube::inject_stream(&text, opts) {
+        Ok(done) => {
+            if let Err(e) = std::io::stdout().lock().write_all(done.output.as_bytes()) {
+                eprintln!("sidekey inject: cannot write the output: {e}");
+                return ExitCode::from(EXIT_FATAL);
+            }
+            for o in &done.outcomes {
+                match o {
+                    sidekey::kube::Outcome::Injected(w) => eprintln!("sidekey inject: {w}: injected"),
+                    sidekey::kube::Outcome::AlreadyInjected(w) => {
+                        eprintln!("sidekey inject: {w}: already has sidekey; left as it is")
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sidekey inject: {name}: {e}");
+            ExitCode::from(EXIT_FATAL)
+        }
+    }
+}
+
+async fn serve_webhook(opts: sidekey::kube::webhook::WebhookOptions) -> ExitCode {
+    let mut shutdown = sidekey::ShutdownSignal::listen();
+    let webhook = match sidekey::kube::webhook::Webhook::bind(opts).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the webhook");
+            return ExitCode::from(EXIT_FATAL);
+        }
+    };
+    tracing::info!(listen = %webhook.local_addr(), "sidekey webhook listening");
+    webhook.serve(async move { shutdown.recv().await }).await;
+    ExitCode::SUCCESS
 }
 
 /// One CPU to run on (a sidecar's usual CPU limit, or `taskset`): a current-thread runtime, which
