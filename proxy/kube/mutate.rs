@@ -376,6 +376,11 @@ fn apply(template: &mut Map, s: &Settings, classic: bool) -> Result<(), String> 
     container.insert("image", Node::str(&s.image));
     if classic {
         container.0.retain(|(k, _)| k != "restartPolicy");
+        // Both containers start together: the probe only holds off the liveness probe, as in
+        // examples/kubernetes/deployment-classic-sidecar.yaml.
+        if let Some(Node::Map(get)) = container.map_mut("startupProbe").and_then(|p| p.get_mut("httpGet")) {
+            get.insert("path", Node::str("/healthz"));
+        }
     }
     if let Some(Node::Map(resources)) = container.get_mut("resources") {
         for (key, value) in [("cpu", &s.cpu), ("memory", &s.memory)] {
