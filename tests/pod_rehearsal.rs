@@ -22,10 +22,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_sidekey");
 fn manifests(file: &str) -> Vec<Value> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kubernetes").join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{file}: {e}")))
-        .filter(|v| !v.is_null())
-        .collect()
+    parse_docs(&text, file)
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
@@ -76,13 +73,23 @@ fn probe_port(container: &Value, port: &Value) -> u16 {
     }
 }
 
+fn parse_docs(text: &str, what: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{what}: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
 async fn rehearse(deployment_file: &str) {
+    rehearse_docs(manifests(deployment_file)).await;
+}
+
+async fn rehearse_docs(deployment: Vec<Value>) {
     let config_map = manifests("configmap.yaml");
     let config_text = find(&config_map, "ConfigMap")["data"]["sidekey.toml"]
         .as_str()
         .expect("sidekey.toml in the ConfigMap")
         .to_owned();
-    let deployment = manifests(deployment_file);
     let pod = &find(&deployment, "Deployment")["spec"]["template"]["spec"];
     let sidekey = pod["initContainers"]
         .as_array()
@@ -288,4 +295,17 @@ async fn the_native_sidecar_pod_runs_as_its_manifest_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_classic_sidecar_pod_runs_as_its_manifest_says() {
     rehearse("deployment-classic-sidecar.yaml").await;
+}
+
+/// The annotated app as `sidekey inject` makes it: the pod it describes must run as the
+/// hand-written ones do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_injected_pod_runs_as_its_manifest_says() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kubernetes/deployment-annotated.yaml");
+    let out = Command::new(BIN).arg("inject").arg("-f").arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs = parse_docs(&String::from_utf8(out.stdout).unwrap(), "sidekey inject's output");
+    let pod = &find(&docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["initContainers"][0]["name"], "sidekey", "a native sidecar");
+    rehearse_docs(docs).await;
 }
