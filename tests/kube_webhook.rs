@@ -297,7 +297,8 @@ async fn a_malformed_review_gets_an_error_answer_not_a_crash() {
     let ca = TestCa::new();
     let (cert, key) = leaf(&ca);
     let w = Webhook::start(&cert, &key, &[]);
-    let c = client(&ca.ca_file, false);
+    // HTTP/2, as the API server speaks it: an answer before the whole body (413) is no race.
+    let c = client(&ca.ca_file, true);
     let mut no_uid = fixture();
     no_uid["request"].as_object_mut().unwrap().remove("uid");
     let mut v1beta1 = fixture();
@@ -319,6 +320,9 @@ async fn a_malformed_review_gets_an_error_answer_not_a_crash() {
     }
     assert_eq!(call(&c, "GET", &w.url("/mutate"), vec![]).await.unwrap().0, 405);
     assert_eq!(call(&c, "GET", &w.url("/nope"), vec![]).await.unwrap().0, 404);
+    // A body that never finishes arriving: answered 408, not held open.
+    let slow = slow_body(&ca.ca_file, &w).await;
+    assert!(slow.starts_with("HTTP/1.1 408"), "{slow}");
     // Still serving.
     assert_eq!(call(&c, "GET", &w.url("/healthz"), vec![]).await.unwrap().0, 200);
     let response = review(&c, &w, &fixture()).await;
@@ -358,4 +362,39 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     assert!(!line.contains("PRIVATE KEY"), "the key never reaches a log line: {line}");
     let again = client(&second.ca_file, false);
     assert_eq!(call(&again, "GET", &w.url("/healthz"), vec![]).await.unwrap().0, 200);
+}
+
+/// Sends a review's head and one byte of its announced 100, then waits for the answer.
+async fn slow_body(ca_file: &Path, w: &Webhook) -> String {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca_file).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(&w.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await.unwrap();
+    stream.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(WAIT * 2, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    });
+    read.await.expect("an answer within the body timeout");
+    String::from_utf8_lossy(&answer).into_owned()
 }

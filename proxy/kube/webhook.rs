@@ -39,6 +39,11 @@ pub const MAX_BODY: usize = 8 * 1024 * 1024;
 const MAX_CONNECTIONS: usize = 512;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A review's body must arrive within this (the API server's own timeout is at most 30 s).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reviews read at once, whatever the number of connections and HTTP/2 streams: bounds the
+/// memory bodies can take to this many times [`MAX_BODY`].
+const MAX_REVIEWS: usize = 16;
 /// How often the certificate files are looked at (their size, mtime and inode).
 const CERT_POLL: Duration = Duration::from_secs(1);
 
@@ -124,7 +129,11 @@ impl Webhook {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
         let reload =
             tokio::spawn(watch_certs(self.certs.clone(), self.opts.tls_cert.clone(), self.opts.tls_key.clone()));
-        let handler = Arc::new(Handler { opts: self.opts.inject.clone(), fail_closed: self.opts.fail_closed });
+        let handler = Arc::new(Handler {
+            opts: self.opts.inject.clone(),
+            fail_closed: self.opts.fail_closed,
+            reviews: Semaphore::new(MAX_REVIEWS),
+        });
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         tokio::pin!(shutdown);
@@ -200,6 +209,7 @@ async fn watch_certs(certs: Arc<Certs>, cert: PathBuf, key: PathBuf) {
 struct Handler {
     opts: Options,
     fail_closed: bool,
+    reviews: Semaphore,
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
@@ -222,12 +232,18 @@ impl Handler {
                 r
             }
             (&Method::POST, "/mutate") => {
-                let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                    Ok(b) => b.to_bytes(),
-                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                let _permit = self.reviews.acquire().await.expect("the semaphore is never closed");
+                let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect())
+                    .await
+                {
+                    Ok(Ok(b)) => b.to_bytes(),
+                    Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                         return bad_request(StatusCode::PAYLOAD_TOO_LARGE, "the AdmissionReview is larger than 8 MiB")
                     }
-                    Err(_) => return bad_request(StatusCode::BAD_REQUEST, "the request body could not be read"),
+                    Ok(Err(_)) => return bad_request(StatusCode::BAD_REQUEST, "the request body could not be read"),
+                    Err(_) => {
+                        return bad_request(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time")
+                    }
                 };
                 match self.review(&body) {
                     Ok(answer) => json_response(StatusCode::OK, &answer),
