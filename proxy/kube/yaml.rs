@@ -635,6 +635,10 @@ mod tests {
             ".inf",
             "~",
             "<<",
+            "a\n  \nb\n",
+            "\nabc\n",
+            "x\n\ty\n",
+            "end \nspace\n",
         ];
         let mut map = Map::default();
         for (i, s) in tricky.iter().enumerate() {
