@@ -326,6 +326,20 @@ fn a_template_without_its_config_map_exits_1_naming_the_workload() {
             stderr(&out)
         );
     }
+    // On the Deployment's own metadata instead of its template: an error, not a silent no-op.
+    let misplaced = input.replacen(
+        "kind: Deployment\nmetadata:\n  name: demo\n",
+        "kind: Deployment\nmetadata:\n  name: demo\n  annotations:\n    sidekey.dev/inject: \"true\"\n",
+        1,
+    );
+    assert_ne!(misplaced, input);
+    let out = inject(&[], misplaced.as_bytes());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("belong on the pod template (spec.template.metadata.annotations)"),
+        "{}",
+        stderr(&out)
+    );
     // A Job with --classic would never complete.
     let job = std::fs::read(golden().join("job.in.yaml")).unwrap();
     let out = inject(&["--classic"], &job);

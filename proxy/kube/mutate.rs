@@ -151,6 +151,18 @@ fn walk(object: &mut Node, opts: &Options, out: &mut Vec<Outcome>, depth: usize)
         "CronJob" => &["spec", "jobTemplate", "spec", "template"],
         _ => return Ok(()),
     };
+    // On the workload's own metadata the annotation would do nothing: say so rather than
+    // leave the pods without their sidecar.
+    let own = obj.get("metadata").and_then(Node::as_map).and_then(|m| m.get("annotations")).and_then(Node::as_map);
+    if !path.is_empty() && own.is_some_and(|a| a.0.iter().any(|(k, _)| k.starts_with(PREFIX))) {
+        return Err(MutateError {
+            workload,
+            message: format!(
+                "{PREFIX}* annotations belong on the pod template ({}.metadata.annotations), not on the {kind} itself",
+                path.join(".")
+            ),
+        });
+    }
     let mut template = Some(obj);
     for key in path {
         template = template.and_then(|m| m.get_mut(key)).and_then(Node::as_map_mut);
