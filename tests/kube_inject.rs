@@ -327,7 +327,7 @@ fn a_template_without_its_config_map_exits_1_naming_the_workload() {
         );
     }
     // On the Deployment's own metadata instead of its template: an error, not a silent no-op.
-    let misplaced = input.replacen(
+    let misplaced = input.replacen("        sidekey.dev/inject: \"true\"\n", "", 1).replacen(
         "kind: Deployment\nmetadata:\n  name: demo\n",
         "kind: Deployment\nmetadata:\n  name: demo\n  annotations:\n    sidekey.dev/inject: \"true\"\n",
         1,

@@ -154,7 +154,19 @@ fn walk(object: &mut Node, opts: &Options, out: &mut Vec<Outcome>, depth: usize)
     // On the workload's own metadata the annotation would do nothing: say so rather than
     // leave the pods without their sidecar.
     let own = obj.get("metadata").and_then(Node::as_map).and_then(|m| m.get("annotations")).and_then(Node::as_map);
-    if !path.is_empty() && own.is_some_and(|a| a.0.iter().any(|(k, _)| k.starts_with(PREFIX))) {
+    let misplaced = !path.is_empty() && own.is_some_and(|a| a.0.iter().any(|(k, _)| k.starts_with(PREFIX)));
+    let mut template = Some(obj);
+    for key in path {
+        template = template.and_then(|m| m.get_mut(key)).and_then(Node::as_map_mut);
+    }
+    let Some(template) = template else { return Ok(()) };
+    let annotated = template
+        .get("metadata")
+        .and_then(Node::as_map)
+        .and_then(|m| m.get("annotations"))
+        .and_then(Node::as_map)
+        .is_some_and(|a| a.get("sidekey.dev/inject").is_some());
+    if misplaced && !annotated {
         return Err(MutateError {
             workload,
             message: format!(
@@ -163,11 +175,6 @@ fn walk(object: &mut Node, opts: &Options, out: &mut Vec<Outcome>, depth: usize)
             ),
         });
     }
-    let mut template = Some(obj);
-    for key in path {
-        template = template.and_then(|m| m.get_mut(key)).and_then(Node::as_map_mut);
-    }
-    let Some(template) = template else { return Ok(()) };
     let job = matches!(kind.as_str(), "Job" | "CronJob");
     if let Some(o) = inject_template(template, opts, &workload, job)? {
         out.push(o);
