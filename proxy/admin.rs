@@ -40,6 +40,11 @@ impl Admin {
     }
 
     pub async fn handle(&self, req: Request<ProxyBody>) -> AdminResponse {
+        let hosts = self.live.admin_hosts();
+        let authority = req.uri().authority().map(|a| a.as_str());
+        if let Some(why) = crate::admin_guard::refusal(req.method(), authority, req.headers(), &hosts) {
+            return json_body(StatusCode::FORBIDDEN, &json!({"error": "forbidden", "message": why}));
+        }
         let path = req.uri().path();
         match (req.method(), path) {
             (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),

@@ -58,12 +58,13 @@ impl Audit {
     /// Opens (or creates) the log, reads where its chain stands, and starts the writer.
     pub fn open(path: &Path) -> Result<Audit, String> {
         let shown = path.display().to_string();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(path)
-            .map_err(|e| format!("cannot open audit log {shown}: {e}"))?;
+        let mut options = OpenOptions::new();
+        options.create(true).append(true).read(true);
+        // It holds fingerprints and usage: readable by sidekey's user only (a file that
+        // exists keeps the mode it has).
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(|e| format!("cannot open audit log {shown}: {e}"))?;
         let (seq, prev) = match last_line(&mut file).map_err(|e| format!("cannot read audit log {shown}: {e}"))? {
             None => (0, GENESIS.to_owned()),
             Some(line) => {

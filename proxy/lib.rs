@@ -26,12 +26,14 @@
 //! - [`route`]: request -> route, path normalization, hop-by-hop headers.
 //! - [`proxy`]: the data-plane service.
 //! - [`policy`]: least privilege per route: allow rules, rate, in-flight cap.
+//! - [`safety`]: the safe defaults a config is held to (local listeners and URLs, header names).
 //! - [`upstream`]: the pooled rustls client.
 //! - [`h1`]: sidekey's HTTP/1.1 client side (hyper's for HTTP/2).
 //! - `h1server`: the proxy listener's own HTTP/1.1 loop for a request with no body; hyper's
 //!   server takes a connection over from the first request it does not serve.
 //! - [`error`]: typed errors and their HTTP answers.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/tokens`, the dashboard.
+//! - [`admin_guard`]: what a browser could be made to send the admin API (cross-site POST, DNS rebinding).
 //! - [`audit`]: the hash-chained audit log, its writer and `verify`.
 //! - [`metrics`]: the Prometheus recorder and per-route handles.
 //! - [`serve`]: assembly, listeners, config reload, graceful shutdown.
@@ -46,6 +48,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod admin_guard;
 pub mod audit;
 pub mod aws;
 pub mod body;
@@ -73,6 +76,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod route;
+pub mod safety;
 pub mod secret;
 pub mod serve;
 pub mod shutdown;

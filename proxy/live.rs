@@ -47,6 +47,15 @@ impl Live {
         lock(&self.config).admin.token.clone()
     }
 
+    /// Which `Host` values the admin listener answers to.
+    pub fn admin_hosts(&self) -> crate::admin_guard::AdminHosts {
+        let config = lock(&self.config);
+        crate::admin_guard::AdminHosts {
+            loopback: crate::safety::is_local_listener(&config.listen.admin.to_string()),
+            names: config.admin.hosts.clone(),
+        }
+    }
+
     /// The token set in force.
     pub fn tokens(&self) -> Arc<TokenStore> {
         self.tokens.load_full()

@@ -52,11 +52,15 @@ pub struct Listen {
     pub proxy: SocketAddr,
     #[serde(default = "default_admin_addr")]
     pub admin: SocketAddr,
+    /// Let `proxy` listen on an address other hosts can reach (every client that reaches it
+    /// can use the routes' credentials).
+    #[serde(default)]
+    pub allow_non_loopback: bool,
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { proxy: default_proxy_addr(), admin: default_admin_addr() }
+        Listen { proxy: default_proxy_addr(), admin: default_admin_addr(), allow_non_loopback: false }
     }
 }
 
@@ -74,9 +78,12 @@ pub struct UpstreamDefaults {
     /// TCP + TLS handshake budget.
     #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
-    /// Budget for the whole response head, from sending the request.
+    /// Budget for the response head, from the request sent whole.
     #[serde(default = "default_timeout", deserialize_with = "de_duration")]
     pub timeout: Duration,
+    /// While a request body is sent: the longest time without a byte moving.
+    #[serde(default = "default_send_timeout", deserialize_with = "de_duration")]
+    pub send_timeout: Duration,
     /// An extra CA bundle (PEM) trusted beside the platform's roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -84,7 +91,12 @@ pub struct UpstreamDefaults {
 
 impl Default for UpstreamDefaults {
     fn default() -> Self {
-        UpstreamDefaults { connect_timeout: default_connect_timeout(), timeout: default_timeout(), ca_file: None }
+        UpstreamDefaults {
+            connect_timeout: default_connect_timeout(),
+            timeout: default_timeout(),
+            send_timeout: default_send_timeout(),
+            ca_file: None,
+        }
     }
 }
 
@@ -93,6 +105,10 @@ fn default_connect_timeout() -> Duration {
 }
 
 fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_send_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
@@ -160,6 +176,10 @@ pub struct AdminConfig {
     /// when `listen.admin` is not a loopback address.
     #[serde(default)]
     pub token: Option<SecretRef>,
+    /// Host names (besides IP literals and `localhost`) a loopback admin listener answers to:
+    /// any other `Host` is refused, so a web page cannot reach it by DNS rebinding.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// `[limits]`: bounds on what one client, or all of them together, may hold of the proxy.
@@ -284,11 +304,17 @@ pub struct RouteConfig {
     pub connect_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub send_timeout: Option<Duration>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// `METHOD /path/glob` rules; when present, only matching requests are forwarded.
     #[serde(default)]
     pub allow: Option<Vec<String>>,
+    /// On a route with `allow`: let a path segment hold an encoded slash (`%2F`), as in
+    /// GitLab's `projects/group%2Fproject`; refused otherwise.
+    #[serde(default)]
+    pub allow_encoded_slash: bool,
     /// Token-bucket limit of requests sent upstream, e.g. `"50/s"`.
     #[serde(default)]
     pub rate: Option<String>,
@@ -618,10 +644,21 @@ struct TokenCommon {
     propagation: Option<PropagationConfig>,
     #[serde(default)]
     on_401: Option<On401>,
+    #[serde(default)]
+    allow_plaintext: bool,
 }
 
-const TOKEN_COMMON_KEYS: &[&str] =
-    &["refresh", "refresh_before", "validate", "overlap", "retry_body_limit", "retry_methods", "propagation", "on_401"];
+const TOKEN_COMMON_KEYS: &[&str] = &[
+    "refresh",
+    "refresh_before",
+    "validate",
+    "overlap",
+    "retry_body_limit",
+    "retry_methods",
+    "propagation",
+    "on_401",
+    "allow_plaintext",
+];
 
 /// `propagation = { window, min, ratio }`: when upstream 401s mean a rotation did not take.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -1150,6 +1187,20 @@ impl<'a> Loader<'a> {
                 self.check_ca_file(&[Seg::Key("upstream".into()), Seg::Key("ca_file".into())], ca);
             }
         }
+        if let Some(l) = &listen {
+            if !l.allow_non_loopback && !crate::safety::is_local_listener(&l.proxy.to_string()) {
+                self.error(
+                    &[Seg::Key("listen".into()), Seg::Key("proxy".into())],
+                    format!(
+                        "{} is not a loopback address: whoever can reach it can send requests with the routes' \
+                         credentials. Listen on 127.0.0.1 (or a unix: socket); where other hosts must reach it (a \
+                         container whose clients are outside its network namespace), set [listen] \
+                         allow_non_loopback = true and restrict who can connect",
+                        l.proxy
+                    ),
+                );
+            }
+        }
         if let (Some(l), Some(a)) = (&listen, &admin) {
             if !l.admin.ip().is_loopback() && a.token.is_none() {
                 self.error(
@@ -1165,6 +1216,17 @@ impl<'a> Loader<'a> {
         }
         if let Some(l) = &limits {
             self.check_limits(l);
+        }
+        if upstream.as_ref().is_some_and(|u| u.send_timeout.is_zero()) {
+            self.error(&[Seg::Key("upstream".into()), Seg::Key("send_timeout".into())], "must be longer than zero");
+        }
+        for (i, h) in admin.iter().flat_map(|a| a.hosts.iter()).enumerate() {
+            if h.is_empty() || check_host(h).is_err() || h.contains(':') {
+                self.error(
+                    &[Seg::Key("admin".into()), Seg::Key("hosts".into()), Seg::Index(i)],
+                    "a host name without a port (e.g. \"sidekey.internal\")",
+                );
+            }
         }
 
         if !(routes_ok && tokens_ok) {
@@ -1214,6 +1276,7 @@ impl<'a> Loader<'a> {
             }
         }
         let common: Option<TokenCommon> = self.section(&path, toml::Value::Table(common_table));
+        let plaintext_ok = common.as_ref().is_some_and(|c| c.allow_plaintext);
         let rest = toml::Value::Table(table);
         let source = match source.as_str() {
             "env" => {
@@ -1236,6 +1299,8 @@ impl<'a> Loader<'a> {
                 let s: OAuth2Source = self.section(&path, rest)?;
                 if let Err(m) = check_url(&s.token_url) {
                     self.error(&child(&path, "token_url"), m);
+                } else if !plaintext_ok {
+                    self.check_plaintext(&child(&path, "token_url"), &s.token_url);
                 }
                 if s.client_id.is_empty() {
                     self.error(&child(&path, "client_id"), "must not be empty");
@@ -1249,6 +1314,8 @@ impl<'a> Loader<'a> {
                 let s: HttpSource = self.section(&path, rest)?;
                 if let Err(m) = check_url(&s.url) {
                     self.error(&child(&path, "url"), m);
+                } else if !plaintext_ok {
+                    self.check_plaintext(&child(&path, "url"), &s.url);
                 }
                 for (p, key) in std::iter::once((&s.pointer, "pointer"))
                     .chain(s.expires_pointer.iter().map(|p| (p, "expires_pointer")))
@@ -1258,9 +1325,7 @@ impl<'a> Loader<'a> {
                     }
                 }
                 for name in s.headers.keys() {
-                    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                        self.error(&child(&child(&path, "headers"), name), "not a valid HTTP header name");
-                    }
+                    self.check_header_name(&child(&child(&path, "headers"), name), name);
                 }
                 if let Some(ca) = &s.ca_file {
                     self.check_ca_file(&child(&path, "ca_file"), ca);
@@ -1295,13 +1360,13 @@ impl<'a> Loader<'a> {
             let vpath = child(&path, "validate");
             if let Err(m) = check_url(&v.url) {
                 self.error(&child(&vpath, "url"), m);
+            } else if !plaintext_ok {
+                self.check_plaintext(&child(&vpath, "url"), &v.url);
             }
             if !(100..=599).contains(&v.expect) {
                 self.error(&child(&vpath, "expect"), "must be an HTTP status code");
             }
-            if http::HeaderName::from_bytes(v.header.as_bytes()).is_err() {
-                self.error(&child(&vpath, "header"), "not a valid HTTP header name");
-            }
+            self.check_header_name(&child(&vpath, "header"), &v.header);
             if !v.format.contains("{token}") {
                 self.error(&child(&vpath, "format"), "must contain {token}");
             }
@@ -1415,6 +1480,12 @@ impl<'a> Loader<'a> {
             if r.max_in_flight == Some(0) {
                 self.error(&child(&base, "max_in_flight"), "must be at least 1");
             }
+            if r.allow_encoded_slash && r.allow.is_none() {
+                self.error(&child(&base, "allow_encoded_slash"), "has no effect without `allow`");
+            }
+            if r.send_timeout.is_some_and(|d| d.is_zero()) {
+                self.error(&child(&base, "send_timeout"), "must be longer than zero");
+            }
         }
     }
 
@@ -1454,13 +1525,7 @@ impl<'a> Loader<'a> {
             (None, true) => {}
         }
         if let Some(h) = &r.header_name {
-            match http::HeaderName::from_bytes(h.as_bytes()) {
-                Err(_) => self.error(&child(base, "header"), "not a valid HTTP header name"),
-                Ok(h) if crate::headers::is_hop_by_hop(&h) || h == http::header::HOST => {
-                    self.error(&child(base, "header"), format!("{h} cannot carry a token: sidekey manages it"))
-                }
-                Ok(_) => {}
-            }
+            self.check_header_name(&child(base, "header"), h);
         }
         if let Some(f) = &r.header_format {
             if !f.contains("{token}") {
@@ -1481,13 +1546,7 @@ impl<'a> Loader<'a> {
             for (name, template) in headers {
                 let mut path = child(base, "headers");
                 path.push(Seg::Key(name.clone()));
-                match http::HeaderName::from_bytes(name.as_bytes()) {
-                    Err(_) => self.error(&path, "not a valid HTTP header name"),
-                    Ok(h) if crate::headers::is_hop_by_hop(&h) || h == http::header::HOST => {
-                        self.error(&path, format!("{h} cannot carry a token: sidekey manages it"))
-                    }
-                    Ok(_) => {}
-                }
+                self.check_header_name(&path, name);
                 match template::parse_template(template).and_then(|p| template::as_format(&p)) {
                     Err(m) => self.error(&path, m),
                     Ok((token, format)) => {
@@ -1602,6 +1661,27 @@ impl<'a> Loader<'a> {
             if d < Duration::from_millis(10) {
                 self.error(&at(key), "must be at least 10ms");
             }
+        }
+    }
+
+    /// A header name a secret is sent in: valid, and not one that frames the message or
+    /// belongs to one hop (see [`crate::safety::framing_or_hop_header`]).
+    fn check_header_name(&mut self, path: &[Seg], name: &str) {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.error(path, "not a valid HTTP header name");
+        } else if let Some(why) = crate::safety::framing_or_hop_header(name) {
+            self.error(path, format!("{name} cannot carry a credential: {why}"));
+        }
+    }
+
+    /// A URL a token's secret is sent to: refused over plain http off this host.
+    fn check_plaintext(&mut self, path: &[Seg], url: &str) {
+        if crate::safety::is_plaintext_off_host(url) {
+            self.error(
+                path,
+                "plain http to a host that is neither loopback nor link-local would send the secret in clear; \
+                 use https, or set allow_plaintext = true on this token",
+            );
         }
     }
 

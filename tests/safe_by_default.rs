@@ -1,0 +1,201 @@
+//! Safe by default (issue 30, the contract's section of that name): each finding of the hostile
+//! review, reproduced as an attacker would, and refused.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sidekey");
+const TOKEN: &str = "safe_default_token_4c2e9b";
+
+fn write_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
+    let p = dir.join("sidekey.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `sidekey check` and `sidekey run` on `text`: both exit 2, naming `expected` (`file:line: key`).
+fn refused_by_check_and_run(text: &str, expected: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(dir.path(), text);
+    for cmd in ["check", "run"] {
+        let out = Command::new(BIN).args([cmd, "-c"]).arg(&p).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        for e in expected {
+            assert!(err.contains(e), "{cmd}: {e:?} not in:\n{err}");
+        }
+    }
+}
+
+fn accepted_by_check(text: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_config(dir.path(), text);
+    let out = Command::new(BIN).args(["check", "-c"]).arg(&p).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+const ROUTE: &str = "[[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstream = \"https://api.example\"\ntoken = \"t\"\n\n\
+                     [tokens.t]\nsource = \"env\"\nvar = \"T\"\n";
+
+#[test]
+fn a_proxy_listener_off_loopback_needs_allow_non_loopback() {
+    for addr in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080"] {
+        let text = format!("[listen]\nproxy = \"{addr}\"\nadmin = \"127.0.0.1:9901\"\n\n{ROUTE}");
+        refused_by_check_and_run(&text, &["sidekey.toml:2: listen.proxy", "allow_non_loopback"]);
+    }
+    accepted_by_check(&format!(
+        "[listen]\nproxy = \"0.0.0.0:8080\"\nadmin = \"127.0.0.1:9901\"\nallow_non_loopback = true\n\n{ROUTE}"
+    ));
+    accepted_by_check(&format!("[listen]\nproxy = \"[::1]:8080\"\n\n{ROUTE}"));
+}
+
+#[test]
+fn secrets_are_not_sent_in_clear_to_a_token_source_off_the_host() {
+    let oauth = "[[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstream = \"https://api.example\"\ntoken = \"t\"\n\n\
+                 [tokens.t]\nsource = \"oauth2\"\ntoken_url = \"URL\"\nclient_id = \"c\"\nclient_secret = { env = \"S\" }\nEXTRA\n";
+    let http = "[[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstream = \"https://api.example\"\ntoken = \"t\"\n\n\
+                [tokens.t]\nsource = \"http\"\nurl = \"URL\"\npointer = \"/t\"\nEXTRA\n";
+    let validate = "[[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstream = \"https://api.example\"\ntoken = \"t\"\n\n\
+                    [tokens.t]\nsource = \"env\"\nvar = \"T\"\nvalidate = { url = \"URL\" }\nEXTRA\n";
+    for (template, key) in [(oauth, "tokens.t.token_url"), (http, "tokens.t.url"), (validate, "tokens.t.validate.url")]
+    {
+        let line = template.lines().position(|l| l.contains("URL")).unwrap() + 1;
+        for off in ["http://idp.example.com/token", "http://10.0.0.8/token", "http://[fec0::1]/x"] {
+            let text = template.replace("URL", off).replace("EXTRA", "");
+            refused_by_check_and_run(&text, &[&format!("sidekey.toml:{line}: {key}"), "allow_plaintext"]);
+        }
+        for local in [
+            "http://127.0.0.1:8200/v1/x",
+            "http://localhost/x",
+            "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            "http://169.254.170.2/v2/credentials/x",
+            "http://[fe80::1]/x",
+            "https://idp.example.com/token",
+        ] {
+            accepted_by_check(&template.replace("URL", local).replace("EXTRA", ""));
+        }
+        accepted_by_check(
+            &template.replace("URL", "http://idp.example.com/token").replace("EXTRA", "allow_plaintext = true"),
+        );
+    }
+}
+
+#[test]
+fn framing_and_hop_headers_cannot_carry_a_credential() {
+    for name in [
+        "Content-Length",
+        "Transfer-Encoding",
+        "TE",
+        "Trailer",
+        "Expect",
+        "Upgrade",
+        "Connection",
+        "Keep-Alive",
+        "Host",
+        "Proxy-Authorization",
+        "Proxy-Foo",
+    ] {
+        let header = format!(
+            "[[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstream = \"https://api.example\"\ntoken = \"t\"\n\
+             header = \"{name}\"\nformat = \"{{token}}\"\n\n[tokens.t]\nsource = \"env\"\nvar = \"T\"\n"
+        );
+        refused_by_check_and_run(&header, &["sidekey.toml:6: routes[0].header", "cannot carry a credential"]);
+        let headers = format!(
+            "[[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstream = \"https://api.example\"\n\
+             headers = {{ \"{name}\" = \"{{token:t}}\" }}\n\n[tokens.t]\nsource = \"env\"\nvar = \"T\"\n"
+        );
+        refused_by_check_and_run(&headers, &[&format!("sidekey.toml:5: routes[0].headers.{name}")]);
+        let validate = format!("{ROUTE}validate = {{ url = \"https://idp.example/me\", header = \"{name}\" }}\n");
+        refused_by_check_and_run(&validate, &["sidekey.toml:10: tokens.t.validate"]);
+        let source = format!(
+            "[[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstream = \"https://api.example\"\ntoken = \"t\"\n\n\
+             [tokens.t]\nsource = \"http\"\nurl = \"https://vault.example/v1/x\"\npointer = \"/t\"\n\
+             headers = {{ \"{name}\" = {{ env = \"V\" }} }}\n"
+        );
+        refused_by_check_and_run(&source, &[&format!("sidekey.toml:11: tokens.t.headers.{name}")]);
+    }
+}
+
+/// The smuggling the header check prevents, shown at run time too: `check` is the gate, so
+/// the config that did it cannot start.
+#[test]
+fn content_length_as_a_credential_header_is_refused_at_start() {
+    let text = concat!(
+        "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"r\"\nprefix = \"/r\"\n",
+        "upstream = \"http://127.0.0.1:9\"\ntoken = \"t\"\nheader = \"Content-Length\"\nformat = \"{token}\"\n\n",
+        "[tokens.t]\nsource = \"env\"\nvar = \"T\"\n"
+    );
+    let err = sidekey::Config::parse(text).unwrap_err().to_string();
+    assert!(err.contains("routes[0].header") && err.contains("Content-Length"), "{err}");
+}
+
+#[tokio::test]
+async fn the_audit_log_is_created_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let audit = sidekey::audit::Audit::open(&log).unwrap();
+    audit.event("loaded", serde_json::Map::new(), false);
+    audit.flush().await;
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "audit log created {mode:o}");
+}
+
+/// One route `/r` -> `upstream`, its token from a file; `route_extra` goes into the route,
+/// `extra` before it.
+fn proxy_config(dir: &std::path::Path, upstream: &str, route_extra: &str, extra: &str) -> String {
+    let path = dir.join("token");
+    std::fs::write(&path, TOKEN).unwrap();
+    format!(
+        "{LISTEN}\n{extra}\n[[routes]]\nname = \"r\"\nprefix = \"/r\"\nupstream = \"{upstream}\"\ntoken = \"t\"\n\
+         {route_extra}\n\n[tokens.t]\nsource = \"file\"\npath = {:?}\n",
+        path.display().to_string()
+    )
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status line: {answer:?}"))
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_cross_site_posts_and_foreign_hosts() {
+    let (up, dir) = (Upstream::plain().await, tempfile::tempdir().unwrap());
+    let sk = start_proxy(&proxy_config(dir.path(), &up.url, "", "[admin]\nhosts = [\"sidekey.internal\"]\n")).await;
+    let admin = sk.admin_addr;
+    let port = admin.port();
+    let ask = |method: &str, path: &str, headers: String| {
+        let req = format!("{method} {path} HTTP/1.1\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n");
+        async move { raw(admin, req.as_bytes()).await }
+    };
+    // DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1.
+    for path in ["/tokens", "/metrics", "/healthz", "/"] {
+        let a = ask("GET", path, format!("Host: evil.example:{port}\r\n")).await;
+        assert_eq!(status_of(&a), 403, "{path}: {a}");
+        assert!(!a.contains("fingerprint"), "{a}");
+    }
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("sidekey.internal:{port}")] {
+        let a = ask("GET", "/tokens", format!("Host: {host}\r\n")).await;
+        assert_eq!(status_of(&a), 200, "{host}: {a}");
+    }
+    // A cross-site form post (text/plain needs no preflight) and its variants.
+    let host = format!("Host: 127.0.0.1:{port}\r\n");
+    for refused in [
+        format!("{host}Origin: http://evil.example\r\nContent-Type: text/plain\r\n"),
+        format!("{host}Origin: null\r\n"),
+        format!("{host}Origin: http://127.0.0.1:{}\r\n", port + 1),
+        format!("{host}Sec-Fetch-Site: cross-site\r\n"),
+    ] {
+        let a = ask("POST", "/tokens/t/refresh", refused.clone()).await;
+        assert_eq!(status_of(&a), 403, "{refused}: {a}");
+        assert!(!a.contains("\"result\""), "the refresh ran: {a}");
+    }
+    for allowed in [host.clone(), format!("{host}Origin: http://127.0.0.1:{port}\r\n")] {
+        let a = ask("POST", "/tokens/t/refresh", allowed.clone()).await;
+        assert_eq!(status_of(&a), 200, "{allowed}: {a}");
+        assert!(a.contains("\"result\""), "{a}");
+    }
+    sk.shutdown().await;
+}
