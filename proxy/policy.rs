@@ -6,6 +6,12 @@
 //! does that, and refuses encoded dot segments). Within a segment, percent-escapes of
 //! unreserved characters match their character (`rep%6fs` is `repos`); an encoded slash
 //! (`%2F`) is never a separator, so `repos%2Fx` is one segment that no `/repos/...` rule names.
+//!
+//! An upstream may read a path otherwise, though: many decode `%2F` before routing (so
+//! `public/..%2Fadmin` is `/admin` to them), and some (Tomcat, Spring) take `..;x` for `..`.
+//! On a route with rules, a path such a reading would change is refused outright
+//! ([`AllowList::check_path`]), and a method-override header must name a method the rules
+//! permit as well ([`METHOD_OVERRIDES`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -193,17 +199,79 @@ fn hex(b: Option<&u8>) -> Option<u8> {
 #[derive(Debug, Clone, Default)]
 pub struct AllowList {
     rules: Vec<Rule>,
+    /// `allow_encoded_slash`: a segment may hold `%2F`.
+    encoded_slash: bool,
 }
+
+/// Headers some frameworks take the request's method from, instead of its own.
+pub const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-method-override", "x-http-method"];
 
 impl AllowList {
     pub fn new(rules: Vec<Rule>) -> AllowList {
-        AllowList { rules }
+        AllowList { rules, encoded_slash: false }
+    }
+
+    /// Lets a segment hold an encoded slash (`allow_encoded_slash = true`).
+    pub fn with_encoded_slash(mut self, yes: bool) -> AllowList {
+        self.encoded_slash = yes;
+        self
+    }
+
+    /// No rules: everything is allowed, and none of the checks below apply.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Whether `path` reads the same to an upstream that decodes `%2F` or takes `;`
+    /// parameters off dot segments: no `.`/`..` segment with parameters, and no encoded slash
+    /// in a segment (unless `allow_encoded_slash`, and then none beside a dot segment). Also
+    /// what keeps `*` from matching a segment holding `%2F` without `allow_encoded_slash`.
+    pub fn check_path(&self, path: &str) -> bool {
+        path.split('/').all(|seg| {
+            if seg.split(';').next().is_some_and(is_dot) && seg.contains(';') {
+                return false;
+            }
+            if !contains_encoded_slash(seg) {
+                return true;
+            }
+            self.encoded_slash && split_encoded_slash(seg).all(|piece| !piece.split(';').next().is_some_and(is_dot))
+        })
     }
 
     #[inline]
     pub fn allows(&self, method: &Method, path: &str) -> bool {
         self.rules.is_empty() || self.rules.iter().any(|r| r.matches(method, path))
     }
+}
+
+fn contains_encoded_slash(seg: &str) -> bool {
+    seg.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'f')
+}
+
+/// The pieces of a segment between its encoded slashes.
+fn split_encoded_slash(seg: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(seg);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        let b = s.as_bytes();
+        match (0..b.len().saturating_sub(2)).find(|&i| b[i] == b'%' && b[i + 1] == b'2' && (b[i + 2] | 0x20) == b'f') {
+            Some(i) => {
+                rest = Some(&s[i + 3..]);
+                Some(&s[..i])
+            }
+            None => {
+                rest = None;
+                Some(s)
+            }
+        }
+    })
+}
+
+/// `.` or `..`, a dot written or encoded (`%2e`).
+fn is_dot(piece: &str) -> bool {
+    let lower = piece.to_ascii_lowercase();
+    matches!(lower.replace("%2e", ".").as_str(), "." | "..")
 }
 
 /// `rate = "N/s"` (or `/m`, `/h`): requests per second.
@@ -321,6 +389,25 @@ mod tests {
         assert!(!allows(&r, "GET", "//repos/x"), "an empty first segment is not `repos`");
 
         assert!(!allows(&r, "GET", "/repo%"));
+    }
+
+    #[test]
+    fn paths_an_upstream_could_read_otherwise_are_refused_on_routes_with_rules() {
+        let strict = AllowList::new(vec![Rule::parse("GET /public/**").unwrap()]);
+        let slashes = strict.clone().with_encoded_slash(true);
+        for bad in
+            ["/public/..%2fadmin/x", "/public/..%2Fadmin%2Fsecret.txt", "/items/1%2fdelete", "/a/..;/b", "/a/.;x/b"]
+        {
+            assert!(!strict.check_path(bad), "{bad}");
+        }
+        for bad in ["/public/..%2fadmin", "/public/x%2F..", "/public/x%2F%2e%2e%2Fy", "/p/..;x%2Fy"] {
+            assert!(!slashes.check_path(bad), "{bad}");
+        }
+        for good in ["/public/a/b", "/public/a;v=1", "/public/..x", "/public/a%20b", ""] {
+            assert!(strict.check_path(good), "{good}");
+        }
+        assert!(slashes.check_path("/projects/group%2Fproject/issues"));
+        assert!(!strict.check_path("/projects/group%2Fproject/issues"));
     }
 
     #[test]

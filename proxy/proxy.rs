@@ -406,9 +406,14 @@ impl RouteSet {
             Err(no) => return done(None, Err(ProxyError::NoRoute(no))),
         };
         let (index, route) = (m.route, &this.routes[m.route]);
-        if !route.allow.allows(req.method(), &m.rest) {
-            route.count_denial(Denial::NotAllowed);
-            return done(Some(index), Err(ProxyError::NotAllowed));
+        if !route.allow.is_empty() {
+            if !route.allow.check_path(&m.rest) {
+                return done(Some(index), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath)));
+            }
+            if !route.allow.allows(req.method(), &m.rest) || !overrides_allowed(&route.allow, &req, &m.rest) {
+                route.count_denial(Denial::NotAllowed);
+                return done(Some(index), Err(ProxyError::NotAllowed));
+            }
         }
         // Origin form: the route's upstream pool adds the authority (HTTP/1.1's `Host` written
         // with the head, HTTP/2's `:scheme` and `:authority`); SigV4 signs the absolute URL.
@@ -743,6 +748,16 @@ impl Route {
             }
         }
     }
+}
+
+/// Whether every method-override header the request carries names a method `allow` permits
+/// for `path` (a value that is no method is refused too).
+fn overrides_allowed(allow: &crate::policy::AllowList, req: &Request<ProxyBody>, path: &str) -> bool {
+    let permitted = |value: &[u8]| Method::from_bytes(value.trim_ascii()).is_ok_and(|m| allow.allows(&m, path));
+    crate::policy::METHOD_OVERRIDES.iter().all(|name| match req.body() {
+        DataBody::Fields(fields) => fields.values(name.as_bytes()).all(permitted),
+        _ => req.headers().get_all(*name).iter().all(|v| permitted(v.as_bytes())),
+    })
 }
 
 /// A request's `Host`, from the fields the own loop kept or from its header map, where it is

@@ -281,7 +281,8 @@ fn build_routes(
             usage: usage.entry(rc.name.clone()).or_default().clone(),
             allow: crate::policy::AllowList::new(
                 rc.allow.iter().flatten().filter_map(|r| crate::policy::Rule::parse(r).ok()).collect(),
-            ),
+            )
+            .with_encoded_slash(rc.allow_encoded_slash),
             bucket: match &rc.rate {
                 Some(rate) => {
                     let per_sec = crate::policy::parse_rate(rate).map_err(err)?;

@@ -199,3 +199,143 @@ async fn the_admin_api_refuses_cross_site_posts_and_foreign_hosts() {
     }
     sk.shutdown().await;
 }
+
+/// Python's `http.server` serving `root`: it decodes `%2F` and resolves `..` before it maps a
+/// path to a file, as many upstreams do. Killed when dropped.
+struct PyServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PyServer {
+    fn start(root: &std::path::Path) -> PyServer {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args(["-u", "-m", "http.server", "--bind", "127.0.0.1", "0", "--directory"])
+            .arg(root)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run python3 ({e}): install Python 3"));
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        // "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
+        let port = line.split(" port ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or_else(|| panic!("{line:?}"));
+        PyServer { child, url: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn encoded_slashes_dot_parameters_and_method_overrides_do_not_get_past_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(root.join("public")).unwrap();
+    std::fs::create_dir_all(root.join("admin")).unwrap();
+    std::fs::write(root.join("public/ok.txt"), "public file").unwrap();
+    std::fs::write(root.join("admin/secret.txt"), "ADMIN SECRET").unwrap();
+    let py = PyServer::start(&root);
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    let route = |name: &str, prefix: &str, extra: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\nprefix = \"{prefix}\"\nupstream = \"{}\"\ntoken = \"t\"\n{extra}\n\n",
+            py.url
+        )
+    };
+    let config = format!(
+        "{LISTEN}\n{}{}{}[tokens.t]\nsource = \"file\"\npath = {:?}\n",
+        route("d", "/d", "allow = [\"GET /public/**\"]"),
+        route("i", "/i", "allow = [\"GET /items/*\", \"GET /public/*\"]"),
+        route("g", "/g", "allow = [\"GET /public/*\"]\nallow_encoded_slash = true"),
+        token.display().to_string()
+    );
+    let sk = start_proxy(&config).await;
+    let base = format!("http://{}", sk.proxy_addr);
+    for c in [client(), h2c_client()] {
+        let a = get(&c, &format!("{base}/d/public/ok.txt")).await;
+        assert_eq!((a.status.as_u16(), a.text().as_str()), (200, "public file"));
+        assert_eq!(get(&c, &format!("{base}/d/admin/secret.txt")).await.status, 403);
+        for path in [
+            "/d/public/..%2fadmin/secret.txt",
+            "/d/public/..%2Fadmin%2Fsecret.txt",
+            "/d/public/x/..%2F..%2Fadmin/secret.txt",
+            "/i/items/1%2fdelete",
+            "/d/public/..;/admin/secret.txt",
+            "/d/public/.;x/ok.txt",
+            // With allow_encoded_slash, still no dot segment beside an encoded slash.
+            "/g/public/..%2Fadmin%2Fsecret.txt",
+            "/g/public/%2e%2e%2Fadmin%2Fsecret.txt",
+        ] {
+            let a = get(&c, &format!("{base}{path}")).await;
+            assert_eq!(a.status, 400, "{path}: {}", a.text());
+            assert_eq!(a.json()["error"], "bad_request", "{path}");
+            assert!(!a.text().contains("ADMIN SECRET"), "{path}");
+        }
+        // allow_encoded_slash: `*` matches a segment holding %2F (GitLab's group%2Fproject).
+        std::fs::write(root.join("public/a%2Fb"), "one segment").unwrap();
+        let a = get(&c, &format!("{base}/g/public/a%252Fb")).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        assert_eq!(
+            get(&c, &format!("{base}/g/public/x%2Fok.txt")).await.status,
+            404,
+            "forwarded: the upstream has none"
+        );
+        // Method overrides.
+        for header in ["X-HTTP-Method-Override", "X-Method-Override", "X-HTTP-Method"] {
+            for method in ["DELETE", "POST", "NOT A METHOD"] {
+                let req = http::Request::get(format!("{base}/d/public/ok.txt"))
+                    .header(header, method)
+                    .body(http_body_util::Full::default())
+                    .unwrap();
+                let a = send(&c, req).await;
+                assert_eq!(a.status, 403, "{header}: {method}");
+                assert_eq!(a.json()["error"], "not_allowed");
+            }
+            let req = http::Request::get(format!("{base}/d/public/ok.txt"))
+                .header(header, "GET")
+                .body(http_body_util::Full::default())
+                .unwrap();
+            assert_eq!(send(&c, req).await.status, 200, "{header}: GET");
+        }
+    }
+    // The raw requests an attacker sends, on the own HTTP/1.1 loop.
+    let a = raw(sk.proxy_addr, b"GET /d/public/..%2fadmin/secret.txt HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_of(&a), 400, "{a}");
+    let a = raw(
+        sk.proxy_addr,
+        b"GET /d/public/ok.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-http-method-override: DELETE\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&a), 403, "{a}");
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_connection_field_names_hop_by_hop_headers() {
+    let (up, dir) = (Upstream::plain().await, tempfile::tempdir().unwrap());
+    let sk = start_proxy(&proxy_config(dir.path(), &up.url, "", "")).await;
+    for (i, fields) in [
+        "Connection: close\r\nConnection: X-Internal\r\n",
+        "Connection: X-Internal\r\nConnection: close\r\n",
+        "Connection: close, X-Internal\r\n",
+        "Connection: keep-alive\r\nConnection: X-Internal\r\nConnection: close\r\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let req = format!("GET /r/conn{i} HTTP/1.1\r\nHost: x\r\n{fields}X-Internal: internal-only\r\n\r\n");
+        let a = raw(sk.proxy_addr, req.as_bytes()).await;
+        assert_eq!(status_of(&a), 200, "{a}");
+        let seen = up.find(&format!("/conn{i}"));
+        assert!(seen.headers.get("x-internal").is_none(), "{fields:?}: X-Internal went upstream");
+        assert!(seen.headers.get("connection").is_none_or(|v| !v.to_str().unwrap().contains("X-Internal")));
+    }
+    sk.shutdown().await;
+}

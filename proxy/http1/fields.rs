@@ -111,6 +111,16 @@ impl Fields {
         self.date
     }
 
+    /// The values of every field named `name` (lower case), in order.
+    pub(crate) fn values<'a>(&'a self, name: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let lines = if self.lengths & 1 << (name.len() % 16) == 0 { &[][..] } else { self.block() };
+        lines.split(|&b| b == b'\n').filter_map(move |line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let (n, v) = line.split_at(line.iter().position(|&b| b == b':')?);
+            n.eq_ignore_ascii_case(name).then(|| v[1..].trim_ascii())
+        })
+    }
+
     /// Leaves out every field named `name` (a request's, whose credential is set by that name).
     pub(crate) fn remove(&mut self, name: &HeaderName) {
         let named = name.as_str().as_bytes();

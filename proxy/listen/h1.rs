@@ -148,8 +148,11 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
             length = n;
             n.is_some()
         } else if name.eq_ignore_ascii_case(b"connection") {
-            close |= h.value.eq_ignore_ascii_case(b"close");
-            close || h.value.eq_ignore_ascii_case(b"keep-alive")
+            // Each field on its own: one naming another header (which must then not go on)
+            // is hyper's, whatever a field before it said.
+            let this_close = h.value.eq_ignore_ascii_case(b"close");
+            close |= this_close;
+            this_close || h.value.eq_ignore_ascii_case(b"keep-alive")
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // `chunked` alone, once; another coding or a list is hyper's.
             let one = !chunked && h.value.eq_ignore_ascii_case(b"chunked");
