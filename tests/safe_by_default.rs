@@ -339,3 +339,58 @@ async fn every_connection_field_names_hop_by_hop_headers() {
     }
     sk.shutdown().await;
 }
+
+/// An upstream that answers every request on a connection with `answer`, raw.
+async fn raw_upstream(answer: &'static [u8]) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn an_answer_with_a_length_and_a_chunked_body_goes_on_chunked_without_the_length() {
+    let up = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sk = start_proxy(&proxy_config(dir.path(), &up, "", "")).await;
+    for c in [client(), h2c_client()] {
+        let a = get(&c, &format!("http://{}/r/x", sk.proxy_addr)).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.text(), "ok");
+        assert!(a.headers.get("content-length").is_none_or(|v| v == "2"), "{:?}", a.headers);
+    }
+    // As the own loop writes it: chunked, no length.
+    let mut s = tokio::net::TcpStream::connect(sk.proxy_addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /r/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    bounded("the answer", s.read_to_end(&mut out)).await.unwrap();
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(!text.contains("content-length"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked") && text.ends_with("2\r\nok\r\n0\r\n\r\n"), "{text}");
+    sk.shutdown().await;
+}

@@ -102,6 +102,11 @@ pub fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
     } else {
         headers.reserve(parsed.headers.len());
         for h in parsed.headers.iter() {
+            // With a `Transfer-Encoding`, a `Content-Length` is not the body's length: it is
+            // dropped, not passed on beside a body framed otherwise (RFC 9112, section 6.3).
+            if frame.te && h.name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
             let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| invalid("bad header name"))?;
             let value = HeaderValue::from_bytes(h.value).map_err(|_| invalid("bad header value"))?;
             headers.append(name, value);
