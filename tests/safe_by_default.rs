@@ -4,6 +4,7 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 use support::*;
 
@@ -392,5 +393,86 @@ async fn an_answer_with_a_length_and_a_chunked_body_goes_on_chunked_without_the_
     let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
     assert!(!text.contains("content-length"), "{text}");
     assert!(text.contains("transfer-encoding: chunked") && text.ends_with("2\r\nok\r\n0\r\n\r\n"), "{text}");
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_partial_head_sent_while_a_request_is_in_flight_is_held_to_header_read_timeout() {
+    let (up, dir) = (Upstream::plain().await, tempfile::tempdir().unwrap());
+    let limits = "[limits]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"60s\"\n";
+    let sk = start_proxy(&proxy_config(dir.path(), &up.url, "", limits)).await;
+    let mut s = tokio::net::TcpStream::connect(sk.proxy_addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(b"GET /r/hold HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    bounded("the request to reach the upstream", up.wait_held()).await;
+    // The start of the next head, while the first is in flight; then nothing more.
+    s.write_all(b"GET /r/next HTTP/1.1\r\nHo").await.unwrap();
+    // Time for those bytes to arrive while the request is still in flight (were they to come
+    // after, the test would not tell the fix from its absence; it would still pass).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    up.release();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    // Idle timeout is 60 s: closed within the bound only by the head's timeout.
+    bounded("the slow head's connection to be closed", async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(5), "closed after {:?}", started.elapsed());
+    assert!(up.seen().iter().all(|s| s.path != "/next"));
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_refused_before_its_body_gets_no_100_continue() {
+    let (up, dir) = (Upstream::plain().await, tempfile::tempdir().unwrap());
+    let sk = start_proxy(&proxy_config(dir.path(), &up.url, "allow = [\"GET /**\", \"POST /ok\"]", "")).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for (path, length, status) in [("/nowhere", 5, 404), ("/r/x", 5, 403), ("/r/x", 100_000, 403)] {
+        let mut s = tokio::net::TcpStream::connect(sk.proxy_addr).await.unwrap();
+        let head =
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {length}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        bounded("the refusal", async {
+            let mut buf = [0u8; 4096];
+            while !response_complete(&out) {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{path}: {text}");
+        assert!(!text.contains("100 Continue"), "{path}: {text}");
+    }
+    // A request that goes on is told to send its body, and is served.
+    let mut s = tokio::net::TcpStream::connect(sk.proxy_addr).await.unwrap();
+    s.write_all(b"POST /r/ok HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = bounded("100 Continue", s.read(&mut buf)).await.unwrap();
+    assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let mut out = Vec::new();
+    bounded("the answer", async {
+        while !response_complete(&out) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+    assert_eq!(up.find("/ok").body_len, 5);
     sk.shutdown().await;
 }

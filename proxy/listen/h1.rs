@@ -66,6 +66,17 @@ const LINGER_BYTES: usize = 4 * 1024 * 1024;
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// What a request holds of its connection while it is served (see [`serve`]'s `begin`).
+pub(crate) trait InFlight {
+    /// The request is done, and bytes of the next one are in already: the next head has begun
+    /// (its `header_read_timeout` counts from now, not from a byte still to come).
+    fn next_head_begun(self);
+}
+
+impl InFlight for () {
+    fn next_head_begun(self) {}
+}
+
 /// How the loop ended.
 #[derive(Debug, PartialEq)]
 pub(crate) enum End {
@@ -173,7 +184,9 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
         // Both: hyper refuses it (RFC 9112, section 6.1).
         (true, Some(_)) => return Parsed::HandOver,
         (true, None) => Some(Framing::Chunked),
-        (false, Some(n)) if n > BODY_MAX as u64 => Some(Framing::Length(n)),
+        // A client that waits for `100 Continue` is told to send its body only once the request
+        // is known not to be refused before it: the request goes to the handler at once.
+        (false, Some(n)) if n > BODY_MAX as u64 || (expect && n > 0) => Some(Framing::Length(n)),
         _ => None,
     };
     // The path in a block of its own, which the URI points into; the header fields in another
@@ -227,6 +240,7 @@ pub(crate) async fn serve<I, F, Fut, B, G>(
     limits: HeadLimits,
 ) -> io::Result<End>
 where
+    G: InFlight,
     I: AsyncRead + AsyncWrite + Unpin,
     F: Fn(Request<ProxyBody>) -> Fut,
     Fut: Future<Output = Result<Response<B>, Infallible>>,
@@ -238,19 +252,22 @@ where
     loop {
         // How much the request read so far needs: its head and body (the head's limit until
         // the head is read).
-        let (mut need, mut body_due, mut continued) = (limits.max_bytes, false, false);
+        let (mut need, mut body_due) = (limits.max_bytes, false);
+        // A head read whole whose short body is on its way: kept, not parsed again on every
+        // read of a body that comes a few bytes at a time.
+        let mut parsed: Option<Head> = None;
         let mut head = loop {
-            if !buf.is_empty() {
+            if let Some(head) = parsed.take_if(|head| buf.len() >= head.len + head.body) {
+                break head;
+            }
+            if parsed.is_none() && !buf.is_empty() {
                 match parse(&buf, limits) {
                     Parsed::Request(head) if head.stream.is_some() || buf.len() >= head.len + head.body => break head,
-                    // Its body is on its way: the request is under way, closing or not.
+                    // Its body is on its way: the request is under way, closing or not. (A
+                    // client that expects `100 Continue` has its body streamed: see `parse`.)
                     Parsed::Request(head) => {
                         (need, body_due) = (need.max(head.len + head.body), true);
-                        if head.expect && !continued && buf.len() == head.len {
-                            // The client waits to be told to send its body.
-                            continued = true;
-                            io.write_all(CONTINUE).await?;
-                        }
+                        parsed = Some(head);
                     }
                     Parsed::HandOver => return Ok(End::HandOver(buf)),
                     Parsed::Partial => {}
@@ -292,17 +309,21 @@ where
         if let Some((framing, tx)) = head.stream {
             let pumped = {
                 let mut pump = pin!(pump(&mut *io, &mut buf, framing, tx, head.expect));
+                // The answer first: a request refused before its body is read (no route, not
+                // allowed) is answered without `100 Continue` and without its body.
+                let mut pumping = false;
                 std::future::poll_fn(|cx| {
-                    if let Poll::Ready(pumped) = pump.as_mut().poll(cx) {
-                        return Poll::Ready(Some(pumped));
+                    if let Poll::Ready(Ok(response)) = answer.as_mut().poll(cx) {
+                        early = Some(response);
+                        // A body that ends with this wake-up is read whole all the same.
+                        let pumped = if pumping { pump.as_mut().poll(cx) } else { Poll::Pending };
+                        return Poll::Ready(match pumped {
+                            Poll::Ready(p) => Some(p),
+                            Poll::Pending => None,
+                        });
                     }
-                    match answer.as_mut().poll(cx) {
-                        Poll::Ready(Ok(response)) => {
-                            early = Some(response);
-                            Poll::Ready(None)
-                        }
-                        Poll::Pending => Poll::Pending,
-                    }
+                    pumping = true;
+                    pump.as_mut().poll(cx).map(Some)
                 })
                 .await
             };
@@ -339,7 +360,11 @@ where
         let Some(response) = response else { return Ok(End::Closed) };
         let close = head.close || cut || closing.load(Ordering::Relaxed);
         let whole = write_response(io, &mut out, response, head_request, close).await;
-        drop(in_flight);
+        if buf.is_empty() {
+            drop(in_flight);
+        } else {
+            in_flight.next_head_begun();
+        }
         match whole {
             Ok(true) if !close => {}
             Ok(_) => {
@@ -883,9 +908,10 @@ mod tests {
         // Leading zeros are digits all the same.
         assert_eq!(served(b"POST /x HTTP/1.1\r\nContent-Length: 000005\r\n\r\nhello").body, 5);
         // `Expect: 100-continue`: answered here, not sent on; said only where a body is waited for.
+        // A short body then is streamed (the request goes to the handler before it is sent).
         let head = served(b"PUT /x HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n");
-        let DataBody::Fields(fields) = head.request.body() else { panic!("no fields") };
-        assert_eq!((head.expect, fields.block()), (true, &b"Content-Length: 2\r\n"[..]));
+        assert!(head.expect && matches!(head.stream, Some((Framing::Length(2), _))));
+        assert!(head.request.headers().get("expect").is_none());
         assert!(!served(b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n").expect);
 
         // A longer body, or a chunked one: streamed, its fields in a header map.

@@ -150,6 +150,15 @@ enum Verdict {
 /// Held from a request's start until its response body is done (or dropped).
 struct InFlight(Arc<ConnWatch>);
 
+impl h1::InFlight for InFlight {
+    fn next_head_begun(self) {
+        let watch = self.0.clone();
+        drop(self);
+        // As a byte arriving with nothing in flight would have.
+        watch.on_read();
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
