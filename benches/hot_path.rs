@@ -13,6 +13,9 @@
 //! by `sidekey::http1::socket::poll_write_gathered`, as sidekey's sockets do; each write is read back whole
 //! on the other end.
 //!
+//! `dribbled_body`: one request whose 60 KB head comes whole and whose 64-byte body then
+//! comes one byte per read, through the own HTTP/1.1 loop (the head is parsed once).
+//!
 //! `cargo bench --bench hot_path`
 //!
 //! The `sidekey` binary zeroes freed heap memory (`sidekey::memory::ZeroOnFree`); this bench
@@ -315,8 +318,27 @@ impl tokio::io::AsyncWrite for Blocking<'_> {
     }
 }
 
+/// A 60 KB head whose short body (64 bytes) then comes one byte per read: the own HTTP/1.1
+/// loop must not parse the head again for each of them (issue 30, finding 10).
+pub fn dribbled_head() -> Vec<u8> {
+    let mut head = b"POST /r/x HTTP/1.1\r\nHost: example\r\n".to_vec();
+    for i in 0..50 {
+        head.extend_from_slice(format!("x-filler-{i}: {}\r\n", "v".repeat(1200)).as_bytes());
+    }
+    head.extend_from_slice(b"Content-Length: 64\r\n\r\n");
+    head
+}
+
+fn dribbled_body(c: &mut Criterion) {
+    let head = dribbled_head();
+    assert!(head.len() > 60_000);
+    assert_eq!(sidekey::serve_dribbled(&head, 64), 1);
+    c.bench_function("dribbled_64_byte_body_after_60k_head", |b| b.iter(|| sidekey::serve_dribbled(&head, 64)));
+}
+
 criterion_group!(
     benches,
+    dribbled_body,
     route_lookup,
     allow_list,
     token_header,

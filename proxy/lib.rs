@@ -63,6 +63,8 @@ pub use listen::fuzz_requests;
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
 pub use upstream::fuzz_answer;
+#[doc(hidden)]
+pub use listen::serve_dribbled;
 pub mod inject;
 pub mod intercept;
 pub mod kube;

@@ -849,6 +849,60 @@ pub fn fuzz_requests(data: &[u8]) -> Option<usize> {
     })
 }
 
+/// Serves one request whose head (`head`, ending in `Content-Length: N` and the blank line)
+/// arrives whole and whose short body of N bytes then arrives one byte per read, over an
+/// in-memory stream, answered `204` at once: for the benchmark of a dribbled body
+/// (`benches/hot_path.rs`). Returns how many requests were served (1).
+#[doc(hidden)]
+pub fn serve_dribbled(head: &[u8], body_len: usize) -> usize {
+    /// The head in one read, then one byte of the body per read; writes are dropped.
+    struct Dribble<'a> {
+        head: &'a [u8],
+        body: usize,
+    }
+    impl AsyncRead for Dribble<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if !self.head.is_empty() {
+                let n = self.head.len().min(buf.remaining());
+                buf.put_slice(&self.head[..n]);
+                self.head = &self.head[n..];
+            } else if self.body > 0 {
+                buf.put_slice(b"x");
+                self.body -= 1;
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+    impl AsyncWrite for Dribble<'_> {
+        fn poll_write(self: Pin<&mut Self>, _: &mut std::task::Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    let served = std::sync::atomic::AtomicUsize::new(0);
+    let handler = |_: Request<ProxyBody>| {
+        served.fetch_add(1, Ordering::Relaxed);
+        let mut answer = Response::new(http_body_util::Full::new(Bytes::new()));
+        *answer.status_mut() = StatusCode::NO_CONTENT;
+        std::future::ready(Ok::<_, Infallible>(answer))
+    };
+    let closing = AtomicBool::new(false);
+    let limits = HeadLimits { max_bytes: 1024 * 1024, max_headers: MAX_HEADERS };
+    let mut io = Dribble { head, body: body_len };
+    let serving = serve(&mut io, Vec::new(), &handler, || (), &closing, limits);
+    let _ = futures_util::FutureExt::now_or_never(serving);
+    served.load(Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,8 @@ use crate::upstream::ProxyBody;
 pub(crate) mod h1;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use h1::fuzz_requests;
+#[doc(hidden)]
+pub use h1::serve_dribbled;
 
 /// An instant and the coarse clock's reading then: what [`now_ms`] counts from.
 fn epoch() -> (Instant, coarsetime::Instant) {
