@@ -29,8 +29,9 @@ pub enum Body<A> {
     /// header map is empty; see [`Body::fields_to_header_map`]) and its body, read whole, after
     /// them ([`Fields::body`]; its `Content-Length` is among the fields).
     Fields(Fields),
-    /// A body the own loop streams as it arrives (its header fields are in the header map).
-    Streamed(Streamed),
+    /// A body streamed upstream as it arrives, the own loop's or hyper's (its header fields
+    /// are in the header map).
+    Streamed(crate::upload::Upload),
 }
 
 impl<A> Body<A> {
@@ -110,62 +111,4 @@ where
     }
 }
 
-/// A request body the own loop streams from the client's connection as it arrives (one longer
-/// than it reads whole, or a chunked one), decoded: data chunks as they are read, then (a
-/// chunked one) an empty chunk for its end. A body whose sender is gone before its end failed:
-/// the client closed, its chunks did not parse, or the loop stopped.
-#[derive(Debug)]
-pub struct Streamed {
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
-    /// What is left of a stated length; `None`: chunked.
-    left: Option<u64>,
-    ended: bool,
-}
-
-impl Streamed {
-    /// A body fed through `rx`: `length` bytes, or (`None`) chunked until an empty chunk.
-    pub fn new(rx: tokio::sync::mpsc::Receiver<Bytes>, length: Option<u64>) -> Streamed {
-        Streamed { rx, left: length, ended: false }
-    }
-}
-
-/// The client's body did not come whole.
-#[derive(Debug, thiserror::Error)]
-#[error("the client's body did not come whole")]
-pub struct BodyCut;
-
-impl hyper::body::Body for Streamed {
-    type Data = Bytes;
-    type Error = BodyCut;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyCut>>> {
-        let this = self.get_mut();
-        if this.is_end_stream() {
-            return Poll::Ready(None);
-        }
-        match std::task::ready!(this.rx.poll_recv(cx)) {
-            Some(data) if data.is_empty() && this.left.is_none() => {
-                this.ended = true;
-                Poll::Ready(None)
-            }
-            Some(data) => {
-                if let Some(left) = &mut this.left {
-                    *left = left.saturating_sub(data.len() as u64);
-                }
-                Poll::Ready(Some(Ok(Frame::data(data))))
-            }
-            None => Poll::Ready(Some(Err(BodyCut))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended || self.left == Some(0)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.left {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
-    }
-}
+pub use crate::upload::{BodyCut, Streamed};

@@ -34,6 +34,8 @@ pub enum ProxyError {
     NotAllowed,
     #[error("the route's rate or concurrency limit is reached")]
     RateLimited { retry_after_secs: u64 },
+    #[error("the client sent no part of its request body for the route's send_timeout")]
+    RequestTimeout,
 }
 
 /// Seconds a client should wait before retrying a request refused for a missing token.
@@ -56,6 +58,7 @@ impl ProxyError {
             ProxyError::ClientBody => StatusCode::BAD_REQUEST,
             ProxyError::NotAllowed => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -76,6 +79,7 @@ impl ProxyError {
             ProxyError::ClientBody => ("bad_request", None),
             ProxyError::NotAllowed => ("not_allowed", None),
             ProxyError::RateLimited { .. } => ("rate_limited", None),
+            ProxyError::RequestTimeout => ("request_timeout", None),
         };
         let message = match &self {
             ProxyError::NoRoute(NoRoute::BadPath) => "the request path is not one sidekey forwards".to_owned(),

@@ -28,6 +28,7 @@
 //! - [`policy`]: least privilege per route: allow rules, rate, in-flight cap.
 //! - [`safety`]: the safe defaults a config is held to (local listeners and URLs, header names).
 //! - [`upstream`]: the pooled rustls client.
+//! - [`upload`]: a request body sent as it arrives, bounded by its progress (`send_timeout`).
 //! - [`h1`]: sidekey's HTTP/1.1 client side (hyper's for HTTP/2).
 //! - `h1server`: the proxy listener's own HTTP/1.1 loop for a request with no body; hyper's
 //!   server takes a connection over from the first request it does not serve.
@@ -61,10 +62,10 @@ pub mod http1;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use listen::fuzz_requests;
 #[doc(hidden)]
+pub use listen::serve_dribbled;
+#[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
 pub use upstream::fuzz_answer;
-#[doc(hidden)]
-pub use listen::serve_dribbled;
 pub mod inject;
 pub mod intercept;
 pub mod kube;
@@ -84,6 +85,7 @@ pub mod serve;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;
+pub mod upload;
 pub mod upstream;
 
 pub use config::Config;

@@ -28,8 +28,8 @@ use crate::listen::Tunnel;
 use crate::metrics::RouteMetrics;
 use crate::route::{own_values, strip_hop_by_hop, strip_request_hop_by_hop, RouteTable, Target};
 use crate::token::Token;
-use crate::upstream::Pool;
 use crate::upstream::ProxyBody;
+use crate::upstream::{Pool, UpstreamError};
 
 /// One configured route, ready to serve.
 pub struct Route {
@@ -42,8 +42,10 @@ pub struct Route {
     pub tokens: Box<[Arc<Token>]>,
     /// Connections to [`Route::target`]'s origin.
     pub upstream: Arc<Pool>,
-    /// Budget for the upstream's response head.
+    /// Budget for the upstream's response head, from the request sent whole.
     pub timeout: Duration,
+    /// While a request body is sent: the longest time without a byte moving.
+    pub send_timeout: Duration,
     pub metrics: RouteMetrics,
     /// Requests and 401s, for the audit log's usage summary (kept across reloads by name).
     pub usage: Arc<RouteUsage>,
@@ -406,6 +408,11 @@ impl RouteSet {
             Err(no) => return done(None, Err(ProxyError::NoRoute(no))),
         };
         let (index, route) = (m.route, &this.routes[m.route]);
+        // An upload is bounded by its progress, not by `timeout` from now (see `upload`).
+        let upload = match req.body() {
+            DataBody::Streamed(u) => Some(u.progress()),
+            _ => None,
+        };
         if !route.allow.is_empty() {
             if !route.allow.check_path(&m.rest) {
                 return done(Some(index), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath)));
@@ -466,7 +473,13 @@ impl RouteSet {
                 }
             }
             drop(query_value);
-            let step = Step::Boxed(Box::pin(async move { shared.routes[index].send_other(req).await }));
+            let step = match upload {
+                None => Step::Boxed(Box::pin(async move { shared.routes[index].send_other(req).await })),
+                Some(progress) => Step::Boxed(Box::pin(async move {
+                    let route = &shared.routes[index];
+                    route.bounded(route.send_other(req), progress, ProxyError::from_stall).await
+                })),
+            };
             return Prepared { route: Some(index), slot, step };
         };
         let Some(credential) = route.token.credential(*format) else {
@@ -511,7 +524,12 @@ impl RouteSet {
             // The body is read whole first, so that it can be sent twice.
             let (shared, name, format) = (this.clone(), name.clone(), *format);
             let step = Step::Boxed(Box::pin(async move {
-                shared.routes[index].send_replayable(parts, body, (name, format), credential).await
+                let route = &shared.routes[index];
+                let send = route.send_replayable(parts, body, (name, format), credential);
+                match upload {
+                    None => send.await,
+                    Some(progress) => route.bounded(send, progress, ProxyError::from_stall).await,
+                }
             }));
             return Prepared { route: Some(index), slot, step };
         }
@@ -527,6 +545,14 @@ impl RouteSet {
             (req, None)
         };
         let answer = route.start_send(req, start);
+        if let Some(progress) = upload {
+            let shared = this.clone();
+            let step = Step::Boxed(Box::pin(async move {
+                let route = &shared.routes[index];
+                route.answer(route.bounded(answer, progress, UpstreamError::from_stall).await)
+            }));
+            return Prepared { route: Some(index), slot, step };
+        }
         Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept } }
     }
 }
@@ -704,10 +730,29 @@ impl Route {
     }
 
     /// Hands one request, its credential attached, to the upstream; the answer is due within
-    /// the route's timeout.
+    /// the route's timeout (an upload's is its progress's: [`Route::bounded`]).
     fn start_send(&self, req: Request<ProxyBody>, start: Instant) -> impl UpstreamAnswer {
         // The deadline from the request's start (read once for its metrics as well).
-        self.upstream.request(req, tokio::time::Instant::from_std(start) + self.timeout)
+        let deadline = match req.body() {
+            DataBody::Streamed(_) => crate::upload::far(),
+            _ => tokio::time::Instant::from_std(start) + self.timeout,
+        };
+        self.upstream.request(req, deadline)
+    }
+
+    /// An upload's request, bounded by its progress: `send_timeout` while its body is sent,
+    /// then `timeout` for the answer's head.
+    async fn bounded<F: Future>(
+        &self,
+        fut: F,
+        progress: Arc<crate::upload::Progress>,
+        stalled: fn(crate::upload::Stalled) -> F::Output,
+    ) -> F::Output {
+        crate::upload::bounded(fut, progress, self.timeout, self.send_timeout, |why| {
+            tracing::warn!(route = %self.name, stalled = ?why, "an upload stalled");
+            stalled(why)
+        })
+        .await
     }
 
     /// Sends one request upstream within the route's timeout.
@@ -733,6 +778,7 @@ impl Route {
                 strip_hop_by_hop(&mut parts.headers);
                 Ok(Response::from_parts(parts, body))
             }
+            Err(UpstreamError::ClientStalled) => Err(ProxyError::RequestTimeout),
             Err(crate::upstream::UpstreamError::TimedOut) => {
                 tracing::warn!(route = %self.name, timeout_ms = self.timeout.as_millis() as u64, "upstream response timed out");
                 Err(ProxyError::UpstreamTimeout)
@@ -769,5 +815,24 @@ fn request_host(req: &Request<ProxyBody>) -> Option<&str> {
             host.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b)).then(|| std::str::from_utf8(host).ok())?
         }
         _ => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
+    }
+}
+
+impl ProxyError {
+    /// The answer to an upload that stalled: `408` for the client's silence, else `504`.
+    fn from_stall(why: crate::upload::Stalled) -> Result<Response<ProxyBody>, ProxyError> {
+        Err(match why {
+            crate::upload::Stalled::Client => ProxyError::RequestTimeout,
+            _ => ProxyError::UpstreamTimeout,
+        })
+    }
+}
+
+impl UpstreamError {
+    fn from_stall(why: crate::upload::Stalled) -> Result<Response<ProxyBody>, UpstreamError> {
+        Err(match why {
+            crate::upload::Stalled::Client => UpstreamError::ClientStalled,
+            _ => UpstreamError::TimedOut,
+        })
     }
 }

@@ -277,6 +277,7 @@ fn build_routes(
             inject,
             tokens: all.into(),
             timeout: rc.timeout.unwrap_or(config.upstream.timeout),
+            send_timeout: rc.send_timeout.unwrap_or(config.upstream.send_timeout),
             metrics: RouteMetrics::new(&rc.name, Some(token.name())),
             usage: usage.entry(rc.name.clone()).or_default().clone(),
             allow: crate::policy::AllowList::new(

@@ -476,3 +476,155 @@ async fn a_request_refused_before_its_body_gets_no_100_continue() {
     assert_eq!(up.find("/ok").body_len, 5);
     sk.shutdown().await;
 }
+
+const UPLOAD_LIMITS: &str = "[upstream]\ntimeout = \"1s\"\nsend_timeout = \"400ms\"\n";
+
+/// Sends a request head, then `chunks` pieces of `piece` bytes each `every` apart (framed as
+/// `chunked` says), then reads the answer whole; `stop_after`: stop sending after that many
+/// pieces and wait (the connection kept open).
+async fn upload(
+    addr: std::net::SocketAddr,
+    head_extra: &str,
+    chunks: usize,
+    piece: usize,
+    every: Duration,
+    chunked: bool,
+    stop_after: Option<usize>,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let framing =
+        if chunked { "Transfer-Encoding: chunked".to_owned() } else { format!("Content-Length: {}", chunks * piece) };
+    let head = format!("POST /r/up HTTP/1.1\r\nHost: x\r\n{head_extra}{framing}\r\n\r\n");
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let writer = tokio::spawn(async move {
+        for i in 0..chunks {
+            if stop_after == Some(i) {
+                std::future::pending::<()>().await;
+            }
+            let data = vec![b'u'; piece];
+            let sent = if chunked {
+                let mut framed = format!("{piece:x}\r\n").into_bytes();
+                framed.extend_from_slice(&data);
+                framed.extend_from_slice(b"\r\n");
+                wr.write_all(&framed).await
+            } else {
+                wr.write_all(&data).await
+            };
+            if sent.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+        if chunked {
+            let _ = wr.write_all(b"0\r\n\r\n").await;
+        }
+        std::future::pending::<()>().await;
+    });
+    let mut out = Vec::new();
+    bounded("the upload's answer", async {
+        let mut buf = [0u8; 8192];
+        while !response_complete(&out) {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn an_upload_longer_than_timeout_goes_through_and_a_stalled_one_gets_408() {
+    let (up, dir) = (Upstream::plain().await, tempfile::tempdir().unwrap());
+    let sk = start_proxy(&proxy_config(dir.path(), &up.url, "", UPLOAD_LIMITS)).await;
+    let every = Duration::from_millis(50);
+    // 40 pieces 50 ms apart: 2 s, twice `timeout`. The own loop (a length, chunked), and
+    // hyper's server (a connection handed over: a Connection header naming another field).
+    for (extra, chunked) in [("", false), ("", true), ("Connection: x-hand-over\r\n", false)] {
+        let started = std::time::Instant::now();
+        let a = upload(sk.proxy_addr, extra, 40, 2048, every, chunked, None).await;
+        assert!(started.elapsed() > Duration::from_secs(1), "{:?}", started.elapsed());
+        assert_eq!(status_of(&a), 200, "{extra} chunked={chunked}: {a}");
+        assert_eq!(up.last().body_len, 40 * 2048, "{extra} chunked={chunked}");
+        // Stalled after 5 pieces: 408, well before any idle timeout.
+        let a = upload(sk.proxy_addr, extra, 40, 2048, every, chunked, Some(5)).await;
+        assert_eq!(status_of(&a), 408, "{extra} chunked={chunked}: {a}");
+        assert!(a.contains("\"request_timeout\""), "{a}");
+    }
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upload_over_http2_is_bounded_by_its_progress() {
+    use http_body_util::BodyExt;
+    let (up, dir) = (Upstream::plain().await, tempfile::tempdir().unwrap());
+    let sk = start_proxy(&proxy_config(dir.path(), &up.url, "", UPLOAD_LIMITS)).await;
+    for stop_after in [None, Some(5)] {
+        let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(sk.proxy_addr).await.unwrap());
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(conn);
+        let pieces = Box::pin(futures_util::stream::unfold(0usize, move |i| async move {
+            if i == 40 {
+                return None;
+            }
+            if stop_after == Some(i) {
+                std::future::pending::<()>().await;
+            }
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Some((
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(vec![b'h'; 2048]))),
+                i + 1,
+            ))
+        }));
+        let req = http::Request::post(format!("http://{}/r/up2", sk.proxy_addr))
+            .body(http_body_util::StreamBody::new(pieces))
+            .unwrap();
+        let resp = bounded("the HTTP/2 upload's answer", send.send_request(req)).await.unwrap();
+        let status = resp.status();
+        let body = bounded("its body", resp.into_body().collect()).await.unwrap().to_bytes();
+        match stop_after {
+            None => {
+                assert_eq!(status, 200, "{body:?}");
+                assert_eq!(up.last().body_len, 40 * 2048);
+            }
+            Some(_) => {
+                assert_eq!(status, 408, "{body:?}");
+                assert!(String::from_utf8_lossy(&body).contains("request_timeout"));
+            }
+        }
+    }
+    sk.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_an_upload_gets_504() {
+    // An upstream that reads the head and then nothing, with a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    // The route's `timeout` well past `send_timeout`: the 504 comes from the stall.
+    let sk = start_proxy(&proxy_config(dir.path(), &format!("http://{addr}"), "timeout = \"6s\"", UPLOAD_LIMITS)).await;
+    // 16 MiB as fast as it goes: the upstream side's buffers fill, then nothing moves.
+    let started = std::time::Instant::now();
+    let a = upload(sk.proxy_addr, "", 256, 65536, Duration::ZERO, false, None).await;
+    assert_eq!(status_of(&a), 504, "{a}");
+    assert!(started.elapsed() < Duration::from_secs(4), "504 after {:?}: not from send_timeout", started.elapsed());
+    assert!(a.contains("\"upstream_timeout\""), "{a}");
+    sk.shutdown().await;
+}

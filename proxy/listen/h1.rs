@@ -204,13 +204,13 @@ pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
         // among them; a chunked one is framed again upstream).
         Some(framing) => {
             let (tx, rx) = tokio::sync::mpsc::channel(STREAM_AHEAD);
-            let mut request = Request::new(DataBody::Streamed(Streamed::new(
+            let mut request = Request::new(DataBody::Streamed(crate::upload::Upload::own(Streamed::new(
                 rx,
                 match framing {
                     Framing::Length(n) => Some(n),
                     Framing::Chunked => None,
                 },
-            )));
+            ))));
             fields.append_to(request.headers_mut());
             (request, Some((framing, tx)))
         }

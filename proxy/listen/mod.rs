@@ -570,7 +570,14 @@ async fn connection<I, F, Fut, B>(
     let service_watch = watch.clone();
     let service_handler = handler.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let mut req = req.map(DataBody::Incoming);
+        // A body to come is an upload, bounded by its progress (see `upload`).
+        let mut req = req.map(|b| {
+            if b.is_end_stream() {
+                DataBody::Incoming(b)
+            } else {
+                DataBody::Streamed(crate::upload::Upload::hyper(b))
+            }
+        });
         let in_flight = service_watch.begin(req.version() == http::Version::HTTP_2);
         if let Some(t) = &tunnel {
             if req.method() == http::Method::CONNECT && req.version() < http::Version::HTTP_2 {

@@ -252,6 +252,8 @@ pub enum UpstreamError {
     Exchange(#[source] std::io::Error),
     #[error("the upstream did not answer within the route's timeout")]
     TimedOut,
+    #[error("the client's request body stalled")]
+    ClientStalled,
 }
 
 /// Attempts per request when a pooled connection turns out closed before the request was
