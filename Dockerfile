@@ -4,7 +4,11 @@
 #   docker build -t sidekey:0.1.0 .
 #   docker run --rm -v "$PWD/my-sidekey.toml:/etc/sidekey/sidekey.toml:ro" sidekey:0.1.0
 #   docker run --rm -v "$PWD/my-sidekey.toml:/etc/sidekey/sidekey.toml:ro" sidekey:0.1.0 check
-# (to publish a port, the config must listen on 0.0.0.0 rather than 127.0.0.1)
+# The proxy listens on loopback: in a pod, the app's containers share it and nothing else can
+# reach the credentials. Publishing its port (`-p 8080:8080`, clients outside this container's
+# network namespace) needs `proxy = "0.0.0.0:8080"` and `allow_non_loopback = true` under
+# [listen] (refused otherwise): whoever reaches the port uses the routes' tokens, so publish it
+# only to those clients (`-p 127.0.0.1:8080:8080`, a private network).
 #
 # Health: the image has no HEALTHCHECK (there is no shell or curl to run one); orchestrators
 # probe the admin listener instead: GET /healthz (liveness), GET /readyz (readiness), see
