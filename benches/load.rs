@@ -44,6 +44,11 @@
 //! first saw the new token, how long the harness's own change took at most (its thread may
 //! wait to run on the busy machine), and new upstream connections.
 //!
+//! `--idle` (10 000 connections; `--idle-connections N` for another count) adds, per proxy and
+//! round (`--rounds`, at least 1), a fresh instance holding N idle keep-alive connections that
+//! have each served one request: the bytes of `VmRSS` each costs, the accepted count checked
+//! (`benches/load/idle.rs`).
+//!
 //! `--soak SECS` adds, per proxy, a concurrency-64 run of SECS with its RSS read every 10 s
 //! (memory must stay flat).
 //!
@@ -112,6 +117,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+#[path = "load/idle.rs"]
+mod idle;
+
 const SIDEKEY: &str = env!("CARGO_BIN_EXE_sidekey");
 /// `--post BYTES` as the harness's processes (wrk's `report.lua`, the clients) see it.
 const POST_VAR: &str = "LOAD_POST_BYTES";
@@ -179,6 +187,8 @@ struct Opts {
     exact_c1: bool,
     /// Requests are `POST`s of a JSON document this long (see [`POST_VAR`]).
     post: Option<usize>,
+    /// Idle keep-alive connections per proxy for the memory-per-connection runs (`--idle`).
+    idle: Option<usize>,
 }
 
 impl Opts {
@@ -200,6 +210,7 @@ impl Opts {
             link_order: None,
             exact_c1: false,
             post: None,
+            idle: None,
         };
         let mut sidekey = None;
         let mut it = args.iter().skip(1);
@@ -217,6 +228,8 @@ impl Opts {
                 "--tls-upstream" => o.tls_upstream = true,
                 "--c1-exact" => o.exact_c1 = true,
                 "--post" => o.post = Some(value().parse().expect("--post BYTES")),
+                "--idle" => o.idle = Some(o.idle.unwrap_or(10_000)),
+                "--idle-connections" => o.idle = Some(value().parse().expect("--idle-connections N")),
                 "--audit" => o.audit = true,
                 "--callgrind" => o.callgrind = Some(value().parse().expect("--callgrind REQUESTS")),
                 "--callgrind-out" => o.callgrind_out = Some(PathBuf::from(value())),
@@ -690,6 +703,10 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> R
     if run.callgrind.is_some() {
         text.push_str(if run.fresh { "overlap = \"1h\"\n" } else { "overlap = \"0s\"\n" });
     }
+    let max_connections = idle::conn_limit(1024);
+    if max_connections > 1024 {
+        text.push_str(&format!("\n[limits]\nmax_connections = {max_connections}\n"));
+    }
     if run.audit {
         text.push_str(&format!("\n[audit]\npath = {:?}\n", dir.path().join("audit.log").display().to_string()));
     }
@@ -772,13 +789,14 @@ fn start_nginx(origin: &Origin) -> Result<Server, String> {
         &conf,
         format!(
             "worker_processes 1;\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
-             events {{ worker_connections 4096; }}\n\
+             events {{ worker_connections {wc}; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n{body_buffer}  proxy_temp_path {p}/proxy;\n\
              upstream origin {{ server {server}; keepalive 128; }}\n\
              server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass {pass}://origin;\n\
              proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      include {inc};\n{tls}    }}\n  }}\n}}\n",
             p = dir.path().display(),
-            inc = include.display()
+            inc = include.display(),
+            wc = idle::conn_limit(4096),
         ),
     )
     .unwrap();
@@ -829,12 +847,16 @@ fn start_haproxy(origin: &Origin) -> Result<Server, String> {
     std::fs::write(
         &conf,
         format!(
-            "global\n  nbthread 1\n  stats socket {sock} level admin\n\n\
-             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\n\
+            "global\n  nbthread 1\n  stats socket {sock} level admin\n{maxconn}\n\
+             defaults\n  mode http\n{maxconn}  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\n\
              frontend fe\n  bind 127.0.0.1:{port}\n  http-request set-header Authorization \"Bearer %[str(t),map({map})]\"\n\
              default_backend be\n\nbackend be\n  server origin {server}\n",
             sock = socket.display(),
-            map = map.display()
+            map = map.display(),
+            maxconn = match idle::conn_limit(0) {
+                0 => String::new(),
+                n => format!("  maxconn {n}\n"),
+            },
         ),
     )
     .unwrap();
@@ -946,7 +968,7 @@ fn run(opts: &Opts) -> Result<(), String> {
     if let Some(path) = &opts.link_order {
         return write_link_order(&opts.sidekey, path);
     }
-    if !which("wrk") {
+    if (opts.rounds > 0 || opts.rotate.is_some() || opts.soak.is_some()) && !which("wrk") {
         return Err("wrk is not installed: run benches/load/setup.sh".into());
     }
     let origin_server = start_origin(opts.tls_upstream)?;
@@ -1013,19 +1035,23 @@ fn run(opts: &Opts) -> Result<(), String> {
             None => None,
         };
         drop(servers);
+        let idle = match opts.idle {
+            Some(n) => Some(idle::idle_runs(opts, &origin_server, n, opts.rounds.max(1), &wanted)?),
+            None => None,
+        };
         let callgrind = match opts.callgrind {
             Some(n) => Some(callgrind_runs(opts, &origin_server, n)?),
             None => None,
         };
-        Ok::<_, String>((samples, missing, rotation, soak, callgrind))
+        Ok::<_, String>((samples, missing, rotation, soak, callgrind, idle))
     })();
     drop(origin_server);
-    let (samples, missing, rotation, soak, callgrind) = result?;
+    let (samples, missing, rotation, soak, callgrind, idle) = result?;
     let intercept = match opts.intercept {
         Some(rounds) => Some(intercept_runs(&opts.sidekey, rounds, opts.duration)?),
         None => None,
     };
-    report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept })
+    report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept, idle })
 }
 
 /// Instructions per request in sidekey's own process, counted by callgrind (stable where
@@ -1590,6 +1616,7 @@ struct Extra {
     rotation: Option<Vec<Value>>,
     soak: Option<Vec<Value>>,
     callgrind: Option<Vec<Value>>,
+    idle: Option<Vec<Value>>,
 }
 
 /// A ratio of two targets' samples of one round, given that round's direct sample if any.
@@ -1669,7 +1696,7 @@ fn exact_table(samples: &BTreeMap<&str, Vec<Sample>>, rows: &mut [Value], versus
 }
 
 fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String], extra: Extra) -> Result<(), String> {
-    let Extra { rotation, soak, callgrind, intercept } = extra;
+    let Extra { rotation, soak, callgrind, intercept, idle } = extra;
     let med = |name: &str, f: &dyn Fn(&Sample) -> f64| samples.get(name).map(|v| median(v.iter().map(f).collect()));
     let direct = |f: &dyn Fn(&Sample) -> f64| med("direct", f).unwrap_or(f64::NAN);
     let mut rows = Vec::new();
@@ -1816,6 +1843,9 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
             );
         }
     }
+    if let Some(rows) = &idle {
+        idle::print(rows);
+    }
     let layout = link_order_coverage(&opts.sidekey);
     if let Some(l) = &layout {
         println!(
@@ -1841,6 +1871,7 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         "soak": soak,
         "callgrind": callgrind,
         "intercept": intercept,
+        "idle": idle,
         "link_order": layout,
         "skipped": missing,
     });
