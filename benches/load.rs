@@ -49,6 +49,10 @@
 //! have each served one request: the bytes of `VmRSS` each costs, the accepted count checked
 //! (`benches/load/idle.rs`).
 //!
+//! Each run also writes its picture beside the JSON (`result.svg`, or `--svg FILE`): latency
+//! percentiles at concurrency 1, requests/s and CPU per request at 64, bytes per idle
+//! connection (`benches/load/svg.rs`); `--svg-from JSON` draws it again from an earlier result.
+//!
 //! `--soak SECS` adds, per proxy, a concurrency-64 run of SECS with its RSS read every 10 s
 //! (memory must stay flat).
 //!
@@ -119,6 +123,8 @@ use serde_json::{json, Value};
 
 #[path = "load/idle.rs"]
 mod idle;
+#[path = "load/svg.rs"]
+mod svg;
 
 const SIDEKEY: &str = env!("CARGO_BIN_EXE_sidekey");
 /// `--post BYTES` as the harness's processes (wrk's `report.lua`, the clients) see it.
@@ -189,6 +195,10 @@ struct Opts {
     post: Option<usize>,
     /// Idle keep-alive connections per proxy for the memory-per-connection runs (`--idle`).
     idle: Option<usize>,
+    /// Where the run's picture goes (beside `out` unless given).
+    svg: Option<PathBuf>,
+    /// Draw the picture of this earlier result and stop.
+    svg_from: Option<PathBuf>,
 }
 
 impl Opts {
@@ -211,6 +221,8 @@ impl Opts {
             exact_c1: false,
             post: None,
             idle: None,
+            svg: None,
+            svg_from: None,
         };
         let mut sidekey = None;
         let mut it = args.iter().skip(1);
@@ -229,6 +241,8 @@ impl Opts {
                 "--c1-exact" => o.exact_c1 = true,
                 "--post" => o.post = Some(value().parse().expect("--post BYTES")),
                 "--idle" => o.idle = Some(o.idle.unwrap_or(10_000)),
+                "--svg" => o.svg = Some(PathBuf::from(value())),
+                "--svg-from" => o.svg_from = Some(PathBuf::from(value())),
                 "--idle-connections" => o.idle = Some(value().parse().expect("--idle-connections N")),
                 "--audit" => o.audit = true,
                 "--callgrind" => o.callgrind = Some(value().parse().expect("--callgrind REQUESTS")),
@@ -967,6 +981,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn run(opts: &Opts) -> Result<(), String> {
     if let Some(path) = &opts.link_order {
         return write_link_order(&opts.sidekey, path);
+    }
+    if let Some(json) = &opts.svg_from {
+        let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
+        let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+        return write_svg(opts, &doc);
     }
     if (opts.rounds > 0 || opts.rotate.is_some() || opts.soak.is_some()) && !which("wrk") {
         return Err("wrk is not installed: run benches/load/setup.sh".into());
@@ -1880,6 +1899,17 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
     }
     std::fs::write(&opts.out, serde_json::to_string_pretty(&doc).unwrap()).map_err(|e| e.to_string())?;
     println!("result: {}", opts.out.display());
+    write_svg(opts, &doc)
+}
+
+/// The run's picture (`benches/load/svg.rs`), at `--svg FILE` or beside the JSON result.
+fn write_svg(opts: &Opts, doc: &Value) -> Result<(), String> {
+    let path = opts.svg.clone().unwrap_or_else(|| opts.out.with_extension("svg"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(&path, svg::render(doc)).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("picture: {}", path.display());
     Ok(())
 }
 
