@@ -36,6 +36,8 @@
 //! - [`metrics`]: the Prometheus recorder and per-route handles.
 //! - [`serve`]: assembly, listeners, config reload, graceful shutdown.
 //! - [`conn`]: the accept loop and `[limits]`: connection cap, header and idle timeouts.
+//! - [`workers`]: `[listen] workers`, single-threaded runtimes the proxy's connections are
+//!   handed to.
 //! - [`reload`]: what triggers a reload (SIGHUP, `--watch-config`).
 //! - [`telemetry`]: logging setup.
 //! - [`demo`]: `sidekey demo`.
@@ -79,6 +81,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod token;
 pub mod upstream;
+pub mod workers;
 
 pub use config::Config;
 pub use serve::{start, Running};

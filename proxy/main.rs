@@ -153,7 +153,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            runtime().block_on(run(config, path, loaded, watch_config))
+            runtime(config.listen.workers).block_on(run(config, path, loaded, watch_config))
         }
         Command::Audit { command: AuditCommand::Verify { file } } => match sidekey::audit::verify(&file) {
             Ok(n) => {
@@ -201,7 +201,7 @@ fn main() -> ExitCode {
         }
         Command::Demo { port, admin_port, rotate_every } => {
             let opts = sidekey::demo::DemoOptions { port, admin_port, rotate_every };
-            match runtime().block_on(sidekey::demo::run(opts)) {
+            match runtime(None).block_on(sidekey::demo::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sidekey demo: {e}");
@@ -266,10 +266,13 @@ async fn serve_webhook(opts: sidekey::kube::webhook::WebhookOptions) -> ExitCode
 }
 
 /// One CPU to run on (a sidecar's usual CPU limit, or `taskset`): a current-thread runtime, which
-/// skips the work-stealing machinery a single worker cannot use. More: one worker per CPU.
-fn runtime() -> tokio::runtime::Runtime {
+/// skips the work-stealing machinery a single worker cannot use. More: one worker per CPU. With
+/// `[listen] workers`, the proxy's connections are served on runtimes of their own
+/// (`sidekey::workers`) and this one, current-thread, runs the rest: the acceptor, the admin API,
+/// the token sources.
+fn runtime(workers: Option<usize>) -> tokio::runtime::Runtime {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut builder = if cpus == 1 {
+    let mut builder = if cpus == 1 || workers.is_some() {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()

@@ -28,6 +28,7 @@ use crate::route::{RouteTable, Target};
 use crate::shutdown::stopped;
 use crate::token::{FormatRegistry, Token, TokenStore};
 use crate::upstream::{build_client, UpstreamClient};
+use crate::workers::Workers;
 
 /// How long admin connections get to finish after the proxy has drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
@@ -47,6 +48,8 @@ pub enum StartError {
     AdminToken(String),
     #[error("[intercept]: {0}")]
     Intercept(String),
+    #[error("cannot start the [listen] workers: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A running sidekey: its addresses, its tokens, and the ways to reload and stop it.
@@ -62,6 +65,8 @@ pub struct Running {
     summary_task: Option<JoinHandle<()>>,
     /// Watches the interception CA's files.
     ca_task: Option<JoinHandle<()>>,
+    /// `[listen] workers`, when set.
+    workers: Option<Arc<Workers>>,
 }
 
 /// What a reload changed.
@@ -87,6 +92,12 @@ impl Running {
         self.live.proxy.clone()
     }
 
+    /// Connections handed to each `[listen] workers` runtime so far (`None` without workers).
+    #[doc(hidden)]
+    pub fn worker_connections(&self) -> Option<Vec<u64>> {
+        self.workers.as_ref().map(|w| w.handed())
+    }
+
     /// The configured grace period.
     pub fn grace(&self) -> Duration {
         lock(&self.live.config).shutdown.grace
@@ -101,7 +112,7 @@ impl Running {
         {
             let old = lock(&self.live.config);
             if old.listen != config.listen {
-                tracing::warn!("listen addresses change only on restart; keeping the current ones");
+                tracing::warn!("[listen] changes only on restart; keeping the current one");
             }
             if old.limits != config.limits || old.hardening != config.hardening {
                 tracing::warn!("[limits] and [hardening] change only on restart; keeping the current ones");
@@ -164,6 +175,9 @@ impl Running {
         self.begin_draining();
         let _ = self.stop_proxy.send(true);
         let _ = self.proxy_task.await;
+        if let Some(w) = &self.workers {
+            w.stop().await;
+        }
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
         let bg = std::mem::replace(
@@ -332,6 +346,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let background = Background::spawn(&tokens);
     let (route_count, token_count, grace) = (config.routes.len(), config.tokens.len(), config.shutdown.grace);
+    let workers = match config.listen.workers {
+        Some(n) => Some(Arc::new(Workers::start(n).map_err(StartError::Workers)?)),
+        None => None,
+    };
     let limits = config.limits.clone();
     let mut proxy = Proxy::new(routes);
     if let Some(i) = &intercept {
@@ -360,19 +378,29 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (stop_admin, admin_stop_rx) = watch::channel(false);
     let admin = Admin::new(live.clone());
     let proxy = live.proxy.clone();
-    let proxy_task = tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, limits, true, move |req| {
-        futures_util::FutureExt::map(proxy.handle(req), Ok::<_, Infallible>)
-    }));
-    let admin_task =
-        tokio::spawn(serve(admin_listener, "admin", admin_stop_rx, ADMIN_GRACE, admin_limits(), false, move |req| {
+    let proxy_task =
+        tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, limits, true, workers.clone(), move |req| {
+            futures_util::FutureExt::map(proxy.handle(req), Ok::<_, Infallible>)
+        }));
+    let admin_task = tokio::spawn(serve(
+        admin_listener,
+        "admin",
+        admin_stop_rx,
+        ADMIN_GRACE,
+        admin_limits(),
+        false,
+        None,
+        move |req| {
             let admin = admin.clone();
             async move { Ok::<_, Infallible>(admin.handle(req).await) }
-        }));
+        },
+    ));
     tracing::info!(
         proxy = %proxy_addr,
         admin = %admin_addr,
         routes = route_count,
         tokens = token_count,
+        workers = workers.as_ref().map(|w| w.handed().len()),
         no_dump = hardened.no_dump,
         mlock = hardened.mlock,
         locked_bytes = crate::memory::locked_bytes(),
@@ -389,6 +417,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop_summary,
         summary_task,
         ca_task,
+        workers,
     })
 }
 

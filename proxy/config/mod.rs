@@ -45,6 +45,9 @@ pub struct Config {
     pub tokens: BTreeMap<String, TokenConfig>,
 }
 
+/// The most `[listen] workers` a config may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
 /// `[listen]`: where the data plane and the admin API listen.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Listen {
@@ -52,11 +55,15 @@ pub struct Listen {
     pub proxy: SocketAddr,
     #[serde(default = "default_admin_addr")]
     pub admin: SocketAddr,
+    /// Single-threaded runtimes serving the proxy listener's connections (`crate::workers`);
+    /// without it, one runtime with a thread per CPU.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { proxy: default_proxy_addr(), admin: default_admin_addr() }
+        Listen { proxy: default_proxy_addr(), admin: default_admin_addr(), workers: None }
     }
 }
 
@@ -1150,6 +1157,15 @@ impl<'a> Loader<'a> {
                 self.check_ca_file(&[Seg::Key("upstream".into()), Seg::Key("ca_file".into())], ca);
             }
         }
+        if let Some(n) = listen.as_ref().and_then(|l| l.workers) {
+            let max = MAX_WORKERS;
+            if !(1..=max).contains(&n) {
+                self.error(
+                    &[Seg::Key("listen".into()), Seg::Key("workers".into())],
+                    format!("must be between 1 and {max}"),
+                );
+            }
+        }
         if let (Some(l), Some(a)) = (&listen, &admin) {
             if !l.admin.ip().is_loopback() && a.token.is_none() {
                 self.error(
@@ -2058,6 +2074,24 @@ validate = { url = "https://v.example", format = "Bearer" }
         assert_eq!(c.admin.token, Some(SecretRef::Env("SIDEKEY_ADMIN_TOKEN".into())));
         let errs = errors(&format!("{open}\n[admin]\ntoken = \"hunter2-admin\"\n"));
         assert!(errs.iter().any(|e| e.key == "admin.token" && !e.message.contains("hunter2")), "{errs:?}");
+    }
+
+    #[test]
+    fn listen_workers_is_checked_with_key_and_line() {
+        assert_eq!(Config::parse(GOOD).unwrap().listen.workers, None);
+        let with =
+            |n: &str| GOOD.replace("admin = \"127.0.0.1:1\"\n", &format!("admin = \"127.0.0.1:1\"\nworkers = {n}\n"));
+        assert_eq!(Config::parse(&with("2")).unwrap().listen.workers, Some(2));
+        for bad in ["0", "1025"] {
+            let errs = errors(&with(bad));
+            assert!(
+                errs.iter()
+                    .any(|e| e.key == "listen.workers" && e.line == Some(5) && e.message.contains("between 1 and")),
+                "{bad}: {errs:?}"
+            );
+        }
+        let errs = errors(&with("\"two\""));
+        assert!(errs.iter().any(|e| e.key == "listen.workers" && e.line == Some(5)), "{errs:?}");
     }
 
     #[test]

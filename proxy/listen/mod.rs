@@ -35,6 +35,7 @@ use crate::body::Body as DataBody;
 use crate::config::Limits;
 use crate::shutdown::stopped;
 use crate::upstream::ProxyBody;
+use crate::workers::Workers;
 
 pub(crate) mod h1;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -631,7 +632,9 @@ async fn connection<I, F, Fut, B>(
 
 /// Accepts connections (HTTP/1.1, and HTTP/2 with prior knowledge) until `stop` turns true,
 /// then waits up to `grace` for open connections to finish their requests and closes the rest.
-/// With `tunnels`, an HTTP/1 CONNECT request carries a [`Tunnel`] its handler may use.
+/// With `tunnels`, an HTTP/1 CONNECT request carries a [`Tunnel`] its handler may use. With
+/// `workers`, each connection is served on the next of them; else on the runtime this runs on.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<F, Fut, B>(
     listener: TcpListener,
     what: &'static str,
@@ -639,6 +642,7 @@ pub async fn serve<F, Fut, B>(
     grace: Duration,
     limits: Limits,
     tunnels: bool,
+    workers: Option<Arc<Workers>>,
     handler: F,
 ) where
     F: Fn(Request<ProxyBody>) -> Fut + Clone + Send + Sync + 'static,
@@ -693,8 +697,27 @@ pub async fn serve<F, Fut, B>(
         };
         let _ = stream.set_nodelay(true);
         let open = Open::new(open.clone());
-        let task = connection(stream, peer, ctx.clone(), stop.clone(), handler.clone(), ctx.tunnels);
-        connections.spawn(holding(task, (permit, open)));
+        let Some(workers) = &workers else {
+            let task = connection(stream, peer, ctx.clone(), stop.clone(), handler.clone(), ctx.tunnels);
+            connections.spawn(holding(task, (permit, open)));
+            continue;
+        };
+        // Registered again with the worker's own I/O driver, on the worker.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(listener = what, error = %e, "cannot hand a connection to a worker");
+                continue;
+            }
+        };
+        let (ctx, stop, handler) = (ctx.clone(), stop.clone(), handler.clone());
+        let task = async move {
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => connection(stream, peer, ctx.clone(), stop, handler, ctx.tunnels).await,
+                Err(e) => tracing::warn!(listener = ctx.what, error = %e, "a worker cannot take a connection"),
+            }
+        };
+        connections.spawn_on(holding(task, (permit, open)), workers.next());
     }
     drop(listener);
     if !connections.is_empty() {
