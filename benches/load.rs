@@ -49,6 +49,11 @@
 //! have each served one request: the bytes of `VmRSS` each costs, the accepted count checked
 //! (`benches/load/idle.rs`).
 //!
+//! `--scaling`: sidekey `[listen] workers = 1` against `= 2`, its default runtime on one CPU
+//! against two, nginx `worker_processes 1` against `2`, at concurrency 256 with nothing pinned
+//! to one CPU (requests/s, CPU per request), and a rotation run at 2 workers
+//! (`benches/load/scaling.rs`).
+//!
 //! Each run also writes its picture beside the JSON (`result.svg`, or `--svg FILE`): latency
 //! percentiles at concurrency 1, requests/s and CPU per request at 64, bytes per idle
 //! connection (`benches/load/svg.rs`); `--svg-from JSON` draws it again from an earlier result.
@@ -123,6 +128,8 @@ use serde_json::{json, Value};
 
 #[path = "load/idle.rs"]
 mod idle;
+#[path = "load/scaling.rs"]
+mod scaling;
 #[path = "load/svg.rs"]
 mod svg;
 
@@ -147,7 +154,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--origin") {
         let cert_out = args.iter().position(|a| a == "--cert-out").map(|i| PathBuf::from(&args[i + 1]));
-        origin(cert_out);
+        let threads = args.iter().position(|a| a == "--origin-threads").map_or(1, |i| args[i + 1].parse().unwrap());
+        origin(cert_out, threads);
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--c1-client") {
@@ -195,6 +203,8 @@ struct Opts {
     post: Option<usize>,
     /// Idle keep-alive connections per proxy for the memory-per-connection runs (`--idle`).
     idle: Option<usize>,
+    /// The worker-scaling runs (`--scaling`).
+    scaling: bool,
     /// Where the run's picture goes (beside `out` unless given).
     svg: Option<PathBuf>,
     /// Draw the picture of this earlier result and stop.
@@ -223,6 +233,7 @@ impl Opts {
             idle: None,
             svg: None,
             svg_from: None,
+            scaling: false,
         };
         let mut sidekey = None;
         let mut it = args.iter().skip(1);
@@ -241,6 +252,7 @@ impl Opts {
                 "--c1-exact" => o.exact_c1 = true,
                 "--post" => o.post = Some(value().parse().expect("--post BYTES")),
                 "--idle" => o.idle = Some(o.idle.unwrap_or(10_000)),
+                "--scaling" => o.scaling = true,
                 "--svg" => o.svg = Some(PathBuf::from(value())),
                 "--svg-from" => o.svg_from = Some(PathBuf::from(value())),
                 "--idle-connections" => o.idle = Some(value().parse().expect("--idle-connections N")),
@@ -323,8 +335,11 @@ struct Stats {
 /// JSON. With `cert_out`, it also serves TLS (1.3, HTTP/1.1) on a second port, with a
 /// self-signed certificate for `localhost` and `127.0.0.1` written there as PEM; else the TLS
 /// port is printed as 0.
-fn origin(cert_out: Option<PathBuf>) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+fn origin(cert_out: Option<PathBuf>, threads: usize) {
+    let rt = match threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build().unwrap(),
+    };
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stats = Arc::new(Stats::default());
@@ -399,6 +414,8 @@ where
                 ))));
             }
             stats.requests.fetch_add(1, Ordering::Relaxed);
+            // `GET /bytes/N`: N bytes (the large-body runs), at most 64 MiB.
+            let size = req.uri().path().strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok());
             let (parts, mut body) = req.into_parts();
             while !hyper::body::Body::is_end_stream(&body) {
                 match http_body_util::BodyExt::frame(&mut body).await {
@@ -420,6 +437,11 @@ where
                 } else if n > newest || n == 0 {
                     stats.first_seen.lock().unwrap().entry(n).or_insert_with(now_us);
                 }
+            }
+            if let Some(n) = size {
+                static BIG: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+                let big = BIG.get_or_init(|| Bytes::from(vec![b'x'; 64 << 20]));
+                return Ok(hyper::Response::new(Full::new(big.slice(..n.min(big.len())))));
             }
             Ok(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
         }
@@ -551,11 +573,16 @@ fn cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// While set, [`pinned`] puts every process it starts on these CPUs (`taskset -c` list)
+/// instead of the one it names: the scaling runs share the machine's CPUs between all.
+static CPU_LIST: Mutex<Option<&'static str>> = Mutex::new(None);
+
 /// `taskset -c CPU` in front of a command when the machine has a CPU to spare for it.
 fn pinned(cpu: usize, program: &str) -> Command {
     if cpus() >= 2 && which("taskset") {
+        let list = *CPU_LIST.lock().unwrap();
         let mut c = Command::new("taskset");
-        c.arg("-c").arg(cpu.to_string()).arg(program);
+        c.arg("-c").arg(list.map_or(cpu.to_string(), str::to_owned)).arg(program);
         c
     } else {
         Command::new(program)
@@ -655,11 +682,16 @@ impl Origin {
 }
 
 fn start_origin(tls: bool) -> Result<Origin, String> {
+    start_origin_with(tls, 1)
+}
+
+/// The origin, on `threads` threads (one: a current-thread runtime).
+fn start_origin_with(tls: bool, threads: usize) -> Result<Origin, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let cert = dir.path().join("origin.pem");
     let mut command = pinned(0, exe.to_str().unwrap());
-    command.arg("--origin");
+    command.arg("--origin").arg("--origin-threads").arg(threads.to_string());
     if tls {
         command.arg("--cert-out").arg(&cert);
     }
@@ -695,6 +727,8 @@ struct Run<'a> {
     /// With `[intercept]` (a generated CA written to `intercept-ca.crt` in its directory), the
     /// route naming host `origin.test`.
     intercept: bool,
+    /// `[listen] workers`.
+    workers: Option<usize>,
 }
 
 fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> Result<Server, String> {
@@ -704,8 +738,9 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> R
     let config = dir.path().join("sidekey.toml");
     let (upstream, ca) = origin.upstream();
     let mut text = format!(
-        "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"load\"\nprefix = \"/\"\n\
-         upstream = \"{upstream}\"\ntoken = \"load\"\n"
+        "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{workers}\n[[routes]]\nname = \"load\"\nprefix = \"/\"\n\
+         upstream = \"{upstream}\"\ntoken = \"load\"\n",
+        workers = run.workers.map_or(String::new(), |n| format!("workers = {n}\n"))
     );
     if run.intercept {
         text.push_str("host = \"origin.test\"\n");
@@ -770,7 +805,26 @@ fn nginx_include(token: &str) -> String {
     format!("proxy_set_header Authorization \"Bearer {token}\";\n")
 }
 
+/// How an nginx under test runs, beside what every run sets.
+#[derive(Clone, Copy)]
+struct NginxOpts {
+    workers: usize,
+    /// `proxy_buffering` and `proxy_request_buffering` both on or off, and any body size
+    /// (`client_max_body_size 0`); `None`: nginx's defaults.
+    buffering: Option<bool>,
+}
+
+impl Default for NginxOpts {
+    fn default() -> Self {
+        NginxOpts { workers: 1, buffering: None }
+    }
+}
+
 fn start_nginx(origin: &Origin) -> Result<Server, String> {
+    start_nginx_with(origin, NginxOpts::default())
+}
+
+fn start_nginx_with(origin: &Origin, opts: NginxOpts) -> Result<Server, String> {
     if !which("nginx") {
         return Err("nginx is not installed (benches/load/setup.sh)".into());
     }
@@ -782,11 +836,17 @@ fn start_nginx(origin: &Origin) -> Result<Server, String> {
     // A posted body larger than nginx's default body buffer (16 KiB) would go to a temporary
     // file first (and took 44 ms a request at 64 KiB here): the buffer is made to hold it, as
     // one would configure nginx for such bodies.
-    let body_buffer = std::env::var(POST_VAR)
+    let mut body_buffer = std::env::var(POST_VAR)
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 16 * 1024)
         .map_or(String::new(), |n| format!("  client_body_buffer_size {}k;\n", n.div_ceil(1024)));
+    if let Some(on) = opts.buffering {
+        let on = if on { "on" } else { "off" };
+        body_buffer.push_str(&format!(
+            "  client_max_body_size 0;\n  proxy_buffering {on};\n  proxy_request_buffering {on};\n"
+        ));
+    }
     let (server, pass, tls) = match &origin.tls {
         Some((port, ca)) => (
             format!("127.0.0.1:{port}"),
@@ -802,7 +862,7 @@ fn start_nginx(origin: &Origin) -> Result<Server, String> {
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
+            "worker_processes {workers};\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
              events {{ worker_connections {wc}; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n{body_buffer}  proxy_temp_path {p}/proxy;\n\
              upstream origin {{ server {server}; keepalive 128; }}\n\
@@ -811,6 +871,7 @@ fn start_nginx(origin: &Origin) -> Result<Server, String> {
             p = dir.path().display(),
             inc = include.display(),
             wc = idle::conn_limit(4096),
+            workers = opts.workers,
         ),
     )
     .unwrap();
@@ -906,8 +967,26 @@ fn json_line(out: &std::process::Output, prefix: &str, who: &str) -> Result<Valu
 }
 
 fn wrk(url: &str, connections: usize, secs: u64) -> Result<Wrk, String> {
-    let out = pinned(0, "wrk")
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency", "-s", WRK_SCRIPT, url])
+    wrk_with(url, 1, connections, secs, None)
+}
+
+/// wrk with `threads` threads, and with `post` a `POST` of a body that long (else as `--post`
+/// says).
+fn wrk_with(url: &str, threads: usize, connections: usize, secs: u64, post: Option<usize>) -> Result<Wrk, String> {
+    let mut command = pinned(0, "wrk");
+    if let Some(bytes) = post {
+        command.env(POST_VAR, bytes.to_string());
+    }
+    let out = command
+        .args([
+            &format!("-t{threads}"),
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-s",
+            WRK_SCRIPT,
+            url,
+        ])
         .output()
         .map_err(|e| format!("wrk: {e} (benches/load/setup.sh installs it)"))?;
     let v = json_line(&out, "WRK_JSON ", "wrk")?;
@@ -1062,15 +1141,17 @@ fn run(opts: &Opts) -> Result<(), String> {
             Some(n) => Some(callgrind_runs(opts, &origin_server, n)?),
             None => None,
         };
-        Ok::<_, String>((samples, missing, rotation, soak, callgrind, idle))
+        let scaling = if opts.scaling { Some(scaling::scaling_runs(opts, &wanted)?) } else { None };
+        Ok::<_, String>((samples, missing, rotation, soak, callgrind, Later { idle, scaling }))
     })();
     drop(origin_server);
-    let (samples, missing, rotation, soak, callgrind, idle) = result?;
+    let (samples, missing, rotation, soak, callgrind, later) = result?;
+    let Later { idle, scaling } = later;
     let intercept = match opts.intercept {
         Some(rounds) => Some(intercept_runs(&opts.sidekey, rounds, opts.duration)?),
         None => None,
     };
-    report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept, idle })
+    report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept, idle, scaling })
 }
 
 /// Instructions per request in sidekey's own process, counted by callgrind (stable where
@@ -1636,6 +1717,13 @@ struct Extra {
     soak: Option<Vec<Value>>,
     callgrind: Option<Vec<Value>>,
     idle: Option<Vec<Value>>,
+    scaling: Option<(Vec<Value>, Value)>,
+}
+
+/// The results of the runs added with the second performance issue.
+struct Later {
+    idle: Option<Vec<Value>>,
+    scaling: Option<(Vec<Value>, Value)>,
 }
 
 /// A ratio of two targets' samples of one round, given that round's direct sample if any.
@@ -1715,7 +1803,7 @@ fn exact_table(samples: &BTreeMap<&str, Vec<Sample>>, rows: &mut [Value], versus
 }
 
 fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String], extra: Extra) -> Result<(), String> {
-    let Extra { rotation, soak, callgrind, intercept, idle } = extra;
+    let Extra { rotation, soak, callgrind, intercept, idle, scaling } = extra;
     let med = |name: &str, f: &dyn Fn(&Sample) -> f64| samples.get(name).map(|v| median(v.iter().map(f).collect()));
     let direct = |f: &dyn Fn(&Sample) -> f64| med("direct", f).unwrap_or(f64::NAN);
     let mut rows = Vec::new();
@@ -1865,6 +1953,9 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
     if let Some(rows) = &idle {
         idle::print(rows);
     }
+    if let Some((rows, rotation)) = &scaling {
+        scaling::print(rows, rotation);
+    }
     let layout = link_order_coverage(&opts.sidekey);
     if let Some(l) = &layout {
         println!(
@@ -1891,6 +1982,8 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         "callgrind": callgrind,
         "intercept": intercept,
         "idle": idle,
+        "scaling": scaling.as_ref().map(|s| &s.0),
+        "scaling_rotation": scaling.as_ref().map(|s| &s.1),
         "link_order": layout,
         "skipped": missing,
     });
