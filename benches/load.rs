@@ -54,6 +54,10 @@
 //! to one CPU (requests/s, CPU per request), and a rotation run at 2 workers
 //! (`benches/load/scaling.rs`).
 //!
+//! `--bodies`: 1 MiB and 16 MiB answers and uploads at concurrency 16, against nginx with its
+//! buffering on and off and HAProxy: MiB/s, CPU per request, peak RSS
+//! (`benches/load/bodies.rs`).
+//!
 //! Each run also writes its picture beside the JSON (`result.svg`, or `--svg FILE`): latency
 //! percentiles at concurrency 1, requests/s and CPU per request at 64, bytes per idle
 //! connection (`benches/load/svg.rs`); `--svg-from JSON` draws it again from an earlier result.
@@ -126,6 +130,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+#[path = "load/bodies.rs"]
+mod bodies;
 #[path = "load/idle.rs"]
 mod idle;
 #[path = "load/scaling.rs"]
@@ -205,6 +211,8 @@ struct Opts {
     idle: Option<usize>,
     /// The worker-scaling runs (`--scaling`).
     scaling: bool,
+    /// The large-body runs (`--bodies`).
+    bodies: bool,
     /// Where the run's picture goes (beside `out` unless given).
     svg: Option<PathBuf>,
     /// Draw the picture of this earlier result and stop.
@@ -234,6 +242,7 @@ impl Opts {
             svg: None,
             svg_from: None,
             scaling: false,
+            bodies: false,
         };
         let mut sidekey = None;
         let mut it = args.iter().skip(1);
@@ -253,6 +262,7 @@ impl Opts {
                 "--post" => o.post = Some(value().parse().expect("--post BYTES")),
                 "--idle" => o.idle = Some(o.idle.unwrap_or(10_000)),
                 "--scaling" => o.scaling = true,
+                "--bodies" => o.bodies = true,
                 "--svg" => o.svg = Some(PathBuf::from(value())),
                 "--svg-from" => o.svg_from = Some(PathBuf::from(value())),
                 "--idle-connections" => o.idle = Some(value().parse().expect("--idle-connections N")),
@@ -971,11 +981,15 @@ fn wrk(url: &str, connections: usize, secs: u64) -> Result<Wrk, String> {
 }
 
 /// wrk with `threads` threads, and with `post` a `POST` of a body that long (else as `--post`
-/// says).
+/// says). A large body's request may take longer than wrk's 2 s before it counts as an
+/// error: with `post` or a `/bytes/` URL it gets 60 s.
 fn wrk_with(url: &str, threads: usize, connections: usize, secs: u64, post: Option<usize>) -> Result<Wrk, String> {
     let mut command = pinned(0, "wrk");
     if let Some(bytes) = post {
         command.env(POST_VAR, bytes.to_string());
+    }
+    if post.is_some() || url.contains("/bytes/") {
+        command.args(["--timeout", "60s"]);
     }
     let out = command
         .args([
@@ -1142,16 +1156,17 @@ fn run(opts: &Opts) -> Result<(), String> {
             None => None,
         };
         let scaling = if opts.scaling { Some(scaling::scaling_runs(opts, &wanted)?) } else { None };
-        Ok::<_, String>((samples, missing, rotation, soak, callgrind, Later { idle, scaling }))
+        let bodies = if opts.bodies { Some(bodies::body_runs(opts, &origin_server, &wanted)?) } else { None };
+        Ok::<_, String>((samples, missing, rotation, soak, callgrind, Later { idle, scaling, bodies }))
     })();
     drop(origin_server);
     let (samples, missing, rotation, soak, callgrind, later) = result?;
-    let Later { idle, scaling } = later;
+    let Later { idle, scaling, bodies } = later;
     let intercept = match opts.intercept {
         Some(rounds) => Some(intercept_runs(&opts.sidekey, rounds, opts.duration)?),
         None => None,
     };
-    report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept, idle, scaling })
+    report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept, idle, scaling, bodies })
 }
 
 /// Instructions per request in sidekey's own process, counted by callgrind (stable where
@@ -1718,12 +1733,14 @@ struct Extra {
     callgrind: Option<Vec<Value>>,
     idle: Option<Vec<Value>>,
     scaling: Option<(Vec<Value>, Value)>,
+    bodies: Option<Vec<Value>>,
 }
 
 /// The results of the runs added with the second performance issue.
 struct Later {
     idle: Option<Vec<Value>>,
     scaling: Option<(Vec<Value>, Value)>,
+    bodies: Option<Vec<Value>>,
 }
 
 /// A ratio of two targets' samples of one round, given that round's direct sample if any.
@@ -1803,7 +1820,7 @@ fn exact_table(samples: &BTreeMap<&str, Vec<Sample>>, rows: &mut [Value], versus
 }
 
 fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String], extra: Extra) -> Result<(), String> {
-    let Extra { rotation, soak, callgrind, intercept, idle, scaling } = extra;
+    let Extra { rotation, soak, callgrind, intercept, idle, scaling, bodies } = extra;
     let med = |name: &str, f: &dyn Fn(&Sample) -> f64| samples.get(name).map(|v| median(v.iter().map(f).collect()));
     let direct = |f: &dyn Fn(&Sample) -> f64| med("direct", f).unwrap_or(f64::NAN);
     let mut rows = Vec::new();
@@ -1956,6 +1973,9 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
     if let Some((rows, rotation)) = &scaling {
         scaling::print(rows, rotation);
     }
+    if let Some(rows) = &bodies {
+        bodies::print(rows);
+    }
     let layout = link_order_coverage(&opts.sidekey);
     if let Some(l) = &layout {
         println!(
@@ -1984,6 +2004,7 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         "idle": idle,
         "scaling": scaling.as_ref().map(|s| &s.0),
         "scaling_rotation": scaling.as_ref().map(|s| &s.1),
+        "bodies": bodies,
         "link_order": layout,
         "skipped": missing,
     });
