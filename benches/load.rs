@@ -58,6 +58,10 @@
 //! buffering on and off and HAProxy: MiB/s, CPU per request, peak RSS
 //! (`benches/load/bodies.rs`).
 //!
+//! `--h2`: HTTP/2 against an origin serving it over TLS: h2c clients (h2load) and HTTP/1.1
+//! clients (wrk) through sidekey, HAProxy and nginx (`grpc_pass`, its one HTTP/2 upstream, and
+//! `proxy_pass` over HTTP/1.1) (`benches/load/h2.rs`).
+//!
 //! Each run also writes its picture beside the JSON (`result.svg`, or `--svg FILE`): latency
 //! percentiles at concurrency 1, requests/s and CPU per request at 64, bytes per idle
 //! connection (`benches/load/svg.rs`); `--svg-from JSON` draws it again from an earlier result.
@@ -132,6 +136,8 @@ use serde_json::{json, Value};
 
 #[path = "load/bodies.rs"]
 mod bodies;
+#[path = "load/h2.rs"]
+mod h2;
 #[path = "load/idle.rs"]
 mod idle;
 #[path = "load/scaling.rs"]
@@ -161,7 +167,7 @@ fn main() {
     if args.iter().any(|a| a == "--origin") {
         let cert_out = args.iter().position(|a| a == "--cert-out").map(|i| PathBuf::from(&args[i + 1]));
         let threads = args.iter().position(|a| a == "--origin-threads").map_or(1, |i| args[i + 1].parse().unwrap());
-        origin(cert_out, threads);
+        origin(cert_out, threads, args.iter().any(|a| a == "--origin-h2"));
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--c1-client") {
@@ -213,6 +219,8 @@ struct Opts {
     scaling: bool,
     /// The large-body runs (`--bodies`).
     bodies: bool,
+    /// The HTTP/2 runs (`--h2`).
+    h2: bool,
     /// Where the run's picture goes (beside `out` unless given).
     svg: Option<PathBuf>,
     /// Draw the picture of this earlier result and stop.
@@ -243,6 +251,7 @@ impl Opts {
             svg_from: None,
             scaling: false,
             bodies: false,
+            h2: false,
         };
         let mut sidekey = None;
         let mut it = args.iter().skip(1);
@@ -263,6 +272,7 @@ impl Opts {
                 "--idle" => o.idle = Some(o.idle.unwrap_or(10_000)),
                 "--scaling" => o.scaling = true,
                 "--bodies" => o.bodies = true,
+                "--h2" => o.h2 = true,
                 "--svg" => o.svg = Some(PathBuf::from(value())),
                 "--svg-from" => o.svg_from = Some(PathBuf::from(value())),
                 "--idle-connections" => o.idle = Some(value().parse().expect("--idle-connections N")),
@@ -345,7 +355,7 @@ struct Stats {
 /// JSON. With `cert_out`, it also serves TLS (1.3, HTTP/1.1) on a second port, with a
 /// self-signed certificate for `localhost` and `127.0.0.1` written there as PEM; else the TLS
 /// port is printed as 0.
-fn origin(cert_out: Option<PathBuf>, threads: usize) {
+fn origin(cert_out: Option<PathBuf>, threads: usize, h2: bool) {
     let rt = match threads {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
         n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build().unwrap(),
@@ -357,7 +367,7 @@ fn origin(cert_out: Option<PathBuf>, threads: usize) {
         if let Some(path) = cert_out {
             let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tls_port = tls_listener.local_addr().unwrap().port();
-            let acceptor = origin_tls(&path);
+            let acceptor = origin_tls(&path, h2);
             let stats = stats.clone();
             tokio::spawn(async move {
                 loop {
@@ -367,7 +377,11 @@ fn origin(cert_out: Option<PathBuf>, threads: usize) {
                     let (acceptor, stats) = (acceptor.clone(), stats.clone());
                     tokio::spawn(async move {
                         if let Ok(tls) = acceptor.accept(stream).await {
-                            serve_origin(tls, stats).await;
+                            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                serve_origin_h2(tls, stats).await;
+                            } else {
+                                serve_origin(tls, stats).await;
+                            }
                         }
                     });
                 }
@@ -386,7 +400,7 @@ fn origin(cert_out: Option<PathBuf>, threads: usize) {
 
 /// A TLS acceptor with a fresh self-signed certificate, written to `cert_out` for the proxies
 /// to trust.
-fn origin_tls(cert_out: &Path) -> tokio_rustls::TlsAcceptor {
+fn origin_tls(cert_out: &Path, h2: bool) -> tokio_rustls::TlsAcceptor {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     std::fs::write(cert_out, cert.cert.pem()).unwrap();
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
@@ -396,8 +410,30 @@ fn origin_tls(cert_out: &Path) -> tokio_rustls::TlsAcceptor {
         .with_no_client_auth()
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// One origin connection over HTTP/2 (the `--h2` runs' TLS origin): `200 ok`, the requests
+/// counted; tokens are not tracked there.
+async fn serve_origin_h2<I>(io: I, stats: Arc<Stats>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let stats = stats.clone();
+        async move {
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            let mut body = req.into_body();
+            while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .await;
 }
 
 /// One origin connection: HTTP/1.1, `200 ok` once the request's body is read (as an API server
@@ -671,6 +707,8 @@ struct Origin {
     plain: SocketAddr,
     /// With `--tls-upstream`: the TLS port and the certificate to trust for it.
     tls: Option<(u16, PathBuf)>,
+    /// Its TLS port offers HTTP/2 (ALPN `h2`) as well.
+    h2: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -697,11 +735,19 @@ fn start_origin(tls: bool) -> Result<Origin, String> {
 
 /// The origin, on `threads` threads (one: a current-thread runtime).
 fn start_origin_with(tls: bool, threads: usize) -> Result<Origin, String> {
+    start_origin_full(tls, threads, false)
+}
+
+/// The origin on `threads` threads, its TLS port offering HTTP/2 too with `h2`.
+fn start_origin_full(tls: bool, threads: usize, h2: bool) -> Result<Origin, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let cert = dir.path().join("origin.pem");
     let mut command = pinned(0, exe.to_str().unwrap());
     command.arg("--origin").arg("--origin-threads").arg(threads.to_string());
+    if h2 {
+        command.arg("--origin-h2");
+    }
     if tls {
         command.arg("--cert-out").arg(&cert);
     }
@@ -714,6 +760,7 @@ fn start_origin_with(tls: bool, threads: usize) -> Result<Origin, String> {
         child,
         plain: SocketAddr::from(([127, 0, 0, 1], port)),
         tls: tls.then_some((tls_port, cert)),
+        h2,
         _dir: dir,
     })
 }
@@ -822,11 +869,15 @@ struct NginxOpts {
     /// `proxy_buffering` and `proxy_request_buffering` both on or off, and any body size
     /// (`client_max_body_size 0`); `None`: nginx's defaults.
     buffering: Option<bool>,
+    /// Its listener speaks HTTP/2 with prior knowledge (h2c) only.
+    h2c: bool,
+    /// `grpc_pass` to the origin's TLS port (HTTP/2 upstream) instead of `proxy_pass`.
+    grpc: bool,
 }
 
 impl Default for NginxOpts {
     fn default() -> Self {
-        NginxOpts { workers: 1, buffering: None }
+        NginxOpts { workers: 1, buffering: None, h2c: false, grpc: false }
     }
 }
 
@@ -869,6 +920,28 @@ fn start_nginx_with(origin: &Origin, opts: NginxOpts) -> Result<Server, String> 
         ),
         None => (origin.plain.to_string(), "http", String::new()),
     };
+    let mut location = format!(
+        "      proxy_pass {pass}://origin;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+         include {inc};\n{tls}",
+        inc = include.display()
+    );
+    if opts.grpc {
+        // nginx's one HTTP/2 upstream: its gRPC proxy, which carries any HTTP/2 request.
+        let Some((_, ca)) = &origin.tls else { return Err("grpc_pass needs the TLS origin".into()) };
+        location = format!(
+            "      grpc_pass grpcs://origin;\n      grpc_ssl_trusted_certificate {};\n      grpc_ssl_verify on;\n\
+             grpc_ssl_name localhost;\n      grpc_ssl_server_name on;\n      grpc_ssl_protocols TLSv1.3;\n\
+             grpc_set_header Authorization \"Bearer rot-000000\";\n",
+            ca.display()
+        );
+    }
+    // An h2c client's connection would get a GOAWAY after nginx's default 1000 requests, its
+    // streams then in flight failing at the client.
+    let listen = if opts.h2c {
+        format!("127.0.0.1:{port} http2;\n    keepalive_requests 1000000")
+    } else {
+        format!("127.0.0.1:{port}")
+    };
     std::fs::write(
         &conf,
         format!(
@@ -876,10 +949,8 @@ fn start_nginx_with(origin: &Origin, opts: NginxOpts) -> Result<Server, String> 
              events {{ worker_connections {wc}; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n{body_buffer}  proxy_temp_path {p}/proxy;\n\
              upstream origin {{ server {server}; keepalive 128; }}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass {pass}://origin;\n\
-             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      include {inc};\n{tls}    }}\n  }}\n}}\n",
+             server {{\n    listen {listen};\n    location / {{\n{location}    }}\n  }}\n}}\n",
             p = dir.path().display(),
-            inc = include.display(),
             wc = idle::conn_limit(4096),
             workers = opts.workers,
         ),
@@ -911,6 +982,12 @@ fn spawn_peer(
 }
 
 fn start_haproxy(origin: &Origin) -> Result<Server, String> {
+    start_haproxy_with(origin, false)
+}
+
+/// HAProxy; with `h2c`, its listener takes HTTP/2 with prior knowledge (`proto h2`). To an
+/// origin offering HTTP/2 it speaks HTTP/2 (`alpn h2`).
+fn start_haproxy_with(origin: &Origin, h2c: bool) -> Result<Server, String> {
     if !which("haproxy") {
         return Err("haproxy is not installed (benches/load/setup.sh)".into());
     }
@@ -923,8 +1000,9 @@ fn start_haproxy(origin: &Origin) -> Result<Server, String> {
     let server = match &origin.tls {
         Some((port, ca)) => {
             format!(
-                "127.0.0.1:{port} ssl verify required ca-file {} sni str(localhost) ssl-min-ver TLSv1.3",
-                ca.display()
+                "127.0.0.1:{port} ssl verify required ca-file {} sni str(localhost) ssl-min-ver TLSv1.3{}",
+                ca.display(),
+                if origin.h2 { " alpn h2" } else { "" }
             )
         }
         None => origin.plain.to_string(),
@@ -934,10 +1012,11 @@ fn start_haproxy(origin: &Origin) -> Result<Server, String> {
         format!(
             "global\n  nbthread 1\n  stats socket {sock} level admin\n{maxconn}\n\
              defaults\n  mode http\n{maxconn}  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\n\
-             frontend fe\n  bind 127.0.0.1:{port}\n  http-request set-header Authorization \"Bearer %[str(t),map({map})]\"\n\
+             frontend fe\n  bind 127.0.0.1:{port}{proto}\n  http-request set-header Authorization \"Bearer %[str(t),map({map})]\"\n\
              default_backend be\n\nbackend be\n  server origin {server}\n",
             sock = socket.display(),
             map = map.display(),
+            proto = if h2c { " proto h2" } else { "" },
             maxconn = match idle::conn_limit(0) {
                 0 => String::new(),
                 n => format!("  maxconn {n}\n"),
@@ -1157,16 +1236,17 @@ fn run(opts: &Opts) -> Result<(), String> {
         };
         let scaling = if opts.scaling { Some(scaling::scaling_runs(opts, &wanted)?) } else { None };
         let bodies = if opts.bodies { Some(bodies::body_runs(opts, &origin_server, &wanted)?) } else { None };
-        Ok::<_, String>((samples, missing, rotation, soak, callgrind, Later { idle, scaling, bodies }))
+        let h2 = if opts.h2 { Some(h2::h2_runs(opts, &wanted)?) } else { None };
+        Ok::<_, String>((samples, missing, rotation, soak, callgrind, Later { idle, scaling, bodies, h2 }))
     })();
     drop(origin_server);
     let (samples, missing, rotation, soak, callgrind, later) = result?;
-    let Later { idle, scaling, bodies } = later;
+    let Later { idle, scaling, bodies, h2 } = later;
     let intercept = match opts.intercept {
         Some(rounds) => Some(intercept_runs(&opts.sidekey, rounds, opts.duration)?),
         None => None,
     };
-    report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept, idle, scaling, bodies })
+    report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept, idle, scaling, bodies, h2 })
 }
 
 /// Instructions per request in sidekey's own process, counted by callgrind (stable where
@@ -1734,6 +1814,7 @@ struct Extra {
     idle: Option<Vec<Value>>,
     scaling: Option<(Vec<Value>, Value)>,
     bodies: Option<Vec<Value>>,
+    h2: Option<Vec<Value>>,
 }
 
 /// The results of the runs added with the second performance issue.
@@ -1741,6 +1822,7 @@ struct Later {
     idle: Option<Vec<Value>>,
     scaling: Option<(Vec<Value>, Value)>,
     bodies: Option<Vec<Value>>,
+    h2: Option<Vec<Value>>,
 }
 
 /// A ratio of two targets' samples of one round, given that round's direct sample if any.
@@ -1820,7 +1902,7 @@ fn exact_table(samples: &BTreeMap<&str, Vec<Sample>>, rows: &mut [Value], versus
 }
 
 fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String], extra: Extra) -> Result<(), String> {
-    let Extra { rotation, soak, callgrind, intercept, idle, scaling, bodies } = extra;
+    let Extra { rotation, soak, callgrind, intercept, idle, scaling, bodies, h2 } = extra;
     let med = |name: &str, f: &dyn Fn(&Sample) -> f64| samples.get(name).map(|v| median(v.iter().map(f).collect()));
     let direct = |f: &dyn Fn(&Sample) -> f64| med("direct", f).unwrap_or(f64::NAN);
     let mut rows = Vec::new();
@@ -1976,6 +2058,9 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
     if let Some(rows) = &bodies {
         bodies::print(rows);
     }
+    if let Some(rows) = &h2 {
+        h2::print(rows);
+    }
     let layout = link_order_coverage(&opts.sidekey);
     if let Some(l) = &layout {
         println!(
@@ -1988,6 +2073,7 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         "nginx": command_line("nginx", &["-v"]),
         "haproxy": command_line("haproxy", &["-v"]),
         "wrk": command_line("wrk", &["-v"]),
+        "h2load": command_line("h2load", &["--version"]),
     });
     let doc = json!({
         "machine": { "cpus": cpus(), "kernel": command_line("uname", &["-r"]) },
@@ -2005,6 +2091,7 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         "scaling": scaling.as_ref().map(|s| &s.0),
         "scaling_rotation": scaling.as_ref().map(|s| &s.1),
         "bodies": bodies,
+        "h2": h2,
         "link_order": layout,
         "skipped": missing,
     });
