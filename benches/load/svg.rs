@@ -8,9 +8,8 @@
 use serde_json::Value;
 
 const WIDTH: f64 = 960.0;
-const PANEL_H: f64 = 230.0;
 const TOP: f64 = 50.0;
-/// Left of the bars: room for the target names.
+/// Left of the bars: room for the target names, at least.
 const LABEL_W: f64 = 150.0;
 const COLOURS: [&str; 5] = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2"];
 
@@ -55,11 +54,17 @@ impl Panel<'_> {
         if self.rows.is_empty() {
             return 60.0;
         }
-        let bars: usize = self.rows.len() * self.series.len().max(1);
-        (60.0 + bars as f64 * 14.0 + self.rows.len() as f64 * 8.0).max(PANEL_H / 2.0)
+        self.rows.iter().map(|r| r.1.len() as f64 * 14.0 + 8.0).sum::<f64>() + 56.0
+    }
+
+    /// Where the bars start: right of the longest label (~7 px a character at 12 px).
+    fn label_w(&self) -> f64 {
+        let longest = self.rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+        LABEL_W.max(longest as f64 * 7.0 + 16.0)
     }
 
     fn draw(&self, out: &mut String, y: f64) {
+        let label_w = self.label_w();
         out.push_str(&format!(
             "<text x=\"10\" y=\"{:.1}\" font-size=\"15\" font-weight=\"bold\">{}</text>\n",
             y + 18.0,
@@ -67,14 +72,14 @@ impl Panel<'_> {
         ));
         if self.rows.is_empty() {
             out.push_str(&format!(
-                "<text x=\"{LABEL_W}\" y=\"{:.1}\" font-size=\"12\" fill=\"#777\">not measured in this run</text>\n",
+                "<text x=\"{label_w}\" y=\"{:.1}\" font-size=\"12\" fill=\"#777\">not measured in this run</text>\n",
                 y + 42.0
             ));
             return;
         }
         // The legend, when there is more than one series.
         if self.series.len() > 1 {
-            let mut x = LABEL_W;
+            let mut x = label_w;
             for (i, s) in self.series.iter().enumerate() {
                 out.push_str(&format!(
                     "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"/>\
@@ -89,13 +94,13 @@ impl Panel<'_> {
             }
         }
         let max = self.rows.iter().flat_map(|r| r.1.iter().flatten()).copied().fold(0.0_f64, f64::max);
-        let span = WIDTH - LABEL_W - 110.0;
+        let span = WIDTH - label_w - 110.0;
         let mut row_y = y + 48.0;
         for (label, values) in &self.rows {
             let band = values.len() as f64 * 14.0;
             out.push_str(&format!(
                 "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"end\">{}</text>\n",
-                LABEL_W - 8.0,
+                label_w - 8.0,
                 row_y + band / 2.0 + 4.0,
                 escape(label)
             ));
@@ -105,17 +110,17 @@ impl Panel<'_> {
                     Some(v) => {
                         let w = if max > 0.0 { (v / max * span).max(1.0) } else { 1.0 };
                         out.push_str(&format!(
-                            "<rect x=\"{LABEL_W}\" y=\"{bar_y:.1}\" width=\"{w:.1}\" height=\"12\" fill=\"{}\"/>\
+                            "<rect x=\"{label_w}\" y=\"{bar_y:.1}\" width=\"{w:.1}\" height=\"12\" fill=\"{}\"/>\
                              <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\">{} {}</text>\n",
                             COLOURS[i % COLOURS.len()],
-                            LABEL_W + w + 4.0,
+                            label_w + w + 4.0,
                             bar_y + 10.0,
                             figure(*v),
                             escape(self.unit)
                         ));
                     }
                     None => out.push_str(&format!(
-                        "<text x=\"{LABEL_W}\" y=\"{:.1}\" font-size=\"11\" fill=\"#777\">-</text>\n",
+                        "<text x=\"{label_w}\" y=\"{:.1}\" font-size=\"11\" fill=\"#777\">-</text>\n",
                         bar_y + 10.0
                     )),
                 }
