@@ -30,6 +30,9 @@ impl Workers {
     /// Starts `n` workers (threads `sidekey-w0` ...: a thread name is cut at 15 bytes), each running a current-thread
     /// runtime until [`Workers::stop`] or drop.
     pub fn start(n: usize) -> std::io::Result<Workers> {
+        if n == 0 {
+            return Err(std::io::Error::other("no workers asked for"));
+        }
         let (stop, stopped) = watch::channel(false);
         let (mut handles, mut done) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for i in 0..n {
