@@ -194,7 +194,7 @@ fn main() -> ExitCode {
                 (true, Some(tls_cert), Some(tls_key)) => {
                     let opts =
                         sidekey::kube::webhook::WebhookOptions { listen, tls_cert, tls_key, fail_closed, inject };
-                    runtime().block_on(serve_webhook(opts))
+                    runtime(None).block_on(serve_webhook(opts))
                 }
                 _ => inject_file(&file, &inject),
             }
