@@ -44,6 +44,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body_len: usize,
     pub body_sha256: String,
+    /// The body came to its end (not cut off by an error or a closed connection).
+    pub body_complete: bool,
 }
 
 /// A loopback upstream that records what it receives.
@@ -64,6 +66,8 @@ pub struct Upstream {
     allowed: Arc<Mutex<std::collections::HashSet<String>>>,
     /// When set, every path demands an allowed `Authorization` (a protected upstream).
     enforce: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests whose head has come and which are not recorded yet.
+    reading: Arc<watch::Sender<usize>>,
 }
 
 #[derive(Clone)]
@@ -71,6 +75,7 @@ struct UpstreamState {
     seen: Arc<Mutex<Vec<Seen>>>,
     allowed: Arc<Mutex<std::collections::HashSet<String>>>,
     enforce: Arc<std::sync::atomic::AtomicBool>,
+    reading: Arc<watch::Sender<usize>>,
     release: watch::Receiver<bool>,
     held: mpsc::UnboundedSender<()>,
 }
@@ -97,10 +102,12 @@ impl Upstream {
         let (held_tx, held_rx) = mpsc::unbounded_channel();
         let allowed = Arc::new(Mutex::new(std::collections::HashSet::new()));
         let enforce = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reading = Arc::new(watch::channel(0).0);
         let state = UpstreamState {
             seen: seen.clone(),
             allowed: allowed.clone(),
             enforce: enforce.clone(),
+            reading: reading.clone(),
             release,
             held: held_tx,
         };
@@ -129,7 +136,17 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, url, connections, seen, release_tx, held: tokio::sync::Mutex::new(held_rx), allowed, enforce }
+        Upstream {
+            addr,
+            url,
+            connections,
+            seen,
+            release_tx,
+            held: tokio::sync::Mutex::new(held_rx),
+            allowed,
+            enforce,
+            reading,
+        }
     }
 
     /// Makes `/validate` accept this `Authorization` value.
@@ -157,6 +174,13 @@ impl Upstream {
         bounded("a /hold request to reach the upstream", self.held.lock().await.recv()).await.unwrap();
     }
 
+    /// Waits until every request whose head has come is recorded in [`Upstream::seen`].
+    pub async fn wait_quiet(&self) {
+        bounded("the upstream to finish reading its requests", self.reading.subscribe().wait_for(|n| *n == 0))
+            .await
+            .unwrap();
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
@@ -179,11 +203,24 @@ impl Upstream {
 }
 
 async fn upstream_handle(state: UpstreamState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Counts the request as being read until it is recorded, or its handling is dropped.
+    struct Reading(Arc<watch::Sender<usize>>);
+    impl Drop for Reading {
+        fn drop(&mut self) {
+            self.0.send_modify(|n| *n -= 1);
+        }
+    }
+    state.reading.send_modify(|n| *n += 1);
+    let reading = Reading(state.reading.clone());
     let (parts, mut body) = req.into_parts();
     let mut hasher = Sha256::new();
     let mut body_len = 0;
+    let mut body_complete = true;
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { break };
+        let Ok(frame) = frame else {
+            body_complete = false;
+            break;
+        };
         if let Some(data) = frame.data_ref() {
             hasher.update(data);
             body_len += data.len();
@@ -197,8 +234,10 @@ async fn upstream_handle(state: UpstreamState, req: Request<Incoming>) -> Respon
         headers: parts.headers.clone(),
         body_len,
         body_sha256: hex(&hasher.finalize()),
+        body_complete,
     };
     state.seen.lock().unwrap().push(seen.clone());
+    drop(reading);
     // Routes may put a base path in front; the special paths below ignore it.
     let path = path.strip_prefix("/base").unwrap_or(&path).to_owned();
     if path.starts_with("/hold") {
