@@ -68,6 +68,8 @@ pub struct Upstream {
     enforce: Arc<std::sync::atomic::AtomicBool>,
     /// Requests whose head has come and which are not recorded yet.
     reading: Arc<watch::Sender<usize>>,
+    /// Connections accepted and not yet closed.
+    open: Arc<watch::Sender<usize>>,
 }
 
 #[derive(Clone)]
@@ -112,13 +114,18 @@ impl Upstream {
             held: held_tx,
         };
         let conns = connections.clone();
+        let open = Arc::new(watch::channel(0).0);
+        let open_count = open.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 conns.fetch_add(1, Ordering::SeqCst);
+                open_count.send_modify(|n| *n += 1);
                 let state = state.clone();
                 let tls = tls.clone();
+                let open = open_count.clone();
                 tokio::spawn(async move {
+                    let _open = Counted(open);
                     let svc = hyper::service::service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(upstream_handle(state, req).await) }
@@ -146,6 +153,7 @@ impl Upstream {
             allowed,
             enforce,
             reading,
+            open,
         }
     }
 
@@ -181,6 +189,12 @@ impl Upstream {
             .unwrap();
     }
 
+    /// Waits until every connection made to the upstream is closed: what came on them has been
+    /// read, and each request that came whole is in [`Upstream::seen`].
+    pub async fn wait_all_closed(&self) {
+        bounded("every upstream connection to close", self.open.subscribe().wait_for(|n| *n == 0)).await.unwrap();
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
@@ -202,16 +216,19 @@ impl Upstream {
     }
 }
 
-async fn upstream_handle(state: UpstreamState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    /// Counts the request as being read until it is recorded, or its handling is dropped.
-    struct Reading(Arc<watch::Sender<usize>>);
-    impl Drop for Reading {
-        fn drop(&mut self) {
-            self.0.send_modify(|n| *n -= 1);
-        }
+/// Takes one off a count when dropped.
+struct Counted(Arc<watch::Sender<usize>>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
+}
+
+async fn upstream_handle(state: UpstreamState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    // Counted as being read until it is recorded, or its handling is dropped.
     state.reading.send_modify(|n| *n += 1);
-    let reading = Reading(state.reading.clone());
+    let reading = Counted(state.reading.clone());
     let (parts, mut body) = req.into_parts();
     let mut hasher = Sha256::new();
     let mut body_len = 0;
