@@ -202,6 +202,7 @@ pub fn token_json(t: &Token) -> Value {
         "unauthorized": t.unauthorized(),
         "unauthorized_since_rotation": t.unauthorized_since_rotation(),
         "propagation_failures": t.propagation_failures(),
+        "refreshes_started": t.refreshes_started(),
         "history": t.usage_history(),
     })
 }

@@ -690,10 +690,8 @@ impl Route {
         self.usage.unauthorized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(failure) = self.token.observe_unauthorized(&self.name) {
             if failure.refresh {
-                let token = self.token.clone();
-                tokio::spawn(async move {
-                    token.refresh().await;
-                });
+                // Counted as started here, before this 401 is answered.
+                tokio::spawn(self.token.clone().refresh_owned());
             }
         }
     }

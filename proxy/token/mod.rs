@@ -236,6 +236,9 @@ pub struct Token {
     /// Serializes refreshes; with `attempts` and `last_outcome` it folds triggers that arrive
     /// while a fetch runs (timer, forced refresh, file event) into that one fetch.
     refresh_lock: tokio::sync::Mutex<()>,
+    /// Refreshes asked for (schedule, forced, file change, 401), each counted when asked for:
+    /// one a 401 starts is counted before that 401 is answered.
+    refreshes_started: AtomicU64,
     attempts: AtomicU64,
     last_outcome: Mutex<Option<Refreshed>>,
     /// When the scheduler should fetch next; set after every refresh.
@@ -294,6 +297,7 @@ impl Token {
             formats: Mutex::new(formats),
             status: Mutex::new(Status::default()),
             refresh_lock: tokio::sync::Mutex::new(()),
+            refreshes_started: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
             last_outcome: Mutex::new(None),
             next_refresh: Mutex::new(None),
@@ -546,10 +550,28 @@ impl Token {
         self.unauthorized.load(Ordering::Relaxed)
     }
 
+    /// Refreshes asked for so far (see [`Token::refresh`]), those folded into one running
+    /// included.
+    pub fn refreshes_started(&self) -> u64 {
+        self.refreshes_started.load(Ordering::Relaxed)
+    }
+
     /// Fetches from the source, validates and publishes the value if it changed. A call made
     /// while another refresh runs waits for it and returns its outcome instead of fetching
-    /// again. A failure keeps the last good value and records the error.
-    pub async fn refresh(&self) -> Refreshed {
+    /// again. A failure keeps the last good value and records the error. Counted in
+    /// [`Token::refreshes_started`] when called, before the returned future first runs.
+    pub fn refresh(&self) -> impl std::future::Future<Output = Refreshed> + Send + '_ {
+        self.refreshes_started.fetch_add(1, Ordering::Relaxed);
+        self.run_refresh()
+    }
+
+    /// [`Token::refresh`] as a task of its own would run it: counted now, run when spawned.
+    pub fn refresh_owned(self: Arc<Self>) -> impl std::future::Future<Output = Refreshed> + Send + 'static {
+        self.refreshes_started.fetch_add(1, Ordering::Relaxed);
+        async move { self.run_refresh().await }
+    }
+
+    async fn run_refresh(&self) -> Refreshed {
         let seen = self.attempts.load(Ordering::SeqCst);
         let _one_at_a_time = self.refresh_lock.lock().await;
         if self.attempts.load(Ordering::SeqCst) != seen {
