@@ -3,11 +3,15 @@
 //! OAuth2 token from a real provider, whose responses pass through hyper and serde_json); once
 //! the requests are done, every readable mapping of the process (`/proc/PID/maps` and
 //! `/proc/PID/mem`) is searched for every value it ever held. The current value must be found
-//! (the scan works); the retired ones must not.
+//! and so must a request head still being sent, held in a connection's buffer on the heap (the
+//! scan sees the heap and the token store); the retired ones must not. A writable mapping the
+//! scan cannot read fails it. A control runs the same server without the zeroing allocator
+//! (this test binary, run again as the server: the allocator is the `sidekey` binary's
+//! `#[global_allocator]`, not the library's) and must find retired copies.
 
 mod support;
 
-use std::io::{BufRead, Read, Seek, SeekFrom};
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -28,6 +32,8 @@ fn value(n: usize, salt: u64) -> String {
 struct Scan {
     regions: usize,
     bytes: usize,
+    /// Writable mappings that could not be read: heap or buffers the scan did not see.
+    unreadable: Vec<String>,
     /// Per value searched: where each copy was found (the mapping's path or kind).
     found: Vec<Vec<String>>,
 }
@@ -37,20 +43,27 @@ fn scan(pid: u32, needles: &[String]) -> Scan {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let mut mem =
         std::fs::File::open(format!("/proc/{pid}/mem")).unwrap_or_else(|e| panic!("cannot open /proc/{pid}/mem: {e}"));
-    let mut scan = Scan { regions: 0, bytes: 0, found: vec![Vec::new(); needles.len()] };
+    let mut scan = Scan { regions: 0, bytes: 0, unreadable: Vec::new(), found: vec![Vec::new(); needles.len()] };
     let finders: Vec<memchr::memmem::Finder> =
         needles.iter().map(|n| memchr::memmem::Finder::new(n.as_bytes())).collect();
     for line in maps.lines() {
         let mut parts = line.split_whitespace();
         let (range, perms) = (parts.next().unwrap(), parts.next().unwrap());
         let name = parts.nth(3).unwrap_or("[anonymous]").to_owned();
+        let writable = perms.as_bytes().get(1) == Some(&b'w');
         if !perms.starts_with('r') || name == "[vvar]" || name == "[vsyscall]" || name == "[vvar_vclock]" {
+            if writable {
+                scan.unreadable.push(format!("{line} (not readable)"));
+            }
             continue;
         }
         let (start, end) = range.split_once('-').unwrap();
         let (start, end) = (u64::from_str_radix(start, 16).unwrap(), u64::from_str_radix(end, 16).unwrap());
         let mut buf = vec![0u8; (end - start) as usize];
-        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut buf).is_err() {
+        if let Err(e) = mem.seek(SeekFrom::Start(start)).and_then(|_| mem.read_exact(&mut buf)) {
+            if writable {
+                scan.unreadable.push(format!("{line} ({e})"));
+            }
             continue;
         }
         scan.regions += 1;
@@ -75,11 +88,23 @@ struct Sidekey {
 impl Sidekey {
     fn spawn(config: &std::path::Path, env: &[(&str, &str)]) -> Sidekey {
         let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--log-format", "json", "-c"]).arg(config).env("RUST_LOG", "info");
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(["run", "--log-format", "json", "-c"]).arg(config);
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Sidekey::start(cmd)
+    }
+
+    /// The control: this test binary running [`CONTROL`] as the server, with the system
+    /// allocator.
+    fn spawn_control(config: &std::path::Path) -> Sidekey {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([CONTROL, "--exact", "--nocapture", "--test-threads", "1"]).env(CONTROL_CONFIG, config);
+        Sidekey::start(cmd)
+    }
+
+    fn start(mut cmd: Command) -> Sidekey {
+        cmd.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         let (tx, lines) = mpsc::channel::<String>();
         let stderr = child.stderr.take().unwrap();
@@ -118,6 +143,52 @@ impl Drop for Sidekey {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retired_token_values_leave_no_copy_in_memory() {
+    let (s, requests) = file_token_scan(|config| Sidekey::spawn(config, &[])).await;
+    report_and_check_with("file token", &s, requests, true);
+}
+
+/// The test's name, run again as the control's server (see [`control_server`]).
+const CONTROL: &str = "retired_copies_remain_without_the_zeroing_allocator";
+/// Set for the control's server: its config file.
+const CONTROL_CONFIG: &str = "SIDEKEY_SCAN_CONTROL_CONFIG";
+
+/// The control: the same server and load as `retired_token_values_leave_no_copy_in_memory`,
+/// without the zeroing allocator, leaves retired values in freed heap memory; the scan must
+/// find them, or it could not show their absence either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_copies_remain_without_the_zeroing_allocator() {
+    if let Some(config) = std::env::var_os(CONTROL_CONFIG) {
+        return control_server(config.into()).await;
+    }
+    let (s, requests) = file_token_scan(Sidekey::spawn_control).await;
+    let rotations = s.found.len() - 2;
+    let retired: usize = s.found[..rotations].iter().map(Vec::len).sum();
+    eprintln!(
+        "memory scan (control, system allocator): {} regions; {rotations} rotations with {requests} requests; current \
+         value found {} times; retired values found {retired} times",
+        s.regions,
+        s.found[rotations].len()
+    );
+    assert!(s.unreadable.is_empty(), "writable mappings the scan could not read: {:?}", s.unreadable);
+    assert!(!s.found[rotations].is_empty(), "the scan did not find the current value");
+    assert!(!s.found[rotations + 1].is_empty(), "the scan did not find the request head held on the heap");
+    assert!(retired > 0, "no retired copy without the zeroing allocator: the scan cannot see where they would be");
+}
+
+/// The control's server, in this test binary's process (no `#[global_allocator]`: the system
+/// allocator), as `sidekey run` serves: logs as JSON lines, the config loaded, sidekey started;
+/// it runs until the test kills it.
+async fn control_server(config: std::path::PathBuf) {
+    sidekey::telemetry::init(sidekey::telemetry::LogFormat::Json);
+    let config = sidekey::Config::load(&config).unwrap_or_else(|e| panic!("the control's config: {e}"));
+    let _running = sidekey::start(config).await.unwrap_or_else(|e| panic!("the control's server: {e}"));
+    std::future::pending::<()>().await;
+}
+
+/// Runs the file token scenario against the server `spawn` starts and scans its memory. The
+/// values searched: every token value (the current one last but one), then a request head still
+/// being sent, held in a connection's read buffer.
+async fn file_token_scan(spawn: fn(&std::path::Path) -> Sidekey) -> (Scan, u64) {
     let salt = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     let values: Vec<String> = (0..=ROTATIONS).map(|n| value(n, salt)).collect();
     let dir = tempfile::tempdir().unwrap();
@@ -132,13 +203,14 @@ async fn retired_token_values_leave_no_copy_in_memory() {
         &config,
         format!(
             "{LISTEN}\n[hardening]\nno_dump = false\n\n[[routes]]\nname = \"scan\"\nprefix = \"/scan\"\nupstream = \"{}\"\n\
-             token = \"scan\"\n\n[tokens.scan]\nsource = \"file\"\npath = {:?}\noverlap = \"0s\"\n",
+             token = \"scan\"\n\n[tokens.scan]\nsource = \"file\"\npath = {:?}\noverlap = \"0s\"\n\n\
+             [limits]\nheader_read_timeout = \"10m\"\n",
             up.url,
             token.display().to_string()
         ),
     )
     .unwrap();
-    let sk = Sidekey::spawn(&config, &[]);
+    let sk = spawn(&config);
     let (pid, proxy) = (sk.child.id(), sk.proxy);
 
     // Keep-alive clients send requests the whole time.
@@ -205,11 +277,53 @@ async fn retired_token_values_leave_no_copy_in_memory() {
     let current = values.last().unwrap();
     assert_eq!(up.last().headers["authorization"], format!("Bearer {current}").as_str());
 
-    let s = scan(pid, &values);
+    // A request head still being sent: read into its connection's buffer, on the heap, and
+    // kept there until the rest comes. The scan must find it.
+    let marker = format!("heapmarker{salt:016x}");
+    let mut partial = std::net::TcpStream::connect(proxy).unwrap();
+    partial.write_all(format!("GET /scan/partial HTTP/1.1\r\nHost: a\r\nX-Marker: {marker}\r\n").as_bytes()).unwrap();
+    wait_read_by_peer(pid, &partial).await;
+    let mut needles = values;
+    needles.push(marker);
+    let s = scan(pid, &needles);
     // [hardening] mlock is on by default: the token's pages are locked.
     assert!(locked_kib(pid) >= 4, "no locked memory with mlock on");
+    drop(partial);
     drop(sk);
-    report_and_check("file token", &s, answered.load(Ordering::Relaxed));
+    (s, answered.load(Ordering::Relaxed))
+}
+
+/// Waits (bounded) until what was written on `client` has been read by the process `pid` on
+/// the other end: the client's send queue is empty and the server's receive queue too
+/// (`/proc/PID/net/tcp`).
+async fn wait_read_by_peer(pid: u32, client: &std::net::TcpStream) {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port()),
+        std::net::SocketAddr::V6(_) => panic!("the proxy listens on IPv4 loopback"),
+    };
+    let (ours, theirs) = (hex(client.local_addr().unwrap()), hex(client.peer_addr().unwrap()));
+    // (local, remote) -> (send queue, receive queue)
+    let queues = |local: &str, remote: &str| {
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap();
+        table.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1] == local && f[2] == remote).then(|| {
+                let (tx, rx) = f[4].split_once(':').unwrap();
+                (u64::from_str_radix(tx, 16).unwrap(), u64::from_str_radix(rx, 16).unwrap())
+            })
+        })
+    };
+    bounded("the proxy to read the partial head", async {
+        loop {
+            let sent = queues(&ours, &theirs).is_some_and(|(tx, _)| tx == 0);
+            let read = queues(&theirs, &ours).is_some_and(|(_, rx)| rx == 0);
+            if sent && read {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
 }
 
 /// `VmLck` of `/proc/PID/status`: memory locked with mlock, in KiB.
@@ -219,9 +333,16 @@ fn locked_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// Prints the figure and fails on any retired copy. The last of the values is the current one.
+/// Prints the figure and fails on any retired copy or writable mapping not read. The last of
+/// the values is the current one; with `heap`, the last is the request head and the current
+/// value the one before it.
 fn report_and_check(what: &str, s: &Scan, requests: u64) {
-    let rotations = s.found.len() - 1;
+    report_and_check_with(what, s, requests, false)
+}
+
+fn report_and_check_with(what: &str, s: &Scan, requests: u64, heap: bool) {
+    let heap_found = heap.then(|| &s.found[s.found.len() - 1]);
+    let rotations = s.found.len() - 1 - heap as usize;
     let retired: usize = s.found[..rotations].iter().map(Vec::len).sum();
     let mut where_found: Vec<&String> = s.found[..rotations].iter().flatten().collect();
     where_found.dedup();
@@ -232,7 +353,12 @@ fn report_and_check(what: &str, s: &Scan, requests: u64) {
         s.bytes as f64 / (1024.0 * 1024.0),
         s.found[rotations].len(),
     );
+    assert!(s.unreadable.is_empty(), "writable mappings the scan could not read: {:?}", s.unreadable);
     assert!(!s.found[rotations].is_empty(), "the scan did not find the current value: it cannot see the token store");
+    if let Some(found) = heap_found {
+        eprintln!("memory scan ({what}): the request head held in a connection's buffer found in {found:?}");
+        assert!(!found.is_empty(), "the scan did not find a request head held on the heap: it cannot see the heap");
+    }
     assert_eq!(retired, 0, "copies of retired token values remain in memory: {where_found:?}");
 }
 
