@@ -95,6 +95,13 @@ impl Admin {
             }
             (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
             (&Method::GET | &Method::HEAD, "/routes") => json_body(StatusCode::OK, &self.live.routes_json()),
+            (&Method::GET | &Method::HEAD, "/audit") => match self.live.audit_head() {
+                Some(head) => json_body(StatusCode::OK, &json!(head)),
+                None => json_body(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": "no_audit", "message": "[audit] is not configured"}),
+                ),
+            },
             (&Method::GET | &Method::HEAD, "/intercept") => match &self.live.intercept {
                 Some(i) => json_body(StatusCode::OK, &i.status_json()),
                 None => json_body(StatusCode::OK, &json!({ "enabled": false })),
@@ -130,7 +137,8 @@ impl Admin {
             }
             (
                 _,
-                "/healthz" | "/readyz" | "/metrics" | "/tokens" | "/routes" | "/intercept" | "/intercept/ca.crt" | "/",
+                "/healthz" | "/readyz" | "/metrics" | "/tokens" | "/routes" | "/audit" | "/intercept"
+                | "/intercept/ca.crt" | "/",
             ) => json_body(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method_not_allowed"})),
             _ => json_body(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
         }

@@ -55,6 +55,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod headers;
+pub mod health;
 pub mod http1;
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
@@ -72,6 +73,7 @@ pub mod memory;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
+pub mod process_metrics;
 pub mod proxy;
 pub mod reload;
 pub mod route;

@@ -38,6 +38,15 @@ enum Command {
         #[arg(short, long, env = "SIDEKEY_CONFIG")]
         config: PathBuf,
     },
+    /// Ask a running sidekey whether it is ready (`/readyz`), for a container HEALTHCHECK:
+    /// exit 0 when ready, 1 when not ready or unreachable (2 s), 2 on bad arguments.
+    Health {
+        /// The admin address (default: the config's listen.admin, 0.0.0.0 taken as 127.0.0.1).
+        #[arg(long)]
+        admin: Option<String>,
+        #[arg(short, long, env = "SIDEKEY_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -94,7 +103,13 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Check an audit log's hash chain; exit 0 when intact, else name the first bad line.
-    Verify { file: PathBuf },
+    /// A chain cannot see its own last lines cut off: with `--head SEQ:HASH` (a head sidekey
+    /// logged, or `GET /audit` served), the file must also still reach that record.
+    Verify {
+        file: PathBuf,
+        #[arg(long, value_parser = parse_head)]
+        head: Option<sidekey::audit::Head>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +120,10 @@ enum CaCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+fn parse_head(s: &str) -> Result<sidekey::audit::Head, String> {
+    sidekey::audit::parse_head(s)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -128,7 +147,20 @@ fn main() -> ExitCode {
     };
     telemetry::init(cli.log_format);
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Health { admin, config } => match sidekey::health::target(admin.as_deref(), config.as_deref()) {
+            Ok(addr) => match runtime(None).block_on(sidekey::health::probe(&addr)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sidekey health: {e}");
+                    ExitCode::from(EXIT_FATAL)
+                }
+            },
+            Err(e) => {
+                eprintln!("sidekey health: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Check { config } => match Config::load_checked(&config) {
             Ok(c) => {
                 println!("{}: ok ({} routes, {} tokens)", config.display(), c.routes.len(), c.tokens.len());
                 for t in sidekey::config::unused_tokens(&c) {
@@ -155,22 +187,30 @@ fn main() -> ExitCode {
             };
             runtime(config.listen.workers).block_on(run(config, path, loaded, watch_config))
         }
-        Command::Audit { command: AuditCommand::Verify { file } } => match sidekey::audit::verify(&file) {
-            Ok(n) => {
-                println!("{}: {n} records, chain intact", file.display());
-                ExitCode::SUCCESS
+        Command::Audit { command: AuditCommand::Verify { file, head } } => {
+            match sidekey::audit::verify_to(&file, head.as_ref()) {
+                Ok(n) => {
+                    match head {
+                        Some(h) => println!("{}: {n} records, chain intact, reaches head {}", file.display(), h.seq),
+                        None => println!("{}: {n} records, chain intact", file.display()),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(b) if b.line == 0 => {
+                    eprintln!("{}", b.reason);
+                    ExitCode::from(EXIT_FATAL)
+                }
+                Err(b) => {
+                    eprintln!("{}: line {}: {}", file.display(), b.line, b.reason);
+                    ExitCode::from(EXIT_FATAL)
+                }
             }
-            Err(b) if b.line == 0 => {
-                eprintln!("{}", b.reason);
-                ExitCode::from(EXIT_FATAL)
-            }
-            Err(b) => {
-                eprintln!("{}: line {}: {}", file.display(), b.line, b.reason);
-                ExitCode::from(EXIT_FATAL)
-            }
-        },
+        }
         Command::Ca { command: CaCommand::Init { out } } => match sidekey::pki::init_files(&out) {
             Ok((cert, key)) => {
+                // Absolute (not symlink-resolved), so the lines work in a config anywhere.
+                let (cert, key) =
+                    (std::path::absolute(&cert).unwrap_or(cert), std::path::absolute(&key).unwrap_or(key));
                 println!(
                     "wrote {} (give it to the apps to trust) and {} (keep it secret)",
                     cert.display(),

@@ -12,6 +12,9 @@ use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+
+use crate::config::ProxyAddr;
+use crate::listen::Listener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -38,6 +41,8 @@ const ADMIN_GRACE: Duration = Duration::from_secs(1);
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on a Unix socket (proxy): {0}")]
+    BindUnix(String),
     #[error("{0}")]
     Token(String),
     #[error("{0}")]
@@ -54,7 +59,10 @@ pub enum StartError {
 
 /// A running sidekey: its addresses, its tokens, and the ways to reload and stop it.
 pub struct Running {
+    /// The proxy's TCP address (`0.0.0.0:0` when it listens on a Unix socket: see `proxy_socket`).
     pub proxy_addr: SocketAddr,
+    /// The proxy's Unix socket, with `listen.proxy = "unix:PATH"`; removed at shutdown.
+    pub proxy_socket: Option<PathBuf>,
     pub admin_addr: SocketAddr,
     live: Arc<Live>,
     stop_proxy: watch::Sender<bool>,
@@ -67,6 +75,8 @@ pub struct Running {
     ca_task: Option<JoinHandle<()>>,
     /// `[listen] workers`, when set.
     workers: Option<Arc<Workers>>,
+    /// Logs the audit chain's head every `[audit] anchor_interval`.
+    anchor_task: Option<JoinHandle<()>>,
 }
 
 /// What a reload changed.
@@ -192,8 +202,16 @@ impl Running {
         if let Some(t) = self.ca_task {
             let _ = t.await;
         }
+        if let Some(t) = self.anchor_task {
+            let _ = t.await;
+        }
         if let Some(a) = &self.live.audit {
             a.flush().await;
+            let head = a.head();
+            tracing::info!(seq = head.seq, hash = %head.hash, "audit chain head at shutdown");
+        }
+        if let Some(p) = &self.proxy_socket {
+            crate::listen::unix::remove_socket(p);
         }
         tracing::info!("stopped");
     }
@@ -284,6 +302,14 @@ fn build_routes(
             }
         };
         let target = Target::parse(&rc.upstream).map_err(err)?;
+        // Every retry series at zero from the start, so the first retry is a rate() can see.
+        for with in ["previous", "refreshed"] {
+            for outcome in ["success", "unauthorized", "error"] {
+                metrics::counter!("sidekey_upstream_retries_total", "route" => rc.name.clone(),
+                    "token" => token.name().to_owned(), "with" => with, "outcome" => outcome)
+                .increment(0);
+            }
+        }
         routes.push(Route {
             name: rc.name.as_str().into(),
             upstream: client.pool(&target.scheme, &target.authority),
@@ -312,7 +338,7 @@ fn build_routes(
         });
     }
     let table = RouteTable::new(config.routes.iter().map(|r| (r.host.as_deref(), r.prefix.as_deref())));
-    Ok(RouteSet::new(routes, table))
+    Ok(RouteSet::new(routes, table).with_access_log(config.log.access))
 }
 
 /// Builds everything from a validated config, loads every token once, and starts serving.
@@ -335,13 +361,29 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let usage = Mutex::new(HashMap::new());
     let routes = build_routes(&config, &tokens, &clients, &usage)?;
 
-    let proxy_listener = bind("proxy", config.listen.proxy).await?;
-    let admin_listener = bind("admin", config.listen.admin).await?;
-    let proxy_addr = proxy_listener.local_addr().expect("bound socket has an address");
-    let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
+    let (proxy_listener, proxy_addr, proxy_socket) = match &config.listen.proxy {
+        ProxyAddr::Tcp(addr) => {
+            let l = bind("proxy", *addr).await?;
+            let addr = l.local_addr().expect("bound socket has an address");
+            (Listener::Tcp(l), addr, None)
+        }
+        ProxyAddr::Unix(path) => {
+            let l = crate::listen::unix::bind_unix(path, config.listen.socket_mode).map_err(StartError::BindUnix)?;
+            (Listener::Unix(l), SocketAddr::from(([0, 0, 0, 0], 0)), Some(path.clone()))
+        }
+    };
+    let admin_listener = Listener::Tcp(bind("admin", config.listen.admin).await?);
+    let admin_addr = match &admin_listener {
+        Listener::Tcp(l) => l.local_addr().expect("bound socket has an address"),
+        Listener::Unix(_) => unreachable!("the admin API listens on TCP"),
+    };
+    let shown_proxy = match &proxy_socket {
+        Some(p) => format!("unix:{}", p.display()),
+        None => proxy_addr.to_string(),
+    };
 
     tokens.load_all().await;
-    for name in tokens.not_ready() {
+    for name in tokens.missing() {
         tracing::warn!(token = name, "token has no value yet; its routes answer 503 until one arrives");
     }
     let background = Background::spawn(&tokens);
@@ -373,6 +415,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
 
     let ca_task = live.intercept.as_ref().and_then(|i| i.spawn_watcher(stop_summary.subscribe()));
+    let anchor_task =
+        lock(&live.config).audit.as_ref().map(|a| a.anchor_interval).and_then(|every| {
+            live.audit.clone().map(|audit| tokio::spawn(anchor(audit, every, stop_summary.subscribe())))
+        });
 
     let (stop_proxy, proxy_stop_rx) = watch::channel(false);
     let (stop_admin, admin_stop_rx) = watch::channel(false);
@@ -396,7 +442,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
     ));
     tracing::info!(
-        proxy = %proxy_addr,
+        proxy = %shown_proxy,
         admin = %admin_addr,
         routes = route_count,
         tokens = token_count,
@@ -408,6 +454,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     );
     Ok(Running {
         proxy_addr,
+        proxy_socket,
         admin_addr,
         live,
         stop_proxy,
@@ -418,7 +465,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         summary_task,
         ca_task,
         workers,
+        anchor_task,
     })
+}
+
+/// Logs the audit chain's head every `every`: an anchor kept outside the file (in the log
+/// pipeline), so a file whose last lines were cut off no longer reaches a logged head.
+async fn anchor(audit: Audit, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(&mut stop) => break,
+        }
+        let head = audit.head();
+        tracing::info!(seq = head.seq, hash = %head.hash, "audit chain head");
+    }
 }
 
 /// Writes a usage summary per route (requests and 401s since the last one) to the audit log

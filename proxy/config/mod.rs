@@ -18,6 +18,7 @@ use serde::Deserialize;
 use toml_edit::{Item, TableLike};
 
 mod hostport;
+pub mod paths;
 pub mod template;
 
 pub use hostport::HostPort;
@@ -38,6 +39,8 @@ pub struct Config {
     pub hardening: Hardening,
     /// `[intercept]`: HTTPS interception for clients that use `HTTPS_PROXY`, if wanted.
     pub intercept: Option<InterceptConfig>,
+    /// `[log]`: what is logged besides events.
+    pub log: LogConfig,
     /// Things that are valid but probably not what was meant (a rule that never matches).
     pub warnings: Vec<ConfigError>,
     pub routes: Vec<RouteConfig>,
@@ -52,23 +55,85 @@ pub const MAX_WORKERS: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Listen {
     #[serde(default = "default_proxy_addr")]
-    pub proxy: SocketAddr,
+    pub proxy: ProxyAddr,
     #[serde(default = "default_admin_addr")]
     pub admin: SocketAddr,
     /// Single-threaded runtimes serving the proxy listener's connections (`crate::workers`);
     /// without it, one runtime with a thread per CPU.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// The permission bits of a `unix:` proxy socket, written as an octal string (`"0660"`).
+    #[serde(default = "default_socket_mode", deserialize_with = "de_socket_mode")]
+    pub socket_mode: u32,
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { proxy: default_proxy_addr(), admin: default_admin_addr(), workers: None }
+        Listen {
+            proxy: default_proxy_addr(),
+            admin: default_admin_addr(),
+            workers: None,
+            socket_mode: default_socket_mode(),
+        }
     }
 }
 
-fn default_proxy_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
+/// `listen.proxy`: a TCP address, or `unix:PATH` for a Unix socket (only processes that may
+/// open the socket file reach the credentials, not everything on the pod's loopback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ProxyAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyAddr::Tcp(a) => a.fmt(f),
+            ProxyAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ProxyAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.strip_prefix("unix:") {
+            Some("") => Err(de::Error::custom("unix: needs a socket path, e.g. \"unix:/run/sidekey/proxy.sock\"")),
+            Some(p) => Ok(ProxyAddr::Unix(PathBuf::from(p))),
+            None => s.parse().map(ProxyAddr::Tcp).map_err(|_| {
+                de::Error::custom(format!(
+                    "{s:?} is neither an IP address with a port (\"127.0.0.1:8080\") nor unix:PATH"
+                ))
+            }),
+        }
+    }
+}
+
+fn default_proxy_addr() -> ProxyAddr {
+    ProxyAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8080)))
+}
+
+fn default_socket_mode() -> u32 {
+    0o660
+}
+
+fn de_socket_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let s = String::deserialize(d)?;
+    let digits = s.strip_prefix("0o").unwrap_or(&s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if !digits.is_empty() && m <= 0o777 => Ok(m),
+        _ => Err(de::Error::custom(format!("{s:?} is not an octal file mode such as \"0660\""))),
+    }
+}
+
+/// `[log]`: optional log lines.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct LogConfig {
+    /// One info line per proxied request (method, route, status, timings, token generation;
+    /// never a query string or a header value).
+    #[serde(default)]
+    pub access: bool,
 }
 
 fn default_admin_addr() -> SocketAddr {
@@ -126,6 +191,9 @@ pub struct AuditConfig {
     pub path: PathBuf,
     #[serde(default = "default_summary_interval", deserialize_with = "de_duration")]
     pub summary_interval: Duration,
+    /// How often the chain's head (seq and hash) is logged, an anchor outside the file.
+    #[serde(default = "default_summary_interval", deserialize_with = "de_duration")]
+    pub anchor_interval: Duration,
 }
 
 fn default_summary_interval() -> Duration {
@@ -328,6 +396,8 @@ pub struct TokenConfig {
     pub retry: RetryConfig,
     pub propagation: PropagationConfig,
     pub on_401: On401,
+    /// `/readyz` waits for this token's first value (`required = false`: it does not).
+    pub required: bool,
 }
 
 /// `basic`: HTTP Basic credentials from templates naming tokens (`{token:NAME}`).
@@ -625,10 +695,21 @@ struct TokenCommon {
     propagation: Option<PropagationConfig>,
     #[serde(default)]
     on_401: Option<On401>,
+    #[serde(default)]
+    required: Option<bool>,
 }
 
-const TOKEN_COMMON_KEYS: &[&str] =
-    &["refresh", "refresh_before", "validate", "overlap", "retry_body_limit", "retry_methods", "propagation", "on_401"];
+const TOKEN_COMMON_KEYS: &[&str] = &[
+    "refresh",
+    "refresh_before",
+    "validate",
+    "overlap",
+    "retry_body_limit",
+    "retry_methods",
+    "propagation",
+    "on_401",
+    "required",
+];
 
 /// `propagation = { window, min, ratio }`: when upstream 401s mean a rotation did not take.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -850,21 +931,41 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file. Relative paths in it are taken from the file's
+    /// directory, as the path was given (a ConfigMap's file is a symlink into `..data`; its
+    /// neighbours are found beside the link, not beside its target).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_with(path, false)
+    }
+
+    /// [`Config::load`], and what `run` would refuse or warn about on this machine: an audit
+    /// log that cannot be opened for appending, a token, CA or admin-token file that exists but
+    /// cannot be read (a token file not there yet is a warning: it is loaded when it appears).
+    pub fn load_checked(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_with(path, true)
+    }
+
+    fn load_with(path: &Path, files: bool) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             file: Some(path.to_owned()),
             errors: vec![ConfigError { key: String::new(), line: None, message: format!("cannot read config: {e}") }],
         })?;
-        Config::parse(&text).map_err(|mut e| {
+        let base = path.parent().filter(|d| !d.as_os_str().is_empty());
+        Config::parse_in(&text, base, files).map_err(|mut e| {
             e.file = Some(path.to_owned());
             e
         })
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text (relative paths stay relative to the working directory).
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse_in(text, None, false)
+    }
+
+    fn parse_in(text: &str, base: Option<&Path>, files: bool) -> Result<Config, ConfigErrors> {
         let mut cx = Loader::new(text)?;
+        cx.base = base.map(Path::to_owned);
+        cx.files = files;
         let config = cx.load();
         let mut errors = cx.errors;
         errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
@@ -904,16 +1005,31 @@ struct Loader<'a> {
     doc: toml_edit::Document<&'a str>,
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigError>,
+    /// The directory relative paths are taken from.
+    base: Option<PathBuf>,
+    /// Also check the files `run` opens (see [`Config::load_checked`]).
+    files: bool,
 }
 
-const TOP_LEVEL_KEYS: &[&str] =
-    &["listen", "admin", "upstream", "limits", "hardening", "shutdown", "audit", "intercept", "routes", "tokens"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "admin",
+    "upstream",
+    "limits",
+    "hardening",
+    "shutdown",
+    "audit",
+    "intercept",
+    "log",
+    "routes",
+    "tokens",
+];
 const TOKEN_SOURCES: &[&str] = &["env", "file", "oauth2", "http", "exec"];
 
 impl<'a> Loader<'a> {
     fn new(text: &'a str) -> Result<Self, ConfigErrors> {
         match toml_edit::Document::parse(text) {
-            Ok(doc) => Ok(Loader { text, doc, errors: Vec::new(), warnings: Vec::new() }),
+            Ok(doc) => Ok(Loader { text, doc, errors: Vec::new(), warnings: Vec::new(), base: None, files: false }),
             Err(e) => {
                 // The error's own Display quotes the offending line, which may hold a secret
                 // someone pasted by mistake: report the message and position only.
@@ -933,6 +1049,23 @@ impl<'a> Loader<'a> {
     fn error(&mut self, path: &[Seg], message: impl Into<String>) {
         let line = self.line_of_path(path);
         self.errors.push(ConfigError { key: path_string(path), line, message: message.into() });
+    }
+
+    fn warn(&mut self, path: &[Seg], message: impl Into<String>) {
+        let line = self.line_of_path(path);
+        self.warnings.push(ConfigError { key: path_string(path), line, message: message.into() });
+    }
+
+    /// With `files`: a `{ file = }` reference that exists must be readable (one not there yet
+    /// is a warning: the token is fetched again later).
+    fn check_secret_file(&mut self, path: &[Seg], reference: &SecretRef) {
+        if let (true, SecretRef::File(file)) = (self.files, reference) {
+            match paths::readable(file) {
+                Ok(true) => {}
+                Ok(false) => self.warn(path, format!("{} does not exist yet", file.display())),
+                Err(e) => self.error(path, e),
+            }
+        }
     }
 
     /// The line of the deepest node of `path` written in the file.
@@ -1063,6 +1196,9 @@ impl<'a> Loader<'a> {
             }
         }
         let mut root = root;
+        if let Some(base) = self.base.clone() {
+            paths::resolve(&mut root, &base);
+        }
         let listen = match root.remove("listen") {
             Some(v) => self.section::<Listen>(&[Seg::Key("listen".into())], v),
             None => Some(Listen::default()),
@@ -1076,8 +1212,28 @@ impl<'a> Loader<'a> {
             None => Some(Shutdown::default()),
         };
         let audit = match root.remove("audit") {
-            Some(v) => self.section::<AuditConfig>(&[Seg::Key("audit".into())], v).map(Some),
+            Some(v) => {
+                let a = self.section::<AuditConfig>(&[Seg::Key("audit".into())], v);
+                if let Some(a) = &a {
+                    let at = |key: &str| [Seg::Key("audit".into()), Seg::Key(key.into())];
+                    for (key, d) in [("summary_interval", a.summary_interval), ("anchor_interval", a.anchor_interval)] {
+                        if d.is_zero() {
+                            self.error(&at(key), "must be longer than zero");
+                        }
+                    }
+                    if self.files {
+                        if let Err(e) = paths::appendable(&a.path) {
+                            self.error(&at("path"), e);
+                        }
+                    }
+                }
+                a.map(Some)
+            }
             None => Some(None),
+        };
+        let log = match root.remove("log") {
+            Some(v) => self.section::<LogConfig>(&[Seg::Key("log".into())], v),
+            None => Some(LogConfig::default()),
         };
         let admin = match root.remove("admin") {
             Some(v) => self.section::<AdminConfig>(&[Seg::Key("admin".into())], v),
@@ -1150,7 +1306,7 @@ impl<'a> Loader<'a> {
 
         self.validate_routes(&routes, &defined);
         if let (Some(l), Some(u)) = (&listen, &upstream) {
-            if l.proxy == l.admin && l.proxy.port() != 0 {
+            if l.proxy == ProxyAddr::Tcp(l.admin) && l.admin.port() != 0 {
                 self.error(&[Seg::Key("listen".into()), Seg::Key("admin".into())], "must differ from listen.proxy");
             }
             if let Some(ca) = &u.ca_file {
@@ -1164,6 +1320,13 @@ impl<'a> Loader<'a> {
                     &[Seg::Key("listen".into()), Seg::Key("workers".into())],
                     format!("must be between 1 and {max}"),
                 );
+            }
+        }
+        if let (Some(a), true) = (&admin, self.files) {
+            if let Some(reference) = &a.token {
+                if let Err(e) = reference.read() {
+                    self.error(&[Seg::Key("admin".into()), Seg::Key("token".into())], e);
+                }
             }
         }
         if let (Some(l), Some(a)) = (&listen, &admin) {
@@ -1195,6 +1358,7 @@ impl<'a> Loader<'a> {
             limits: limits?,
             hardening: hardening?,
             intercept: intercept?,
+            log: log?,
             warnings: std::mem::take(&mut self.warnings),
             routes: routes.into_iter().map(|(_, r)| r).collect(),
             tokens,
@@ -1245,11 +1409,21 @@ impl<'a> Loader<'a> {
                 let s: FileSource = self.section(&path, rest)?;
                 if s.path.as_os_str().is_empty() {
                     self.error(&child(&path, "path"), "must not be empty");
+                } else if self.files {
+                    match paths::readable(&s.path) {
+                        Ok(true) => {}
+                        Ok(false) => self.warn(
+                            &child(&path, "path"),
+                            format!("{} does not exist yet; it is loaded when it appears", s.path.display()),
+                        ),
+                        Err(e) => self.error(&child(&path, "path"), e),
+                    }
                 }
                 SourceConfig::File(s)
             }
             "oauth2" => {
                 let s: OAuth2Source = self.section(&path, rest)?;
+                self.check_secret_file(&child(&path, "client_secret"), &s.client_secret);
                 if let Err(m) = check_url(&s.token_url) {
                     self.error(&child(&path, "token_url"), m);
                 }
@@ -1263,6 +1437,9 @@ impl<'a> Loader<'a> {
             }
             "http" => {
                 let s: HttpSource = self.section(&path, rest)?;
+                for (name, reference) in &s.headers {
+                    self.check_secret_file(&child(&child(&path, "headers"), name), reference);
+                }
                 if let Err(m) = check_url(&s.url) {
                     self.error(&child(&path, "url"), m);
                 }
@@ -1355,6 +1532,7 @@ impl<'a> Loader<'a> {
             retry,
             propagation: common.propagation.clone().unwrap_or_default(),
             on_401: common.on_401.unwrap_or_default(),
+            required: common.required.unwrap_or(true),
         })
     }
 
@@ -1794,6 +1972,7 @@ pub fn accepted_keys() -> Vec<String> {
     add("limits", fields::<Limits>());
     add("hardening", fields::<Hardening>());
     add("intercept", fields::<InterceptConfig>());
+    add("log", fields::<LogConfig>());
     add("routes[]", fields::<RouteConfig>());
     add("tokens.*", &["source"]);
     add("tokens.*", fields::<TokenCommon>());

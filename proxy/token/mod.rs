@@ -636,8 +636,12 @@ impl Token {
         if repeated {
             tracing::debug!(token = %self.name, error = %error, "token refresh failed again");
         } else {
-            tracing::warn!(token = %self.name, error = %error, "token refresh failed; keeping the last good value");
             let current = self.current.load();
+            if current.is_some() {
+                tracing::warn!(token = %self.name, error = %error, "token refresh failed; keeping the last good value");
+            } else {
+                tracing::warn!(token = %self.name, error = %error, "token load failed; no value yet");
+            }
             self.audit(
                 "refresh_failed",
                 audit_fields([
@@ -994,8 +998,13 @@ impl TokenStore {
     }
 
     /// Names of tokens without a usable value.
-    pub fn not_ready(&self) -> Vec<&str> {
+    pub fn missing(&self) -> Vec<&str> {
         self.tokens.iter().filter(|t| !t.is_ready()).map(|t| t.name()).collect()
+    }
+
+    /// Names of the tokens `/readyz` waits for (`required`, the default) without a usable value.
+    pub fn not_ready(&self) -> Vec<&str> {
+        self.tokens.iter().filter(|t| t.config.required && !t.is_ready()).map(|t| t.name()).collect()
     }
 }
 
