@@ -1322,12 +1322,8 @@ impl<'a> Loader<'a> {
                 );
             }
         }
-        if let (Some(a), true) = (&admin, self.files) {
-            if let Some(reference) = &a.token {
-                if let Err(e) = reference.read() {
-                    self.error(&[Seg::Key("admin".into()), Seg::Key("token".into())], e);
-                }
-            }
+        if let Some(reference) = admin.as_ref().and_then(|a| a.token.clone()) {
+            self.check_secret_file(&[Seg::Key("admin".into()), Seg::Key("token".into())], &reference);
         }
         if let (Some(l), Some(a)) = (&listen, &admin) {
             if !l.admin.ip().is_loopback() && a.token.is_none() {
