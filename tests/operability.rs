@@ -356,6 +356,9 @@ fn health_exits_0_when_ready_1_when_not_or_unreachable_2_on_bad_arguments() {
     .unwrap();
     let (code, _, err) = run(Command::new(BIN).args(["health", "-c"]).arg(d.join("probe.toml")));
     assert_eq!(code, 0, "{err}");
+    // As the image's HEALTHCHECK runs it: no arguments, the config from SIDEKEY_CONFIG.
+    let (code, _, err) = run(Command::new(BIN).arg("health").env("SIDEKEY_CONFIG", d.join("probe.toml")));
+    assert_eq!(code, 0, "{err}");
     assert_eq!(p.terminate(), Some(0));
 }
 
@@ -621,4 +624,21 @@ fn the_network_policy_names_the_admin_port_by_number_and_the_license_is_there() 
     assert!(license.contains("END OF TERMS AND CONDITIONS"), "the full text");
     let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
     assert!(cargo.contains("license = \"Apache-2.0\""));
+}
+
+/// The image's HEALTHCHECK is `sidekey health` (run with no shell), and the dependencies are
+/// built in a layer before sidekey's own sources are copied in. (checkov's CKV_DOCKER_2, no
+/// longer skipped, also wants the HEALTHCHECK: tests/lint.rs.)
+#[test]
+fn the_dockerfile_checks_health_with_sidekey_and_caches_its_dependencies() {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    let health = text.lines().skip_while(|l| !l.starts_with("HEALTHCHECK")).take(2).collect::<String>();
+    assert!(health.contains(r#"CMD ["/usr/local/bin/sidekey", "health"]"#), "{health}");
+    let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("no {needle:?} in the Dockerfile"));
+    let deps = at("cargo build --release --locked --bin sidekey");
+    assert!(deps < at("COPY proxy ./proxy"), "dependencies are built before the sources are copied");
+    assert!(text[deps..].contains("target/release/.fingerprint/sidekey-*"), "the placeholder build is forgotten");
+    assert!(text.contains("imagetools inspect"), "how to pin and bump the base images");
+    let checkov = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".checkov.yaml")).unwrap();
+    assert!(!checkov.contains("CKV_DOCKER_2"), "the HEALTHCHECK check is not skipped");
 }
