@@ -33,7 +33,9 @@
 //! - [`error`]: typed errors and their HTTP answers.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/tokens`, the dashboard.
 //! - [`audit`]: the hash-chained audit log, its writer and `verify`.
-//! - [`metrics`]: the Prometheus recorder and per-route handles.
+//! - [`metrics`]: the Prometheus recorder and per-route handles; [`process_metrics`] the
+//!   standard `process_*` families from `/proc`.
+//! - [`health`]: `sidekey health`, a `/readyz` probe for container health checks.
 //! - [`serve`]: assembly, listeners, config reload, graceful shutdown.
 //! - [`conn`]: the accept loop and `[limits]`: connection cap, header and idle timeouts.
 //! - [`workers`]: `[listen] workers`, single-threaded runtimes the proxy's connections are
