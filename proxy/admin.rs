@@ -196,6 +196,8 @@ pub fn token_json(t: &Token) -> Value {
     json!({
         "name": t.name(),
         "source": t.kind(),
+        "identity": t.identity(),
+        "login_expires_at": t.login_expires_at().map(rfc3339),
         "state": state,
         "generation": current.as_ref().map_or(0, |v| v.generation),
         "fingerprint": current.as_ref().map(|v| v.fingerprint.clone()),

@@ -18,10 +18,12 @@ use serde::Deserialize;
 use toml_edit::{Item, TableLike};
 
 mod hostport;
+pub mod identity;
 pub mod paths;
 pub mod template;
 
 pub use hostport::HostPort;
+pub use identity::{AwsWebIdentitySource, JwtAlg, LoginConfig, PrivateKeyJwt, TokenExchangeSource, VaultJwtLogin};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -504,6 +506,8 @@ pub enum SourceConfig {
     OAuth2(OAuth2Source),
     Http(HttpSource),
     Exec(ExecSource),
+    AwsWebIdentity(AwsWebIdentitySource),
+    TokenExchange(TokenExchangeSource),
 }
 
 impl TokenConfig {
@@ -515,6 +519,8 @@ impl TokenConfig {
             SourceConfig::OAuth2(_) => "oauth2",
             SourceConfig::Http(_) => "http",
             SourceConfig::Exec(_) => "exec",
+            SourceConfig::AwsWebIdentity(_) => "aws_web_identity",
+            SourceConfig::TokenExchange(_) => "token_exchange",
         }
     }
 }
@@ -552,9 +558,18 @@ pub enum ClientAuth {
 pub struct OAuth2Source {
     pub token_url: String,
     pub client_id: String,
-    pub client_secret: SecretRef,
+    /// Exactly one of `client_secret`, `client_assertion`, `private_key_jwt`.
     #[serde(default)]
-    pub auth_method: ClientAuth,
+    pub client_secret: Option<SecretRef>,
+    /// Only with `client_secret` (default `client_secret_basic`).
+    #[serde(default)]
+    pub auth_method: Option<ClientAuth>,
+    /// A JWT (a federated identity token) sent as the RFC 7523 client assertion.
+    #[serde(default)]
+    pub client_assertion: Option<SecretRef>,
+    /// A key with which sidekey signs its own client assertion.
+    #[serde(default)]
+    pub private_key_jwt: Option<PrivateKeyJwt>,
     #[serde(default)]
     pub scope: Option<String>,
     #[serde(default)]
@@ -590,6 +605,9 @@ pub struct HttpSource {
     /// its first role's credentials are read.
     #[serde(default)]
     pub aws_imds: bool,
+    /// A login whose client token is sent as `X-Vault-Token` (Vault/OpenBao JWT auth).
+    #[serde(default)]
+    pub login: Option<LoginConfig>,
 }
 
 /// `source = "exec"`: a command's stdout (argv, no shell).
@@ -1024,7 +1042,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "routes",
     "tokens",
 ];
-const TOKEN_SOURCES: &[&str] = &["env", "file", "oauth2", "http", "exec"];
+const TOKEN_SOURCES: &[&str] = &["env", "file", "oauth2", "http", "exec", "aws_web_identity", "token_exchange"];
 
 impl<'a> Loader<'a> {
     fn new(text: &'a str) -> Result<Self, ConfigErrors> {
@@ -1419,7 +1437,9 @@ impl<'a> Loader<'a> {
             }
             "oauth2" => {
                 let s: OAuth2Source = self.section(&path, rest)?;
-                self.check_secret_file(&child(&path, "client_secret"), &s.client_secret);
+                if let Some(secret) = &s.client_secret {
+                    self.check_secret_file(&child(&path, "client_secret"), secret);
+                }
                 if let Err(m) = check_url(&s.token_url) {
                     self.error(&child(&path, "token_url"), m);
                 }
@@ -1429,6 +1449,7 @@ impl<'a> Loader<'a> {
                 if let Some(ca) = &s.ca_file {
                     self.check_ca_file(&child(&path, "ca_file"), ca);
                 }
+                self.check_client_auth(&path, &s);
                 SourceConfig::OAuth2(s)
             }
             "http" => {
@@ -1454,8 +1475,13 @@ impl<'a> Loader<'a> {
                 if let Some(ca) = &s.ca_file {
                     self.check_ca_file(&child(&path, "ca_file"), ca);
                 }
+                if let Some(login) = &s.login {
+                    self.check_login(&path, login);
+                }
                 SourceConfig::Http(s)
             }
+            "aws_web_identity" => SourceConfig::AwsWebIdentity(self.aws_web_identity(&path, rest)?),
+            "token_exchange" => SourceConfig::TokenExchange(self.token_exchange(&path, rest)?),
             "exec" => {
                 let s: ExecSource = self.section(&path, rest)?;
                 if s.command.first().is_none_or(|c| c.is_empty()) {
@@ -1979,6 +2005,11 @@ pub fn accepted_keys() -> Vec<String> {
     add("tokens.<oauth2>", fields::<OAuth2Source>());
     add("tokens.<http>", fields::<HttpSource>());
     add("tokens.<exec>", fields::<ExecSource>());
+    add("tokens.<http>.login", fields::<LoginConfig>());
+    add("tokens.<http>.login.vault_jwt", fields::<VaultJwtLogin>());
+    add("tokens.<oauth2>.private_key_jwt", fields::<PrivateKeyJwt>());
+    add("tokens.<aws_web_identity>", fields::<AwsWebIdentitySource>());
+    add("tokens.<token_exchange>", fields::<TokenExchangeSource>());
     keys
 }
 
@@ -2196,8 +2227,8 @@ refresh_before = 0.1
         assert_eq!(api.refresh.interval, Some(Duration::from_secs(300)));
         assert_eq!(api.validate.as_ref().unwrap().expect, 200);
         let SourceConfig::OAuth2(o) = &api.source else { panic!() };
-        assert_eq!(o.auth_method, ClientAuth::ClientSecretBasic);
-        assert_eq!(o.client_secret, SecretRef::Env("SVC_A_SECRET".into()));
+        assert_eq!(o.auth_method, None);
+        assert_eq!(o.client_secret, Some(SecretRef::Env("SVC_A_SECRET".into())));
         assert_eq!(c.tokens["vault"].refresh.before, RefreshBefore::Ratio(0.25));
         assert_eq!(c.tokens["legacy"].refresh.before, RefreshBefore::Ratio(0.1));
         assert_eq!(c.tokens["legacy"].refresh.interval, Some(Duration::from_secs(600)));

@@ -48,6 +48,18 @@ pub fn resolve(root: &mut toml::Table, base: &Path) {
             }
             fix(token.get_mut("ca_file"), base);
             reference(token.get_mut("client_secret"), base);
+            // Workload identity: the identity files each form reads at its login.
+            for key in ["client_assertion", "web_identity_token", "subject_token", "actor_token"] {
+                reference(token.get_mut(key), base);
+            }
+            if let Some(toml::Value::Table(pkj)) = token.get_mut("private_key_jwt") {
+                reference(pkj.get_mut("key"), base);
+            }
+            if let Some(toml::Value::Table(login)) = token.get_mut("login") {
+                if let Some(toml::Value::Table(vault)) = login.get_mut("vault_jwt") {
+                    reference(vault.get_mut("jwt"), base);
+                }
+            }
             if let Some(toml::Value::Table(headers)) = token.get_mut("headers") {
                 headers.iter_mut().for_each(|(_, r)| reference(Some(r), base));
             }
@@ -171,6 +183,20 @@ validate = { url = "https://x", ca_file = "v.pem" }
 [tokens.h]
 source = "http"
 headers = { "X-Vault-Token" = { file = "vt" } }
+login = { vault_jwt = { path = "auth/jwt", role = "r", jwt = { file = "id/vault" } } }
+[tokens.w]
+source = "aws_web_identity"
+web_identity_token = { file = "id/eks" }
+[tokens.a]
+source = "oauth2"
+client_assertion = { file = "id/idp" }
+[tokens.k]
+source = "oauth2"
+private_key_jwt = { key = { file = "client.pem" }, alg = "RS256" }
+[tokens.x]
+source = "token_exchange"
+subject_token = { file = "id/sts" }
+actor_token = { file = "id/actor" }
 "#;
         let mut root: toml::Table = toml::from_str(text).unwrap();
         resolve(&mut root, Path::new("conf.d"));
@@ -200,6 +226,12 @@ headers = { "X-Vault-Token" = { file = "vt" } }
         assert_eq!(at(&["tokens", "o", "client_secret", "file"]), "conf.d/secret");
         assert_eq!(at(&["tokens", "o", "validate", "ca_file"]), "conf.d/v.pem");
         assert_eq!(at(&["tokens", "h", "headers", "X-Vault-Token", "file"]), "conf.d/vt");
+        assert_eq!(at(&["tokens", "h", "login", "vault_jwt", "jwt", "file"]), "conf.d/id/vault");
+        assert_eq!(at(&["tokens", "w", "web_identity_token", "file"]), "conf.d/id/eks");
+        assert_eq!(at(&["tokens", "a", "client_assertion", "file"]), "conf.d/id/idp");
+        assert_eq!(at(&["tokens", "k", "private_key_jwt", "key", "file"]), "conf.d/client.pem");
+        assert_eq!(at(&["tokens", "x", "subject_token", "file"]), "conf.d/id/sts");
+        assert_eq!(at(&["tokens", "x", "actor_token", "file"]), "conf.d/id/actor");
     }
 
     #[test]

@@ -10,13 +10,18 @@
 //! Sources live one per file: [`env`], [`file`] (with its watcher), [`oauth2`], [`http`],
 //! [`exec`]; [`schedule`] decides when each is fetched again.
 
+pub mod assertion;
 pub mod env;
+pub mod exchange;
 pub mod exec;
 pub mod fetch;
 pub mod file;
 pub mod http;
+pub mod identity;
 pub mod oauth2;
 pub mod schedule;
+pub mod vault_login;
+pub mod web_identity;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -156,6 +161,8 @@ pub enum Source {
     OAuth2(oauth2::OAuth2Source),
     Http(http::HttpSource),
     Exec(exec::ExecSource),
+    AwsWebIdentity(web_identity::WebIdentitySource),
+    TokenExchange(exchange::TokenExchangeSource),
 }
 
 /// A freshly fetched value, not yet published.
@@ -223,6 +230,8 @@ pub struct Token {
     config: TokenConfig,
     kind: &'static str,
     source: Source,
+    /// The logins of a workload-identity form (`None` for the other sources).
+    logins: Option<Arc<identity::Logins>>,
     validator: Option<Validator>,
     refresh_config: RefreshConfig,
     current: ArcSwapOption<TokenValue>,
@@ -274,12 +283,28 @@ impl std::fmt::Debug for Token {
 
 impl Token {
     fn new(name: &str, config: &TokenConfig, formats: Vec<String>, clients: &mut ClientCache) -> Result<Token, String> {
+        let logins = identity::Logins::for_source(name, &config.source, clients.audit.clone());
         let source = match &config.source {
             SourceConfig::Env(c) => Source::Env(env::EnvSource::new(c)),
             SourceConfig::File(c) => Source::File(file::FileSource::new(c)),
-            SourceConfig::OAuth2(c) => Source::OAuth2(oauth2::OAuth2Source::new(c, clients.get(c.ca_file.as_ref())?)?),
-            SourceConfig::Http(c) => Source::Http(http::HttpSource::new(c, clients.get(c.ca_file.as_ref())?)?),
+            SourceConfig::OAuth2(c) => {
+                Source::OAuth2(oauth2::OAuth2Source::new(c, clients.get(c.ca_file.as_ref())?, logins.clone())?)
+            }
+            SourceConfig::Http(c) => {
+                Source::Http(http::HttpSource::new(c, clients.get(c.ca_file.as_ref())?, logins.clone())?)
+            }
             SourceConfig::Exec(c) => Source::Exec(exec::ExecSource::new(c)),
+            SourceConfig::AwsWebIdentity(c) => Source::AwsWebIdentity(web_identity::WebIdentitySource::new(
+                c,
+                name,
+                clients.get(c.ca_file.as_ref())?,
+                logins.clone().ok_or("no login record")?,
+            )),
+            SourceConfig::TokenExchange(c) => Source::TokenExchange(exchange::TokenExchangeSource::new(
+                c,
+                clients.get(c.ca_file.as_ref())?,
+                logins.clone().ok_or("no login record")?,
+            )?),
         };
         let validator = match &config.validate {
             Some(v) => Some(Validator::new(v, clients)?),
@@ -290,6 +315,7 @@ impl Token {
             config: config.clone(),
             kind: config.kind(),
             source,
+            logins,
             validator,
             refresh_config: config.refresh.clone(),
             current: ArcSwapOption::empty(),
@@ -366,6 +392,16 @@ impl Token {
 
     pub fn source(&self) -> &Source {
         &self.source
+    }
+
+    /// The workload-identity form (`/tokens`' `identity`), if the token uses one.
+    pub fn identity(&self) -> Option<&'static str> {
+        self.logins.as_ref().map(|l| l.kind())
+    }
+
+    /// When the login's own token expires (a Vault client token), where there is one.
+    pub fn login_expires_at(&self) -> Option<SystemTime> {
+        self.logins.as_ref().and_then(|l| l.expires_at())
     }
 
     /// The header for `format` if a usable value is loaded, with its generation and whether a
@@ -597,6 +633,8 @@ impl Token {
             Source::OAuth2(s) => s.fetch().await,
             Source::Http(s) => s.fetch().await,
             Source::Exec(s) => s.fetch(&self.name).await,
+            Source::AwsWebIdentity(s) => s.fetch().await,
+            Source::TokenExchange(s) => s.fetch().await,
         };
         let fetched = match fetched {
             Ok(f) => f,
