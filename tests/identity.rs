@@ -176,29 +176,31 @@ async fn bao_call(bao: &Bao, method: &str, path: &str, body: serde_json::Value) 
 /// JWT auth at `auth/jwt` trusting `public_pem`, a role `svc-a` for audience `vault` with the
 /// given TTLs and a policy that reads `secret/data/api`.
 async fn bao_jwt_auth(bao: &Bao, public_pem: &str, ttl: &str, max_ttl: &str) {
+    bao_jwt_role(bao, public_pem, (ttl, max_ttl), "svc-a", "vault", "secret/data/api").await
+}
+
+/// The same with a role name, its bound audience and the KV path its policy reads.
+async fn bao_jwt_role(bao: &Bao, public_pem: &str, ttls: (&str, &str), role: &str, audience: &str, kv: &str) {
     let calls = [
-        ("POST", "sys/auth/jwt", serde_json::json!({"type": "jwt"})),
+        ("sys/auth/jwt".to_owned(), serde_json::json!({"type": "jwt"})),
         (
-            "POST",
-            "auth/jwt/config",
+            "auth/jwt/config".to_owned(),
             serde_json::json!({"jwt_validation_pubkeys": [public_pem], "bound_issuer": "https://k8s.test"}),
         ),
         (
-            "POST",
-            "sys/policies/acl/kv-read",
-            serde_json::json!({"policy": "path \"secret/data/api\" { capabilities = [\"read\"] }"}),
+            "sys/policies/acl/kv-read".to_owned(),
+            serde_json::json!({"policy": format!("path \"{kv}\" {{ capabilities = [\"read\"] }}")}),
         ),
         (
-            "POST",
-            "auth/jwt/role/svc-a",
+            format!("auth/jwt/role/{role}"),
             serde_json::json!({
-                "role_type": "jwt", "bound_audiences": ["vault"], "user_claim": "sub",
-                "token_policies": ["kv-read"], "token_ttl": ttl, "token_max_ttl": max_ttl,
+                "role_type": "jwt", "bound_audiences": [audience], "user_claim": "sub",
+                "token_policies": ["kv-read"], "token_ttl": ttls.0, "token_max_ttl": ttls.1,
             }),
         ),
     ];
-    for (method, path, body) in calls {
-        let (status, answer) = bao_call(bao, method, path, body).await;
+    for (path, body) in calls {
+        let (status, answer) = bao_call(bao, "POST", &path, body).await;
         assert!((200..300).contains(&status), "bao {path}: {status} {answer}");
     }
 }
@@ -650,4 +652,84 @@ requested_token_type = "urn:ietf:params:oauth:token-type:access_token"
             ("issued token", &bearer),
         ],
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Kubernetes example without a static secret, rehearsed
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workload_identity_example_runs_with_no_secret_but_the_admin_token() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kubernetes/workload-identity.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let docs: Vec<serde_json::Value> =
+        serde_yaml_ng::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}")).clone();
+    let pod = find("Deployment")["spec"]["template"]["spec"].clone();
+    let sidekey = pod["initContainers"].as_array().unwrap().iter().find(|c| c["name"] == "sidekey").unwrap().clone();
+    assert_eq!(pod["serviceAccountName"], find("ServiceAccount")["metadata"]["name"]);
+    assert_eq!(pod["automountServiceAccountToken"], false, "no API token: the projected one only");
+    let volumes = pod["volumes"].as_array().unwrap();
+    let mounts = sidekey["volumeMounts"].as_array().unwrap();
+    let mount_of =
+        |name: &str| mounts.iter().find(|m| m["name"] == name).unwrap()["mountPath"].as_str().unwrap().to_owned();
+    // No Secret but the admin token's, nothing from a Secret in the environment.
+    let secrets: Vec<&serde_json::Value> = volumes.iter().filter(|v| !v["secret"].is_null()).collect();
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    assert_eq!(secrets[0]["secret"]["secretName"], "sidekey-admin");
+    assert!(!serde_json::to_string(&pod).unwrap().contains("secretKeyRef"));
+    // The projected service-account token: audience, lifetime, where sidekey reads it.
+    let projected = volumes.iter().find(|v| !v["projected"].is_null()).expect("a projected volume");
+    let sat = &projected["projected"]["sources"][0]["serviceAccountToken"];
+    let audience = sat["audience"].as_str().expect("an audience").to_owned();
+    assert!(sat["expirationSeconds"].as_u64().is_some_and(|s| s >= 600), "{sat}");
+    let jwt_in_pod = format!("{}/{}", mount_of(projected["name"].as_str().unwrap()), sat["path"].as_str().unwrap());
+    let config_map = find("ConfigMap");
+    assert_eq!(
+        volumes.iter().find(|v| !v["configMap"].is_null()).unwrap()["configMap"]["name"],
+        config_map["metadata"]["name"]
+    );
+    let mut config: toml::Table = config_map["data"]["sidekey.toml"].as_str().unwrap().parse().unwrap();
+    let (name, token) =
+        config["tokens"].as_table().unwrap().iter().next().map(|(n, t)| (n.clone(), t.clone())).unwrap();
+    let login = &token["login"]["vault_jwt"];
+    assert_eq!(login["jwt"]["file"].as_str().unwrap(), jwt_in_pod, "the login reads the projected token");
+    let role = login["role"].as_str().unwrap().to_owned();
+    let kv_url = token["url"].as_str().unwrap().to_owned();
+    let kv_path = kv_url.split("/v1/").nth(1).unwrap().to_owned();
+
+    // Run it: OpenBao stands in for Vault, with a role bound to the manifest's audience; the
+    // test plays the kubelet, writing a token for that audience where the volume would be.
+    let bao = Bao::start().await;
+    let (private, public) = ec_key();
+    bao_jwt_role(&bao, &public, ("15m", "1h"), &role, &audience, &kv_path).await;
+    bao.put(kv_path.strip_prefix("secret/data/").unwrap(), serde_json::json!({"token": "orders-token-from-kv-51c3"}))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let jwt_file = dir.path().join("vault");
+    let sa_jwt = jwt(
+        &private,
+        serde_json::json!({"iss": "https://k8s.test", "sub": "system:serviceaccount:my-app:my-app", "aud": audience}),
+    );
+    std::fs::write(&jwt_file, &sa_jwt).unwrap();
+    let admin_file = dir.path().join("admin-token");
+    std::fs::write(&admin_file, "rehearsal-admin-token\n").unwrap();
+    let up = Upstream::plain().await;
+    let listen = config["listen"].as_table_mut().unwrap();
+    listen.insert("proxy".into(), "127.0.0.1:0".into());
+    listen.insert("admin".into(), "127.0.0.1:0".into());
+    config["admin"]["token"].as_table_mut().unwrap().insert("file".into(), admin_file.to_str().unwrap().into());
+    config["routes"].as_array_mut().unwrap()[0]
+        .as_table_mut()
+        .unwrap()
+        .insert("upstream".into(), up.url.clone().into());
+    let t = config["tokens"].as_table_mut().unwrap()[&name].as_table_mut().unwrap();
+    t.insert("url".into(), format!("http://{}/v1/{kv_path}", bao.addr).into());
+    t["login"]["vault_jwt"]["jwt"].as_table_mut().unwrap().insert("file".into(), jwt_file.to_str().unwrap().into());
+    let sk = Sidecar::start(dir.path(), &toml::to_string(&config).unwrap(), &[]).await;
+    let c = client();
+    assert_eq!(get(&c, &format!("http://{}/readyz", sk.admin)).await.status, 200, "the readinessProbe passes");
+    let prefix = config["routes"][0]["prefix"].as_str().unwrap();
+    assert_eq!(get(&c, &format!("http://{}{prefix}/v1/orders", sk.proxy)).await.status, 200);
+    assert_eq!(up.find("/v1/orders").headers["authorization"], "Bearer orders-token-from-kv-51c3");
+    assert!(!sk.log.lock().unwrap().contains(&sa_jwt));
 }
