@@ -8,6 +8,8 @@
 //! scan cannot read fails it. A control runs the same server without the zeroing allocator
 //! (this test binary, run again as the server: the allocator is the `sidekey` binary's
 //! `#[global_allocator]`, not the library's) and must find retired copies.
+//! A Vault JWT login is scanned the same way for its retired client tokens and for every
+//! identity JWT it read (none is kept past its login).
 
 mod support;
 
@@ -412,4 +414,150 @@ async fn retired_oauth2_tokens_leave_no_copy_in_memory() {
     assert_eq!(locked_kib(sk.child.id()), 0, "memory locked with mlock = false");
     drop(sk);
     report_and_check("oauth2 token", &s, requests);
+}
+
+/// A call to OpenBao's API with its root token.
+async fn bao_root(bao: &support::servers::Bao, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let req = http::Request::post(format!("http://{}/v1/{path}", bao.addr))
+        .header("x-vault-token", support::servers::BAO_ROOT)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap();
+    let a = send(&client(), req).await;
+    assert!(a.status.is_success(), "bao {path}: {} {}", a.status, a.text());
+    serde_json::from_str(&a.text()).unwrap_or(serde_json::Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_vault_client_tokens_and_identity_jwts_leave_no_copy_in_memory() {
+    const LOGINS: usize = 8;
+    let bao = support::servers::Bao::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // OpenBao logs no client token (and takes no audit device through its API): a relay in
+    // front of it, which sidekey talks to, keeps the login answers.
+    let answers = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let relay = relay(bao.addr, answers.clone()).await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    bao_root(&bao, "sys/auth/jwt", serde_json::json!({"type": "jwt"})).await;
+    bao_root(&bao, "auth/jwt/config", serde_json::json!({"jwt_validation_pubkeys": [key.public_key_pem()]})).await;
+    bao_root(
+        &bao,
+        "sys/policies/acl/kv",
+        serde_json::json!({"policy": "path \"secret/data/scan\" { capabilities = [\"read\"] }"}),
+    )
+    .await;
+    bao_root(
+        &bao,
+        "auth/jwt/role/scan",
+        serde_json::json!({"role_type": "jwt", "bound_audiences": ["vault"], "user_claim": "sub", "token_policies": ["kv"], "token_ttl": "1h"}),
+    )
+    .await;
+    bao.put("scan", serde_json::json!({"token": "scan-kv-value-3d9f1e"})).await;
+    let signing = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+    let jwt_file = dir.path().join("jwt");
+    let mut jwts = Vec::new();
+    let mut new_jwt = |n: usize| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let claims = serde_json::json!({"sub": format!("scan-{n}"), "aud": "vault", "iat": now, "exp": now + 600, "jti": format!("scanjti{n:03}x{:016x}", fastrand::u64(..))});
+        let jwt = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256), &claims, &signing)
+            .unwrap();
+        std::fs::write(&jwt_file, &jwt).unwrap();
+        jwts.push(jwt);
+    };
+    new_jwt(0);
+    let up = Upstream::plain().await;
+    let config = dir.path().join("sidekey.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{LISTEN}\n[hardening]\nno_dump = false\nmlock = false\n\n[[routes]]\nname = \"kv\"\nprefix = \"/kv\"\n\
+             upstream = \"{}\"\ntoken = \"kv\"\n\n[tokens.kv]\nsource = \"http\"\nurl = \"http://{}/v1/secret/data/scan\"\n\
+             pointer = \"/data/data/token\"\nrefresh = \"1h\"\n\
+             login = {{ vault_jwt = {{ path = \"auth/jwt\", role = \"scan\", jwt = {{ file = {:?} }} }} }}\n",
+            up.url, relay, jwt_file
+        ),
+    )
+    .unwrap();
+    let sk = Sidekey::spawn(&config, &[]);
+    let c = client();
+    let mut requests = 0;
+    for n in 0..=LOGINS {
+        if n > 0 {
+            // The client token is revoked: the next read is refused, and the one after logs in
+            // again with the identity token the "kubelet" has rotated meanwhile.
+            new_jwt(n);
+            let last = answers.lock().unwrap().iter().rev().find_map(|a| {
+                serde_json::from_str::<serde_json::Value>(a).ok()?["auth"]["client_token"].as_str().map(str::to_owned)
+            });
+            bao_root(&bao, "auth/token/revoke", serde_json::json!({"token": last.expect("a login answer")})).await;
+            let r = post(&c, &format!("http://{}/tokens/kv/refresh", sk.admin)).await.json();
+            assert_eq!(r["result"], "failed", "{r}");
+            let r = post(&c, &format!("http://{}/tokens/kv/refresh", sk.admin)).await.json();
+            assert_eq!(r["result"], "unchanged", "{r}");
+        }
+        for i in 0..10 {
+            assert_eq!(get(&c, &format!("http://{}/kv/r{n}-{i}", sk.proxy)).await.status, 200);
+            requests += 1;
+        }
+    }
+    let client_tokens: Vec<String> = answers
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|a| serde_json::from_str::<serde_json::Value>(a).ok())
+        .filter_map(|e| e["auth"]["client_token"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(client_tokens.len(), LOGINS + 1, "one login per round");
+    // The identity tokens first (none is kept after its login), then the client tokens, the last
+    // of which is the current one.
+    let mut needles = jwts.clone();
+    needles.extend(client_tokens);
+    let s = scan(sk.child.id(), &needles);
+    drop(sk);
+    let jwt_copies: usize = s.found[..jwts.len()].iter().map(Vec::len).sum();
+    let client = Scan {
+        regions: s.regions,
+        bytes: s.bytes,
+        unreadable: s.unreadable.clone(),
+        found: s.found[jwts.len()..].to_vec(),
+    };
+    report_and_check("vault client token", &client, requests);
+    assert_eq!(jwt_copies, 0, "copies of identity JWTs remain in memory: {:?}", &s.found[..jwts.len()]);
+}
+
+/// A plain HTTP relay to `target` on a free port, keeping the answers' bodies.
+async fn relay(target: std::net::SocketAddr, answers: Arc<std::sync::Mutex<Vec<String>>>) -> std::net::SocketAddr {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let answers = answers.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.unwrap().to_bytes();
+                        let mut out = http::Request::builder()
+                            .method(parts.method)
+                            .uri(format!("http://{target}{}", parts.uri.path_and_query().unwrap()));
+                        for (k, v) in &parts.headers {
+                            out = out.header(k, v);
+                        }
+                        let a = send(&client(), out.body(http_body_util::Full::new(body)).unwrap()).await;
+                        let text = a.text();
+                        answers.lock().unwrap().push(text.clone());
+                        let mut resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
+                        *resp.status_mut() = a.status;
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
 }
