@@ -95,8 +95,14 @@ impl Loader<'_> {
     pub(super) fn check_login(&mut self, path: &[Seg], login: &LoginConfig) {
         let vpath = child(&child(path, "login"), "vault_jwt");
         let p = &login.vault_jwt.path;
-        if p.is_empty() || p.starts_with('/') || p.ends_with('/') || p.split('/').any(|s| s.is_empty() || s == "..") {
-            self.error(&child(&vpath, "path"), "the auth mount without slashes around it, e.g. \"auth/jwt\"");
+        // Part of a URL path on the store's server: no query, fragment, escapes or dot segments.
+        let plain = p.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+        if !plain
+            || p.starts_with('/')
+            || p.ends_with('/')
+            || p.split('/').any(|s| s.is_empty() || s == ".." || s == ".")
+        {
+            self.error(&child(&vpath, "path"), "the auth mount: letters, digits, `-`, `_`, `.` between single slashes, none around it, e.g. \"auth/jwt\"");
         }
         if login.vault_jwt.role.is_empty() {
             self.error(&child(&vpath, "role"), "must not be empty");
@@ -308,6 +314,11 @@ sts_endpoint = "ftp://x"
 "#,
         );
         let keys: Vec<(&str, Option<usize>)> = e.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        let query = errors(
+            "[tokens.kv]\nsource = \"http\"\nurl = \"https://v.example/v1/kv\"\npointer = \"/t\"\n\
+             login = { vault_jwt = { path = \"auth/jwt?x=1\", role = \"r\", jwt = { file = \"/t\" } } }\n",
+        );
+        assert_eq!(query[0].key, "tokens.kv.login.vault_jwt.path", "{query:?}");
         for want in [
             ("tokens.kv.login.vault_jwt.path", Some(12)),
             ("tokens.kv.login.vault_jwt.role", Some(12)),
