@@ -69,6 +69,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
         "Rotations whose new value the upstream kept refusing (401s past the threshold)",
     ),
     ("sidekey_token_rotations_total", "Token refreshes, by result (success, failure, rejected)"),
+    ("sidekey_token_logins_total", "Workload-identity logins, by result (success, failure); renewals are not logins"),
     ("sidekey_token_generation", "The current value's generation (0: none loaded yet)"),
     ("sidekey_token_ready", "1 when the token has a usable value, else 0"),
     ("sidekey_token_expiry_timestamp_seconds", "When the current value expires, Unix seconds"),
