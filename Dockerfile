@@ -10,15 +10,37 @@
 # [listen] (refused otherwise): whoever reaches the port uses the routes' tokens, so publish it
 # only to those clients (`-p 127.0.0.1:8080:8080`, a private network).
 #
-# Health: the image has no HEALTHCHECK (there is no shell or curl to run one); orchestrators
-# probe the admin listener instead: GET /healthz (liveness), GET /readyz (readiness), see
-# examples/kubernetes/. Lint: tests/servers/lint/run.sh.
+# Health: HEALTHCHECK runs `sidekey health` (no shell or curl in the image): exit 0 when
+# /readyz answers 200 at the config's listen.admin. Kubernetes ignores it and probes the admin
+# listener itself (examples/kubernetes/). Lint: tests/servers/lint/run.sh.
+#
+# Base images: by tag, not digest. No digest could be verified where this file was written (no
+# container engine or registry access), and a digest copied unverified is worse than a tag. To
+# pin (recommended for release builds), resolve the tags and append the digests:
+#   docker buildx imagetools inspect rust:1-bookworm                      # or: crane digest ...
+#   docker buildx imagetools inspect gcr.io/distroless/cc-debian12:nonroot
+#   FROM rust:1-bookworm@sha256:<digest> AS build
+#   FROM gcr.io/distroless/cc-debian12:nonroot@sha256:<digest>
+# and bump them the same way (or with Renovate/Dependabot's docker manager) for security fixes.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-# Only what the build reads, so edits to docs, tests or examples reuse the cached layer.
-# (benches/ because Cargo.toml declares a [[bench]] target, which cargo resolves on every build.)
+# Dependencies first, in a layer of their own: built against placeholder sources, so a change
+# to sidekey's code reuses this layer and compiles only sidekey. Cargo.toml, Cargo.lock or
+# build.rs changing rebuilds it. (benches/ because Cargo.toml declares [[bench]] targets,
+# which cargo resolves on every build.)
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY proxy/link-order.txt ./proxy/link-order.txt
+RUN mkdir -p benches \
+ && echo 'fn main() {}' > proxy/main.rs \
+ && touch proxy/lib.rs \
+ && echo 'fn main() {}' > benches/hot_path.rs \
+ && echo 'fn main() {}' > benches/load.rs \
+ && cargo build --release --locked --bin sidekey \
+ && rm -rf proxy/main.rs proxy/lib.rs benches \
+    target/release/sidekey target/release/.fingerprint/sidekey-* \
+    target/release/deps/sidekey-* target/release/deps/libsidekey-*
+# Only what the build reads, so edits to docs, tests or examples reuse the cached layers.
 COPY proxy ./proxy
 COPY benches ./benches
 RUN cargo build --release --locked --bin sidekey \
@@ -43,5 +65,9 @@ EXPOSE 8080 9901
 # SIGTERM drains: /readyz turns 503, the proxy stops accepting, in-flight requests get
 # [shutdown] grace (default 20s), then exit 0. A second signal exits at once.
 STOPSIGNAL SIGTERM
+# Ready (every required token has a value, not draining) at the config's listen.admin; a 2 s
+# budget of its own.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["/usr/local/bin/sidekey", "health"]
 ENTRYPOINT ["/usr/local/bin/sidekey"]
 CMD ["run"]

@@ -44,6 +44,28 @@
 //! first saw the new token, how long the harness's own change took at most (its thread may
 //! wait to run on the busy machine), and new upstream connections.
 //!
+//! `--idle` (10 000 connections; `--idle-connections N` for another count) adds, per proxy and
+//! round (`--rounds`, at least 1), a fresh instance holding N idle keep-alive connections that
+//! have each served one request: the bytes of `VmRSS` each costs, the accepted count checked
+//! (`benches/load/idle.rs`).
+//!
+//! `--scaling`: sidekey `[listen] workers = 1` against `= 2`, its default runtime on one CPU
+//! against two, nginx `worker_processes 1` against `2`, at concurrency 256 with nothing pinned
+//! to one CPU (requests/s, CPU per request), and a rotation run at 2 workers
+//! (`benches/load/scaling.rs`).
+//!
+//! `--bodies`: 1 MiB and 16 MiB answers and uploads at concurrency 16, against nginx with its
+//! buffering on and off and HAProxy: MiB/s, CPU per request, peak RSS
+//! (`benches/load/bodies.rs`).
+//!
+//! `--h2`: HTTP/2 against an origin serving it over TLS: h2c clients (h2load) and HTTP/1.1
+//! clients (wrk) through sidekey, HAProxy and nginx (`grpc_pass`, its one HTTP/2 upstream, and
+//! `proxy_pass` over HTTP/1.1) (`benches/load/h2.rs`).
+//!
+//! Each run also writes its picture beside the JSON (`result.svg`, or `--svg FILE`): latency
+//! percentiles at concurrency 1, requests/s and CPU per request at 64, bytes per idle
+//! connection (`benches/load/svg.rs`); `--svg-from JSON` draws it again from an earlier result.
+//!
 //! `--soak SECS` adds, per proxy, a concurrency-64 run of SECS with its RSS read every 10 s
 //! (memory must stay flat).
 //!
@@ -112,6 +134,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+#[path = "load/bodies.rs"]
+mod bodies;
+#[path = "load/h2.rs"]
+mod h2;
+#[path = "load/idle.rs"]
+mod idle;
+#[path = "load/scaling.rs"]
+mod scaling;
+#[path = "load/svg.rs"]
+mod svg;
+
 const SIDEKEY: &str = env!("CARGO_BIN_EXE_sidekey");
 /// `--post BYTES` as the harness's processes (wrk's `report.lua`, the clients) see it.
 const POST_VAR: &str = "LOAD_POST_BYTES";
@@ -133,7 +166,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--origin") {
         let cert_out = args.iter().position(|a| a == "--cert-out").map(|i| PathBuf::from(&args[i + 1]));
-        origin(cert_out);
+        let threads = args.iter().position(|a| a == "--origin-threads").map_or(1, |i| args[i + 1].parse().unwrap());
+        origin(cert_out, threads, args.iter().any(|a| a == "--origin-h2"));
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--c1-client") {
@@ -179,6 +213,18 @@ struct Opts {
     exact_c1: bool,
     /// Requests are `POST`s of a JSON document this long (see [`POST_VAR`]).
     post: Option<usize>,
+    /// Idle keep-alive connections per proxy for the memory-per-connection runs (`--idle`).
+    idle: Option<usize>,
+    /// The worker-scaling runs (`--scaling`).
+    scaling: bool,
+    /// The large-body runs (`--bodies`).
+    bodies: bool,
+    /// The HTTP/2 runs (`--h2`).
+    h2: bool,
+    /// Where the run's picture goes (beside `out` unless given).
+    svg: Option<PathBuf>,
+    /// Draw the picture of this earlier result and stop.
+    svg_from: Option<PathBuf>,
 }
 
 impl Opts {
@@ -200,6 +246,12 @@ impl Opts {
             link_order: None,
             exact_c1: false,
             post: None,
+            idle: None,
+            svg: None,
+            svg_from: None,
+            scaling: false,
+            bodies: false,
+            h2: false,
         };
         let mut sidekey = None;
         let mut it = args.iter().skip(1);
@@ -217,6 +269,13 @@ impl Opts {
                 "--tls-upstream" => o.tls_upstream = true,
                 "--c1-exact" => o.exact_c1 = true,
                 "--post" => o.post = Some(value().parse().expect("--post BYTES")),
+                "--idle" => o.idle = Some(o.idle.unwrap_or(10_000)),
+                "--scaling" => o.scaling = true,
+                "--bodies" => o.bodies = true,
+                "--h2" => o.h2 = true,
+                "--svg" => o.svg = Some(PathBuf::from(value())),
+                "--svg-from" => o.svg_from = Some(PathBuf::from(value())),
+                "--idle-connections" => o.idle = Some(value().parse().expect("--idle-connections N")),
                 "--audit" => o.audit = true,
                 "--callgrind" => o.callgrind = Some(value().parse().expect("--callgrind REQUESTS")),
                 "--callgrind-out" => o.callgrind_out = Some(PathBuf::from(value())),
@@ -296,8 +355,11 @@ struct Stats {
 /// JSON. With `cert_out`, it also serves TLS (1.3, HTTP/1.1) on a second port, with a
 /// self-signed certificate for `localhost` and `127.0.0.1` written there as PEM; else the TLS
 /// port is printed as 0.
-fn origin(cert_out: Option<PathBuf>) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+fn origin(cert_out: Option<PathBuf>, threads: usize, h2: bool) {
+    let rt = match threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build().unwrap(),
+    };
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let stats = Arc::new(Stats::default());
@@ -305,7 +367,7 @@ fn origin(cert_out: Option<PathBuf>) {
         if let Some(path) = cert_out {
             let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tls_port = tls_listener.local_addr().unwrap().port();
-            let acceptor = origin_tls(&path);
+            let acceptor = origin_tls(&path, h2);
             let stats = stats.clone();
             tokio::spawn(async move {
                 loop {
@@ -315,7 +377,11 @@ fn origin(cert_out: Option<PathBuf>) {
                     let (acceptor, stats) = (acceptor.clone(), stats.clone());
                     tokio::spawn(async move {
                         if let Ok(tls) = acceptor.accept(stream).await {
-                            serve_origin(tls, stats).await;
+                            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                serve_origin_h2(tls, stats).await;
+                            } else {
+                                serve_origin(tls, stats).await;
+                            }
                         }
                     });
                 }
@@ -334,7 +400,7 @@ fn origin(cert_out: Option<PathBuf>) {
 
 /// A TLS acceptor with a fresh self-signed certificate, written to `cert_out` for the proxies
 /// to trust.
-fn origin_tls(cert_out: &Path) -> tokio_rustls::TlsAcceptor {
+fn origin_tls(cert_out: &Path, h2: bool) -> tokio_rustls::TlsAcceptor {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     std::fs::write(cert_out, cert.cert.pem()).unwrap();
     let key = rustls_pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
@@ -344,8 +410,30 @@ fn origin_tls(cert_out: &Path) -> tokio_rustls::TlsAcceptor {
         .with_no_client_auth()
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// One origin connection over HTTP/2 (the `--h2` runs' TLS origin): `200 ok`, the requests
+/// counted; tokens are not tracked there.
+async fn serve_origin_h2<I>(io: I, stats: Arc<Stats>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let stats = stats.clone();
+        async move {
+            stats.requests.fetch_add(1, Ordering::Relaxed);
+            let mut body = req.into_body();
+            while let Some(Ok(_)) = http_body_util::BodyExt::frame(&mut body).await {}
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .await;
 }
 
 /// One origin connection: HTTP/1.1, `200 ok` once the request's body is read (as an API server
@@ -372,6 +460,8 @@ where
                 ))));
             }
             stats.requests.fetch_add(1, Ordering::Relaxed);
+            // `GET /bytes/N`: N bytes (the large-body runs), at most 64 MiB.
+            let size = req.uri().path().strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok());
             let (parts, mut body) = req.into_parts();
             while !hyper::body::Body::is_end_stream(&body) {
                 match http_body_util::BodyExt::frame(&mut body).await {
@@ -393,6 +483,11 @@ where
                 } else if n > newest || n == 0 {
                     stats.first_seen.lock().unwrap().entry(n).or_insert_with(now_us);
                 }
+            }
+            if let Some(n) = size {
+                static BIG: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+                let big = BIG.get_or_init(|| Bytes::from(vec![b'x'; 64 << 20]));
+                return Ok(hyper::Response::new(Full::new(big.slice(..n.min(big.len())))));
             }
             Ok(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
         }
@@ -524,11 +619,16 @@ fn cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// While set, [`pinned`] puts every process it starts on these CPUs (`taskset -c` list)
+/// instead of the one it names: the scaling runs share the machine's CPUs between all.
+static CPU_LIST: Mutex<Option<&'static str>> = Mutex::new(None);
+
 /// `taskset -c CPU` in front of a command when the machine has a CPU to spare for it.
 fn pinned(cpu: usize, program: &str) -> Command {
     if cpus() >= 2 && which("taskset") {
+        let list = *CPU_LIST.lock().unwrap();
         let mut c = Command::new("taskset");
-        c.arg("-c").arg(cpu.to_string()).arg(program);
+        c.arg("-c").arg(list.map_or(cpu.to_string(), str::to_owned)).arg(program);
         c
     } else {
         Command::new(program)
@@ -607,6 +707,8 @@ struct Origin {
     plain: SocketAddr,
     /// With `--tls-upstream`: the TLS port and the certificate to trust for it.
     tls: Option<(u16, PathBuf)>,
+    /// Its TLS port offers HTTP/2 (ALPN `h2`) as well.
+    h2: bool,
     _dir: tempfile::TempDir,
 }
 
@@ -628,11 +730,24 @@ impl Origin {
 }
 
 fn start_origin(tls: bool) -> Result<Origin, String> {
+    start_origin_with(tls, 1)
+}
+
+/// The origin, on `threads` threads (one: a current-thread runtime).
+fn start_origin_with(tls: bool, threads: usize) -> Result<Origin, String> {
+    start_origin_full(tls, threads, false)
+}
+
+/// The origin on `threads` threads, its TLS port offering HTTP/2 too with `h2`.
+fn start_origin_full(tls: bool, threads: usize, h2: bool) -> Result<Origin, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let cert = dir.path().join("origin.pem");
     let mut command = pinned(0, exe.to_str().unwrap());
-    command.arg("--origin");
+    command.arg("--origin").arg("--origin-threads").arg(threads.to_string());
+    if h2 {
+        command.arg("--origin-h2");
+    }
     if tls {
         command.arg("--cert-out").arg(&cert);
     }
@@ -645,6 +760,7 @@ fn start_origin(tls: bool) -> Result<Origin, String> {
         child,
         plain: SocketAddr::from(([127, 0, 0, 1], port)),
         tls: tls.then_some((tls_port, cert)),
+        h2,
         _dir: dir,
     })
 }
@@ -668,6 +784,8 @@ struct Run<'a> {
     /// With `[intercept]` (a generated CA written to `intercept-ca.crt` in its directory), the
     /// route naming host `origin.test`.
     intercept: bool,
+    /// `[listen] workers`.
+    workers: Option<usize>,
 }
 
 fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> Result<Server, String> {
@@ -677,8 +795,9 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> R
     let config = dir.path().join("sidekey.toml");
     let (upstream, ca) = origin.upstream();
     let mut text = format!(
-        "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"load\"\nprefix = \"/\"\n\
-         upstream = \"{upstream}\"\ntoken = \"load\"\n"
+        "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{workers}\n[[routes]]\nname = \"load\"\nprefix = \"/\"\n\
+         upstream = \"{upstream}\"\ntoken = \"load\"\n",
+        workers = run.workers.map_or(String::new(), |n| format!("workers = {n}\n"))
     );
     if run.intercept {
         text.push_str("host = \"origin.test\"\n");
@@ -689,6 +808,10 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> R
     text.push_str(&format!("\n[tokens.load]\nsource = \"file\"\npath = {:?}\n", token.display().to_string()));
     if run.callgrind.is_some() {
         text.push_str(if run.fresh { "overlap = \"1h\"\n" } else { "overlap = \"0s\"\n" });
+    }
+    let max_connections = idle::conn_limit(1024);
+    if max_connections > 1024 {
+        text.push_str(&format!("\n[limits]\nmax_connections = {max_connections}\n"));
     }
     if run.audit {
         text.push_str(&format!("\n[audit]\npath = {:?}\n", dir.path().join("audit.log").display().to_string()));
@@ -739,7 +862,30 @@ fn nginx_include(token: &str) -> String {
     format!("proxy_set_header Authorization \"Bearer {token}\";\n")
 }
 
+/// How an nginx under test runs, beside what every run sets.
+#[derive(Clone, Copy)]
+struct NginxOpts {
+    workers: usize,
+    /// `proxy_buffering` and `proxy_request_buffering` both on or off, and any body size
+    /// (`client_max_body_size 0`); `None`: nginx's defaults.
+    buffering: Option<bool>,
+    /// Its listener speaks HTTP/2 with prior knowledge (h2c) only.
+    h2c: bool,
+    /// `grpc_pass` to the origin's TLS port (HTTP/2 upstream) instead of `proxy_pass`.
+    grpc: bool,
+}
+
+impl Default for NginxOpts {
+    fn default() -> Self {
+        NginxOpts { workers: 1, buffering: None, h2c: false, grpc: false }
+    }
+}
+
 fn start_nginx(origin: &Origin) -> Result<Server, String> {
+    start_nginx_with(origin, NginxOpts::default())
+}
+
+fn start_nginx_with(origin: &Origin, opts: NginxOpts) -> Result<Server, String> {
     if !which("nginx") {
         return Err("nginx is not installed (benches/load/setup.sh)".into());
     }
@@ -751,11 +897,17 @@ fn start_nginx(origin: &Origin) -> Result<Server, String> {
     // A posted body larger than nginx's default body buffer (16 KiB) would go to a temporary
     // file first (and took 44 ms a request at 64 KiB here): the buffer is made to hold it, as
     // one would configure nginx for such bodies.
-    let body_buffer = std::env::var(POST_VAR)
+    let mut body_buffer = std::env::var(POST_VAR)
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 16 * 1024)
         .map_or(String::new(), |n| format!("  client_body_buffer_size {}k;\n", n.div_ceil(1024)));
+    if let Some(on) = opts.buffering {
+        let on = if on { "on" } else { "off" };
+        body_buffer.push_str(&format!(
+            "  client_max_body_size 0;\n  proxy_buffering {on};\n  proxy_request_buffering {on};\n"
+        ));
+    }
     let (server, pass, tls) = match &origin.tls {
         Some((port, ca)) => (
             format!("127.0.0.1:{port}"),
@@ -768,17 +920,39 @@ fn start_nginx(origin: &Origin) -> Result<Server, String> {
         ),
         None => (origin.plain.to_string(), "http", String::new()),
     };
+    let mut location = format!(
+        "      proxy_pass {pass}://origin;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+         include {inc};\n{tls}",
+        inc = include.display()
+    );
+    if opts.grpc {
+        // nginx's one HTTP/2 upstream: its gRPC proxy, which carries any HTTP/2 request.
+        let Some((_, ca)) = &origin.tls else { return Err("grpc_pass needs the TLS origin".into()) };
+        location = format!(
+            "      grpc_pass grpcs://origin;\n      grpc_ssl_trusted_certificate {};\n      grpc_ssl_verify on;\n\
+             grpc_ssl_name localhost;\n      grpc_ssl_server_name on;\n      grpc_ssl_protocols TLSv1.3;\n\
+             grpc_set_header Authorization \"Bearer rot-000000\";\n",
+            ca.display()
+        );
+    }
+    // An h2c client's connection would get a GOAWAY after nginx's default 1000 requests, its
+    // streams then in flight failing at the client.
+    let listen = if opts.h2c {
+        format!("127.0.0.1:{port} http2;\n    keepalive_requests 1000000")
+    } else {
+        format!("127.0.0.1:{port}")
+    };
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
-             events {{ worker_connections 4096; }}\n\
+            "worker_processes {workers};\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
+             events {{ worker_connections {wc}; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n{body_buffer}  proxy_temp_path {p}/proxy;\n\
              upstream origin {{ server {server}; keepalive 128; }}\n\
-             server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass {pass}://origin;\n\
-             proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      include {inc};\n{tls}    }}\n  }}\n}}\n",
+             server {{\n    listen {listen};\n    location / {{\n{location}    }}\n  }}\n}}\n",
             p = dir.path().display(),
-            inc = include.display()
+            wc = idle::conn_limit(4096),
+            workers = opts.workers,
         ),
     )
     .unwrap();
@@ -808,6 +982,12 @@ fn spawn_peer(
 }
 
 fn start_haproxy(origin: &Origin) -> Result<Server, String> {
+    start_haproxy_with(origin, false)
+}
+
+/// HAProxy; with `h2c`, its listener takes HTTP/2 with prior knowledge (`proto h2`). To an
+/// origin offering HTTP/2 it speaks HTTP/2 (`alpn h2`).
+fn start_haproxy_with(origin: &Origin, h2c: bool) -> Result<Server, String> {
     if !which("haproxy") {
         return Err("haproxy is not installed (benches/load/setup.sh)".into());
     }
@@ -820,8 +1000,9 @@ fn start_haproxy(origin: &Origin) -> Result<Server, String> {
     let server = match &origin.tls {
         Some((port, ca)) => {
             format!(
-                "127.0.0.1:{port} ssl verify required ca-file {} sni str(localhost) ssl-min-ver TLSv1.3",
-                ca.display()
+                "127.0.0.1:{port} ssl verify required ca-file {} sni str(localhost) ssl-min-ver TLSv1.3{}",
+                ca.display(),
+                if origin.h2 { " alpn h2" } else { "" }
             )
         }
         None => origin.plain.to_string(),
@@ -829,12 +1010,17 @@ fn start_haproxy(origin: &Origin) -> Result<Server, String> {
     std::fs::write(
         &conf,
         format!(
-            "global\n  nbthread 1\n  stats socket {sock} level admin\n\n\
-             defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\n\
-             frontend fe\n  bind 127.0.0.1:{port}\n  http-request set-header Authorization \"Bearer %[str(t),map({map})]\"\n\
+            "global\n  nbthread 1\n  stats socket {sock} level admin\n{maxconn}\n\
+             defaults\n  mode http\n{maxconn}  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\n\
+             frontend fe\n  bind 127.0.0.1:{port}{proto}\n  http-request set-header Authorization \"Bearer %[str(t),map({map})]\"\n\
              default_backend be\n\nbackend be\n  server origin {server}\n",
             sock = socket.display(),
-            map = map.display()
+            map = map.display(),
+            proto = if h2c { " proto h2" } else { "" },
+            maxconn = match idle::conn_limit(0) {
+                0 => String::new(),
+                n => format!("  maxconn {n}\n"),
+            },
         ),
     )
     .unwrap();
@@ -870,8 +1056,30 @@ fn json_line(out: &std::process::Output, prefix: &str, who: &str) -> Result<Valu
 }
 
 fn wrk(url: &str, connections: usize, secs: u64) -> Result<Wrk, String> {
-    let out = pinned(0, "wrk")
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{secs}s"), "--latency", "-s", WRK_SCRIPT, url])
+    wrk_with(url, 1, connections, secs, None)
+}
+
+/// wrk with `threads` threads, and with `post` a `POST` of a body that long (else as `--post`
+/// says). A large body's request may take longer than wrk's 2 s before it counts as an
+/// error: with `post` or a `/bytes/` URL it gets 60 s.
+fn wrk_with(url: &str, threads: usize, connections: usize, secs: u64, post: Option<usize>) -> Result<Wrk, String> {
+    let mut command = pinned(0, "wrk");
+    if let Some(bytes) = post {
+        command.env(POST_VAR, bytes.to_string());
+    }
+    if post.is_some() || url.contains("/bytes/") {
+        command.args(["--timeout", "60s"]);
+    }
+    let out = command
+        .args([
+            &format!("-t{threads}"),
+            &format!("-c{connections}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-s",
+            WRK_SCRIPT,
+            url,
+        ])
         .output()
         .map_err(|e| format!("wrk: {e} (benches/load/setup.sh installs it)"))?;
     let v = json_line(&out, "WRK_JSON ", "wrk")?;
@@ -946,7 +1154,12 @@ fn run(opts: &Opts) -> Result<(), String> {
     if let Some(path) = &opts.link_order {
         return write_link_order(&opts.sidekey, path);
     }
-    if !which("wrk") {
+    if let Some(json) = &opts.svg_from {
+        let text = std::fs::read_to_string(json).map_err(|e| format!("{}: {e}", json.display()))?;
+        let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", json.display()))?;
+        return write_svg(opts, &doc);
+    }
+    if (opts.rounds > 0 || opts.rotate.is_some() || opts.soak.is_some()) && !which("wrk") {
         return Err("wrk is not installed: run benches/load/setup.sh".into());
     }
     let origin_server = start_origin(opts.tls_upstream)?;
@@ -1013,19 +1226,27 @@ fn run(opts: &Opts) -> Result<(), String> {
             None => None,
         };
         drop(servers);
+        let idle = match opts.idle {
+            Some(n) => Some(idle::idle_runs(opts, &origin_server, n, opts.rounds.max(1), &wanted)?),
+            None => None,
+        };
         let callgrind = match opts.callgrind {
             Some(n) => Some(callgrind_runs(opts, &origin_server, n)?),
             None => None,
         };
-        Ok::<_, String>((samples, missing, rotation, soak, callgrind))
+        let scaling = if opts.scaling { Some(scaling::scaling_runs(opts, &wanted)?) } else { None };
+        let bodies = if opts.bodies { Some(bodies::body_runs(opts, &origin_server, &wanted)?) } else { None };
+        let h2 = if opts.h2 { Some(h2::h2_runs(opts, &wanted)?) } else { None };
+        Ok::<_, String>((samples, missing, rotation, soak, callgrind, Later { idle, scaling, bodies, h2 }))
     })();
     drop(origin_server);
-    let (samples, missing, rotation, soak, callgrind) = result?;
+    let (samples, missing, rotation, soak, callgrind, later) = result?;
+    let Later { idle, scaling, bodies, h2 } = later;
     let intercept = match opts.intercept {
         Some(rounds) => Some(intercept_runs(&opts.sidekey, rounds, opts.duration)?),
         None => None,
     };
-    report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept })
+    report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept, idle, scaling, bodies, h2 })
 }
 
 /// Instructions per request in sidekey's own process, counted by callgrind (stable where
@@ -1590,6 +1811,18 @@ struct Extra {
     rotation: Option<Vec<Value>>,
     soak: Option<Vec<Value>>,
     callgrind: Option<Vec<Value>>,
+    idle: Option<Vec<Value>>,
+    scaling: Option<(Vec<Value>, Value)>,
+    bodies: Option<Vec<Value>>,
+    h2: Option<Vec<Value>>,
+}
+
+/// The results of the runs added with the second performance issue.
+struct Later {
+    idle: Option<Vec<Value>>,
+    scaling: Option<(Vec<Value>, Value)>,
+    bodies: Option<Vec<Value>>,
+    h2: Option<Vec<Value>>,
 }
 
 /// A ratio of two targets' samples of one round, given that round's direct sample if any.
@@ -1669,7 +1902,7 @@ fn exact_table(samples: &BTreeMap<&str, Vec<Sample>>, rows: &mut [Value], versus
 }
 
 fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String], extra: Extra) -> Result<(), String> {
-    let Extra { rotation, soak, callgrind, intercept } = extra;
+    let Extra { rotation, soak, callgrind, intercept, idle, scaling, bodies, h2 } = extra;
     let med = |name: &str, f: &dyn Fn(&Sample) -> f64| samples.get(name).map(|v| median(v.iter().map(f).collect()));
     let direct = |f: &dyn Fn(&Sample) -> f64| med("direct", f).unwrap_or(f64::NAN);
     let mut rows = Vec::new();
@@ -1816,6 +2049,18 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
             );
         }
     }
+    if let Some(rows) = &idle {
+        idle::print(rows);
+    }
+    if let Some((rows, rotation)) = &scaling {
+        scaling::print(rows, rotation);
+    }
+    if let Some(rows) = &bodies {
+        bodies::print(rows);
+    }
+    if let Some(rows) = &h2 {
+        h2::print(rows);
+    }
     let layout = link_order_coverage(&opts.sidekey);
     if let Some(l) = &layout {
         println!(
@@ -1828,6 +2073,7 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         "nginx": command_line("nginx", &["-v"]),
         "haproxy": command_line("haproxy", &["-v"]),
         "wrk": command_line("wrk", &["-v"]),
+        "h2load": command_line("h2load", &["--version"]),
     });
     let doc = json!({
         "machine": { "cpus": cpus(), "kernel": command_line("uname", &["-r"]) },
@@ -1841,6 +2087,11 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         "soak": soak,
         "callgrind": callgrind,
         "intercept": intercept,
+        "idle": idle,
+        "scaling": scaling.as_ref().map(|s| &s.0),
+        "scaling_rotation": scaling.as_ref().map(|s| &s.1),
+        "bodies": bodies,
+        "h2": h2,
         "link_order": layout,
         "skipped": missing,
     });
@@ -1849,6 +2100,17 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
     }
     std::fs::write(&opts.out, serde_json::to_string_pretty(&doc).unwrap()).map_err(|e| e.to_string())?;
     println!("result: {}", opts.out.display());
+    write_svg(opts, &doc)
+}
+
+/// The run's picture (`benches/load/svg.rs`), at `--svg FILE` or beside the JSON result.
+fn write_svg(opts: &Opts, doc: &Value) -> Result<(), String> {
+    let path = opts.svg.clone().unwrap_or_else(|| opts.out.with_extension("svg"));
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    std::fs::write(&path, svg::render(doc)).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("picture: {}", path.display());
     Ok(())
 }
 

@@ -100,6 +100,13 @@ impl Admin {
             }
             (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
             (&Method::GET | &Method::HEAD, "/routes") => json_body(StatusCode::OK, &self.live.routes_json()),
+            (&Method::GET | &Method::HEAD, "/audit") => match self.live.audit_head() {
+                Some(head) => json_body(StatusCode::OK, &json!(head)),
+                None => json_body(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": "no_audit", "message": "[audit] is not configured"}),
+                ),
+            },
             (&Method::GET | &Method::HEAD, "/intercept") => match &self.live.intercept {
                 Some(i) => json_body(StatusCode::OK, &i.status_json()),
                 None => json_body(StatusCode::OK, &json!({ "enabled": false })),
@@ -135,7 +142,8 @@ impl Admin {
             }
             (
                 _,
-                "/healthz" | "/readyz" | "/metrics" | "/tokens" | "/routes" | "/intercept" | "/intercept/ca.crt" | "/",
+                "/healthz" | "/readyz" | "/metrics" | "/tokens" | "/routes" | "/audit" | "/intercept"
+                | "/intercept/ca.crt" | "/",
             ) => json_body(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "method_not_allowed"})),
             _ => json_body(StatusCode::NOT_FOUND, &json!({"error": "not_found"})),
         }
@@ -193,6 +201,8 @@ pub fn token_json(t: &Token) -> Value {
     json!({
         "name": t.name(),
         "source": t.kind(),
+        "identity": t.identity(),
+        "login_expires_at": t.login_expires_at().map(rfc3339),
         "state": state,
         "generation": current.as_ref().map_or(0, |v| v.generation),
         "fingerprint": current.as_ref().map(|v| v.fingerprint.clone()),
@@ -207,6 +217,7 @@ pub fn token_json(t: &Token) -> Value {
         "unauthorized": t.unauthorized(),
         "unauthorized_since_rotation": t.unauthorized_since_rotation(),
         "propagation_failures": t.propagation_failures(),
+        "refreshes_started": t.refreshes_started(),
         "history": t.usage_history(),
     })
 }

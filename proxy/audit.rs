@@ -4,8 +4,11 @@
 //! A line is a JSON object with sorted keys: `seq` (1, 2, ...), `ts`, `event`, the event's
 //! fields, `prev` (the previous line's `hash`; 64 zeros for the first) and `hash`, the SHA-256
 //! of the line's own compact JSON without `hash`. Editing, deleting or reordering a line breaks
-//! the chain at that line, which `sidekey audit verify` names. On start the writer continues an
-//! existing file's chain.
+//! the chain at that line, which `sidekey audit verify` names. Cutting off the last lines leaves
+//! a shorter chain that is still intact: only an anchor kept outside the file shows that, the
+//! chain's head (seq, hash) that sidekey logs every `[audit] anchor_interval` and serves at
+//! `GET /audit`, which `sidekey audit verify --head SEQ:HASH` checks the file still reaches.
+//! On start the writer continues an existing file's chain.
 //!
 //! Writing never blocks a request: events go through a channel to a writer thread, in the order
 //! they were recorded. A token event is never dropped and never waits; usage is summarised from
@@ -16,7 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
@@ -43,6 +46,21 @@ pub struct Audit {
     tx: mpsc::UnboundedSender<Message>,
     /// Records sent and not yet written.
     waiting: Arc<AtomicUsize>,
+    /// The last record written: its seq and hash (0 and the genesis hash for an empty log).
+    head: Arc<Mutex<Head>>,
+}
+
+/// Where the chain stands: the anchor `sidekey audit verify --head` checks a file against.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl std::fmt::Display for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
 }
 
 impl std::fmt::Debug for Message {
@@ -78,17 +96,19 @@ impl Audit {
             }
         };
         let (audit, rx) = Audit::channel();
-        let (path, waiting) = (path.to_owned(), audit.waiting.clone());
+        *audit.head.lock().unwrap_or_else(|e| e.into_inner()) = Head { seq, hash: prev.clone() };
+        let (path, waiting, head) = (path.to_owned(), audit.waiting.clone(), audit.head.clone());
         std::thread::Builder::new()
             .name("sidekey-audit".into())
-            .spawn(move || writer(file, path, seq, prev, rx, &waiting))
+            .spawn(move || writer(file, path, seq, prev, rx, &waiting, &head))
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(audit)
     }
 
     fn channel() -> (Audit, mpsc::UnboundedReceiver<Message>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Audit { tx, waiting: Arc::new(AtomicUsize::new(0)) }, rx)
+        let head = Arc::new(Mutex::new(Head { seq: 0, hash: GENESIS.to_owned() }));
+        (Audit { tx, waiting: Arc::new(AtomicUsize::new(0)), head }, rx)
     }
 
     fn send(&self, event: &'static str, fields: Map<String, Value>, sync: bool) -> bool {
@@ -113,6 +133,11 @@ impl Audit {
         self.waiting.load(Ordering::Relaxed) < QUEUE && self.send("usage", fields, false)
     }
 
+    /// The last record written (see [`Head`]).
+    pub fn head(&self) -> Head {
+        self.head.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Waits until every event sent so far is written.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -129,6 +154,7 @@ fn writer(
     mut prev: String,
     mut rx: mpsc::UnboundedReceiver<Message>,
     waiting: &AtomicUsize,
+    head: &Mutex<Head>,
 ) {
     while let Some(msg) = rx.blocking_recv() {
         let (event, mut fields, sync) = match msg {
@@ -159,6 +185,7 @@ fn writer(
                 tracing::error!(file = %path.display(), error = %e, "cannot sync the audit log");
             }
         }
+        *head.lock().unwrap_or_else(|e| e.into_inner()) = Head { seq, hash: hash.clone() };
         prev = hash;
     }
 }
@@ -191,6 +218,22 @@ pub struct Broken {
 
 /// Checks a whole audit log; returns the number of records when the chain is intact.
 pub fn verify(path: &Path) -> Result<usize, Broken> {
+    verify_to(path, None)
+}
+
+/// Parses a `--head` anchor, `SEQ:HASH` (as logged and served at `GET /audit`).
+pub fn parse_head(s: &str) -> Result<Head, String> {
+    let (seq, hash) = s.split_once(':').ok_or_else(|| format!("{s:?}: expected SEQ:HASH"))?;
+    let seq = seq.parse().map_err(|_| format!("{s:?}: SEQ is not a number"))?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{s:?}: HASH is not 64 hex digits"));
+    }
+    Ok(Head { seq, hash: hash.to_ascii_lowercase() })
+}
+
+/// [`verify`], and with `head` also that the file still reaches that record: a chain cannot
+/// tell by itself that its last lines were cut off, an anchor kept outside the file can.
+pub fn verify_to(path: &Path, head: Option<&Head>) -> Result<usize, Broken> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Broken { line: 0, reason: format!("cannot read {}: {e}", path.display()) })?;
     let mut prev = GENESIS.to_owned();
@@ -215,9 +258,26 @@ pub fn verify(path: &Path) -> Result<usize, Broken> {
                 "prev does not match the hash of the line before (a line deleted, moved or inserted?)".into(),
             ));
         }
+        if let Some(h) = head {
+            if seq == h.seq && hash != h.hash {
+                return Err(broken(format!("record {seq} is not the anchored head {h} (the log was rewritten?)")));
+            }
+        }
         prev = hash.to_owned();
         expected_seq = Some(seq + 1);
         count += 1;
+    }
+    if let Some(h) = head {
+        let last = expected_seq.map_or(0, |n| n - 1);
+        if h.seq > 0 && last < h.seq {
+            return Err(Broken {
+                line: text.lines().count(),
+                reason: format!(
+                    "the file ends at record {last}, before the anchored head {} (its tail was cut off)",
+                    h.seq
+                ),
+            });
+        }
     }
     Ok(count)
 }
@@ -243,7 +303,11 @@ mod tests {
         assert!(!audit.try_usage(numbered(0)), "a summary is put off while the queue is full");
         let waiting = audit.waiting.clone();
         drop(audit);
-        writer(file, path.clone(), 0, GENESIS.to_owned(), rx, &waiting);
+        let head = audit_head_for_test();
+        writer(file, path.clone(), 0, GENESIS.to_owned(), rx, &waiting, &head);
+        let last = head.lock().unwrap().clone();
+        assert_eq!(last.seq, QUEUE as u64 + 11);
+        assert_eq!(verify_to(&path, Some(&last)), Ok(QUEUE + 11));
 
         assert_eq!(waiting.load(Ordering::Relaxed), 0);
         assert_eq!(verify(&path), Ok(QUEUE + 11));
@@ -253,5 +317,48 @@ mod tests {
             lines.iter().filter(|l| l["event"] == "rotated").map(|l| l["n"].as_u64().unwrap()).collect();
         assert_eq!(rotations, (0..QUEUE as u64 + 10).collect::<Vec<_>>(), "in the order they were recorded");
         assert_eq!(lines[QUEUE - 1]["event"], "usage");
+    }
+}
+
+#[cfg(test)]
+fn audit_head_for_test() -> Mutex<Head> {
+    Mutex::new(Head { seq: 0, hash: GENESIS.to_owned() })
+}
+
+#[cfg(test)]
+mod anchor_tests {
+    use super::*;
+
+    #[test]
+    fn an_anchor_catches_a_cut_tail_the_chain_alone_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let file = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        let (audit, rx) = Audit::channel();
+        for n in 0..5u64 {
+            audit.event("rotated", Map::from_iter([("n".to_owned(), Value::from(n))]), false);
+        }
+        let waiting = audit.waiting.clone();
+        drop(audit);
+        let head = audit_head_for_test();
+        writer(file, path.clone(), 0, GENESIS.to_owned(), rx, &waiting, &head);
+        let anchor = head.lock().unwrap().clone();
+        assert_eq!(anchor.seq, 5);
+        assert_eq!(parse_head(&anchor.to_string()), Ok(anchor.clone()));
+        assert_eq!(verify_to(&path, Some(&anchor)), Ok(5));
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cut: String = text.lines().take(3).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, cut).unwrap();
+        assert_eq!(verify(&path), Ok(3), "the chain alone sees nothing wrong");
+        let e = verify_to(&path, Some(&anchor)).unwrap_err();
+        assert!(e.reason.contains("tail was cut off"), "{e:?}");
+        // An older anchor the file still reaches passes.
+        let third: Map<String, Value> = serde_json::from_str(text.lines().nth(2).unwrap()).unwrap();
+        let old = Head { seq: 3, hash: third["hash"].as_str().unwrap().to_owned() };
+        assert_eq!(verify_to(&path, Some(&old)), Ok(3));
+        let forged = Head { seq: 3, hash: "ab".repeat(32) };
+        assert!(verify_to(&path, Some(&forged)).unwrap_err().reason.contains("not the anchored head"));
+        assert!(parse_head("3:xyz").is_err() && parse_head("x:").is_err());
     }
 }

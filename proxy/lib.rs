@@ -36,9 +36,13 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/tokens`, the dashboard.
 //! - [`admin_guard`]: what a browser could be made to send the admin API (cross-site POST, DNS rebinding).
 //! - [`audit`]: the hash-chained audit log, its writer and `verify`.
-//! - [`metrics`]: the Prometheus recorder and per-route handles.
+//! - [`metrics`]: the Prometheus recorder and per-route handles; [`process_metrics`] the
+//!   standard `process_*` families from `/proc`.
+//! - [`health`]: `sidekey health`, a `/readyz` probe for container health checks.
 //! - [`serve`]: assembly, listeners, config reload, graceful shutdown.
 //! - [`conn`]: the accept loop and `[limits]`: connection cap, header and idle timeouts.
+//! - [`workers`]: `[listen] workers`, single-threaded runtimes the proxy's connections are
+//!   handed to.
 //! - [`reload`]: what triggers a reload (SIGHUP, `--watch-config`).
 //! - [`telemetry`]: logging setup.
 //! - [`demo`]: `sidekey demo`.
@@ -57,6 +61,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod headers;
+pub mod health;
 pub mod http1;
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
@@ -76,6 +81,7 @@ pub mod memory;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
+pub mod process_metrics;
 pub mod proxy;
 pub mod reload;
 pub mod route;
@@ -87,6 +93,7 @@ pub mod telemetry;
 pub mod token;
 pub mod upload;
 pub mod upstream;
+pub mod workers;
 
 pub use config::Config;
 pub use serve::{start, Running};

@@ -42,6 +42,11 @@ pub struct Live {
 }
 
 impl Live {
+    /// The audit chain's head, when `[audit]` is on.
+    pub fn audit_head(&self) -> Option<crate::audit::Head> {
+        self.audit.as_ref().map(Audit::head)
+    }
+
     /// `[admin] token` of the config in force.
     pub fn admin_token(&self) -> Option<crate::config::SecretRef> {
         lock(&self.config).admin.token.clone()

@@ -33,10 +33,24 @@ enum Command {
         #[arg(long)]
         watch_config: bool,
     },
-    /// Validate a config file; every error is printed with its key and line.
+    /// Validate a config file; every error is printed with its key and line. Also checks what
+    /// `run` would refuse on this machine: the audit log's directory, unreadable token files.
     Check {
         #[arg(short, long, env = "SIDEKEY_CONFIG")]
         config: PathBuf,
+        /// Skip the checks of the audit log and token files (a config meant for another
+        /// machine, e.g. a ConfigMap linted in CI).
+        #[arg(long)]
+        no_files: bool,
+    },
+    /// Ask a running sidekey whether it is ready (`/readyz`), for a container HEALTHCHECK:
+    /// exit 0 when ready, 1 when not ready or unreachable (2 s), 2 on bad arguments.
+    Health {
+        /// The admin address (default: the config's listen.admin, 0.0.0.0 taken as 127.0.0.1).
+        #[arg(long)]
+        admin: Option<String>,
+        #[arg(short, long, env = "SIDEKEY_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Audit log tools.
     Audit {
@@ -94,7 +108,13 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Check an audit log's hash chain; exit 0 when intact, else name the first bad line.
-    Verify { file: PathBuf },
+    /// A chain cannot see its own last lines cut off: with `--head SEQ:HASH` (a head sidekey
+    /// logged, or `GET /audit` served), the file must also still reach that record.
+    Verify {
+        file: PathBuf,
+        #[arg(long, value_parser = parse_head)]
+        head: Option<sidekey::audit::Head>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,6 +125,10 @@ enum CaCommand {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+fn parse_head(s: &str) -> Result<sidekey::audit::Head, String> {
+    sidekey::audit::parse_head(s)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -128,22 +152,37 @@ fn main() -> ExitCode {
     };
     telemetry::init(cli.log_format);
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(c) => {
-                println!("{}: ok ({} routes, {} tokens)", config.display(), c.routes.len(), c.tokens.len());
-                for t in sidekey::config::unused_tokens(&c) {
-                    eprintln!("warning: token {t} is not used by any route");
+        Command::Health { admin, config } => match sidekey::health::target(admin.as_deref(), config.as_deref()) {
+            Ok(addr) => match runtime(None).block_on(sidekey::health::probe(&addr)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sidekey health: {e}");
+                    ExitCode::from(EXIT_FATAL)
                 }
-                for w in &c.warnings {
-                    eprintln!("warning: {}:{w}", config.display());
-                }
-                ExitCode::SUCCESS
-            }
+            },
             Err(e) => {
-                eprint!("{e}");
+                eprintln!("sidekey health: {e}");
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Check { config, no_files } => {
+            match if no_files { Config::load(&config) } else { Config::load_checked(&config) } {
+                Ok(c) => {
+                    println!("{}: ok ({} routes, {} tokens)", config.display(), c.routes.len(), c.tokens.len());
+                    for t in sidekey::config::unused_tokens(&c) {
+                        eprintln!("warning: token {t} is not used by any route");
+                    }
+                    for w in &c.warnings {
+                        eprintln!("warning: {}:{w}", config.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprint!("{e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::Run { config: path, watch_config } => {
             let loaded = sidekey::reload::digest(&path);
             let config = match Config::load(&path) {
@@ -153,24 +192,32 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            runtime().block_on(run(config, path, loaded, watch_config))
+            runtime(config.listen.workers).block_on(run(config, path, loaded, watch_config))
         }
-        Command::Audit { command: AuditCommand::Verify { file } } => match sidekey::audit::verify(&file) {
-            Ok(n) => {
-                println!("{}: {n} records, chain intact", file.display());
-                ExitCode::SUCCESS
+        Command::Audit { command: AuditCommand::Verify { file, head } } => {
+            match sidekey::audit::verify_to(&file, head.as_ref()) {
+                Ok(n) => {
+                    match head {
+                        Some(h) => println!("{}: {n} records, chain intact, reaches head {}", file.display(), h.seq),
+                        None => println!("{}: {n} records, chain intact", file.display()),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(b) if b.line == 0 => {
+                    eprintln!("{}", b.reason);
+                    ExitCode::from(EXIT_FATAL)
+                }
+                Err(b) => {
+                    eprintln!("{}: line {}: {}", file.display(), b.line, b.reason);
+                    ExitCode::from(EXIT_FATAL)
+                }
             }
-            Err(b) if b.line == 0 => {
-                eprintln!("{}", b.reason);
-                ExitCode::from(EXIT_FATAL)
-            }
-            Err(b) => {
-                eprintln!("{}: line {}: {}", file.display(), b.line, b.reason);
-                ExitCode::from(EXIT_FATAL)
-            }
-        },
+        }
         Command::Ca { command: CaCommand::Init { out } } => match sidekey::pki::init_files(&out) {
             Ok((cert, key)) => {
+                // Absolute (not symlink-resolved), so the lines work in a config anywhere.
+                let (cert, key) =
+                    (std::path::absolute(&cert).unwrap_or(cert), std::path::absolute(&key).unwrap_or(key));
                 println!(
                     "wrote {} (give it to the apps to trust) and {} (keep it secret)",
                     cert.display(),
@@ -194,14 +241,14 @@ fn main() -> ExitCode {
                 (true, Some(tls_cert), Some(tls_key)) => {
                     let opts =
                         sidekey::kube::webhook::WebhookOptions { listen, tls_cert, tls_key, fail_closed, inject };
-                    runtime().block_on(serve_webhook(opts))
+                    runtime(None).block_on(serve_webhook(opts))
                 }
                 _ => inject_file(&file, &inject),
             }
         }
         Command::Demo { port, admin_port, rotate_every } => {
             let opts = sidekey::demo::DemoOptions { port, admin_port, rotate_every };
-            match runtime().block_on(sidekey::demo::run(opts)) {
+            match runtime(None).block_on(sidekey::demo::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sidekey demo: {e}");
@@ -266,10 +313,13 @@ async fn serve_webhook(opts: sidekey::kube::webhook::WebhookOptions) -> ExitCode
 }
 
 /// One CPU to run on (a sidecar's usual CPU limit, or `taskset`): a current-thread runtime, which
-/// skips the work-stealing machinery a single worker cannot use. More: one worker per CPU.
-fn runtime() -> tokio::runtime::Runtime {
+/// skips the work-stealing machinery a single worker cannot use. More: one worker per CPU. With
+/// `[listen] workers`, the proxy's connections are served on runtimes of their own
+/// (`sidekey::workers`) and this one, current-thread, runs the rest: the acceptor, the admin API,
+/// the token sources.
+fn runtime(workers: Option<usize>) -> tokio::runtime::Runtime {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut builder = if cpus == 1 {
+    let mut builder = if cpus == 1 || workers.is_some() {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()

@@ -30,7 +30,7 @@ const DURATION_BOUNDS_NS: [u64; 17] = [
     30_000_000_000,
 ];
 
-const DURATION: &str = "sidekey_request_duration_seconds";
+pub const DURATION: &str = "sidekey_request_duration_seconds";
 
 /// Installs the Prometheus recorder once per process and returns its handle. If another
 /// recorder was installed first (an embedding program's), metrics go there and `/metrics`
@@ -43,8 +43,58 @@ pub fn install() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics shows request durations only");
         }
+        describe();
+        metrics::gauge!("sidekey_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        for result in ["success", "failure"] {
+            metrics::counter!("sidekey_config_reloads_total", "result" => result).increment(0);
+        }
+        for result in ["intercepted", "passthrough", "refused", "failed"] {
+            metrics::counter!("sidekey_connect_total", "result" => result).increment(0);
+        }
         handle
     })
+}
+
+/// Every family the recorder renders, with its HELP text (the `# HELP` line Prometheus and
+/// `promtool check metrics` want); `sidekey_request_duration_seconds` and the process metrics
+/// are written by [`render`] with theirs.
+pub const FAMILIES: &[(&str, &str)] = &[
+    ("sidekey_build_info", "sidekey's version, as a label; always 1"),
+    ("sidekey_requests_total", "Requests answered, by route and status (route \"unmatched\": no route matched)"),
+    ("sidekey_requests_denied_total", "Requests refused by a route's policy, by reason (not_allowed, rate_limited)"),
+    ("sidekey_upstream_unauthorized_total", "Upstream 401 answers, by route and token"),
+    ("sidekey_upstream_retries_total", "401s right after a rotation retried once, by the value used and the outcome"),
+    (
+        "sidekey_propagation_failures_total",
+        "Rotations whose new value the upstream kept refusing (401s past the threshold)",
+    ),
+    ("sidekey_token_rotations_total", "Token refreshes, by result (success, failure, rejected)"),
+    ("sidekey_token_logins_total", "Workload-identity logins, by result (success, failure); renewals are not logins"),
+    ("sidekey_token_generation", "The current value's generation (0: none loaded yet)"),
+    ("sidekey_token_ready", "1 when the token has a usable value, else 0"),
+    ("sidekey_token_expiry_timestamp_seconds", "When the current value expires, Unix seconds"),
+    ("sidekey_token_last_rotation_timestamp_seconds", "When the value last changed, Unix seconds"),
+    ("sidekey_token_refresh_failures", "Refresh failures in a row"),
+    ("sidekey_token_refresh_backoff_seconds", "The wait before the next refresh attempt after failures"),
+    ("sidekey_token_next_refresh_timestamp_seconds", "When the token is next refreshed, Unix seconds"),
+    ("sidekey_open_connections", "Open client connections, by listener (proxy, admin)"),
+    ("sidekey_connect_total", "CONNECT requests, by result (intercepted, passthrough, refused, failed)"),
+    ("sidekey_intercept_leaf_certs_minted_total", "Leaf certificates minted for intercepted hosts"),
+    ("sidekey_config_reloads_total", "Config reloads, by result (success, failure)"),
+];
+
+/// HELP of the families [`render`] writes itself.
+pub const DURATION_HELP: &str = "Time from a request's arrival to its answer's head, by route";
+
+fn describe() {
+    for (name, help) in FAMILIES {
+        let (name, help) = (*name, *help);
+        if name.ends_with("_total") {
+            metrics::describe_counter!(name, help);
+        } else {
+            metrics::describe_gauge!(name, help);
+        }
+    }
 }
 
 /// The `/metrics` page: the recorder's metrics, then `sidekey_request_duration_seconds`.
@@ -52,11 +102,14 @@ pub fn render() -> String {
     let mut text = install().render();
     let all = durations().lock().unwrap_or_else(|e| e.into_inner());
     if !all.is_empty() {
+        metrics_exporter_prometheus::formatting::write_help_line(&mut text, DURATION, None, None, DURATION_HELP);
         write_type_line(&mut text, DURATION, None, None, "histogram");
     }
     for d in all.iter() {
         d.render(&mut text);
     }
+    drop(all);
+    crate::process_metrics::render(&mut text);
     text
 }
 

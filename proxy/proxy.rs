@@ -94,11 +94,19 @@ pub struct RouteSet {
     table: RouteTable,
     /// Metrics for requests that matched no route.
     unmatched: RouteMetrics,
+    /// `[log] access`: a line per request (read once per request, as a plain bool).
+    access_log: bool,
 }
 
 impl RouteSet {
     pub fn new(routes: Vec<Route>, table: RouteTable) -> RouteSet {
-        RouteSet { routes, table, unmatched: RouteMetrics::new("unmatched", None) }
+        RouteSet { routes, table, unmatched: RouteMetrics::new("unmatched", None), access_log: false }
+    }
+
+    /// With `[log] access = true`.
+    pub fn with_access_log(mut self, on: bool) -> RouteSet {
+        self.access_log = on;
+        self
     }
 }
 
@@ -129,7 +137,14 @@ impl Proxy {
         if req.method() == Method::CONNECT {
             let this = self.clone();
             let step = Step::Connect(Box::pin(async move { this.connect(req).await }));
-            return Handling { shared: self.routes.load_full(), route: None, start: Instant::now(), slot: None, step };
+            return Handling {
+                shared: self.routes.load_full(),
+                route: None,
+                start: Instant::now(),
+                slot: None,
+                method: None,
+                step,
+            };
         }
         self.handle_via(req, None)
     }
@@ -140,8 +155,9 @@ impl Proxy {
     fn handle_via(&self, req: Request<ProxyBody>, via: Option<&str>) -> Handling<impl UpstreamAnswer> {
         let start = Instant::now();
         let shared = self.routes.load_full();
+        let method = if shared.access_log { Some(req.method().clone()) } else { None };
         let Prepared { route, slot, step } = RouteSet::prepare(&shared, req, via, start);
-        Handling { shared, route, start, slot, step }
+        Handling { shared, route, start, slot, method, step }
     }
 }
 
@@ -154,6 +170,8 @@ pub struct Handling<S> {
     start: Instant,
     /// The route's in-flight slot, held until the upstream's answer is back.
     slot: Option<crate::policy::Slot>,
+    /// The request's method, kept for the access log only when it is on.
+    method: Option<Method>,
     #[pin]
     step: Step<S>,
 }
@@ -256,7 +274,11 @@ impl<S: UpstreamAnswer> Future for Handling<S> {
             };
         };
         this.slot.take();
-        Poll::Ready(this.shared.finish(this.route.map(|i| &this.shared.routes[i]), result, *this.start))
+        let response = this.shared.finish(this.route.map(|i| &this.shared.routes[i]), result, *this.start);
+        if let Some(method) = this.method.take() {
+            access_log(&method, this.route.map(|i| &this.shared.routes[i]), &response, *this.start);
+        }
+        Poll::Ready(response)
     }
 }
 
@@ -286,6 +308,29 @@ impl RouteSet {
         }
         response
     }
+}
+
+/// `[log] access`: one line per request, when its answer's head goes out. Only names, numbers
+/// and the method: never the path's query, a header value or a token. `bytes` is the body's
+/// length when it is known then (a `Content-Length` or a body held whole), absent for a stream.
+#[cold]
+fn access_log(method: &Method, route: Option<&Route>, response: &Response<ProxyBody>, start: Instant) {
+    let status = response.status().as_u16();
+    let upstream_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let bytes = response.body().size_hint().exact();
+    let route_name = route.map_or("", |r| &*r.name);
+    let token = route.map(|r| r.token.name());
+    let generation = route.and_then(|r| r.token.current()).map(|v| v.generation);
+    tracing::info!(
+        method = method.as_str(),
+        route = route_name,
+        status,
+        upstream_ms,
+        bytes,
+        token,
+        generation,
+        "access"
+    );
 }
 
 /// Whether an answer's head is a gRPC call's refusal for its credentials (a trailers-only
@@ -721,10 +766,8 @@ impl Route {
         self.usage.unauthorized.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(failure) = self.token.observe_unauthorized(&self.name) {
             if failure.refresh {
-                let token = self.token.clone();
-                tokio::spawn(async move {
-                    token.refresh().await;
-                });
+                // Counted as started here, before this 401 is answered.
+                tokio::spawn(self.token.clone().refresh_owned());
             }
         }
     }

@@ -69,13 +69,17 @@ pub async fn reload_loop(
         } else {
             last = digest(&path);
         }
+        let result = |r: &'static str| metrics::counter!("sidekey_config_reloads_total", "result" => r).increment(1);
         match Config::load(&path) {
-            Ok(config) => {
-                if let Err(e) = running.reload(config).await {
+            Ok(config) => match running.reload(config).await {
+                Ok(_) => result("success"),
+                Err(e) => {
+                    result("failure");
                     tracing::error!(trigger, error = %e, "config reload failed; keeping the running config");
                 }
-            }
+            },
             Err(errors) => {
+                result("failure");
                 for e in &errors.errors {
                     tracing::error!(trigger, file = %path.display(), line = e.line, key = %e.key, error = %e.message, "invalid config");
                 }

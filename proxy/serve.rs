@@ -12,6 +12,9 @@ use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+
+use crate::config::ProxyAddr;
+use crate::listen::Listener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -28,6 +31,7 @@ use crate::route::{RouteTable, Target};
 use crate::shutdown::stopped;
 use crate::token::{FormatRegistry, Token, TokenStore};
 use crate::upstream::{build_client, UpstreamClient};
+use crate::workers::Workers;
 
 /// How long admin connections get to finish after the proxy has drained.
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
@@ -37,6 +41,8 @@ const ADMIN_GRACE: Duration = Duration::from_secs(1);
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on a Unix socket (proxy): {0}")]
+    BindUnix(String),
     #[error("{0}")]
     Token(String),
     #[error("{0}")]
@@ -47,11 +53,16 @@ pub enum StartError {
     AdminToken(String),
     #[error("[intercept]: {0}")]
     Intercept(String),
+    #[error("cannot start the [listen] workers: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A running sidekey: its addresses, its tokens, and the ways to reload and stop it.
 pub struct Running {
+    /// The proxy's TCP address (`0.0.0.0:0` when it listens on a Unix socket: see `proxy_socket`).
     pub proxy_addr: SocketAddr,
+    /// The proxy's Unix socket, with `listen.proxy = "unix:PATH"`; removed at shutdown.
+    pub proxy_socket: Option<PathBuf>,
     pub admin_addr: SocketAddr,
     live: Arc<Live>,
     stop_proxy: watch::Sender<bool>,
@@ -62,6 +73,10 @@ pub struct Running {
     summary_task: Option<JoinHandle<()>>,
     /// Watches the interception CA's files.
     ca_task: Option<JoinHandle<()>>,
+    /// `[listen] workers`, when set.
+    workers: Option<Arc<Workers>>,
+    /// Logs the audit chain's head every `[audit] anchor_interval`.
+    anchor_task: Option<JoinHandle<()>>,
 }
 
 /// What a reload changed.
@@ -87,6 +102,12 @@ impl Running {
         self.live.proxy.clone()
     }
 
+    /// Connections handed to each `[listen] workers` runtime so far (`None` without workers).
+    #[doc(hidden)]
+    pub fn worker_connections(&self) -> Option<Vec<u64>> {
+        self.workers.as_ref().map(|w| w.handed())
+    }
+
     /// The configured grace period.
     pub fn grace(&self) -> Duration {
         lock(&self.live.config).shutdown.grace
@@ -101,7 +122,7 @@ impl Running {
         {
             let old = lock(&self.live.config);
             if old.listen != config.listen {
-                tracing::warn!("listen addresses change only on restart; keeping the current ones");
+                tracing::warn!("[listen] changes only on restart; keeping the current one");
             }
             if old.limits != config.limits || old.hardening != config.hardening {
                 tracing::warn!("[limits] and [hardening] change only on restart; keeping the current ones");
@@ -164,6 +185,9 @@ impl Running {
         self.begin_draining();
         let _ = self.stop_proxy.send(true);
         let _ = self.proxy_task.await;
+        if let Some(w) = &self.workers {
+            w.stop().await;
+        }
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
         let bg = std::mem::replace(
@@ -178,8 +202,16 @@ impl Running {
         if let Some(t) = self.ca_task {
             let _ = t.await;
         }
+        if let Some(t) = self.anchor_task {
+            let _ = t.await;
+        }
         if let Some(a) = &self.live.audit {
             a.flush().await;
+            let head = a.head();
+            tracing::info!(seq = head.seq, hash = %head.hash, "audit chain head at shutdown");
+        }
+        if let Some(p) = &self.proxy_socket {
+            crate::listen::unix::remove_socket(p);
         }
         tracing::info!("stopped");
     }
@@ -270,6 +302,14 @@ fn build_routes(
             }
         };
         let target = Target::parse(&rc.upstream).map_err(err)?;
+        // Every retry series at zero from the start, so the first retry is a rate() can see.
+        for with in ["previous", "refreshed"] {
+            for outcome in ["success", "unauthorized", "error"] {
+                metrics::counter!("sidekey_upstream_retries_total", "route" => rc.name.clone(),
+                    "token" => token.name().to_owned(), "with" => with, "outcome" => outcome)
+                .increment(0);
+            }
+        }
         routes.push(Route {
             name: rc.name.as_str().into(),
             upstream: client.pool(&target.scheme, &target.authority),
@@ -300,7 +340,7 @@ fn build_routes(
         });
     }
     let table = RouteTable::new(config.routes.iter().map(|r| (r.host.as_deref(), r.prefix.as_deref())));
-    Ok(RouteSet::new(routes, table))
+    Ok(RouteSet::new(routes, table).with_access_log(config.log.access))
 }
 
 /// Builds everything from a validated config, loads every token once, and starts serving.
@@ -323,17 +363,37 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let usage = Mutex::new(HashMap::new());
     let routes = build_routes(&config, &tokens, &clients, &usage)?;
 
-    let proxy_listener = bind("proxy", config.listen.proxy).await?;
-    let admin_listener = bind("admin", config.listen.admin).await?;
-    let proxy_addr = proxy_listener.local_addr().expect("bound socket has an address");
-    let admin_addr = admin_listener.local_addr().expect("bound socket has an address");
+    let (proxy_listener, proxy_addr, proxy_socket) = match &config.listen.proxy {
+        ProxyAddr::Tcp(addr) => {
+            let l = bind("proxy", *addr).await?;
+            let addr = l.local_addr().expect("bound socket has an address");
+            (Listener::Tcp(l), addr, None)
+        }
+        ProxyAddr::Unix(path) => {
+            let l = crate::listen::unix::bind_unix(path, config.listen.socket_mode).map_err(StartError::BindUnix)?;
+            (Listener::Unix(l), SocketAddr::from(([0, 0, 0, 0], 0)), Some(path.clone()))
+        }
+    };
+    let admin_listener = Listener::Tcp(bind("admin", config.listen.admin).await?);
+    let admin_addr = match &admin_listener {
+        Listener::Tcp(l) => l.local_addr().expect("bound socket has an address"),
+        Listener::Unix(_) => unreachable!("the admin API listens on TCP"),
+    };
+    let shown_proxy = match &proxy_socket {
+        Some(p) => format!("unix:{}", p.display()),
+        None => proxy_addr.to_string(),
+    };
 
     tokens.load_all().await;
-    for name in tokens.not_ready() {
+    for name in tokens.missing() {
         tracing::warn!(token = name, "token has no value yet; its routes answer 503 until one arrives");
     }
     let background = Background::spawn(&tokens);
     let (route_count, token_count, grace) = (config.routes.len(), config.tokens.len(), config.shutdown.grace);
+    let workers = match config.listen.workers {
+        Some(n) => Some(Arc::new(Workers::start(n).map_err(StartError::Workers)?)),
+        None => None,
+    };
     let limits = config.limits.clone();
     let mut proxy = Proxy::new(routes);
     if let Some(i) = &intercept {
@@ -357,24 +417,38 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
 
     let ca_task = live.intercept.as_ref().and_then(|i| i.spawn_watcher(stop_summary.subscribe()));
+    let anchor_task =
+        lock(&live.config).audit.as_ref().map(|a| a.anchor_interval).and_then(|every| {
+            live.audit.clone().map(|audit| tokio::spawn(anchor(audit, every, stop_summary.subscribe())))
+        });
 
     let (stop_proxy, proxy_stop_rx) = watch::channel(false);
     let (stop_admin, admin_stop_rx) = watch::channel(false);
     let admin = Admin::new(live.clone());
     let proxy = live.proxy.clone();
-    let proxy_task = tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, limits, true, move |req| {
-        futures_util::FutureExt::map(proxy.handle(req), Ok::<_, Infallible>)
-    }));
-    let admin_task =
-        tokio::spawn(serve(admin_listener, "admin", admin_stop_rx, ADMIN_GRACE, admin_limits(), false, move |req| {
+    let proxy_task =
+        tokio::spawn(serve(proxy_listener, "proxy", proxy_stop_rx, grace, limits, true, workers.clone(), move |req| {
+            futures_util::FutureExt::map(proxy.handle(req), Ok::<_, Infallible>)
+        }));
+    let admin_task = tokio::spawn(serve(
+        admin_listener,
+        "admin",
+        admin_stop_rx,
+        ADMIN_GRACE,
+        admin_limits(),
+        false,
+        None,
+        move |req| {
             let admin = admin.clone();
             async move { Ok::<_, Infallible>(admin.handle(req).await) }
-        }));
+        },
+    ));
     tracing::info!(
-        proxy = %proxy_addr,
+        proxy = %shown_proxy,
         admin = %admin_addr,
         routes = route_count,
         tokens = token_count,
+        workers = workers.as_ref().map(|w| w.handed().len()),
         no_dump = hardened.no_dump,
         mlock = hardened.mlock,
         locked_bytes = crate::memory::locked_bytes(),
@@ -382,6 +456,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     );
     Ok(Running {
         proxy_addr,
+        proxy_socket,
         admin_addr,
         live,
         stop_proxy,
@@ -391,7 +466,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop_summary,
         summary_task,
         ca_task,
+        workers,
+        anchor_task,
     })
+}
+
+/// Logs the audit chain's head every `every`: an anchor kept outside the file (in the log
+/// pipeline), so a file whose last lines were cut off no longer reaches a logged head.
+async fn anchor(audit: Audit, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(&mut stop) => break,
+        }
+        let head = audit.head();
+        tracing::info!(seq = head.seq, hash = %head.hash, "audit chain head");
+    }
 }
 
 /// Writes a usage summary per route (requests and 401s since the last one) to the audit log

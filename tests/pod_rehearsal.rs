@@ -85,7 +85,12 @@ async fn rehearse(deployment_file: &str) {
 }
 
 async fn rehearse_docs(deployment: Vec<Value>) {
-    let config_map = manifests("configmap.yaml");
+    // The Deployment's own ConfigMap when its file has one, else configmap.yaml's.
+    let config_map = if deployment.iter().any(|d| d["kind"] == "ConfigMap") {
+        deployment.clone()
+    } else {
+        manifests("configmap.yaml")
+    };
     let config_text = find(&config_map, "ConfigMap")["data"]["sidekey.toml"]
         .as_str()
         .expect("sidekey.toml in the ConfigMap")
@@ -145,6 +150,47 @@ async fn rehearse_docs(deployment: Vec<Value>) {
             .unwrap_or_else(|| panic!("{p} is on no volume mount of the container"));
         format!("{}{}", root.path().join(m.1.trim_start_matches('/')).display(), &p[m.1.len()..])
     };
+    // emptyDir volumes start empty, and writable under the read-only root filesystem.
+    for (name, mount) in &mounts {
+        if !volume_of(name)["emptyDir"].is_null() {
+            std::fs::create_dir_all(local(mount)).unwrap();
+        }
+    }
+    let on_empty_dir = |path: &str, what: &str| {
+        let (volume, _) = mounts.iter().find(|(_, m)| path.starts_with(m.as_str())).expect("on a mount");
+        assert!(!volume_of(volume)["emptyDir"].is_null(), "{what} {path}: not on a writable (emptyDir) volume");
+        volume.clone()
+    };
+    let mut audit_file = None;
+    if let Some(audit) = config.get_mut("audit").and_then(|a| a.as_table_mut()) {
+        let path = audit["path"].as_str().unwrap().to_owned();
+        on_empty_dir(&path, "[audit] path");
+        audit.insert("path".into(), local(&path).into());
+        audit_file = Some(local(&path));
+    }
+    let mut ca_out = None;
+    let proxy_cfg = config["listen"]["proxy"].as_str().unwrap().to_owned();
+    if let Some(intercept) = config.get_mut("intercept").and_then(|i| i.as_table_mut()) {
+        let path = intercept["ca_cert_out"].as_str().expect("the example writes its CA for the app").to_owned();
+        let volume = on_empty_dir(&path, "[intercept] ca_cert_out");
+        // The app mounts the same volume and trusts the certificate through its env.
+        let app = pod["containers"].as_array().unwrap().iter().find(|c| c["name"] == "app").expect("an app");
+        let app_mount = app["volumeMounts"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == volume.as_str()))
+            .unwrap_or_else(|| panic!("the app does not mount {volume}"));
+        assert_eq!(app_mount["readOnly"], true, "the app only reads the CA");
+        let (_, sidekey_mount) = mounts.iter().find(|(n, _)| *n == volume).unwrap();
+        let app_path = format!("{}{}", app_mount["mountPath"].as_str().unwrap(), &path[sidekey_mount.len()..]);
+        let app_env = |name: &str| {
+            app["env"].as_array().unwrap().iter().find(|e| e["name"] == name).and_then(|e| e["value"].as_str())
+        };
+        assert_eq!(app_env("SSL_CERT_FILE"), Some(app_path.as_str()), "the app's trust store is the written CA");
+        let proxy: std::net::SocketAddr = proxy_cfg.parse().unwrap();
+        assert_eq!(app_env("HTTPS_PROXY"), Some(format!("http://{proxy}").as_str()), "HTTPS_PROXY is sidekey's proxy");
+        intercept.insert("ca_cert_out".into(), local(&path).into());
+        ca_out = Some(local(&path));
+    }
     // The IdP of the example is not reachable from a test: a real one stands in for it.
     let mut oidc = None;
     let mut env: Vec<(String, String)> = Vec::new();
@@ -247,6 +293,10 @@ async fn rehearse_docs(deployment: Vec<Value>) {
     let listening: Value = serde_json::from_str(&wait_line("sidekey listening")).unwrap();
     let admin_addr: std::net::SocketAddr = listening["admin"].as_str().unwrap().parse().unwrap();
 
+    if let Some(ca) = &ca_out {
+        let pem = std::fs::read_to_string(ca).expect("the CA certificate is written before sidekey listens");
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    }
     let c = client();
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
         if sidekey[probe].is_null() {
@@ -284,6 +334,10 @@ async fn rehearse_docs(deployment: Vec<Value>) {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
+    if let Some(file) = &audit_file {
+        let out = Command::new(BIN).args(["audit", "verify", file]).output().unwrap();
+        assert!(out.status.success(), "the audit log on its volume: {}", String::from_utf8_lossy(&out.stderr));
+    }
     drop(oidc);
 }
 
@@ -308,4 +362,9 @@ async fn the_injected_pod_runs_as_its_manifest_says() {
     let pod = &find(&docs, "Deployment")["spec"]["template"]["spec"];
     assert_eq!(pod["initContainers"][0]["name"], "sidekey", "a native sidecar");
     rehearse_docs(docs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_https_proxy_pod_runs_as_its_manifest_says() {
+    rehearse("deployment-https-proxy.yaml").await;
 }

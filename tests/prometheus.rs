@@ -65,5 +65,43 @@ async fn prometheus_sees_a_propagation_failure_and_fires_the_alert() {
         })
         .await;
     assert!(!alerts.to_string().contains("prom_value_"), "a token value reached an alert");
+
+    // promtool's own lint of the page: HELP on every family, names and types as Prometheus
+    // wants them.
+    let page = send(
+        &c,
+        http::Request::get(format!("http://{}/metrics", sk.admin_addr))
+            .header("Authorization", "Bearer prom-admin-token")
+            .body(http_body_util::Full::default())
+            .unwrap(),
+    )
+    .await
+    .text();
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; tests/servers/install.sh installs it)");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), page.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{page}");
+    for series in [
+        format!("sidekey_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+        "sidekey_config_reloads_total{result=\"success\"} 0".to_owned(),
+        "sidekey_upstream_retries_total{route=\"promroute\",token=\"promtok\",with=\"previous\",outcome=\"success\"} 0"
+            .to_owned(),
+        "sidekey_connect_total{result=\"refused\"} 0".to_owned(),
+    ] {
+        assert!(page.lines().any(|l| l == series), "{series} missing from:\n{page}");
+    }
+    for family in
+        ["process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds", "process_start_time_seconds"]
+    {
+        let q = format!("/api/v1/query?query={family}");
+        prom.until(&format!("{family} scraped"), &q, |j| j["data"]["result"][0]["value"][1].is_string()).await;
+    }
     sk.shutdown().await;
 }

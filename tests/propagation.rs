@@ -119,17 +119,21 @@ async fn on_401_refresh_refreshes_early_exactly_once_per_window() {
     for _ in 0..3 {
         assert_eq!(get(&c, &format!("http://{}/r/x", sk.proxy_addr)).await.status, 401);
     }
-    // The third 401 crossed the threshold: one early refresh fetched the next value.
+    // The third 401 crossed the threshold: one early refresh, counted as started before that
+    // 401 was answered, fetched the next value.
+    assert_eq!(token_json(&sk, "early").await["refreshes_started"], 2, "the initial load and one early refresh");
     wait_generation(&sk, "early", 2).await;
     assert_eq!(count_calls(), 2);
     // The new value is refused too: reported again (a new generation), but no second early
-    // refresh within the window. (A second refresh would have been spawned by the third of
-    // these requests and had three more round trips to run its command and show in `calls`.)
+    // refresh within the window. A refresh is counted when it starts, before the 401 that
+    // started it is answered: right after the requests, any second one shows.
     std::fs::write(&value, "revoked_3").unwrap();
     for _ in 0..6 {
         assert_eq!(get(&c, &format!("http://{}/r/x", sk.proxy_addr)).await.status, 401);
     }
-    assert_eq!(token_json(&sk, "early").await["propagation_failures"], 2);
+    let t = token_json(&sk, "early").await;
+    assert_eq!(t["refreshes_started"], 2, "a second early refresh within the window: {t}");
+    assert_eq!(t["propagation_failures"], 2);
     assert_eq!(count_calls(), 2, "a second early refresh within the window");
     assert_eq!(sk.tokens().get("early").unwrap().current().unwrap().generation, 2);
     sk.shutdown().await;

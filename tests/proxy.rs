@@ -346,12 +346,25 @@ async fn malformed_requests_get_4xx_and_the_proxy_keeps_serving() {
         b"GET /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
         b"GET /api/x HTTP/1.1\r\nHo st: a\r\n\r\n",
         b"GET /api/\x01x HTTP/1.1\r\nHost: a\r\n\r\n",
-        // A chunked body that does not parse: the client's fault, whatever got upstream.
-        b"POST /api/upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n",
     ] {
         let resp = raw(sk.proxy_addr, bad).await;
-        assert!(resp.is_empty() || resp.starts_with("HTTP/1.1 4"), "{:?} -> {resp}", String::from_utf8_lossy(bad));
+        // Not even as far as the upstream's own parser: no connection to it was opened.
+        let what = String::from_utf8_lossy(bad);
+        assert_eq!(up.connection_count(), 0, "{what:?} reached the upstream's listener");
+        assert!(up.seen().is_empty(), "{what:?} reached the upstream: {:?}", up.seen());
+        assert!(resp.is_empty() || resp.starts_with("HTTP/1.1 4"), "{what:?} -> {resp}");
     }
+    // A chunked body that does not parse: the client's fault. Its head may have gone upstream
+    // already (a chunked body is streamed), but never the request whole: what the upstream got
+    // of the body ended in an error, not in a last chunk.
+    let bad = b"POST /api/upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n0\r\n\r\n";
+    let resp = raw(sk.proxy_addr, bad).await;
+    up.wait_quiet().await;
+    for seen in up.seen() {
+        assert_eq!(seen.path, "/base/upload", "only the chunked request may have been started upstream");
+        assert!(!seen.body_complete, "a body with a bad chunk reached the upstream whole: {seen:?}");
+    }
+    assert!(resp.is_empty() || resp.starts_with("HTTP/1.1 4"), "a bad chunk -> {resp}");
     let a = get(&client(), &format!("http://{}/api/ok", sk.proxy_addr)).await;
     assert_eq!(a.status, 200);
     sk.shutdown().await;

@@ -75,8 +75,11 @@ fn background_load(
             match tokio::time::timeout(WAIT, c.request(req)).await {
                 Ok(Ok(resp)) if resp.status() == 200 => {
                     use http_body_util::BodyExt;
-                    let _ = resp.into_body().collect().await;
-                    ok.fetch_add(1, Ordering::SeqCst);
+                    // A body that fails to arrive whole is a failed request, whatever its status.
+                    match tokio::time::timeout(WAIT, resp.into_body().collect()).await {
+                        Ok(Ok(_)) => ok.fetch_add(1, Ordering::SeqCst),
+                        _ => failed.fetch_add(1, Ordering::SeqCst),
+                    };
                 }
                 _ => {
                     failed.fetch_add(1, Ordering::SeqCst);

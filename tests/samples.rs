@@ -20,6 +20,7 @@ fn every_sample_config_passes_sidekey_check_and_every_source_kind_has_one() {
         checked += 1;
     }
     assert!(checked >= 5, "expected the sample configs in {}", dir.display());
-    let all: std::collections::BTreeSet<&str> = ["env", "file", "oauth2", "http", "exec"].into();
+    let all: std::collections::BTreeSet<&str> =
+        ["env", "file", "oauth2", "http", "exec", "aws_web_identity", "token_exchange"].into();
     assert_eq!(kinds, all, "a source kind has no sample");
 }

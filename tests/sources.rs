@@ -60,6 +60,49 @@ params = {{ resource = "urn:sidekey:test" }}
     );
     let sk = start_proxy(&config).await;
     let c = client();
+    // Every generation of each token as it is published: (generation, loaded_at, expires_at).
+    let watchers: Vec<_> = ["basic", "post"]
+        .into_iter()
+        .map(|name| {
+            let token = sk.tokens().get(name).unwrap().clone();
+            tokio::spawn(async move {
+                let mut rx = token.subscribe();
+                let mut seen = Vec::new();
+                loop {
+                    if let Some(v) = token.current() {
+                        if seen.last().is_none_or(|&(g, _, _)| g != v.generation) {
+                            seen.push((v.generation, v.loaded_at, v.expires_at));
+                        }
+                    }
+                    if seen.last().is_some_and(|&(g, _, _)| g >= 4) || rx.changed().await.is_err() {
+                        return seen;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Steady requests on both routes the whole time: a token that expired before the next one
+    // came would answer 503.
+    let steady = {
+        let (proxy, c) = (sk.proxy_addr, c.clone());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tick.tick().await;
+                    for route in ["b", "p"] {
+                        let a = get(&c, &format!("http://{proxy}/{route}/steady")).await;
+                        *statuses.entry(a.status.as_u16()).or_default() += 1;
+                    }
+                }
+                statuses
+            })
+        };
+        (stop, task)
+    };
     let mut seen: std::collections::HashMap<&str, std::collections::HashSet<String>> = Default::default();
     for generation in 1..=4u64 {
         for (name, route) in [("basic", "b"), ("post", "p")] {
@@ -75,6 +118,27 @@ params = {{ resource = "urn:sidekey:test" }}
         // The two tokens are waited for in turn, so one may skip a generation between looks.
         assert!(tokens.len() >= 3, "{name}: only {} distinct tokens over 4 generations", tokens.len());
     }
+    // Refreshed ahead of expiry: each generation was loaded before the one it replaced expired.
+    for (name, watcher) in ["basic", "post"].into_iter().zip(watchers) {
+        let generations = bounded("the generations of a token", watcher).await.unwrap();
+        let pairs: Vec<_> = generations.windows(2).filter(|w| w[1].0 == w[0].0 + 1).collect();
+        assert!(pairs.len() >= 3, "{name}: too few consecutive generations seen: {generations:?}");
+        for w in pairs {
+            let (previous, next) = (&w[0], &w[1]);
+            let expires = previous.2.unwrap_or_else(|| panic!("{name}: generation {} has no expiry", previous.0));
+            assert!(
+                next.1 < expires,
+                "{name}: generation {} loaded at {:?}, after generation {} expired at {expires:?}",
+                next.0,
+                next.1,
+                previous.0
+            );
+        }
+    }
+    let (stop, task) = steady;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = bounded("the steady requests to stop", task).await.unwrap();
+    assert_eq!(statuses.keys().collect::<Vec<_>>(), [&200], "steady requests answered other than 200: {statuses:?}");
     let tokens = get(&c, &format!("http://{}/tokens", sk.admin_addr)).await;
     for t in tokens.json().as_array().unwrap() {
         assert_eq!(t["source"], "oauth2");

@@ -18,9 +18,12 @@ use serde::Deserialize;
 use toml_edit::{Item, TableLike};
 
 mod hostport;
+pub mod identity;
+pub mod paths;
 pub mod template;
 
 pub use hostport::HostPort;
+pub use identity::{AwsWebIdentitySource, JwtAlg, LoginConfig, PrivateKeyJwt, TokenExchangeSource, VaultJwtLogin};
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -38,6 +41,8 @@ pub struct Config {
     pub hardening: Hardening,
     /// `[intercept]`: HTTPS interception for clients that use `HTTPS_PROXY`, if wanted.
     pub intercept: Option<InterceptConfig>,
+    /// `[log]`: what is logged besides events.
+    pub log: LogConfig,
     /// Things that are valid but probably not what was meant (a rule that never matches).
     pub warnings: Vec<ConfigError>,
     pub routes: Vec<RouteConfig>,
@@ -45,27 +50,97 @@ pub struct Config {
     pub tokens: BTreeMap<String, TokenConfig>,
 }
 
+/// The most `[listen] workers` a config may ask for.
+pub const MAX_WORKERS: usize = 1024;
+
 /// `[listen]`: where the data plane and the admin API listen.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Listen {
     #[serde(default = "default_proxy_addr")]
-    pub proxy: SocketAddr,
+    pub proxy: ProxyAddr,
     #[serde(default = "default_admin_addr")]
     pub admin: SocketAddr,
     /// Let `proxy` listen on an address other hosts can reach (every client that reaches it
     /// can use the routes' credentials).
     #[serde(default)]
     pub allow_non_loopback: bool,
+    /// Single-threaded runtimes serving the proxy listener's connections (`crate::workers`);
+    /// without it, one runtime with a thread per CPU.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// The permission bits of a `unix:` proxy socket, written as an octal string (`"0660"`).
+    #[serde(default = "default_socket_mode", deserialize_with = "de_socket_mode")]
+    pub socket_mode: u32,
 }
 
 impl Default for Listen {
     fn default() -> Self {
-        Listen { proxy: default_proxy_addr(), admin: default_admin_addr(), allow_non_loopback: false }
+        Listen {
+            proxy: default_proxy_addr(),
+            admin: default_admin_addr(),
+            workers: None,
+            socket_mode: default_socket_mode(),
+            allow_non_loopback: false,
+        }
     }
 }
 
-fn default_proxy_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
+/// `listen.proxy`: a TCP address, or `unix:PATH` for a Unix socket (only processes that may
+/// open the socket file reach the credentials, not everything on the pod's loopback).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ProxyAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyAddr::Tcp(a) => a.fmt(f),
+            ProxyAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ProxyAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.strip_prefix("unix:") {
+            Some("") => Err(de::Error::custom("unix: needs a socket path, e.g. \"unix:/run/sidekey/proxy.sock\"")),
+            Some(p) => Ok(ProxyAddr::Unix(PathBuf::from(p))),
+            None => s.parse().map(ProxyAddr::Tcp).map_err(|_| {
+                de::Error::custom(format!(
+                    "{s:?} is neither an IP address with a port (\"127.0.0.1:8080\") nor unix:PATH"
+                ))
+            }),
+        }
+    }
+}
+
+fn default_proxy_addr() -> ProxyAddr {
+    ProxyAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], 8080)))
+}
+
+fn default_socket_mode() -> u32 {
+    0o660
+}
+
+fn de_socket_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let s = String::deserialize(d)?;
+    let digits = s.strip_prefix("0o").unwrap_or(&s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if !digits.is_empty() && m <= 0o777 => Ok(m),
+        _ => Err(de::Error::custom(format!("{s:?} is not an octal file mode such as \"0660\""))),
+    }
+}
+
+/// `[log]`: optional log lines.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct LogConfig {
+    /// One info line per proxied request (method, route, status, timings, token generation;
+    /// never a query string or a header value).
+    #[serde(default)]
+    pub access: bool,
 }
 
 fn default_admin_addr() -> SocketAddr {
@@ -135,6 +210,9 @@ pub struct AuditConfig {
     pub path: PathBuf,
     #[serde(default = "default_summary_interval", deserialize_with = "de_duration")]
     pub summary_interval: Duration,
+    /// How often the chain's head (seq and hash) is logged, an anchor outside the file.
+    #[serde(default = "default_summary_interval", deserialize_with = "de_duration")]
+    pub anchor_interval: Duration,
 }
 
 fn default_summary_interval() -> Duration {
@@ -347,6 +425,8 @@ pub struct TokenConfig {
     pub retry: RetryConfig,
     pub propagation: PropagationConfig,
     pub on_401: On401,
+    /// `/readyz` waits for this token's first value (`required = false`: it does not).
+    pub required: bool,
 }
 
 /// `basic`: HTTP Basic credentials from templates naming tokens (`{token:NAME}`).
@@ -453,6 +533,8 @@ pub enum SourceConfig {
     OAuth2(OAuth2Source),
     Http(HttpSource),
     Exec(ExecSource),
+    AwsWebIdentity(AwsWebIdentitySource),
+    TokenExchange(TokenExchangeSource),
 }
 
 impl TokenConfig {
@@ -464,6 +546,8 @@ impl TokenConfig {
             SourceConfig::OAuth2(_) => "oauth2",
             SourceConfig::Http(_) => "http",
             SourceConfig::Exec(_) => "exec",
+            SourceConfig::AwsWebIdentity(_) => "aws_web_identity",
+            SourceConfig::TokenExchange(_) => "token_exchange",
         }
     }
 }
@@ -501,9 +585,18 @@ pub enum ClientAuth {
 pub struct OAuth2Source {
     pub token_url: String,
     pub client_id: String,
-    pub client_secret: SecretRef,
+    /// Exactly one of `client_secret`, `client_assertion`, `private_key_jwt`.
     #[serde(default)]
-    pub auth_method: ClientAuth,
+    pub client_secret: Option<SecretRef>,
+    /// Only with `client_secret` (default `client_secret_basic`).
+    #[serde(default)]
+    pub auth_method: Option<ClientAuth>,
+    /// A JWT (a federated identity token) sent as the RFC 7523 client assertion.
+    #[serde(default)]
+    pub client_assertion: Option<SecretRef>,
+    /// A key with which sidekey signs its own client assertion.
+    #[serde(default)]
+    pub private_key_jwt: Option<PrivateKeyJwt>,
     #[serde(default)]
     pub scope: Option<String>,
     #[serde(default)]
@@ -539,6 +632,9 @@ pub struct HttpSource {
     /// its first role's credentials are read.
     #[serde(default)]
     pub aws_imds: bool,
+    /// A login whose client token is sent as `X-Vault-Token` (Vault/OpenBao JWT auth).
+    #[serde(default)]
+    pub login: Option<LoginConfig>,
 }
 
 /// `source = "exec"`: a command's stdout (argv, no shell).
@@ -646,6 +742,7 @@ struct TokenCommon {
     on_401: Option<On401>,
     #[serde(default)]
     allow_plaintext: bool,
+    required: Option<bool>,
 }
 
 const TOKEN_COMMON_KEYS: &[&str] = &[
@@ -658,6 +755,7 @@ const TOKEN_COMMON_KEYS: &[&str] = &[
     "propagation",
     "on_401",
     "allow_plaintext",
+    "required",
 ];
 
 /// `propagation = { window, min, ratio }`: when upstream 401s mean a rotation did not take.
@@ -880,21 +978,41 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file. Relative paths in it are taken from the file's
+    /// directory, as the path was given (a ConfigMap's file is a symlink into `..data`; its
+    /// neighbours are found beside the link, not beside its target).
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_with(path, false)
+    }
+
+    /// [`Config::load`], and what `run` would refuse or warn about on this machine: an audit
+    /// log that cannot be opened for appending, a token, CA or admin-token file that exists but
+    /// cannot be read (a token file not there yet is a warning: it is loaded when it appears).
+    pub fn load_checked(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_with(path, true)
+    }
+
+    fn load_with(path: &Path, files: bool) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             file: Some(path.to_owned()),
             errors: vec![ConfigError { key: String::new(), line: None, message: format!("cannot read config: {e}") }],
         })?;
-        Config::parse(&text).map_err(|mut e| {
+        let base = path.parent().filter(|d| !d.as_os_str().is_empty());
+        Config::parse_in(&text, base, files).map_err(|mut e| {
             e.file = Some(path.to_owned());
             e
         })
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text (relative paths stay relative to the working directory).
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse_in(text, None, false)
+    }
+
+    fn parse_in(text: &str, base: Option<&Path>, files: bool) -> Result<Config, ConfigErrors> {
         let mut cx = Loader::new(text)?;
+        cx.base = base.map(Path::to_owned);
+        cx.files = files;
         let config = cx.load();
         let mut errors = cx.errors;
         errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
@@ -934,16 +1052,31 @@ struct Loader<'a> {
     doc: toml_edit::Document<&'a str>,
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigError>,
+    /// The directory relative paths are taken from.
+    base: Option<PathBuf>,
+    /// Also check the files `run` opens (see [`Config::load_checked`]).
+    files: bool,
 }
 
-const TOP_LEVEL_KEYS: &[&str] =
-    &["listen", "admin", "upstream", "limits", "hardening", "shutdown", "audit", "intercept", "routes", "tokens"];
-const TOKEN_SOURCES: &[&str] = &["env", "file", "oauth2", "http", "exec"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "admin",
+    "upstream",
+    "limits",
+    "hardening",
+    "shutdown",
+    "audit",
+    "intercept",
+    "log",
+    "routes",
+    "tokens",
+];
+const TOKEN_SOURCES: &[&str] = &["env", "file", "oauth2", "http", "exec", "aws_web_identity", "token_exchange"];
 
 impl<'a> Loader<'a> {
     fn new(text: &'a str) -> Result<Self, ConfigErrors> {
         match toml_edit::Document::parse(text) {
-            Ok(doc) => Ok(Loader { text, doc, errors: Vec::new(), warnings: Vec::new() }),
+            Ok(doc) => Ok(Loader { text, doc, errors: Vec::new(), warnings: Vec::new(), base: None, files: false }),
             Err(e) => {
                 // The error's own Display quotes the offending line, which may hold a secret
                 // someone pasted by mistake: report the message and position only.
@@ -963,6 +1096,23 @@ impl<'a> Loader<'a> {
     fn error(&mut self, path: &[Seg], message: impl Into<String>) {
         let line = self.line_of_path(path);
         self.errors.push(ConfigError { key: path_string(path), line, message: message.into() });
+    }
+
+    fn warn(&mut self, path: &[Seg], message: impl Into<String>) {
+        let line = self.line_of_path(path);
+        self.warnings.push(ConfigError { key: path_string(path), line, message: message.into() });
+    }
+
+    /// With `files`: a `{ file = }` reference that exists must be readable (one not there yet
+    /// is a warning: the token is fetched again later).
+    fn check_secret_file(&mut self, path: &[Seg], reference: &SecretRef) {
+        if let (true, SecretRef::File(file)) = (self.files, reference) {
+            match paths::readable(file) {
+                Ok(true) => {}
+                Ok(false) => self.warn(path, format!("{} does not exist yet", file.display())),
+                Err(e) => self.error(path, e),
+            }
+        }
     }
 
     /// The line of the deepest node of `path` written in the file.
@@ -1093,6 +1243,9 @@ impl<'a> Loader<'a> {
             }
         }
         let mut root = root;
+        if let Some(base) = self.base.clone() {
+            paths::resolve(&mut root, &base);
+        }
         let listen = match root.remove("listen") {
             Some(v) => self.section::<Listen>(&[Seg::Key("listen".into())], v),
             None => Some(Listen::default()),
@@ -1106,8 +1259,28 @@ impl<'a> Loader<'a> {
             None => Some(Shutdown::default()),
         };
         let audit = match root.remove("audit") {
-            Some(v) => self.section::<AuditConfig>(&[Seg::Key("audit".into())], v).map(Some),
+            Some(v) => {
+                let a = self.section::<AuditConfig>(&[Seg::Key("audit".into())], v);
+                if let Some(a) = &a {
+                    let at = |key: &str| [Seg::Key("audit".into()), Seg::Key(key.into())];
+                    for (key, d) in [("summary_interval", a.summary_interval), ("anchor_interval", a.anchor_interval)] {
+                        if d.is_zero() {
+                            self.error(&at(key), "must be longer than zero");
+                        }
+                    }
+                    if self.files {
+                        if let Err(e) = paths::appendable(&a.path) {
+                            self.error(&at("path"), e);
+                        }
+                    }
+                }
+                a.map(Some)
+            }
             None => Some(None),
+        };
+        let log = match root.remove("log") {
+            Some(v) => self.section::<LogConfig>(&[Seg::Key("log".into())], v),
+            None => Some(LogConfig::default()),
         };
         let admin = match root.remove("admin") {
             Some(v) => self.section::<AdminConfig>(&[Seg::Key("admin".into())], v),
@@ -1180,7 +1353,7 @@ impl<'a> Loader<'a> {
 
         self.validate_routes(&routes, &defined);
         if let (Some(l), Some(u)) = (&listen, &upstream) {
-            if l.proxy == l.admin && l.proxy.port() != 0 {
+            if l.proxy == ProxyAddr::Tcp(l.admin) && l.admin.port() != 0 {
                 self.error(&[Seg::Key("listen".into()), Seg::Key("admin".into())], "must differ from listen.proxy");
             }
             if let Some(ca) = &u.ca_file {
@@ -1200,6 +1373,18 @@ impl<'a> Loader<'a> {
                     ),
                 );
             }
+        }
+        if let Some(n) = listen.as_ref().and_then(|l| l.workers) {
+            let max = MAX_WORKERS;
+            if !(1..=max).contains(&n) {
+                self.error(
+                    &[Seg::Key("listen".into()), Seg::Key("workers".into())],
+                    format!("must be between 1 and {max}"),
+                );
+            }
+        }
+        if let Some(reference) = admin.as_ref().and_then(|a| a.token.clone()) {
+            self.check_secret_file(&[Seg::Key("admin".into()), Seg::Key("token".into())], &reference);
         }
         if let (Some(l), Some(a)) = (&listen, &admin) {
             if !l.admin.ip().is_loopback() && a.token.is_none() {
@@ -1241,6 +1426,7 @@ impl<'a> Loader<'a> {
             limits: limits?,
             hardening: hardening?,
             intercept: intercept?,
+            log: log?,
             warnings: std::mem::take(&mut self.warnings),
             routes: routes.into_iter().map(|(_, r)| r).collect(),
             tokens,
@@ -1292,11 +1478,23 @@ impl<'a> Loader<'a> {
                 let s: FileSource = self.section(&path, rest)?;
                 if s.path.as_os_str().is_empty() {
                     self.error(&child(&path, "path"), "must not be empty");
+                } else if self.files {
+                    match paths::readable(&s.path) {
+                        Ok(true) => {}
+                        Ok(false) => self.warn(
+                            &child(&path, "path"),
+                            format!("{} does not exist yet; it is loaded when it appears", s.path.display()),
+                        ),
+                        Err(e) => self.error(&child(&path, "path"), e),
+                    }
                 }
                 SourceConfig::File(s)
             }
             "oauth2" => {
                 let s: OAuth2Source = self.section(&path, rest)?;
+                if let Some(secret) = &s.client_secret {
+                    self.check_secret_file(&child(&path, "client_secret"), secret);
+                }
                 if let Err(m) = check_url(&s.token_url) {
                     self.error(&child(&path, "token_url"), m);
                 } else if !plaintext_ok {
@@ -1308,10 +1506,14 @@ impl<'a> Loader<'a> {
                 if let Some(ca) = &s.ca_file {
                     self.check_ca_file(&child(&path, "ca_file"), ca);
                 }
+                self.check_client_auth(&path, &s);
                 SourceConfig::OAuth2(s)
             }
             "http" => {
                 let s: HttpSource = self.section(&path, rest)?;
+                for (name, reference) in &s.headers {
+                    self.check_secret_file(&child(&child(&path, "headers"), name), reference);
+                }
                 if let Err(m) = check_url(&s.url) {
                     self.error(&child(&path, "url"), m);
                 } else if !plaintext_ok {
@@ -1330,7 +1532,24 @@ impl<'a> Loader<'a> {
                 if let Some(ca) = &s.ca_file {
                     self.check_ca_file(&child(&path, "ca_file"), ca);
                 }
+                if let Some(login) = &s.login {
+                    self.check_login(&path, login);
+                }
                 SourceConfig::Http(s)
+            }
+            "aws_web_identity" => {
+                let s = self.aws_web_identity(&path, rest)?;
+                if let (Some(e), false) = (&s.sts_endpoint, plaintext_ok) {
+                    self.check_plaintext(&child(&path, "sts_endpoint"), e);
+                }
+                SourceConfig::AwsWebIdentity(s)
+            }
+            "token_exchange" => {
+                let s = self.token_exchange(&path, rest)?;
+                if !plaintext_ok {
+                    self.check_plaintext(&child(&path, "token_url"), &s.token_url);
+                }
+                SourceConfig::TokenExchange(s)
             }
             "exec" => {
                 let s: ExecSource = self.section(&path, rest)?;
@@ -1404,6 +1623,7 @@ impl<'a> Loader<'a> {
             retry,
             propagation: common.propagation.clone().unwrap_or_default(),
             on_401: common.on_401.unwrap_or_default(),
+            required: common.required.unwrap_or(true),
         })
     }
 
@@ -1858,6 +2078,7 @@ pub fn accepted_keys() -> Vec<String> {
     add("limits", fields::<Limits>());
     add("hardening", fields::<Hardening>());
     add("intercept", fields::<InterceptConfig>());
+    add("log", fields::<LogConfig>());
     add("routes[]", fields::<RouteConfig>());
     add("tokens.*", &["source"]);
     add("tokens.*", fields::<TokenCommon>());
@@ -1868,6 +2089,11 @@ pub fn accepted_keys() -> Vec<String> {
     add("tokens.<oauth2>", fields::<OAuth2Source>());
     add("tokens.<http>", fields::<HttpSource>());
     add("tokens.<exec>", fields::<ExecSource>());
+    add("tokens.<http>.login", fields::<LoginConfig>());
+    add("tokens.<http>.login.vault_jwt", fields::<VaultJwtLogin>());
+    add("tokens.<oauth2>.private_key_jwt", fields::<PrivateKeyJwt>());
+    add("tokens.<aws_web_identity>", fields::<AwsWebIdentitySource>());
+    add("tokens.<token_exchange>", fields::<TokenExchangeSource>());
     keys
 }
 
@@ -2085,8 +2311,8 @@ refresh_before = 0.1
         assert_eq!(api.refresh.interval, Some(Duration::from_secs(300)));
         assert_eq!(api.validate.as_ref().unwrap().expect, 200);
         let SourceConfig::OAuth2(o) = &api.source else { panic!() };
-        assert_eq!(o.auth_method, ClientAuth::ClientSecretBasic);
-        assert_eq!(o.client_secret, SecretRef::Env("SVC_A_SECRET".into()));
+        assert_eq!(o.auth_method, None);
+        assert_eq!(o.client_secret, Some(SecretRef::Env("SVC_A_SECRET".into())));
         assert_eq!(c.tokens["vault"].refresh.before, RefreshBefore::Ratio(0.25));
         assert_eq!(c.tokens["legacy"].refresh.before, RefreshBefore::Ratio(0.1));
         assert_eq!(c.tokens["legacy"].refresh.interval, Some(Duration::from_secs(600)));
@@ -2141,6 +2367,24 @@ validate = { url = "https://v.example", format = "Bearer" }
     }
 
     #[test]
+    fn listen_workers_is_checked_with_key_and_line() {
+        assert_eq!(Config::parse(GOOD).unwrap().listen.workers, None);
+        let with =
+            |n: &str| GOOD.replace("admin = \"127.0.0.1:1\"\n", &format!("admin = \"127.0.0.1:1\"\nworkers = {n}\n"));
+        assert_eq!(Config::parse(&with("2")).unwrap().listen.workers, Some(2));
+        for bad in ["0", "1025"] {
+            let errs = errors(&with(bad));
+            assert!(
+                errs.iter()
+                    .any(|e| e.key == "listen.workers" && e.line == Some(5) && e.message.contains("between 1 and")),
+                "{bad}: {errs:?}"
+            );
+        }
+        let errs = errors(&with("\"two\""));
+        assert!(errs.iter().any(|e| e.key == "listen.workers" && e.line == Some(5)), "{errs:?}");
+    }
+
+    #[test]
     fn limits_are_checked_with_key_and_line() {
         let c = Config::parse(GOOD).unwrap();
         assert_eq!(c.limits, Limits::default());
@@ -2152,6 +2396,27 @@ validate = { url = "https://v.example", format = "Bearer" }
         }
         let off = Config::parse(&format!("{GOOD}\n[hardening]\nmlock = false\nno_dump = false\n")).unwrap();
         assert!(!off.hardening.mlock && !off.hardening.no_dump);
+    }
+
+    #[test]
+    fn identity_endpoints_off_the_host_need_https_too() {
+        let exchange = |url: &str, extra: &str| {
+            format!(
+                "[tokens.t]\nsource = \"token_exchange\"\ntoken_url = \"{url}\"\nsubject_token = {{ file = \"/s\" }}\n\
+                 subject_token_type = \"urn:ietf:params:oauth:token-type:jwt\"\n{extra}"
+            )
+        };
+        let e = errors(&exchange("http://sts.example/token", ""));
+        assert!(e.iter().any(|e| e.key == "tokens.t.token_url"), "{e:?}");
+        for ok in
+            [exchange("http://sts.example/token", "allow_plaintext = true\n"), exchange("http://127.0.0.1:9/t", "")]
+        {
+            let e = errors(&ok);
+            assert!(!e.iter().any(|e| e.key == "tokens.t.token_url"), "{e:?}");
+        }
+        let sts = "[tokens.a]\nsource = \"aws_web_identity\"\nsts_endpoint = \"http://sts.example\"\n";
+        let e = errors(sts);
+        assert!(e.iter().any(|e| e.key == "tokens.a.sts_endpoint"), "{e:?}");
     }
 
     #[test]

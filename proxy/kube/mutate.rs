@@ -8,6 +8,8 @@
 use super::node::{Map, Node};
 use super::yaml;
 
+/// The audit log's directory in the sidecar: an emptyDir.
+const AUDIT_DIR: &str = "/var/log/sidekey";
 /// Where no `sidekey.dev/image` annotation or `--image` names one: the name the examples use
 /// for the image built from this repository's Dockerfile.
 pub const DEFAULT_IMAGE: &str = concat!("registry.example.com/sidekey:", env!("CARGO_PKG_VERSION"));
@@ -441,6 +443,10 @@ fn apply(template: &mut Map, s: &Settings, classic: bool) -> Result<(), String> 
         mounts.push(mount(&name, path, true));
         volumes.push((name, secret_volume(secret), "secret"));
     }
+    // Where a config's `[audit] path` can be written under the read-only root filesystem, as
+    // in the hand-written manifests (examples/kubernetes/configmap.yaml writes it there).
+    mounts.push(mount("sidekey-audit", AUDIT_DIR, false));
+    volumes.push(("sidekey-audit".into(), map(&[("sizeLimit", Node::str("256Mi"))]), "emptyDir"));
     if s.https_proxy {
         mounts.push(mount("sidekey-ca", CA_DIR, false));
         volumes.push((

@@ -805,8 +805,19 @@ pub fn fuzz_requests(data: &[u8]) -> Option<usize> {
                 let _ = from_server.read_to_end(&mut answers).await;
             });
             let served = std::sync::atomic::AtomicUsize::new(0);
+            // Where the requests served end in the input, read apart from the loop (see
+            // [`framed_length`]); `None` once a request served does not come whole in it.
+            let consumed = std::cell::Cell::new(Some(0usize));
             let handler = |req: Request<ProxyBody>| {
                 served.fetch_add(1, Ordering::Relaxed);
+                if let Some(at) = consumed.get() {
+                    let framed = framed_length(&input[at..]);
+                    if let Some((_, method, path)) = &framed {
+                        assert_eq!(req.method().as_str(), method, "the request served is not the next in the input");
+                        assert!(path.starts_with(req.uri().path()), "the request served is not the next in the input");
+                    }
+                    consumed.set(framed.map(|(len, _, _)| at + len));
+                }
                 async move {
                     let length = req.body().size_hint().exact();
                     match req.into_body() {
@@ -839,7 +850,13 @@ pub fn fuzz_requests(data: &[u8]) -> Option<usize> {
                 // What hyper would read: the bytes handed over, then those not read yet.
                 assert!(!rest.is_empty(), "a hand-over with nothing to hand over");
                 let _ = server.read_to_end(&mut rest).await;
-                assert!(input.ends_with(&rest), "a hand-over that is not the input after the requests served");
+                let consumed = consumed.get().expect("a hand-over after a request that did not come whole");
+                assert!(
+                    rest == input[consumed..],
+                    "a hand-over of {} bytes that are not the input after the requests served ({consumed} of {})",
+                    rest.len(),
+                    input.len()
+                );
             }
             drop(server);
             let _ = writer.await;
@@ -901,6 +918,48 @@ pub fn serve_dribbled(head: &[u8], body_len: usize) -> usize {
     let serving = serve(&mut io, Vec::new(), &handler, || (), &closing, limits);
     let _ = futures_util::FutureExt::now_or_never(serving);
     served.load(Ordering::Relaxed)
+}
+
+/// The fuzz target's own reading of the request at the start of `input`, apart from the loop's:
+/// its length as HTTP/1.1 frames it (the head as `httparse` reads it, then a `Content-Length`
+/// body, or a chunked one: size lines to their CRLF, data and CRLF, then trailer lines to an
+/// empty one), its method and path. `None` when `input` does not hold it whole.
+#[cfg(any(test, feature = "fuzzing"))]
+fn framed_length(input: &[u8]) -> Option<(usize, String, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head) = req.parse(input).ok()? else { return None };
+    let (method, path) = (req.method?.to_owned(), req.path?.to_owned());
+    let field = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let line_end = |at: usize| input.get(at..)?.windows(2).position(|w| w == b"\r\n").map(|n| at + n);
+    let end = if field("transfer-encoding").is_none() {
+        let length = match field("content-length") {
+            Some(v) => std::str::from_utf8(v).ok()?.parse::<usize>().ok()?,
+            None => 0,
+        };
+        head.checked_add(length)?
+    } else {
+        let mut at = head;
+        loop {
+            let end = line_end(at)?;
+            let digits = input[at..end].iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            let size = usize::from_str_radix(std::str::from_utf8(&input[at..at + digits]).ok()?, 16).ok()?;
+            at = end + 2;
+            if size == 0 {
+                loop {
+                    let end = line_end(at)?;
+                    let empty = end == at;
+                    at = end + 2;
+                    if empty {
+                        break;
+                    }
+                }
+                break at;
+            }
+            at = at.checked_add(size)?.checked_add(2)?;
+        }
+    };
+    (end <= input.len()).then_some((end, method, path))
 }
 
 #[cfg(test)]
@@ -1257,6 +1316,17 @@ mod tests {
         );
         assert_eq!(fuzz_requests(b"\0GET /a HTTP/1.1\r\nHost: x"), Some(0));
         assert_eq!(fuzz_requests(b""), None);
+        // Hand-overs after requests served (each checked against the input after them): after
+        // a chunked body with an extension and a trailer, after a body streamed for its length,
+        // after pipelined short ones.
+        let chunked = b"\0POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: v\r\n\r\n";
+        assert_eq!(fuzz_requests(&[&chunked[..], b"GET /c HTTP/1.0\r\n\r\n"].concat()), Some(1));
+        let long = format!("\0PUT /l HTTP/1.1\r\nContent-Length: {}\r\n\r\n", BODY_MAX + 1);
+        let long = [long.as_bytes(), &vec![b'x'; BODY_MAX + 1], b"GET /c HTTP/1.0\r\n\r\n"].concat();
+        assert_eq!(fuzz_requests(&long), Some(1));
+        let pipelined =
+            b"\0GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nxyGET /c HTTP/1.0\r\n\r\n";
+        assert_eq!(fuzz_requests(pipelined), Some(2));
     }
 
     /// Runs a decoder over `input` as a pump would, fed `piece` bytes at a time: the data, and

@@ -35,8 +35,10 @@ use crate::body::Body as DataBody;
 use crate::config::Limits;
 use crate::shutdown::stopped;
 use crate::upstream::ProxyBody;
+use crate::workers::Workers;
 
 pub(crate) mod h1;
+pub mod unix;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use h1::fuzz_requests;
 #[doc(hidden)]
@@ -649,14 +651,17 @@ async fn connection<I, F, Fut, B>(
 
 /// Accepts connections (HTTP/1.1, and HTTP/2 with prior knowledge) until `stop` turns true,
 /// then waits up to `grace` for open connections to finish their requests and closes the rest.
-/// With `tunnels`, an HTTP/1 CONNECT request carries a [`Tunnel`] its handler may use.
+/// With `tunnels`, an HTTP/1 CONNECT request carries a [`Tunnel`] its handler may use. With
+/// `workers`, each connection is served on the next of them; else on the runtime this runs on.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<F, Fut, B>(
-    listener: TcpListener,
+    listener: Listener,
     what: &'static str,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     limits: Limits,
     tunnels: bool,
+    workers: Option<Arc<Workers>>,
     handler: F,
 ) where
     F: Fn(Request<ProxyBody>) -> Fut + Clone + Send + Sync + 'static,
@@ -700,19 +705,45 @@ pub async fn serve<F, Fut, B>(
             }
         };
         let Some(accepted) = accepted else { break };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
+        let open = Open::new(open.clone());
+        match accepted {
+            Ok(Accepted::Tcp(stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let Some(workers) = &workers else {
+                    let task = connection(stream, peer, ctx.clone(), stop.clone(), handler.clone(), ctx.tunnels);
+                    connections.spawn(holding(task, (permit, open)));
+                    continue;
+                };
+                // Registered again with the worker's own I/O driver, on the worker.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(listener = what, error = %e, "cannot hand a connection to a worker");
+                        continue;
+                    }
+                };
+                let (ctx, stop, handler) = (ctx.clone(), stop.clone(), handler.clone());
+                let task = async move {
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => connection(stream, peer, ctx.clone(), stop, handler, ctx.tunnels).await,
+                        Err(e) => tracing::warn!(listener = ctx.what, error = %e, "a worker cannot take a connection"),
+                    }
+                };
+                connections.spawn_on(holding(task, (permit, open)), workers.next());
+            }
+            Ok(Accepted::Unix(stream)) => {
+                // A Unix socket's peer has no address; loopback stands for "this host". Served
+                // on this runtime, workers or not.
+                let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                let task = connection(stream, peer, ctx.clone(), stop.clone(), handler.clone(), ctx.tunnels);
+                connections.spawn(holding(task, (permit, open)));
+            }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(listener = what, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        let _ = stream.set_nodelay(true);
-        let open = Open::new(open.clone());
-        let task = connection(stream, peer, ctx.clone(), stop.clone(), handler.clone(), ctx.tunnels);
-        connections.spawn(holding(task, (permit, open)));
+        }
     }
     drop(listener);
     if !connections.is_empty() {
@@ -737,6 +768,26 @@ pub async fn serve<F, Fut, B>(
 /// connection's future is ~3.5 KiB (massif).
 fn holding<T: Future<Output = ()>, H>(task: T, held: H) -> impl Future<Output = ()> {
     futures_util::FutureExt::map(task, move |()| drop(held))
+}
+
+/// A listening socket: TCP, or (the proxy's `unix:` address) a Unix socket.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, std::net::SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,8 @@ pub struct HttpSource {
     client: SourceClient,
     timeout: Duration,
     aws_imds: bool,
+    /// A Vault JWT login whose client token is sent as `X-Vault-Token`.
+    login: Option<super::vault_login::VaultLogin>,
 }
 
 /// How long an IMDSv2 session token is asked to live: one fetch needs it for a moment.
@@ -36,14 +38,26 @@ impl std::fmt::Debug for HttpSource {
 }
 
 impl HttpSource {
-    pub fn new(c: &config::HttpSource, client: SourceClient) -> Result<HttpSource, String> {
+    pub fn new(
+        c: &config::HttpSource,
+        client: SourceClient,
+        logins: Option<std::sync::Arc<super::identity::Logins>>,
+    ) -> Result<HttpSource, String> {
         let headers = c
             .headers
             .iter()
             .map(|(k, v)| HeaderName::from_bytes(k.as_bytes()).map(|n| (n, v.clone())).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
+        let url: Uri = c.url.parse().map_err(|e| format!("url: {e}"))?;
+        let login = match (&c.login, logins) {
+            (Some(l), Some(logins)) => {
+                Some(super::vault_login::VaultLogin::new(&l.vault_jwt, &url, client.clone(), c.timeout, logins)?)
+            }
+            _ => None,
+        };
         Ok(HttpSource {
-            url: c.url.parse().map_err(|e| format!("url: {e}"))?,
+            url,
+            login,
             headers,
             pointer: c.pointer.clone(),
             expires_pointer: c.expires_pointer.clone(),
@@ -107,9 +121,16 @@ impl HttpSource {
             value.set_sensitive(true);
             req = req.header(name, value);
         }
+        if let Some(login) = &self.login {
+            req = req.header("x-vault-token", login.header().await?);
+        }
         let req = req.body(Full::default()).map_err(|e| e.to_string())?;
         let now = SystemTime::now();
         let (status, bytes) = exchange(&self.client, req, self.timeout).await?;
+        if let (Some(login), 401 | 403) = (&self.login, status.as_u16()) {
+            // The client token was revoked or has lapsed: the next read logs in again.
+            login.refused().await;
+        }
         if !status.is_success() {
             return Err(format!("{} answered {status}", self.url));
         }

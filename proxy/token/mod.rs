@@ -10,13 +10,18 @@
 //! Sources live one per file: [`env`], [`file`] (with its watcher), [`oauth2`], [`http`],
 //! [`exec`]; [`schedule`] decides when each is fetched again.
 
+pub mod assertion;
 pub mod env;
+pub mod exchange;
 pub mod exec;
 pub mod fetch;
 pub mod file;
 pub mod http;
+pub mod identity;
 pub mod oauth2;
 pub mod schedule;
+pub mod vault_login;
+pub mod web_identity;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -156,6 +161,8 @@ pub enum Source {
     OAuth2(oauth2::OAuth2Source),
     Http(http::HttpSource),
     Exec(exec::ExecSource),
+    AwsWebIdentity(web_identity::WebIdentitySource),
+    TokenExchange(exchange::TokenExchangeSource),
 }
 
 /// A freshly fetched value, not yet published.
@@ -223,6 +230,8 @@ pub struct Token {
     config: TokenConfig,
     kind: &'static str,
     source: Source,
+    /// The logins of a workload-identity form (`None` for the other sources).
+    logins: Option<Arc<identity::Logins>>,
     validator: Option<Validator>,
     refresh_config: RefreshConfig,
     current: ArcSwapOption<TokenValue>,
@@ -236,6 +245,9 @@ pub struct Token {
     /// Serializes refreshes; with `attempts` and `last_outcome` it folds triggers that arrive
     /// while a fetch runs (timer, forced refresh, file event) into that one fetch.
     refresh_lock: tokio::sync::Mutex<()>,
+    /// Refreshes asked for (schedule, forced, file change, 401), each counted when asked for:
+    /// one a 401 starts is counted before that 401 is answered.
+    refreshes_started: AtomicU64,
     attempts: AtomicU64,
     last_outcome: Mutex<Option<Refreshed>>,
     /// When the scheduler should fetch next; set after every refresh.
@@ -271,12 +283,28 @@ impl std::fmt::Debug for Token {
 
 impl Token {
     fn new(name: &str, config: &TokenConfig, formats: Vec<String>, clients: &mut ClientCache) -> Result<Token, String> {
+        let logins = identity::Logins::for_source(name, &config.source, clients.audit.clone());
         let source = match &config.source {
             SourceConfig::Env(c) => Source::Env(env::EnvSource::new(c)),
             SourceConfig::File(c) => Source::File(file::FileSource::new(c)),
-            SourceConfig::OAuth2(c) => Source::OAuth2(oauth2::OAuth2Source::new(c, clients.get(c.ca_file.as_ref())?)?),
-            SourceConfig::Http(c) => Source::Http(http::HttpSource::new(c, clients.get(c.ca_file.as_ref())?)?),
+            SourceConfig::OAuth2(c) => {
+                Source::OAuth2(oauth2::OAuth2Source::new(c, clients.get(c.ca_file.as_ref())?, logins.clone())?)
+            }
+            SourceConfig::Http(c) => {
+                Source::Http(http::HttpSource::new(c, clients.get(c.ca_file.as_ref())?, logins.clone())?)
+            }
             SourceConfig::Exec(c) => Source::Exec(exec::ExecSource::new(c)),
+            SourceConfig::AwsWebIdentity(c) => Source::AwsWebIdentity(web_identity::WebIdentitySource::new(
+                c,
+                name,
+                clients.get(c.ca_file.as_ref())?,
+                logins.clone().ok_or("no login record")?,
+            )),
+            SourceConfig::TokenExchange(c) => Source::TokenExchange(exchange::TokenExchangeSource::new(
+                c,
+                clients.get(c.ca_file.as_ref())?,
+                logins.clone().ok_or("no login record")?,
+            )?),
         };
         let validator = match &config.validate {
             Some(v) => Some(Validator::new(v, clients)?),
@@ -287,6 +315,7 @@ impl Token {
             config: config.clone(),
             kind: config.kind(),
             source,
+            logins,
             validator,
             refresh_config: config.refresh.clone(),
             current: ArcSwapOption::empty(),
@@ -294,6 +323,7 @@ impl Token {
             formats: Mutex::new(formats),
             status: Mutex::new(Status::default()),
             refresh_lock: tokio::sync::Mutex::new(()),
+            refreshes_started: AtomicU64::new(0),
             attempts: AtomicU64::new(0),
             last_outcome: Mutex::new(None),
             next_refresh: Mutex::new(None),
@@ -362,6 +392,16 @@ impl Token {
 
     pub fn source(&self) -> &Source {
         &self.source
+    }
+
+    /// The workload-identity form (`/tokens`' `identity`), if the token uses one.
+    pub fn identity(&self) -> Option<&'static str> {
+        self.logins.as_ref().map(|l| l.kind())
+    }
+
+    /// When the login's own token expires (a Vault client token), where there is one.
+    pub fn login_expires_at(&self) -> Option<SystemTime> {
+        self.logins.as_ref().and_then(|l| l.expires_at())
     }
 
     /// The header for `format` if a usable value is loaded, with its generation and whether a
@@ -546,10 +586,28 @@ impl Token {
         self.unauthorized.load(Ordering::Relaxed)
     }
 
+    /// Refreshes asked for so far (see [`Token::refresh`]), those folded into one running
+    /// included.
+    pub fn refreshes_started(&self) -> u64 {
+        self.refreshes_started.load(Ordering::Relaxed)
+    }
+
     /// Fetches from the source, validates and publishes the value if it changed. A call made
     /// while another refresh runs waits for it and returns its outcome instead of fetching
-    /// again. A failure keeps the last good value and records the error.
-    pub async fn refresh(&self) -> Refreshed {
+    /// again. A failure keeps the last good value and records the error. Counted in
+    /// [`Token::refreshes_started`] when called, before the returned future first runs.
+    pub fn refresh(&self) -> impl std::future::Future<Output = Refreshed> + Send + '_ {
+        self.refreshes_started.fetch_add(1, Ordering::Relaxed);
+        self.run_refresh()
+    }
+
+    /// [`Token::refresh`] as a task of its own would run it: counted now, run when spawned.
+    pub fn refresh_owned(self: Arc<Self>) -> impl std::future::Future<Output = Refreshed> + Send + 'static {
+        self.refreshes_started.fetch_add(1, Ordering::Relaxed);
+        async move { self.run_refresh().await }
+    }
+
+    async fn run_refresh(&self) -> Refreshed {
         let seen = self.attempts.load(Ordering::SeqCst);
         let _one_at_a_time = self.refresh_lock.lock().await;
         if self.attempts.load(Ordering::SeqCst) != seen {
@@ -575,6 +633,8 @@ impl Token {
             Source::OAuth2(s) => s.fetch().await,
             Source::Http(s) => s.fetch().await,
             Source::Exec(s) => s.fetch(&self.name).await,
+            Source::AwsWebIdentity(s) => s.fetch().await,
+            Source::TokenExchange(s) => s.fetch().await,
         };
         let fetched = match fetched {
             Ok(f) => f,
@@ -614,8 +674,12 @@ impl Token {
         if repeated {
             tracing::debug!(token = %self.name, error = %error, "token refresh failed again");
         } else {
-            tracing::warn!(token = %self.name, error = %error, "token refresh failed; keeping the last good value");
             let current = self.current.load();
+            if current.is_some() {
+                tracing::warn!(token = %self.name, error = %error, "token refresh failed; keeping the last good value");
+            } else {
+                tracing::warn!(token = %self.name, error = %error, "token load failed; no value yet");
+            }
             self.audit(
                 "refresh_failed",
                 audit_fields([
@@ -972,8 +1036,13 @@ impl TokenStore {
     }
 
     /// Names of tokens without a usable value.
-    pub fn not_ready(&self) -> Vec<&str> {
+    pub fn missing(&self) -> Vec<&str> {
         self.tokens.iter().filter(|t| !t.is_ready()).map(|t| t.name()).collect()
+    }
+
+    /// Names of the tokens `/readyz` waits for (`required`, the default) without a usable value.
+    pub fn not_ready(&self) -> Vec<&str> {
+        self.tokens.iter().filter(|t| t.config.required && !t.is_ready()).map(|t| t.name()).collect()
     }
 }
 

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use http::{header, HeaderValue, Request, Uri};
+use http::{header, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::Full;
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -12,14 +12,16 @@ use crate::config::{self, ClientAuth, SecretRef};
 use crate::secret::{zeroizing_bytes, Secret};
 use crate::upstream::SourceClient;
 
+use super::assertion::{ClientAssertion, JWT_BEARER};
 use super::fetch::{excerpt, exchange};
 use super::Fetched;
 
 pub struct OAuth2Source {
     token_url: Uri,
     client_id: String,
-    client_secret: SecretRef,
-    auth_method: ClientAuth,
+    auth: Authentication,
+    /// The logins of a client authenticated by assertion (each token request is one).
+    logins: Option<std::sync::Arc<super::identity::Logins>>,
     /// Form parameters besides the credentials: grant_type, scope, audience, extras.
     params: Vec<(String, String)>,
     client: SourceClient,
@@ -31,9 +33,16 @@ impl std::fmt::Debug for OAuth2Source {
         f.debug_struct("OAuth2Source")
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret)
+            .field("auth", &self.auth)
             .finish_non_exhaustive()
     }
+}
+
+/// How the client authenticates (exactly one way, as the config check ensures).
+#[derive(Debug)]
+enum Authentication {
+    Secret { secret: SecretRef, method: ClientAuth },
+    Assertion(ClientAssertion),
 }
 
 /// The parts of a token response sidekey reads.
@@ -53,7 +62,11 @@ struct ErrorResponse {
 }
 
 impl OAuth2Source {
-    pub fn new(c: &config::OAuth2Source, client: SourceClient) -> Result<OAuth2Source, String> {
+    pub fn new(
+        c: &config::OAuth2Source,
+        client: SourceClient,
+        logins: Option<std::sync::Arc<super::identity::Logins>>,
+    ) -> Result<OAuth2Source, String> {
         let mut params = vec![("grant_type".to_owned(), "client_credentials".to_owned())];
         if let Some(s) = &c.scope {
             params.push(("scope".into(), s.clone()));
@@ -62,11 +75,24 @@ impl OAuth2Source {
             params.push(("audience".into(), a.clone()));
         }
         params.extend(c.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let auth = match (&c.client_secret, &c.client_assertion, &c.private_key_jwt) {
+            (Some(secret), _, _) => {
+                Authentication::Secret { secret: secret.clone(), method: c.auth_method.unwrap_or_default() }
+            }
+            (None, Some(r), _) => Authentication::Assertion(ClientAssertion::Federated(r.clone())),
+            (None, None, Some(k)) => Authentication::Assertion(ClientAssertion::Signed {
+                key: k.key.clone(),
+                alg: k.alg,
+                client_id: c.client_id.clone(),
+                audience: c.token_url.clone(),
+            }),
+            (None, None, None) => return Err("no client authentication".into()),
+        };
         Ok(OAuth2Source {
             token_url: c.token_url.parse().map_err(|e| format!("token_url: {e}"))?,
             client_id: c.client_id.clone(),
-            client_secret: c.client_secret.clone(),
-            auth_method: c.auth_method,
+            auth,
+            logins,
             params,
             client,
             timeout: c.timeout,
@@ -74,8 +100,48 @@ impl OAuth2Source {
     }
 
     pub async fn fetch(&self) -> Result<Fetched, String> {
+        let result = match &self.auth {
+            Authentication::Secret { secret, method } => self.fetch_with_secret(secret, *method).await,
+            Authentication::Assertion(a) => self.fetch_with_assertion(a).await,
+        };
+        if let Some(logins) = &self.logins {
+            match &result {
+                Ok(_) => logins.succeeded(None, false),
+                Err(e) => logins.failed(e),
+            }
+        }
+        result
+    }
+
+    async fn fetch_with_assertion(&self, assertion: &ClientAssertion) -> Result<Fetched, String> {
+        // Made (or read) at every request: the platform rotates a federated token, and a
+        // signed one is valid for a minute.
+        let jwt = assertion.produce()?;
+        let mut form = Form::with_capacity(
+            self.params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                + self.client_id.len()
+                + JWT_BEARER.len()
+                + jwt.expose().len(),
+        );
+        for (k, v) in &self.params {
+            form.append(k, v);
+        }
+        form.append("client_id", &self.client_id);
+        form.append("client_assertion_type", JWT_BEARER);
+        form.append("client_assertion", jwt.expose());
+        let req = Request::post(self.token_url.clone())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .body(Full::new(zeroizing_bytes(form.into_bytes())))
+            .map_err(|e| e.to_string())?;
+        let now = SystemTime::now();
+        let (status, bytes) = exchange(&self.client, req, self.timeout).await?;
+        token_answer(&self.token_url, status, &bytes, now).map_err(|e| super::identity::scrub(e, &[&jwt]))
+    }
+
+    async fn fetch_with_secret(&self, client_secret: &SecretRef, method: ClientAuth) -> Result<Fetched, String> {
         // Read on every fetch, so a rotated client secret is picked up.
-        let secret = self.client_secret.read().map_err(|e| format!("client_secret: {e}"))?;
+        let secret = client_secret.read().map_err(|e| format!("client_secret: {e}"))?;
         let mut form = Form::with_capacity(
             self.params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
                 + self.client_id.len()
@@ -87,7 +153,7 @@ impl OAuth2Source {
         let mut req = Request::post(self.token_url.clone())
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json");
-        match self.auth_method {
+        match method {
             ClientAuth::ClientSecretBasic => {
                 // RFC 6749 2.3.1: both parts form-encoded before base64.
                 let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
@@ -109,38 +175,49 @@ impl OAuth2Source {
         let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let now = SystemTime::now();
         let (status, bytes) = exchange(&self.client, req, self.timeout).await?;
-        if !status.is_success() {
-            let detail = match serde_json::from_slice::<ErrorResponse>(&bytes) {
-                Ok(e) => match e.error_description {
-                    Some(d) => format!("{}: {}", excerpt(&e.error), excerpt(&d)),
-                    None => excerpt(&e.error),
-                },
-                Err(_) => "no OAuth2 error in the answer".to_owned(),
-            };
-            return Err(format!("token endpoint {} answered {status}: {detail}", self.token_url));
-        }
-        let parsed: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| {
-            format!("token endpoint {} answered without a usable access_token: {}", self.token_url, redact_serde(&e))
-        })?;
-        let expires_at = match &parsed.expires_in {
-            Some(v) => Some(super::fetch::parse_expiry(v, now).map_err(|e| format!("expires_in: {e}"))?),
-            None => None,
-        };
-        Ok(Fetched { secret: Secret::new(parsed.access_token), expires_at })
+        token_answer(&self.token_url, status, &bytes, now)
     }
+}
+
+/// A token endpoint's answer (RFC 6749 section 5): the access token and its expiry, or the
+/// OAuth2 error it gave.
+pub(super) fn token_answer(
+    token_url: &Uri,
+    status: StatusCode,
+    bytes: &[u8],
+    now: SystemTime,
+) -> Result<Fetched, String> {
+    if !status.is_success() {
+        let detail = match serde_json::from_slice::<ErrorResponse>(bytes) {
+            Ok(e) => match e.error_description {
+                Some(d) => format!("{}: {}", excerpt(&e.error), excerpt(&d)),
+                None => excerpt(&e.error),
+            },
+            Err(_) => "no OAuth2 error in the answer".to_owned(),
+        };
+        return Err(format!("token endpoint {token_url} answered {status}: {detail}"));
+    }
+    let parsed: TokenResponse = serde_json::from_slice(bytes).map_err(|e| {
+        format!("token endpoint {token_url} answered without a usable access_token: {}", redact_serde(&e))
+    })?;
+    let expires_at = match &parsed.expires_in {
+        Some(v) => Some(super::fetch::parse_expiry(v, now).map_err(|e| format!("expires_in: {e}"))?),
+        None => None,
+    };
+    Ok(Fetched { secret: Secret::new(parsed.access_token), expires_at })
 }
 
 /// An `application/x-www-form-urlencoded` body in a zeroizing buffer, sized up front so it
 /// never reallocates (a reallocation would leave a copy of the client secret behind).
-struct Form(Zeroizing<Vec<u8>>);
+pub(super) struct Form(Zeroizing<Vec<u8>>);
 
 impl Form {
-    fn with_capacity(raw_len: usize) -> Form {
+    pub(super) fn with_capacity(raw_len: usize) -> Form {
         // Percent-encoding at most triples a byte; names, `=` and `&` fit in the slack.
         Form(Zeroizing::new(Vec::with_capacity(raw_len * 3 + 256)))
     }
 
-    fn append(&mut self, key: &str, value: &str) {
+    pub(super) fn append(&mut self, key: &str, value: &str) {
         if !self.0.is_empty() {
             self.0.push(b'&');
         }
@@ -153,7 +230,7 @@ impl Form {
         }
     }
 
-    fn into_bytes(self) -> Zeroizing<Vec<u8>> {
+    pub(super) fn into_bytes(self) -> Zeroizing<Vec<u8>> {
         self.0
     }
 }

@@ -1037,8 +1037,9 @@ mod tests {
             (*req.method_mut(), *req.uri_mut()) = (method, path.parse().unwrap());
             let secret = HeaderValue::from_static("Bearer s3cret");
             let host = HeaderValue::from_static(host);
-            crate::inject::attach(&mut req, crate::inject::Credential::Header(&http::header::AUTHORIZATION, secret))
-                .unwrap();
+            if let DataBody::Fields(fields) = req.body_mut() {
+                fields.set_credential(&http::header::AUTHORIZATION, secret);
+            }
             Encoded::new(req, &host)
         };
         assert_eq!(

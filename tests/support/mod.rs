@@ -44,6 +44,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body_len: usize,
     pub body_sha256: String,
+    /// The body came to its end (not cut off by an error or a closed connection).
+    pub body_complete: bool,
 }
 
 /// A loopback upstream that records what it receives.
@@ -64,6 +66,10 @@ pub struct Upstream {
     allowed: Arc<Mutex<std::collections::HashSet<String>>>,
     /// When set, every path demands an allowed `Authorization` (a protected upstream).
     enforce: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests whose head has come and which are not recorded yet.
+    reading: Arc<watch::Sender<usize>>,
+    /// Connections accepted and not yet closed.
+    open: Arc<watch::Sender<usize>>,
 }
 
 #[derive(Clone)]
@@ -71,6 +77,7 @@ struct UpstreamState {
     seen: Arc<Mutex<Vec<Seen>>>,
     allowed: Arc<Mutex<std::collections::HashSet<String>>>,
     enforce: Arc<std::sync::atomic::AtomicBool>,
+    reading: Arc<watch::Sender<usize>>,
     release: watch::Receiver<bool>,
     held: mpsc::UnboundedSender<()>,
 }
@@ -97,21 +104,28 @@ impl Upstream {
         let (held_tx, held_rx) = mpsc::unbounded_channel();
         let allowed = Arc::new(Mutex::new(std::collections::HashSet::new()));
         let enforce = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reading = Arc::new(watch::channel(0).0);
         let state = UpstreamState {
             seen: seen.clone(),
             allowed: allowed.clone(),
             enforce: enforce.clone(),
+            reading: reading.clone(),
             release,
             held: held_tx,
         };
         let conns = connections.clone();
+        let open = Arc::new(watch::channel(0).0);
+        let open_count = open.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 conns.fetch_add(1, Ordering::SeqCst);
+                open_count.send_modify(|n| *n += 1);
                 let state = state.clone();
                 let tls = tls.clone();
+                let open = open_count.clone();
                 tokio::spawn(async move {
+                    let _open = Counted(open);
                     let svc = hyper::service::service_fn(move |req| {
                         let state = state.clone();
                         async move { Ok::<_, Infallible>(upstream_handle(state, req).await) }
@@ -129,7 +143,18 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, url, connections, seen, release_tx, held: tokio::sync::Mutex::new(held_rx), allowed, enforce }
+        Upstream {
+            addr,
+            url,
+            connections,
+            seen,
+            release_tx,
+            held: tokio::sync::Mutex::new(held_rx),
+            allowed,
+            enforce,
+            reading,
+            open,
+        }
     }
 
     /// Makes `/validate` accept this `Authorization` value.
@@ -157,6 +182,19 @@ impl Upstream {
         bounded("a /hold request to reach the upstream", self.held.lock().await.recv()).await.unwrap();
     }
 
+    /// Waits until every request whose head has come is recorded in [`Upstream::seen`].
+    pub async fn wait_quiet(&self) {
+        bounded("the upstream to finish reading its requests", self.reading.subscribe().wait_for(|n| *n == 0))
+            .await
+            .unwrap();
+    }
+
+    /// Waits until every connection made to the upstream is closed: what came on them has been
+    /// read, and each request that came whole is in [`Upstream::seen`].
+    pub async fn wait_all_closed(&self) {
+        bounded("every upstream connection to close", self.open.subscribe().wait_for(|n| *n == 0)).await.unwrap();
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
@@ -178,12 +216,28 @@ impl Upstream {
     }
 }
 
+/// Takes one off a count when dropped.
+struct Counted(Arc<watch::Sender<usize>>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
 async fn upstream_handle(state: UpstreamState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    // Counted as being read until it is recorded, or its handling is dropped.
+    state.reading.send_modify(|n| *n += 1);
+    let reading = Counted(state.reading.clone());
     let (parts, mut body) = req.into_parts();
     let mut hasher = Sha256::new();
     let mut body_len = 0;
+    let mut body_complete = true;
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { break };
+        let Ok(frame) = frame else {
+            body_complete = false;
+            break;
+        };
         if let Some(data) = frame.data_ref() {
             hasher.update(data);
             body_len += data.len();
@@ -197,8 +251,10 @@ async fn upstream_handle(state: UpstreamState, req: Request<Incoming>) -> Respon
         headers: parts.headers.clone(),
         body_len,
         body_sha256: hex(&hasher.finalize()),
+        body_complete,
     };
     state.seen.lock().unwrap().push(seen.clone());
+    drop(reading);
     // Routes may put a base path in front; the special paths below ignore it.
     let path = path.strip_prefix("/base").unwrap_or(&path).to_owned();
     if path.starts_with("/hold") {

@@ -33,15 +33,20 @@ pub struct Oidc {
 impl Oidc {
     /// Starts the provider with `clients` (JSON array) and a token lifetime, on `port` (0 = free).
     pub fn start(clients: &str, ttl_secs: u64, port: u16) -> Oidc {
-        Oidc::launch(clients, ttl_secs, port, false)
+        Oidc::launch(clients, ttl_secs, port, false, &[])
+    }
+
+    /// The same, with more of the server's environment (`OIDC_EXCHANGE_SUBJECT_KEY`, say).
+    pub fn start_with(clients: &str, ttl_secs: u64, env: &[(&str, &str)]) -> Oidc {
+        Oidc::launch(clients, ttl_secs, 0, false, env)
     }
 
     /// The same, with an HTTPS listener too (resource servers fetch the JWKS over HTTPS).
     pub fn start_https(clients: &str, ttl_secs: u64) -> Oidc {
-        Oidc::launch(clients, ttl_secs, 0, true)
+        Oidc::launch(clients, ttl_secs, 0, true, &[])
     }
 
-    fn launch(clients: &str, ttl_secs: u64, port: u16, https: bool) -> Oidc {
+    fn launch(clients: &str, ttl_secs: u64, port: u16, https: bool, env: &[(&str, &str)]) -> Oidc {
         let dir = servers_dir().join("oidc");
         assert!(dir.join("node_modules/oidc-provider").exists(), "oidc-provider is not installed: {INSTALL_HINT}");
         let mut cmd = Command::new("node");
@@ -54,6 +59,7 @@ impl Oidc {
             .env("OIDC_PORT", port.to_string())
             .env("OIDC_TOKEN_TTL", ttl_secs.to_string())
             .env("OIDC_CLIENTS", clients)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -85,9 +91,14 @@ impl Oidc {
 
     /// Token requests the provider has answered (its `/_stats`), for counting fetches.
     pub async fn token_requests(&self) -> u64 {
-        let c = super::client();
-        let j = super::get(&c, &format!("http://127.0.0.1:{}/_stats", self.port)).await.json();
+        let j = self.stats().await;
         j["token_requests"].as_u64().unwrap_or_else(|| panic!("unexpected /_stats: {j}"))
+    }
+
+    /// The server's `/_stats`.
+    pub async fn stats(&self) -> serde_json::Value {
+        let c = super::client();
+        super::get(&c, &format!("http://127.0.0.1:{}/_stats", self.port)).await.json()
     }
 
     pub fn stop(mut self) {

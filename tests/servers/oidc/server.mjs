@@ -8,6 +8,12 @@
 //                     (client_secret_basic | client_secret_post; default client_secret_basic).
 //                     Extra client metadata fields are passed through to oidc-provider.
 //                     Default: [{"client_id":"sidekey","client_secret":"sidekey-secret"}].
+//                     private_key_jwt clients have no client_secret but `jwks`, or
+//                     `public_key_pem` (a PEM public key or an array of them, turned into
+//                     the client's JWKS here).
+//   OIDC_EXCHANGE_SUBJECT_KEY  PEM public key that verifies subject tokens at POST /exchange,
+//                     a token-exchange endpoint of this test server's own (RFC 8693 wire
+//                     format; oidc-provider has no token exchange): unset = no /exchange.
 //   OIDC_RESOURCE     default resource indicator, also the default `aud` (default urn:sidekey:test).
 //   OIDC_SCOPES       space-separated scopes the resource server knows (default "read write").
 //   OIDC_HTTPS_PORT   if set (0 = free port), also serve the same provider over HTTPS with a
@@ -96,15 +102,27 @@ try {
 }
 if (!Array.isArray(clientsIn) || clientsIn.length === 0) fail('OIDC_CLIENTS must be a non-empty JSON array');
 const clients = clientsIn.map((c, i) => {
-  if (!c || typeof c.client_id !== 'string' || typeof c.client_secret !== 'string') {
+  const method = c?.token_endpoint_auth_method || 'client_secret_basic';
+  const byKey = method === 'private_key_jwt';
+  if (!c || typeof c.client_id !== 'string' || (!byKey && typeof c.client_secret !== 'string')) {
     fail(`OIDC_CLIENTS[${i}] needs string client_id and client_secret`);
   }
-  const method = c.token_endpoint_auth_method || 'client_secret_basic';
-  if (!['client_secret_basic', 'client_secret_post'].includes(method)) {
-    fail(`OIDC_CLIENTS[${i}].token_endpoint_auth_method must be client_secret_basic or client_secret_post`);
+  if (!['client_secret_basic', 'client_secret_post', 'private_key_jwt'].includes(method)) {
+    fail(`OIDC_CLIENTS[${i}].token_endpoint_auth_method must be client_secret_basic, client_secret_post or private_key_jwt`);
+  }
+  const { public_key_pem: pems, ...rest } = c;
+  if (byKey && !rest.jwks && !pems) fail(`OIDC_CLIENTS[${i}]: private_key_jwt needs jwks or public_key_pem`);
+  if (pems) {
+    try {
+      rest.jwks = {
+        keys: [pems].flat().map((pem) => ({ ...crypto.createPublicKey(pem).export({ format: 'jwk' }), use: 'sig' })),
+      };
+    } catch (e) {
+      fail(`OIDC_CLIENTS[${i}].public_key_pem: ${e.message}`);
+    }
   }
   return {
-    ...c,
+    ...rest,
     token_endpoint_auth_method: method,
     grant_types: ['client_credentials'],
     response_types: [],
@@ -123,12 +141,17 @@ function listen(server, p) {
   });
 }
 
-const stats = { token_requests: 0, tokens_issued: 0, token_errors: 0 };
+const stats = { token_requests: 0, tokens_issued: 0, token_errors: 0, exchanges: 0, last_exchange: null };
 let handler = (_req, res) => { res.statusCode = 503; res.end(); };
+let exchangeHandler;
 const route = (req, res) => {
   if (req.method === 'GET' && req.url === '/_stats') {
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify(stats));
+    return;
+  }
+  if (req.url === '/exchange' && exchangeHandler) {
+    exchangeHandler(req, res);
     return;
   }
   if (req.url === '/token' || req.url.startsWith('/token?')) stats.token_requests += 1;
@@ -260,10 +283,84 @@ provider.on('server_error', (_ctx, err) => log({ event: 'server_error', error: S
 
 handler = provider.callback();
 
+// RFC 8693 token exchange, this test server's own: the subject token must be a JWT signed by
+// OIDC_EXCHANGE_SUBJECT_KEY and unexpired; the answer is an opaque access token. The request's
+// parameters (never its tokens) and the issued token's SHA-256 go to /_stats.
+if (process.env.OIDC_EXCHANGE_SUBJECT_KEY) {
+  const { jwtVerify } = await import('jose');
+  let subjectKey;
+  try {
+    subjectKey = crypto.createPublicKey(process.env.OIDC_EXCHANGE_SUBJECT_KEY);
+  } catch (e) {
+    fail(`OIDC_EXCHANGE_SUBJECT_KEY: ${e.message}`);
+  }
+  const answer = (res, status, body) => {
+    res.statusCode = status;
+    res.setHeader('content-type', 'application/json');
+    res.setHeader('cache-control', 'no-store');
+    res.end(JSON.stringify(body));
+  };
+  exchangeHandler = (req, res) => {
+    if (req.method !== 'POST') return answer(res, 405, { error: 'invalid_request' });
+    let raw = '';
+    req.setEncoding('utf8');
+    req.on('data', (d) => { raw += d; });
+    req.on('end', async () => {
+      const p = new URLSearchParams(raw);
+      const refuse = (error, description) => {
+        log({ event: 'exchange_error', error, description });
+        answer(res, 400, { error, error_description: description });
+      };
+      if (!(req.headers['content-type'] || '').startsWith('application/x-www-form-urlencoded')) {
+        return refuse('invalid_request', 'form body expected');
+      }
+      if (p.get('grant_type') !== 'urn:ietf:params:oauth:grant-type:token-exchange') {
+        return refuse('unsupported_grant_type', 'token exchange only');
+      }
+      if (!p.get('subject_token') || !p.get('subject_token_type')) {
+        return refuse('invalid_request', 'subject_token and subject_token_type are required');
+      }
+      if (p.has('actor_token') !== p.has('actor_token_type')) {
+        return refuse('invalid_request', 'actor_token and actor_token_type go together');
+      }
+      if (p.get('subject_token_type') !== 'urn:ietf:params:oauth:token-type:jwt') {
+        return refuse('invalid_request', 'unsupported subject_token_type');
+      }
+      let subject;
+      try {
+        subject = (await jwtVerify(p.get('subject_token'), subjectKey)).payload;
+      } catch (e) {
+        return refuse('invalid_grant', `subject_token: ${e.code || e.message}`);
+      }
+      const accessToken = crypto.randomBytes(32).toString('base64url');
+      stats.exchanges += 1;
+      stats.last_exchange = {
+        subject: subject.sub ?? null,
+        subject_token_type: p.get('subject_token_type'),
+        actor_token_type: p.get('actor_token_type'),
+        actor_token_present: p.has('actor_token'),
+        audience: p.get('audience'),
+        resource: p.get('resource'),
+        scope: p.get('scope'),
+        requested_token_type: p.get('requested_token_type'),
+        issued_sha256: crypto.createHash('sha256').update(accessToken).digest('hex'),
+      };
+      log({ event: 'exchange', subject: subject.sub });
+      answer(res, 200, {
+        access_token: accessToken,
+        issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+        token_type: 'Bearer',
+        expires_in: ttl,
+      });
+    });
+  };
+}
+
 const ready = {
   port: actualPort,
   issuer,
   token_url: `${issuer}/token`,
+  exchange_url: `${issuer}/exchange`,
   jwks_uri: `${issuer}/jwks`,
   discovery_url: `${issuer}/.well-known/openid-configuration`,
   resource: defaultResource,
