@@ -482,7 +482,7 @@ impl RouteSet {
         let uri = match &route.inject {
             // A presigned URL's signature would be a second one beside sidekey's.
             Inject::Sign(_) => {
-                let query = crate::aws::SigV4::strip_query_signature(req.uri().query());
+                let query = crate::inject::SigV4::strip_query_signature(req.uri().query());
                 route.target.uri(&m.rest, query.as_deref())
             }
             _ => route.target.origin_uri(&m.rest, req.uri().query()),
@@ -644,11 +644,11 @@ impl Route {
     /// and is refused with 413 where it does not.
     async fn send_signed(
         &self,
-        signer: &crate::aws::SigV4,
+        signer: &crate::inject::SigV4,
         req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-        crate::aws::SigV4::strip_client_signature(&mut parts.headers);
+        crate::inject::SigV4::strip_client_signature(&mut parts.headers);
         if let Some(authority) = parts.uri.authority() {
             let host = HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::ClientBody)?;
             parts.headers.insert(header::HOST, host);
@@ -684,11 +684,11 @@ impl Route {
 
     fn sign(
         &self,
-        signer: &crate::aws::SigV4,
+        signer: &crate::inject::SigV4,
         req: &mut Request<ProxyBody>,
         body: Option<&[u8]>,
     ) -> Result<(), ProxyError> {
-        use crate::aws::SignError;
+        use crate::inject::SignError;
         let signature = Credential::SigV4 { signer, token: &self.token, payload: body };
         attach(req, signature).map_err(|e| match e {
             AttachError::Sign(SignError::Unavailable) => ProxyError::TokenUnavailable { token: self.token.name().to_owned() },

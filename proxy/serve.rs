@@ -282,7 +282,7 @@ fn build_routes(
                 Inject::Header { name: header_name(header)?, format: format_of(&token, format)? }
             }
             Injection::Query { name, .. } => Inject::Query(name.into()),
-            Injection::Sign { aws_sigv4, .. } => Inject::Sign(Box::new(crate::aws::SigV4::new(aws_sigv4.clone()))),
+            Injection::Sign { aws_sigv4, .. } => Inject::Sign(Box::new(crate::inject::SigV4::new(aws_sigv4.clone()))),
             Injection::Headers(headers) => {
                 let mut list = Vec::with_capacity(headers.len());
                 for (name, template) in headers {

@@ -8,6 +8,7 @@
 //! are only set.
 
 mod basic;
+mod sigv4;
 
 use http::header::{self, HeaderName};
 use http::{HeaderValue, Request};
@@ -16,6 +17,7 @@ use crate::body::Body;
 use crate::token::Token;
 
 pub use basic::{Basic, Unavailable};
+pub use sigv4::{SigV4, SignError};
 
 /// How a route attaches its credential.
 pub enum Inject {
@@ -28,7 +30,7 @@ pub enum Inject {
     /// `Authorization: Basic` from a username and a password naming tokens.
     Basic(Box<Basic>),
     /// AWS SigV4 with the route's token's credentials.
-    Sign(Box<crate::aws::SigV4>),
+    Sign(Box<SigV4>),
 }
 
 /// A credential, ready to enter a request.
@@ -39,7 +41,7 @@ pub enum Credential<'a> {
     Query { name: &'a str, value: &'a str },
     /// An AWS SigV4 signature of the request as it stands (its URI absolute, its `Host` set),
     /// with `token`'s credentials; `payload` is the whole body, or `None` for an unsigned one.
-    SigV4 { signer: &'a crate::aws::SigV4, token: &'a Token, payload: Option<&'a [u8]> },
+    SigV4 { signer: &'a SigV4, token: &'a Token, payload: Option<&'a [u8]> },
 }
 
 /// Why a credential could not be attached.
@@ -48,7 +50,7 @@ pub enum AttachError {
     /// The request's URI cannot carry the query parameter.
     BadUri,
     /// SigV4 could not sign it.
-    Sign(crate::aws::SignError),
+    Sign(SignError),
 }
 
 /// Puts `credential` into `req`. A header goes where the request's fields are: among the

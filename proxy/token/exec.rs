@@ -83,9 +83,12 @@ impl ExecSource {
         if out.get(trimmed_start) == Some(&b'{') {
             // AWS `credential_process` JSON: the whole document is the value (a route's
             // `sign.aws_sigv4` reads it), its `Expiration` the expiry.
-            let aws = serde_json::from_slice::<serde_json::Value>(&out).ok().filter(crate::aws::is_credentials_json);
+            let aws = serde_json::from_slice::<serde_json::Value>(&out)
+                .ok()
+                .filter(crate::token::aws_credentials::is_credentials_json);
             if let Some(json) = aws {
-                let expires_at = match crate::aws::parse_credentials(&String::from_utf8_lossy(&out)) {
+                let expires_at = match crate::token::aws_credentials::parse_credentials(&String::from_utf8_lossy(&out))
+                {
                     Ok(c) => c.expiration,
                     Err(e) => return Err(format!("{program}: {e}")),
                 };

@@ -147,9 +147,10 @@ impl HttpSource {
             Some(serde_json::Value::String(s)) => s,
             // AWS credentials (the container credentials endpoint's JSON): kept whole for a
             // route's SigV4 signer; `Expiration` is the expiry unless `expires_pointer` says.
-            Some(creds) if crate::aws::is_credentials_json(&creds) => {
+            Some(creds) if crate::token::aws_credentials::is_credentials_json(&creds) => {
                 let text = zeroize::Zeroizing::new(creds.to_string());
-                let parsed = crate::aws::parse_credentials(&text).map_err(|e| format!("{}: {e}", self.url))?;
+                let parsed = crate::token::aws_credentials::parse_credentials(&text)
+                    .map_err(|e| format!("{}: {e}", self.url))?;
                 return Ok(Fetched {
                     secret: Secret::new(text.to_string()),
                     expires_at: expires_at.or(parsed.expiration),

@@ -11,6 +11,7 @@
 //! [`exec`]; [`schedule`] decides when each is fetched again.
 
 pub mod assertion;
+pub mod aws_credentials;
 pub mod env;
 pub mod exchange;
 pub mod exec;

@@ -131,8 +131,8 @@ impl WebIdentitySource {
             return Err(scrub(format!("STS at {} answered {status}: {detail}", call.endpoint), &[&jwt]));
         }
         let credentials = credentials_json(text).map_err(|e| format!("STS at {}: {e}", call.endpoint))?;
-        let parsed =
-            crate::aws::parse_credentials(&credentials).map_err(|e| format!("STS at {}: {e}", call.endpoint))?;
+        let parsed = crate::token::aws_credentials::parse_credentials(&credentials)
+            .map_err(|e| format!("STS at {}: {e}", call.endpoint))?;
         let expires_at = parsed.expiration.ok_or_else(|| format!("STS at {}: no Expiration", call.endpoint))?;
         if expires_at <= SystemTime::now() + Duration::from_secs(1) {
             return Err(format!("STS at {}: the credentials expire at once", call.endpoint));
@@ -191,7 +191,7 @@ mod tests {
     </Credentials>
   </AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"#;
         let json = credentials_json(xml).unwrap();
-        let c = crate::aws::parse_credentials(&json).unwrap();
+        let c = crate::token::aws_credentials::parse_credentials(&json).unwrap();
         assert_eq!(c.expiration, Some(humantime::parse_rfc3339("2030-01-01T00:00:00Z").unwrap()));
         assert!(json.contains("\"SessionToken\":\"FQo&DYX\""), "{}", json.as_str());
         assert!(credentials_json("<Error><Code>X</Code></Error>").is_err());
