@@ -51,7 +51,8 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "routes",
     "tokens",
 ];
-pub(super) const TOKEN_SOURCES: &[&str] = &["env", "file", "oauth2", "http", "exec", "aws_web_identity", "token_exchange"];
+pub(super) const TOKEN_SOURCES: &[&str] =
+    &["env", "file", "oauth2", "http", "exec", "aws_web_identity", "token_exchange"];
 
 impl<'a> Loader<'a> {
     pub(super) fn new(text: &'a str) -> Result<Self, ConfigErrors> {
@@ -141,7 +142,11 @@ impl<'a> Loader<'a> {
     /// and the entry deserialized again (a removed required key then ends the entry quietly:
     /// its error is already reported). An entry that deserializes after removals is returned
     /// so the whole-config checks still see it; the recorded errors fail the load anyway.
-    pub(super) fn section<T: serde::de::DeserializeOwned>(&mut self, path: &[Seg], mut value: toml::Value) -> Option<T> {
+    pub(super) fn section<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &[Seg],
+        mut value: toml::Value,
+    ) -> Option<T> {
         let mut removed: Vec<String> = Vec::new();
         for attempt in 0..32 {
             let mut unknown = Vec::new();
@@ -1011,4 +1016,3 @@ pub(super) fn ignored_segments(p: &serde_ignored::Path<'_>) -> Vec<Seg> {
 pub(super) fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
 }
-

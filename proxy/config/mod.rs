@@ -24,8 +24,8 @@ pub mod paths;
 pub mod template;
 
 pub use hostport::HostPort;
-use load::*;
 pub use identity::{AwsWebIdentitySource, JwtAlg, LoginConfig, PrivateKeyJwt, TokenExchangeSource, VaultJwtLogin};
+use load::*;
 
 /// The validated configuration.
 #[derive(Debug, Clone)]

@@ -1,4 +1,3 @@
-
 use super::*;
 use http::HeaderValue;
 use http_body_util::{BodyExt, Full, StreamBody};

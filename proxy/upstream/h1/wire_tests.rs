@@ -1,4 +1,3 @@
-
 use crate::body::Body as DataBody;
 use std::sync::Arc;
 use std::time::Duration;
