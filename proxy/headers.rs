@@ -17,7 +17,7 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// [`is_hop_by_hop`] for a name as it came, in any case (an answer's head read without a
-/// header map, `h1::Fields`). The same names; a test holds the two to it.
+/// header map, `http1::Fields`). The same names; a test holds the two to it.
 pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
     let candidates: &[&[u8]] = match name.len() {
         2 => &[b"te"],

@@ -48,7 +48,7 @@ impl Progress {
 }
 
 enum Source {
-    /// The proxy listener's own loop's (see [`crate::h1server`]).
+    /// The proxy listener's own loop's (see [`crate::listen::h1`]).
     Own(Streamed),
     /// hyper's server's (a connection handed over, HTTP/2).
     Hyper(Incoming),

@@ -268,7 +268,7 @@ async fn file_token_scan(spawn: fn(&std::path::Path) -> Sidekey) -> (Scan, u64) 
         bounded("a client to finish", c).await.unwrap();
     }
     // A pooled upstream connection keeps the head of the last request it sent in its write
-    // buffer until its next one (README, "What it does not protect against"); under load the
+    // buffer until its next one (docs/security.md, "What it does not protect against"); under load the
     // pool can hold a connection the last phase did not use. As many requests at once as the
     // upstream ever had connections, held there until all have arrived, use every pooled
     // connection with the current value.

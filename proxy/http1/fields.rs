@@ -6,14 +6,14 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 /// Header fields as they came, less those of the hop (RFC 9110, section 7.6.1), in one block:
 /// written as they are instead of a header map built and encoded again field by field.
 ///
-/// An answer's: what the proxy listener's own loop writes to the client ([`crate::h1server`]).
+/// An answer's: what the proxy listener's own loop writes to the client ([`crate::listen::h1`]).
 /// Kept so only where nothing else is to be done to them: an answer whose `Connection` names
 /// other fields, or with both `Transfer-Encoding` and `Content-Length`, or a 1xx or 204, has a
 /// header map.
 ///
 /// A request's, read by that loop ([`Fields::request`]): its `Host` first (routing reads it,
 /// the upstream pool writes its own), written upstream by a pooled HTTP/1.1 connection with the
-/// credential after them (never copied in: see [`Encoded::with_credential`]); a request that
+/// credential after them (set by [`crate::inject::attach`], never copied in); a request that
 /// goes any other way gets a header map from them first ([`Fields::append_to`]).
 ///
 /// A request's short body, read whole by that loop, follows the lines in the same block

@@ -16,7 +16,7 @@
 //!
 //! hyper's server took about half of sidekey's own instructions per request (its dispatcher,
 //! read and write buffers, a header map built for a head it then encodes again); see the
-//! README's Performance section for what this loop saves.
+//! docs/performance.md for what this loop saves.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! Client connections: the accept loop with its connection cap, and per-connection guards
 //! against clients that hold resources without using them.
 //!
-//! On the proxy listener, sidekey's own HTTP/1.1 loop ([`crate::h1server`]) serves the common
+//! On the proxy listener, sidekey's own HTTP/1.1 loop ([`crate::listen::h1`]) serves the common
 //! request (no body, origin form) and hands a connection to hyper's server, with what it read
 //! of it, from the first request it does not serve; the admin listener and intercepted
 //! tunnels are hyper's throughout. hyper bounds the size of what a client sends (`[limits]
@@ -491,7 +491,7 @@ impl std::task::Wake for GuardsWoke {
     }
 }
 
-/// A connection served by [`crate::h1server`] (and hyper after it), and the flag that asks
+/// A connection served by [`crate::listen::h1`] (and hyper after it), and the flag that asks
 /// it to finish: what [`Guards::drive`] is given for it.
 #[pin_project]
 struct Closable<F> {
@@ -603,7 +603,7 @@ async fn connection<I, F, Fut, B>(
         let conn = std::pin::pin!(ctx.h2.serve_connection(TokioIo::new(io), service));
         guards.drive(conn, Some(|c| c.graceful_shutdown()), &mut stop).await.map(|r| r.map_err(Into::into))
     } else if tunnels {
-        // The proxy listener: sidekey's own loop serves the common request (see `h1server`),
+        // The proxy listener: sidekey's own loop serves the common request (see `listen::h1`),
         // hyper the rest of a connection from the first request it does not.
         let closing = Arc::new(AtomicBool::new(false));
         let limits = crate::listen::h1::HeadLimits {

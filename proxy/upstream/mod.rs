@@ -1,4 +1,4 @@
-//! Upstream connections: sidekey's own pool, HTTP/1.1 (sidekey's own client, [`crate::h1`]) or
+//! Upstream connections: sidekey's own pool, HTTP/1.1 (sidekey's own client, [`h1`]) or
 //! HTTP/2 (hyper's) by ALPN, TLS by rustls.
 //!
 //! Trust is the platform's roots (falling back to the Mozilla set compiled in, for images that
