@@ -1,10 +1,10 @@
 //! Links the release `sidekey` binary with its code in the order it runs: the functions a
 //! request runs first, then those start-up runs, then the rest (`proxy/link-order.txt`, written
 //! by `cargo bench --bench load -- --rounds 0 --link-order proxy/link-order.txt`). Linked in
-//! the compiler's order, start-up touches a few pages in most 64 KiB stretches of the 7.5 MB of
-//! code and the kernel maps each stretch whole (fault-around): 6.5 MiB of the binary stayed
-//! resident for 2.4 MiB run. Also packs the relative relocations (`-z pack-relative-relocs`),
-//! which the loader otherwise reads as 354 KiB of tables at every start (8 KiB packed).
+//! the compiler's order, start-up touches a few pages in most 64 KiB stretches of the code and
+//! the kernel maps each stretch whole (fault-around), so most of the binary stays resident for
+//! the little of it that runs. Also packs the relative relocations (`-z pack-relative-relocs`),
+//! which the loader otherwise reads as large tables at every start.
 //!
 //! Both are linker options of lld (Rust's default linker on x86_64 Linux since 1.90) that GNU
 //! ld lacks, and the packed relocations need glibc 2.36 to load: each is first tried on an
