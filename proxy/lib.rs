@@ -16,8 +16,9 @@
 //!        error             the one place failures become 4xx/5xx JSON answers
 //! ```
 //!
-//! Where rotation happens: [`token`] (the cell readers load, the refresher and its schedule in
-//! `token::schedule`, one file per source, the file watcher), swapped whole behind arc-swap.
+//! Where rotation happens: [`token`]: `token/cell.rs` the value readers load, swapped whole
+//! behind arc-swap; `token/refresher.rs` fetch, validate, publish (its timing in
+//! `token::schedule`); `token/observers.rs` 401s and usage; one file per source, the file watcher.
 //!
 //! Modules, bottom to top (each uses only those above it in this list):
 //! - [`memory`], [`secret`]: locked pages, the zero-on-free allocator, the redacted secret.

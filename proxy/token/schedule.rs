@@ -76,10 +76,10 @@ async fn run(token: &Token) {
     let mut expired_reported = 0;
     loop {
         // Register for a schedule change before reading the schedule, so none is missed.
-        let changed = token.schedule_changed.notified();
+        let changed = token.refresher.schedule_changed().notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let next_refresh = *super::lock(&token.next_refresh);
+        let next_refresh = token.refresher.next_refresh();
         let current = token.current();
         let expiry = current
             .as_ref()
@@ -105,8 +105,8 @@ async fn run(token: &Token) {
         if let Some((generation, _)) = expiry {
             if expiry_at.is_some_and(|e| e <= Instant::now()) {
                 expired_reported = generation;
-                tracing::error!(token = %token.name, generation, "token expired without a successful refresh; its routes answer 503");
-                metrics::gauge!("sidekey_token_ready", "token" => token.name.to_string()).set(0.0);
+                tracing::error!(token = %token.name(), generation, "token expired without a successful refresh; its routes answer 503");
+                metrics::gauge!("sidekey_token_ready", "token" => token.name().to_owned()).set(0.0);
                 token.audit(
                     "expired",
                     super::audit_fields([
