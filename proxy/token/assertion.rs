@@ -11,6 +11,7 @@ use crate::config::{JwtAlg, SecretRef};
 use crate::secret::Secret;
 
 use super::identity::{describe, read_identity_token};
+use super::SourceError;
 
 /// The `client_assertion_type` of a JWT assertion.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -48,24 +49,25 @@ struct Claims<'a> {
 
 impl ClientAssertion {
     /// The assertion for one token request.
-    pub fn produce(&self) -> Result<Secret, String> {
+    pub fn produce(&self) -> Result<Secret, SourceError> {
         match self {
             ClientAssertion::Federated(r) => read_identity_token("client_assertion", r),
             ClientAssertion::Signed { key, alg, client_id, audience } => {
-                let pem = key.read().map_err(|e| format!("private_key_jwt.key: {e}"))?;
+                let pem = key
+                    .read()
+                    .map_err(|reason| SourceError::Unreadable { what: "private_key_jwt.key".into(), reason })?;
                 let (algorithm, key) = match alg {
                     JwtAlg::RS256 => (Algorithm::RS256, EncodingKey::from_rsa_pem(pem.expose().as_bytes())),
                     JwtAlg::ES256 => (Algorithm::ES256, EncodingKey::from_ec_pem(pem.expose().as_bytes())),
                 };
-                let key = key.map_err(|e| {
-                    format!(
-                        "private_key_jwt.key {}: not a {alg:?} private key in PEM ({:?})",
-                        describe_key(self),
-                        e.kind()
-                    )
+                let key = key.map_err(|e| SourceError::Unreadable {
+                    what: format!("private_key_jwt.key {}", describe_key(self)),
+                    reason: format!("not a {alg:?} private key in PEM ({:?})", e.kind()),
                 })?;
-                let now =
-                    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_err(|e| SourceError::Config(e.to_string()))?
+                    .as_secs();
                 let claims = Claims {
                     iss: client_id,
                     sub: client_id,
@@ -74,8 +76,12 @@ impl ClientAssertion {
                     iat: now,
                     exp: now + ASSERTION_LIFETIME.as_secs(),
                 };
-                let jwt = jsonwebtoken::encode(&Header::new(algorithm), &claims, &key)
-                    .map_err(|e| format!("private_key_jwt: signing failed ({:?})", e.kind()))?;
+                let jwt = jsonwebtoken::encode(&Header::new(algorithm), &claims, &key).map_err(|e| {
+                    SourceError::Unreadable {
+                        what: "private_key_jwt".into(),
+                        reason: format!("signing failed ({:?})", e.kind()),
+                    }
+                })?;
                 Ok(Secret::new(jwt))
             }
         }

@@ -3,7 +3,7 @@
 use crate::config;
 use crate::secret::Secret;
 
-use super::Fetched;
+use super::{Fetched, SourceError};
 
 #[derive(Debug, Clone)]
 pub struct EnvSource {
@@ -23,33 +23,38 @@ impl EnvSource {
         EnvSource { var: config.var.clone(), aws: config.aws }
     }
 
-    pub fn fetch(&self) -> Result<Fetched, String> {
+    pub fn fetch(&self) -> Result<Fetched, SourceError> {
         if self.aws {
             return aws_credentials();
         }
         match std::env::var_os(&self.var) {
-            None => Err(format!("environment variable {} is not set", self.var)),
-            Some(v) if v.is_empty() => Err(format!("environment variable {} is empty", self.var)),
+            None => Err(self.unusable("is not set")),
+            Some(v) if v.is_empty() => Err(self.unusable("is empty")),
             Some(v) => match v.into_string() {
                 Ok(s) => Ok(Fetched { secret: Secret::new(s), expires_at: None }),
-                Err(_) => Err(format!("environment variable {} is not valid UTF-8", self.var)),
+                Err(_) => Err(self.unusable("is not valid UTF-8")),
             },
         }
+    }
+
+    fn unusable(&self, problem: &'static str) -> SourceError {
+        SourceError::Env { var: self.var.clone(), problem }
     }
 }
 
 /// The AWS credential variables as the JSON form a route's SigV4 signer reads.
-fn aws_credentials() -> Result<Fetched, String> {
+fn aws_credentials() -> Result<Fetched, SourceError> {
     let mut doc = serde_json::Map::new();
     for (field, var, required) in AWS_VARS {
         match std::env::var(var) {
             Ok(v) if !v.is_empty() => {
                 doc.insert(field.to_owned(), serde_json::Value::String(v));
             }
-            _ if required => return Err(format!("environment variable {var} is not set")),
+            _ if required => return Err(SourceError::Env { var: var.to_owned(), problem: "is not set" }),
             _ => {}
         }
     }
-    let json = serde_json::to_string(&serde_json::Value::Object(doc)).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(&serde_json::Value::Object(doc))
+        .map_err(|e| SourceError::Malformed(format!("AWS credentials: {e}")))?;
     Ok(Fetched { secret: Secret::new(json), expires_at: None })
 }

@@ -13,9 +13,9 @@ use crate::secret::zeroizing_bytes;
 use crate::upstream::SourceClient;
 
 use super::fetch::exchange;
-use super::identity::{read_identity_token, scrub, Logins};
+use super::identity::{read_identity_token, Logins};
 use super::oauth2::{token_answer, Form};
-use super::Fetched;
+use super::{Fetched, SourceError};
 
 /// RFC 8693 section 2.1.
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -46,7 +46,7 @@ impl TokenExchangeSource {
         c: &config::TokenExchangeSource,
         client: SourceClient,
         logins: Arc<Logins>,
-    ) -> Result<TokenExchangeSource, String> {
+    ) -> Result<TokenExchangeSource, SourceError> {
         let mut params =
             vec![("grant_type", GRANT_TYPE.to_owned()), ("subject_token_type", c.subject_token_type.clone())];
         let optional = [
@@ -58,7 +58,7 @@ impl TokenExchangeSource {
         ];
         params.extend(optional.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k, v))));
         Ok(TokenExchangeSource {
-            token_url: c.token_url.parse().map_err(|e| format!("token_url: {e}"))?,
+            token_url: c.token_url.parse().map_err(|e| SourceError::Config(format!("token_url: {e}")))?,
             subject_token: c.subject_token.clone(),
             actor_token: c.actor_token.clone(),
             params,
@@ -68,16 +68,16 @@ impl TokenExchangeSource {
         })
     }
 
-    pub async fn fetch(&self) -> Result<Fetched, String> {
+    pub async fn fetch(&self) -> Result<Fetched, SourceError> {
         let result = self.exchange().await;
         match &result {
             Ok(_) => self.logins.succeeded(None, false),
-            Err(e) => self.logins.failed(e),
+            Err(e) => self.logins.failed(&e.to_string()),
         }
         result
     }
 
-    async fn exchange(&self) -> Result<Fetched, String> {
+    async fn exchange(&self) -> Result<Fetched, SourceError> {
         let subject = read_identity_token("subject_token", &self.subject_token)?;
         let actor = match &self.actor_token {
             Some(r) => Some(read_identity_token("actor_token", r)?),
@@ -100,10 +100,10 @@ impl TokenExchangeSource {
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
             .body(Full::new(zeroizing_bytes(form.into_bytes())))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SourceError::Config(e.to_string()))?;
         let now = SystemTime::now();
-        let (status, bytes) = exchange(&self.client, req, self.timeout).await?;
         let secrets: Vec<&crate::secret::Secret> = std::iter::once(&subject).chain(actor.as_ref()).collect();
-        token_answer(&self.token_url, status, &bytes, now).map_err(|e| scrub(e, &secrets))
+        let (status, bytes) = exchange(&self.client, req, self.timeout).await.map_err(|e| e.scrub(&secrets))?;
+        token_answer(&self.token_url, status, &bytes, now).map_err(|e| e.scrub(&secrets))
     }
 }

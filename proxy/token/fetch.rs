@@ -9,6 +9,8 @@ use http_body_util::{BodyExt, Full, Limited};
 
 use crate::upstream::SourceClient;
 
+use super::SourceError;
+
 /// Responses from token endpoints and secret stores are small; anything larger is refused.
 pub const MAX_BODY: usize = 1024 * 1024;
 
@@ -18,21 +20,27 @@ pub async fn exchange(
     client: &SourceClient,
     req: Request<Full<Bytes>>,
     timeout: Duration,
-) -> Result<(StatusCode, Bytes), String> {
+) -> Result<(StatusCode, Bytes), SourceError> {
     let url = req.uri().clone();
     let work = async {
-        let resp = client.request(req).await.map_err(|e| format!("{url}: {}", crate::error::error_chain(&e)))?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| SourceError::Unreachable { url: url.clone(), cause: crate::error::error_chain(&e) })?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), MAX_BODY)
             .collect()
             .await
-            .map_err(|e| format!("{url}: reading the answer failed: {e}"))?
+            .map_err(|e| SourceError::Unreachable {
+                url: url.clone(),
+                cause: format!("reading the answer failed: {e}"),
+            })?
             .to_bytes();
         Ok((status, body))
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!("{url}: no answer within {}", humantime::format_duration(timeout))),
+        Err(_) => Err(SourceError::NoAnswer { url, after: timeout }),
     }
 }
 

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 use crate::config;
 use crate::secret::Secret;
 
-use super::{Fetched, Source, Token};
+use super::{Fetched, Source, SourceError, Token};
 
 /// How often the metadata of every token file is checked, watcher or not.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -45,20 +45,21 @@ impl FileSource {
     }
 
     /// Reads the file into a zeroizing buffer and trims one trailing newline.
-    pub fn fetch(&self) -> Result<Fetched, String> {
-        let shown = self.path.display();
-        let file = std::fs::File::open(&self.path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    pub fn fetch(&self) -> Result<Fetched, SourceError> {
+        let unreadable = |source| SourceError::FileUnreadable { path: self.path.clone(), source };
+        let file = std::fs::File::open(&self.path).map_err(unreadable)?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         if len > MAX_TOKEN_FILE {
-            return Err(format!("{shown} is {len} bytes, larger than a token file may be ({MAX_TOKEN_FILE})"));
+            return Err(SourceError::FileTooLarge { path: self.path.clone(), len: Some(len), limit: MAX_TOKEN_FILE });
         }
         // Sized up front so the buffer never reallocates (which would leave a stray copy).
         let mut buf = Zeroizing::new(Vec::with_capacity(MAX_TOKEN_FILE as usize + 1));
-        file.take(MAX_TOKEN_FILE + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read {shown}: {e}"))?;
+        file.take(MAX_TOKEN_FILE + 1).read_to_end(&mut buf).map_err(unreadable)?;
         if buf.len() as u64 > MAX_TOKEN_FILE {
-            return Err(format!("{shown} is larger than a token file may be ({MAX_TOKEN_FILE} bytes)"));
+            return Err(SourceError::FileTooLarge { path: self.path.clone(), len: None, limit: MAX_TOKEN_FILE });
         }
-        let secret = Secret::from_bytes_trimmed(buf).map_err(|e| format!("{shown}: {e}"))?;
+        let secret = Secret::from_bytes_trimmed(buf)
+            .map_err(|source| SourceError::Unusable { what: self.path.display().to_string(), source })?;
         Ok(Fetched { secret, expires_at: None })
     }
 }

@@ -14,7 +14,7 @@ use crate::upstream::SourceClient;
 
 use super::fetch::{exchange, parse_expiry};
 use super::oauth2::redact_serde;
-use super::Fetched;
+use super::{Fetched, SourceError};
 
 pub struct HttpSource {
     url: Uri,
@@ -42,13 +42,17 @@ impl HttpSource {
         c: &config::HttpSource,
         client: SourceClient,
         logins: Option<std::sync::Arc<super::identity::Logins>>,
-    ) -> Result<HttpSource, String> {
+    ) -> Result<HttpSource, SourceError> {
         let headers = c
             .headers
             .iter()
-            .map(|(k, v)| HeaderName::from_bytes(k.as_bytes()).map(|n| (n, v.clone())).map_err(|e| e.to_string()))
+            .map(|(k, v)| {
+                HeaderName::from_bytes(k.as_bytes())
+                    .map(|n| (n, v.clone()))
+                    .map_err(|e| SourceError::Config(e.to_string()))
+            })
             .collect::<Result<_, _>>()?;
-        let url: Uri = c.url.parse().map_err(|e| format!("url: {e}"))?;
+        let url: Uri = c.url.parse().map_err(|e| SourceError::Config(format!("url: {e}")))?;
         let login = match (&c.login, logins) {
             (Some(l), Some(logins)) => {
                 Some(super::vault_login::VaultLogin::new(&l.vault_jwt, &url, client.clone(), c.timeout, logins)?)
@@ -69,20 +73,24 @@ impl HttpSource {
 
     /// IMDSv2: a session token (PUT `/latest/api/token`), and the URL to read, the first role
     /// of the listing when `url` ends in `/`.
-    async fn imds(&self) -> Result<(Uri, HeaderValue), String> {
+    async fn imds(&self) -> Result<(Uri, HeaderValue), SourceError> {
         let mut token_url = http::uri::Parts::from(self.url.clone());
         token_url.path_and_query = Some(http::uri::PathAndQuery::from_static("/latest/api/token"));
-        let token_url = Uri::from_parts(token_url).map_err(|e| e.to_string())?;
+        let token_url = Uri::from_parts(token_url).map_err(|e| SourceError::Config(e.to_string()))?;
         let req = Request::put(token_url)
             .header("x-aws-ec2-metadata-token-ttl-seconds", IMDS_TOKEN_TTL_SECS)
             .body(Full::default())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SourceError::Config(e.to_string()))?;
         let (status, body) = exchange(&self.client, req, self.timeout).await?;
         if !status.is_success() {
-            return Err(format!("{}: the metadata token request answered {status}", self.url));
+            return Err(SourceError::Refused {
+                by: format!("{}: the metadata token request", self.url),
+                status,
+                detail: None,
+            });
         }
         let mut token = HeaderValue::from_bytes(body.trim_ascii())
-            .map_err(|_| format!("{}: the metadata token is not a header value", self.url))?;
+            .map_err(|_| SourceError::Malformed(format!("{}: the metadata token is not a header value", self.url)))?;
         token.set_sensitive(true);
         if !self.url.path().ends_with('/') {
             return Ok((self.url.clone(), token));
@@ -90,19 +98,24 @@ impl HttpSource {
         let req = Request::get(self.url.clone())
             .header("x-aws-ec2-metadata-token", token.clone())
             .body(Full::default())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SourceError::Config(e.to_string()))?;
         let (status, body) = exchange(&self.client, req, self.timeout).await?;
         if !status.is_success() {
-            return Err(format!("{} answered {status}", self.url));
+            return Err(SourceError::Refused { by: self.url.to_string(), status, detail: None });
         }
         let listing = String::from_utf8_lossy(&body);
-        let role = listing.lines().map(str::trim).find(|l| !l.is_empty()).ok_or(format!("{}: no role", self.url))?;
-        let url =
-            format!("{}{role}", self.url).parse().map_err(|_| format!("{}: the role name is not a path", self.url))?;
+        let role = listing
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .ok_or_else(|| SourceError::Malformed(format!("{}: no role", self.url)))?;
+        let url = format!("{}{role}", self.url)
+            .parse()
+            .map_err(|_| SourceError::Malformed(format!("{}: the role name is not a path", self.url)))?;
         Ok((url, token))
     }
 
-    pub async fn fetch(&self) -> Result<Fetched, String> {
+    pub async fn fetch(&self) -> Result<Fetched, SourceError> {
         let (url, imds_token) = match self.aws_imds {
             true => {
                 let (url, token) = self.imds().await?;
@@ -115,16 +128,20 @@ impl HttpSource {
             req = req.header("x-aws-ec2-metadata-token", token);
         }
         for (name, reference) in &self.headers {
-            let secret = reference.read().map_err(|e| format!("header {name}: {e}"))?;
-            let mut value = HeaderValue::from_str(secret.expose())
-                .map_err(|_| format!("header {name}: not a valid header value"))?;
+            let secret = reference
+                .read()
+                .map_err(|reason| SourceError::Unreadable { what: format!("header {name}"), reason })?;
+            let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| SourceError::Unreadable {
+                what: format!("header {name}"),
+                reason: "not a valid header value".into(),
+            })?;
             value.set_sensitive(true);
             req = req.header(name, value);
         }
         if let Some(login) = &self.login {
             req = req.header("x-vault-token", login.header().await?);
         }
-        let req = req.body(Full::default()).map_err(|e| e.to_string())?;
+        let req = req.body(Full::default()).map_err(|e| SourceError::Config(e.to_string()))?;
         let now = SystemTime::now();
         let (status, bytes) = exchange(&self.client, req, self.timeout).await?;
         if let (Some(login), 401 | 403) = (&self.login, status.as_u16()) {
@@ -132,14 +149,17 @@ impl HttpSource {
             login.refused().await;
         }
         if !status.is_success() {
-            return Err(format!("{} answered {status}", self.url));
+            return Err(SourceError::Refused { by: self.url.to_string(), status, detail: None });
         }
-        let mut doc: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{} answered with invalid JSON: {}", self.url, redact_serde(&e)))?;
+        let mut doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            SourceError::Malformed(format!("{} answered with invalid JSON: {}", self.url, redact_serde(&e)))
+        })?;
         let expires_at = match &self.expires_pointer {
             Some(p) => match doc.pointer(p) {
                 Some(serde_json::Value::Null) | None => None,
-                Some(v) => Some(parse_expiry(v, now).map_err(|e| format!("{}: at {p}: {e}", self.url))?),
+                Some(v) => Some(
+                    parse_expiry(v, now).map_err(|e| SourceError::Malformed(format!("{}: at {p}: {e}", self.url)))?,
+                ),
             },
             None => None,
         };
@@ -150,17 +170,22 @@ impl HttpSource {
             Some(creds) if crate::token::aws_credentials::is_credentials_json(&creds) => {
                 let text = zeroize::Zeroizing::new(creds.to_string());
                 let parsed = crate::token::aws_credentials::parse_credentials(&text)
-                    .map_err(|e| format!("{}: {e}", self.url))?;
+                    .map_err(|e| SourceError::Malformed(format!("{}: {e}", self.url)))?;
                 return Ok(Fetched {
                     secret: Secret::new(text.to_string()),
                     expires_at: expires_at.or(parsed.expiration),
                 });
             }
-            Some(_) => return Err(format!("{}: the value at {} is not a string", self.url, self.pointer)),
-            None => return Err(format!("{}: nothing at {}", self.url, self.pointer)),
+            Some(_) => {
+                return Err(SourceError::Malformed(format!(
+                    "{}: the value at {} is not a string",
+                    self.url, self.pointer
+                )))
+            }
+            None => return Err(SourceError::Malformed(format!("{}: nothing at {}", self.url, self.pointer))),
         };
         if token.is_empty() {
-            return Err(format!("{}: the value at {} is empty", self.url, self.pointer));
+            return Err(SourceError::Malformed(format!("{}: the value at {} is empty", self.url, self.pointer)));
         }
         Ok(Fetched { secret: Secret::new(token), expires_at })
     }

@@ -12,6 +12,8 @@ use crate::audit::Audit;
 use crate::config::{SecretRef, SourceConfig};
 use crate::secret::Secret;
 
+use super::SourceError;
+
 /// The login record of one token.
 pub struct Logins {
     token: Arc<str>,
@@ -111,15 +113,11 @@ impl Logins {
 /// Reads an identity token now (the platform rotates the file: it is read at each login).
 /// A JWT whose `exp` has passed is refused here, with a message that says so, rather than
 /// sent to be refused by the server with a vaguer one. Errors name the file, never the value.
-pub fn read_identity_token(what: &str, r: &SecretRef) -> Result<Secret, String> {
-    let token = r.read().map_err(|e| format!("{what}: {e}"))?;
+pub fn read_identity_token(what: &str, r: &SecretRef) -> Result<Secret, SourceError> {
+    let token = r.read().map_err(|reason| SourceError::Unreadable { what: what.to_owned(), reason })?;
     if let Some(exp) = jwt_expiry(token.expose()) {
         if exp <= SystemTime::now() {
-            return Err(format!(
-                "{what} {}: the token expired at {} (is the projected token still being rotated?)",
-                describe(r),
-                humantime::format_rfc3339_seconds(exp)
-            ));
+            return Err(SourceError::IdentityExpired { what: format!("{what} {}", describe(r)), at: exp });
         }
     }
     Ok(token)
@@ -147,19 +145,6 @@ fn jwt_expiry(jwt: &str) -> Option<SystemTime> {
     (exp.is_finite() && exp >= 0.0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(exp))
 }
 
-/// `message` with every occurrence of each secret replaced: a server's error text may quote
-/// what it was sent.
-pub fn scrub(message: String, secrets: &[&Secret]) -> String {
-    let mut out = message;
-    for s in secrets {
-        let v = s.expose();
-        if v.len() >= 8 && out.contains(v) {
-            out = out.replace(v, "<redacted>");
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,11 +159,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         let r = SecretRef::File(path.clone());
-        let e = read_identity_token("jwt", &r).unwrap_err();
+        let e = read_identity_token("jwt", &r).unwrap_err().to_string();
         assert!(e.contains("cannot read") && e.contains(path.to_str().unwrap()), "{e}");
         let old = jwt(r#"{"exp":1000,"sub":"x"}"#);
         std::fs::write(&path, &old).unwrap();
-        let e = read_identity_token("jwt", &r).unwrap_err();
+        let e = read_identity_token("jwt", &r).unwrap_err().to_string();
         assert!(e.contains("expired at 1970-01-01T00:16:40Z"), "{e}");
         assert!(!e.contains(&old));
         let fresh = jwt(&format!(r#"{{"exp":{}}}"#, unix_now() + 600));
@@ -187,12 +172,6 @@ mod tests {
         // Not a JWT: passed on for the server to judge.
         std::fs::write(&path, "opaque-token").unwrap();
         assert!(read_identity_token("jwt", &r).is_ok());
-    }
-
-    #[test]
-    fn scrub_removes_secrets_from_messages() {
-        let s = Secret::new("eyJhbGciOiJSUzI1NiJ9.payload.sig".into());
-        assert_eq!(scrub("bad token eyJhbGciOiJSUzI1NiJ9.payload.sig here".into(), &[&s]), "bad token <redacted> here");
     }
 
     fn unix_now() -> u64 {

@@ -10,12 +10,13 @@
 //!
 //! `store` holds every token by name. Sources live one per file: [`env`](mod@env),
 //! [`file`](mod@file) (with its watcher), [`oauth2`], [`http`](mod@http), [`exec`],
-//! [`web_identity`], [`exchange`].
+//! [`web_identity`], [`exchange`]; each returns a [`SourceError`] when it cannot give a value.
 
 pub mod assertion;
 pub mod aws_credentials;
 mod cell;
 pub mod env;
+mod error;
 pub mod exchange;
 pub mod exec;
 pub mod fetch;
@@ -38,6 +39,7 @@ use ::http::HeaderValue;
 use crate::config::TokenConfig;
 
 pub use cell::{Credential, TokenValue};
+pub use error::SourceError;
 pub use observers::{History, PropagationFailure, Usage};
 pub use refresher::{Fetched, Refreshed, Source, Status};
 pub use store::{FormatRegistry, TokenStore};

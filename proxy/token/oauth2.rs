@@ -14,7 +14,7 @@ use crate::upstream::SourceClient;
 
 use super::assertion::{ClientAssertion, JWT_BEARER};
 use super::fetch::{excerpt, exchange};
-use super::Fetched;
+use super::{Fetched, SourceError};
 
 pub struct OAuth2Source {
     token_url: Uri,
@@ -66,7 +66,7 @@ impl OAuth2Source {
         c: &config::OAuth2Source,
         client: SourceClient,
         logins: Option<std::sync::Arc<super::identity::Logins>>,
-    ) -> Result<OAuth2Source, String> {
+    ) -> Result<OAuth2Source, SourceError> {
         let mut params = vec![("grant_type".to_owned(), "client_credentials".to_owned())];
         if let Some(s) = &c.scope {
             params.push(("scope".into(), s.clone()));
@@ -86,10 +86,10 @@ impl OAuth2Source {
                 client_id: c.client_id.clone(),
                 audience: c.token_url.clone(),
             }),
-            (None, None, None) => return Err("no client authentication".into()),
+            (None, None, None) => return Err(SourceError::Config("no client authentication".into())),
         };
         Ok(OAuth2Source {
-            token_url: c.token_url.parse().map_err(|e| format!("token_url: {e}"))?,
+            token_url: c.token_url.parse().map_err(|e| SourceError::Config(format!("token_url: {e}")))?,
             client_id: c.client_id.clone(),
             auth,
             logins,
@@ -99,7 +99,7 @@ impl OAuth2Source {
         })
     }
 
-    pub async fn fetch(&self) -> Result<Fetched, String> {
+    pub async fn fetch(&self) -> Result<Fetched, SourceError> {
         let result = match &self.auth {
             Authentication::Secret { secret, method } => self.fetch_with_secret(secret, *method).await,
             Authentication::Assertion(a) => self.fetch_with_assertion(a).await,
@@ -107,13 +107,13 @@ impl OAuth2Source {
         if let Some(logins) = &self.logins {
             match &result {
                 Ok(_) => logins.succeeded(None, false),
-                Err(e) => logins.failed(e),
+                Err(e) => logins.failed(&e.to_string()),
             }
         }
         result
     }
 
-    async fn fetch_with_assertion(&self, assertion: &ClientAssertion) -> Result<Fetched, String> {
+    async fn fetch_with_assertion(&self, assertion: &ClientAssertion) -> Result<Fetched, SourceError> {
         // Made (or read) at every request: the platform rotates a federated token, and a
         // signed one is valid for a minute.
         let jwt = assertion.produce()?;
@@ -133,15 +133,16 @@ impl OAuth2Source {
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(header::ACCEPT, "application/json")
             .body(Full::new(zeroizing_bytes(form.into_bytes())))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SourceError::Config(e.to_string()))?;
         let now = SystemTime::now();
-        let (status, bytes) = exchange(&self.client, req, self.timeout).await?;
-        token_answer(&self.token_url, status, &bytes, now).map_err(|e| super::identity::scrub(e, &[&jwt]))
+        let (status, bytes) = exchange(&self.client, req, self.timeout).await.map_err(|e| e.scrub(&[&jwt]))?;
+        token_answer(&self.token_url, status, &bytes, now).map_err(|e| e.scrub(&[&jwt]))
     }
 
-    async fn fetch_with_secret(&self, client_secret: &SecretRef, method: ClientAuth) -> Result<Fetched, String> {
+    async fn fetch_with_secret(&self, client_secret: &SecretRef, method: ClientAuth) -> Result<Fetched, SourceError> {
         // Read on every fetch, so a rotated client secret is picked up.
-        let secret = client_secret.read().map_err(|e| format!("client_secret: {e}"))?;
+        let secret =
+            client_secret.read().map_err(|reason| SourceError::Unreadable { what: "client_secret".into(), reason })?;
         let mut form = Form::with_capacity(
             self.params.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
                 + self.client_id.len()
@@ -162,7 +163,7 @@ impl OAuth2Source {
                 let mut value = HeaderValue::from_maybe_shared(zeroizing_bytes(Zeroizing::new(
                     format!("Basic {}", b64.as_str()).into_bytes(),
                 )))
-                .map_err(|_| "client credentials are not valid in a header".to_owned())?;
+                .map_err(|_| SourceError::Config("client credentials are not valid in a header".to_owned()))?;
                 value.set_sensitive(true);
                 req = req.header(header::AUTHORIZATION, value);
             }
@@ -172,10 +173,10 @@ impl OAuth2Source {
             }
         }
         let body = zeroizing_bytes(form.into_bytes());
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let req = req.body(Full::new(body)).map_err(|e| SourceError::Config(e.to_string()))?;
         let now = SystemTime::now();
-        let (status, bytes) = exchange(&self.client, req, self.timeout).await?;
-        token_answer(&self.token_url, status, &bytes, now)
+        let (status, bytes) = exchange(&self.client, req, self.timeout).await.map_err(|e| e.scrub(&[&secret]))?;
+        token_answer(&self.token_url, status, &bytes, now).map_err(|e| e.scrub(&[&secret]))
     }
 }
 
@@ -186,7 +187,7 @@ pub(super) fn token_answer(
     status: StatusCode,
     bytes: &[u8],
     now: SystemTime,
-) -> Result<Fetched, String> {
+) -> Result<Fetched, SourceError> {
     if !status.is_success() {
         let detail = match serde_json::from_slice::<ErrorResponse>(bytes) {
             Ok(e) => match e.error_description {
@@ -195,13 +196,18 @@ pub(super) fn token_answer(
             },
             Err(_) => "no OAuth2 error in the answer".to_owned(),
         };
-        return Err(format!("token endpoint {token_url} answered {status}: {detail}"));
+        return Err(SourceError::Refused { by: format!("token endpoint {token_url}"), status, detail: Some(detail) });
     }
     let parsed: TokenResponse = serde_json::from_slice(bytes).map_err(|e| {
-        format!("token endpoint {token_url} answered without a usable access_token: {}", redact_serde(&e))
+        SourceError::Malformed(format!(
+            "token endpoint {token_url} answered without a usable access_token: {}",
+            redact_serde(&e)
+        ))
     })?;
     let expires_at = match &parsed.expires_in {
-        Some(v) => Some(super::fetch::parse_expiry(v, now).map_err(|e| format!("expires_in: {e}"))?),
+        Some(v) => {
+            Some(super::fetch::parse_expiry(v, now).map_err(|e| SourceError::Malformed(format!("expires_in: {e}")))?)
+        }
         None => None,
     };
     Ok(Fetched { secret: Secret::new(parsed.access_token), expires_at })
@@ -238,4 +244,25 @@ impl Form {
 /// A serde_json error without the input it quotes (which could be a token).
 pub fn redact_serde(e: &serde_json::Error) -> String {
     format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_quoting_the_assertion_does_not_show_it() {
+        let jwt = Secret::new("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLWJ5dGVz".into());
+        let body =
+            format!(r#"{{"error":"invalid_client","error_description":"assertion {} is not trusted"}}"#, jwt.expose());
+        let url: Uri = "http://127.0.0.1:1/token".parse().unwrap();
+        let refused = token_answer(&url, StatusCode::UNAUTHORIZED, body.as_bytes(), SystemTime::now()).err().unwrap();
+        // As the sources that send an assertion return it.
+        let text = refused.scrub(&[&jwt]).to_string();
+        assert!(!text.contains(jwt.expose()), "{text}");
+        assert_eq!(
+            text,
+            "token endpoint http://127.0.0.1:1/token answered 401 Unauthorized: invalid_client: assertion <redacted> is not trusted"
+        );
+    }
 }

@@ -19,7 +19,7 @@ use super::cell::{Cell, Published};
 use super::observers::Observers;
 use super::{
     audit_fields, env, exchange, exec, fetch, file, http, identity, lock, oauth2, schedule, unix_seconds, web_identity,
-    Events,
+    Events, SourceError,
 };
 
 /// Where a token's value comes from.
@@ -87,17 +87,18 @@ impl Validator {
         })
     }
 
-    async fn check(&self, secret: &Secret) -> Result<(), String> {
-        let value = secret.render_header(&self.format).map_err(|e| e.to_string())?;
+    async fn check(&self, secret: &Secret) -> Result<(), SourceError> {
+        // A value the check's format cannot carry: the rendering error's own text, as before.
+        let value = secret.render_header(&self.format).map_err(|e| SourceError::Config(e.to_string()))?;
         let req = Request::get(self.url.clone())
             .header(&self.header, value)
             .body(Full::default())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SourceError::Config(e.to_string()))?;
         let (status, _) = fetch::exchange(&self.client, req, self.timeout).await?;
         if status == self.expect {
             Ok(())
         } else {
-            Err(format!("validation at {} answered {status}, expected {}", self.url, self.expect))
+            Err(SourceError::ValidationFailed { url: self.url.clone(), status, expect: self.expect })
         }
     }
 }
@@ -163,10 +164,12 @@ impl Refresher {
             SourceConfig::Env(c) => Source::Env(env::EnvSource::new(c)),
             SourceConfig::File(c) => Source::File(file::FileSource::new(c)),
             SourceConfig::OAuth2(c) => {
-                Source::OAuth2(oauth2::OAuth2Source::new(c, clients.get(c.ca_file.as_ref())?, logins.clone())?)
+                let client = clients.get(c.ca_file.as_ref())?;
+                Source::OAuth2(oauth2::OAuth2Source::new(c, client, logins.clone()).map_err(built)?)
             }
             SourceConfig::Http(c) => {
-                Source::Http(http::HttpSource::new(c, clients.get(c.ca_file.as_ref())?, logins.clone())?)
+                let client = clients.get(c.ca_file.as_ref())?;
+                Source::Http(http::HttpSource::new(c, client, logins.clone()).map_err(built)?)
             }
             SourceConfig::Exec(c) => Source::Exec(exec::ExecSource::new(c)),
             SourceConfig::AwsWebIdentity(c) => Source::AwsWebIdentity(web_identity::WebIdentitySource::new(
@@ -175,11 +178,14 @@ impl Refresher {
                 clients.get(c.ca_file.as_ref())?,
                 logins.clone().ok_or("no login record")?,
             )),
-            SourceConfig::TokenExchange(c) => Source::TokenExchange(exchange::TokenExchangeSource::new(
-                c,
-                clients.get(c.ca_file.as_ref())?,
-                logins.clone().ok_or("no login record")?,
-            )?),
+            SourceConfig::TokenExchange(c) => Source::TokenExchange(
+                exchange::TokenExchangeSource::new(
+                    c,
+                    clients.get(c.ca_file.as_ref())?,
+                    logins.clone().ok_or("no login record")?,
+                )
+                .map_err(built)?,
+            ),
         };
         let validator = match &config.validate {
             Some(v) => Some(Validator::new(v, clients)?),
@@ -279,7 +285,7 @@ impl Refresher {
         };
         let fetched = match fetched {
             Ok(f) => f,
-            Err(error) => return self.fail(events, cell, error),
+            Err(error) => return self.fail(events, cell, error.to_string()),
         };
         if let Some(prev) = cell.load().as_ref() {
             if prev.secret == fetched.secret && prev.expires_at == fetched.expires_at {
@@ -289,7 +295,7 @@ impl Refresher {
         }
         if let Some(v) = &self.validator {
             if let Err(reason) = v.check(&fetched.secret).await {
-                return self.reject(events, cell, reason);
+                return self.reject(events, cell, reason.to_string());
             }
         }
         self.publish(events, cell, observers, fetched)
@@ -431,6 +437,11 @@ impl Refresher {
         *lock(&self.next_refresh) = next;
         self.schedule_changed.notify_one();
     }
+}
+
+/// A source's construction error, as the store reports it (after `token NAME: `).
+fn built(e: SourceError) -> String {
+    e.to_string()
 }
 
 fn count_rotation(events: &Events, result: &'static str) {

@@ -20,7 +20,8 @@ use crate::secret::{zeroizing_bytes, Secret};
 use crate::upstream::SourceClient;
 
 use super::fetch::{excerpt, exchange};
-use super::identity::{read_identity_token, scrub, Logins};
+use super::identity::{read_identity_token, Logins};
+use super::SourceError;
 
 /// The client token of the last good login, and what is done next with it.
 struct Session {
@@ -96,15 +97,17 @@ impl VaultLogin {
         client: SourceClient,
         timeout: Duration,
         logins: Arc<Logins>,
-    ) -> Result<VaultLogin, String> {
+    ) -> Result<VaultLogin, SourceError> {
         let base = format!(
             "{}://{}",
             store_url.scheme_str().unwrap_or("https"),
-            store_url.authority().map(|a| a.as_str()).ok_or("url: no host")?
+            store_url.authority().map(|a| a.as_str()).ok_or_else(|| SourceError::Config("url: no host".into()))?
         );
-        let login_url =
-            format!("{base}/v1/{}/login", c.path).parse().map_err(|e| format!("login.vault_jwt.path: {e}"))?;
-        let renew_url = format!("{base}/v1/auth/token/renew-self").parse().map_err(|e| format!("url: {e}"))?;
+        let login_url = format!("{base}/v1/{}/login", c.path)
+            .parse()
+            .map_err(|e| SourceError::Config(format!("login.vault_jwt.path: {e}")))?;
+        let renew_url =
+            format!("{base}/v1/auth/token/renew-self").parse().map_err(|e| SourceError::Config(format!("url: {e}")))?;
         Ok(VaultLogin {
             inner: Arc::new(Inner {
                 login_url,
@@ -121,7 +124,7 @@ impl VaultLogin {
     }
 
     /// The `X-Vault-Token` value: the current client token, or a fresh login's.
-    pub async fn header(&self) -> Result<HeaderValue, String> {
+    pub async fn header(&self) -> Result<HeaderValue, SourceError> {
         let mut session = self.inner.session.lock().await;
         if let Some(s) = session.as_ref().filter(|s| SystemTime::now() < s.expires_at) {
             return Ok(s.header.clone());
@@ -202,40 +205,46 @@ async fn renew_loop(weak: Weak<Inner>) {
 }
 
 impl Inner {
-    async fn login(&self) -> Result<Session, String> {
+    async fn login(&self) -> Result<Session, SourceError> {
         let result = self.try_login().await;
         match &result {
             Ok(s) => self.logins.succeeded(Some(s.expires_at), true),
-            Err(e) => self.logins.failed(e),
+            Err(e) => self.logins.failed(&e.to_string()),
         }
         result
     }
 
-    async fn try_login(&self) -> Result<Session, String> {
+    async fn try_login(&self) -> Result<Session, SourceError> {
         let jwt = read_identity_token("login.vault_jwt.jwt", &self.jwt)?;
+        let json = |e: serde_json::Error| SourceError::Config(e.to_string());
         // Sized for the worst escaping up front, so the buffer holding the JWT never moves.
         let mut body = Zeroizing::new(Vec::with_capacity(jwt.expose().len() * 6 + self.role.len() * 6 + 32));
         body.extend_from_slice(b"{\"role\":");
-        serde_json::to_writer(&mut *body, &self.role).map_err(|e| e.to_string())?;
+        serde_json::to_writer(&mut *body, &self.role).map_err(json)?;
         body.extend_from_slice(b",\"jwt\":");
-        serde_json::to_writer(&mut *body, jwt.expose()).map_err(|e| e.to_string())?;
+        serde_json::to_writer(&mut *body, jwt.expose()).map_err(json)?;
         body.push(b'}');
         let req = Request::post(self.login_url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(zeroizing_bytes(body)))
-            .map_err(|e| e.to_string())?;
-        let (status, bytes) = exchange(&self.client, req, self.timeout).await?;
+            .map_err(|e| SourceError::Config(e.to_string()))?;
+        let (status, bytes) = exchange(&self.client, req, self.timeout).await.map_err(|e| e.scrub(&[&jwt]))?;
         if !status.is_success() {
-            return Err(scrub(
-                format!("login at {} answered {status}: {}", self.login_url, vault_errors(&bytes)),
-                &[&jwt],
-            ));
+            return Err(SourceError::Refused {
+                by: format!("login at {}", self.login_url),
+                status,
+                detail: Some(vault_errors(&bytes)),
+            }
+            .scrub(&[&jwt]));
         }
         let now = Instant::now();
-        let auth = parse_auth(&bytes).map_err(|e| format!("login at {}: {e}", self.login_url))?;
+        let auth =
+            parse_auth(&bytes).map_err(|e| SourceError::Malformed(format!("login at {}: {e}", self.login_url)))?;
         let (token, lease, renewable) = auth;
-        let header =
-            token.render_header("{token}").map_err(|e| format!("login at {}: client token: {e}", self.login_url))?;
+        let header = token.render_header("{token}").map_err(|source| SourceError::Unusable {
+            what: format!("login at {}: client token", self.login_url),
+            source,
+        })?;
         Ok(Session {
             header,
             token,
@@ -246,19 +255,20 @@ impl Inner {
         })
     }
 
-    async fn renew(&self, s: &mut Session) -> Result<(), String> {
+    async fn renew(&self, s: &mut Session) -> Result<(), SourceError> {
         let req = Request::post(self.renew_url.clone())
             .header("x-vault-token", s.header.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(bytes::Bytes::from_static(b"{}")))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SourceError::Config(e.to_string()))?;
         let (status, bytes) = exchange(&self.client, req, self.timeout).await?;
         if !status.is_success() {
-            return Err(scrub(format!("renewal answered {status}: {}", vault_errors(&bytes)), &[&s.token]));
+            return Err(SourceError::Refused { by: "renewal".into(), status, detail: Some(vault_errors(&bytes)) }
+                .scrub(&[&s.token]));
         }
-        let (token, lease, renewable) = parse_auth(&bytes)?;
+        let (token, lease, renewable) = parse_auth(&bytes).map_err(SourceError::Malformed)?;
         if token != s.token {
-            return Err("renewal answered with another client token".into());
+            return Err(SourceError::Malformed("renewal answered with another client token".into()));
         }
         let now = Instant::now();
         s.expires_at = SystemTime::now() + lease;

@@ -20,9 +20,9 @@ use crate::secret::{zeroizing_bytes, Secret};
 use crate::upstream::SourceClient;
 
 use super::fetch::{excerpt, exchange};
-use super::identity::{read_identity_token, scrub, Logins};
+use super::identity::{read_identity_token, Logins};
 use super::oauth2::Form;
-use super::Fetched;
+use super::{Fetched, SourceError};
 
 pub struct WebIdentitySource {
     config: config::AwsWebIdentitySource,
@@ -65,34 +65,38 @@ impl WebIdentitySource {
         WebIdentitySource { config: c.clone(), default_session, client, logins }
     }
 
-    pub async fn fetch(&self) -> Result<Fetched, String> {
+    pub async fn fetch(&self) -> Result<Fetched, SourceError> {
         let result = self.assume_role().await;
         match &result {
             Ok(_) => self.logins.succeeded(None, false),
-            Err(e) => self.logins.failed(e),
+            Err(e) => self.logins.failed(&e.to_string()),
         }
         result
     }
 
-    fn resolve(&self) -> Result<Call, String> {
+    fn resolve(&self) -> Result<Call, SourceError> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let role_arn = self
-            .config
-            .role_arn
-            .clone()
-            .or_else(|| env("AWS_ROLE_ARN"))
-            .ok_or("no role: set role_arn, or AWS_ROLE_ARN in sidekey's environment")?;
+        let role_arn = self.config.role_arn.clone().or_else(|| env("AWS_ROLE_ARN")).ok_or_else(|| {
+            SourceError::Config("no role: set role_arn, or AWS_ROLE_ARN in sidekey's environment".into())
+        })?;
         let token = match &self.config.web_identity_token {
             Some(r) => r.clone(),
-            None => SecretRef::File(PathBuf::from(env("AWS_WEB_IDENTITY_TOKEN_FILE").ok_or(
-                "no identity token: set web_identity_token, or AWS_WEB_IDENTITY_TOKEN_FILE in sidekey's environment",
-            )?)),
+            None => SecretRef::File(PathBuf::from(env("AWS_WEB_IDENTITY_TOKEN_FILE").ok_or_else(|| {
+                SourceError::Config(
+                    "no identity token: set web_identity_token, or AWS_WEB_IDENTITY_TOKEN_FILE in sidekey's environment"
+                        .into(),
+                )
+            })?)),
         };
         let session_name = match &self.config.role_session_name {
             Some(n) => n.clone(),
             None => match env("AWS_ROLE_SESSION_NAME") {
                 Some(n) if config::identity::valid_session_name(&n) => n,
-                Some(_) => return Err("AWS_ROLE_SESSION_NAME is not a valid session name ([\\w+=,.@-]{2,64})".into()),
+                Some(_) => {
+                    return Err(SourceError::Config(
+                        "AWS_ROLE_SESSION_NAME is not a valid session name ([\\w+=,.@-]{2,64})".into(),
+                    ))
+                }
                 None => self.default_session.clone(),
             },
         };
@@ -101,11 +105,11 @@ impl WebIdentitySource {
             (None, Some(region)) => format!("https://sts.{region}.amazonaws.com/"),
             (None, None) => "https://sts.amazonaws.com/".to_owned(),
         };
-        let endpoint = endpoint.parse().map_err(|e| format!("STS endpoint {endpoint:?}: {e}"))?;
+        let endpoint = endpoint.parse().map_err(|e| SourceError::Config(format!("STS endpoint {endpoint:?}: {e}")))?;
         Ok(Call { endpoint, role_arn, session_name, token })
     }
 
-    async fn assume_role(&self) -> Result<Fetched, String> {
+    async fn assume_role(&self) -> Result<Fetched, SourceError> {
         let call = self.resolve()?;
         let jwt = read_identity_token("web_identity_token", &call.token)?;
         let mut form = Form::with_capacity(call.role_arn.len() + call.session_name.len() + jwt.expose().len() + 96);
@@ -118,24 +122,25 @@ impl WebIdentitySource {
         let req = Request::post(call.endpoint.clone())
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(Full::new(zeroizing_bytes(form.into_bytes())))
-            .map_err(|e| e.to_string())?;
-        let (status, bytes) = exchange(&self.client, req, self.config.timeout).await?;
-        let text =
-            std::str::from_utf8(&bytes).map_err(|_| format!("STS at {} answered with non-UTF-8", call.endpoint))?;
+            .map_err(|e| SourceError::Config(e.to_string()))?;
+        let (status, bytes) = exchange(&self.client, req, self.config.timeout).await.map_err(|e| e.scrub(&[&jwt]))?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| SourceError::Malformed(format!("STS at {} answered with non-UTF-8", call.endpoint)))?;
         if !status.is_success() {
             let detail = match (xml_text(text, "Code"), xml_text(text, "Message")) {
                 (Some(c), Some(m)) => format!("{}: {}", excerpt(&c), excerpt(&m)),
                 (Some(c), None) => excerpt(&c),
                 _ => "no STS error in the answer".into(),
             };
-            return Err(scrub(format!("STS at {} answered {status}: {detail}", call.endpoint), &[&jwt]));
+            return Err(SourceError::Refused { by: format!("STS at {}", call.endpoint), status, detail: Some(detail) }
+                .scrub(&[&jwt]));
         }
-        let credentials = credentials_json(text).map_err(|e| format!("STS at {}: {e}", call.endpoint))?;
-        let parsed = crate::token::aws_credentials::parse_credentials(&credentials)
-            .map_err(|e| format!("STS at {}: {e}", call.endpoint))?;
-        let expires_at = parsed.expiration.ok_or_else(|| format!("STS at {}: no Expiration", call.endpoint))?;
+        let malformed = |e: String| SourceError::Malformed(format!("STS at {}: {e}", call.endpoint));
+        let credentials = credentials_json(text).map_err(malformed)?;
+        let parsed = crate::token::aws_credentials::parse_credentials(&credentials).map_err(malformed)?;
+        let expires_at = parsed.expiration.ok_or_else(|| malformed("no Expiration".into()))?;
         if expires_at <= SystemTime::now() + Duration::from_secs(1) {
-            return Err(format!("STS at {}: the credentials expire at once", call.endpoint));
+            return Err(malformed("the credentials expire at once".into()));
         }
         Ok(Fetched { secret: Secret::new(credentials.to_string()), expires_at: Some(expires_at) })
     }
