@@ -45,8 +45,19 @@ pub async fn exchange(
 }
 
 /// A short, printable excerpt of a server's error text for an error message.
+///
+/// A word the cut would split is left out whole: the excerpt is scrubbed of secrets afterwards,
+/// and a secret's first half, cut off from the rest, would no longer be recognised as one.
 pub fn excerpt(s: &str) -> String {
-    let clean: String = s.chars().filter(|c| !c.is_control()).take(200).collect();
+    let mut chars = s.chars().filter(|c| !c.is_control());
+    let mut clean: String = chars.by_ref().take(200).collect();
+    if let Some(next) = chars.next() {
+        if !next.is_whitespace() {
+            let word = clean.trim_end_matches(|c: char| !c.is_whitespace()).len();
+            clean.truncate(word);
+        }
+        clean.push('…');
+    }
     clean
 }
 
@@ -88,7 +99,20 @@ mod tests {
     fn excerpts_are_short_and_printable() {
         let long = format!("a\nb{}", "x".repeat(500));
         let e = excerpt(&long);
-        assert_eq!(e.chars().count(), 200);
-        assert!(!e.contains('\n'));
+        // One word past the cut: left out whole.
+        assert_eq!(e, "…");
+        let words = format!("a\nb {}", "x ".repeat(300));
+        let e = excerpt(&words);
+        assert_eq!(e.chars().count(), 201);
+        assert!(e.ends_with('…') && !e.contains('\n'));
+    }
+
+    #[test]
+    fn a_secret_the_cut_would_split_is_left_out_whole() {
+        let secret = crate::secret::Secret::new("s3cr3t-assertion-value-0123456789".into());
+        let text = format!("{} invalid_grant for {}", "y".repeat(180), secret.expose());
+        let shown = super::super::error::scrub(excerpt(&text), &[&secret]);
+        assert!(!shown.contains("s3cr3t-as"), "{shown}");
+        assert!(shown.ends_with("for …"), "{shown}");
     }
 }
