@@ -136,6 +136,8 @@ use serde_json::{json, Value};
 
 #[path = "load/bodies.rs"]
 mod bodies;
+#[path = "load/grpc.rs"]
+mod grpc;
 #[path = "load/h2.rs"]
 mod h2;
 #[path = "load/idle.rs"]
@@ -144,6 +146,8 @@ mod idle;
 mod scaling;
 #[path = "load/svg.rs"]
 mod svg;
+#[path = "load/unix.rs"]
+mod unix;
 
 const SIDEKEY: &str = env!("CARGO_BIN_EXE_sidekey");
 /// `--post BYTES` as the harness's processes (wrk's `report.lua`, the clients) see it.
@@ -175,6 +179,30 @@ fn main() {
             Ok(line) => println!("C1_JSON {line}"),
             Err(e) => {
                 eprintln!("load: c1 client: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--grpc-client") {
+        let secs = args.get(i + 2).and_then(|v| v.parse().ok()).expect("--grpc-client URL SECS CA");
+        let ca = args.get(i + 3).filter(|c| *c != "-").map(Path::new);
+        match grpc::grpc_client(&args[i + 1], secs, ca) {
+            Ok(line) => println!("GRPC_JSON {line}"),
+            Err(e) => {
+                eprintln!("load: gRPC client: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    if let Some(i) = args.iter().position(|a| a == "--c64-client") {
+        let n =
+            |j: usize| args.get(i + j).and_then(|v| v.parse::<f64>().ok()).expect("--c64-client URL CONNECTIONS SECS");
+        match unix::c64_client(&args[i + 1], n(2) as usize, n(3)) {
+            Ok(line) => println!("C64_JSON {line}"),
+            Err(e) => {
+                eprintln!("load: c64 client: {e}");
                 std::process::exit(1);
             }
         }
@@ -221,6 +249,10 @@ struct Opts {
     bodies: bool,
     /// The HTTP/2 runs (`--h2`).
     h2: bool,
+    /// The Unix-socket listener against TCP (`--unix`).
+    unix: bool,
+    /// A unary gRPC call's added latency (`--grpc`).
+    grpc: bool,
     /// Where the run's picture goes (beside `out` unless given).
     svg: Option<PathBuf>,
     /// Draw the picture of this earlier result and stop.
@@ -252,6 +284,8 @@ impl Opts {
             scaling: false,
             bodies: false,
             h2: false,
+            unix: false,
+            grpc: false,
         };
         let mut sidekey = None;
         let mut it = args.iter().skip(1);
@@ -273,6 +307,8 @@ impl Opts {
                 "--scaling" => o.scaling = true,
                 "--bodies" => o.bodies = true,
                 "--h2" => o.h2 = true,
+                "--unix" => o.unix = true,
+                "--grpc" => o.grpc = true,
                 "--svg" => o.svg = Some(PathBuf::from(value())),
                 "--svg-from" => o.svg_from = Some(PathBuf::from(value())),
                 "--idle-connections" => o.idle = Some(value().parse().expect("--idle-connections N")),
@@ -786,6 +822,8 @@ struct Run<'a> {
     intercept: bool,
     /// `[listen] workers`.
     workers: Option<usize>,
+    /// The proxy listens on a Unix socket (`listen.proxy = "unix:PATH"`) instead of TCP.
+    unix: bool,
 }
 
 fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> Result<Server, String> {
@@ -794,8 +832,10 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> R
     std::fs::write(&token, "rot-000000").unwrap();
     let config = dir.path().join("sidekey.toml");
     let (upstream, ca) = origin.upstream();
+    let listen =
+        if run.unix { format!("unix:{}", dir.path().join("proxy.sock").display()) } else { "127.0.0.1:0".into() };
     let mut text = format!(
-        "[listen]\nproxy = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{workers}\n[[routes]]\nname = \"load\"\nprefix = \"/\"\n\
+        "[listen]\nproxy = {listen:?}\nadmin = \"127.0.0.1:0\"\n{workers}\n[[routes]]\nname = \"load\"\nprefix = \"/\"\n\
          upstream = \"{upstream}\"\ntoken = \"load\"\n",
         workers = run.workers.map_or(String::new(), |n| format!("workers = {n}\n"))
     );
@@ -855,7 +895,9 @@ fn start_sidekey(origin: &Origin, name: &'static str, bin: &Path, run: Run) -> R
     };
     // Keep draining its log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Ok(Server { name, child, url: format!("http://{proxy}/x"), admin, _dir: dir, rotate: Rotator::File(token) })
+    // A Unix socket's URL is the harness's own `unix:PATH` (its clients send `GET /x` there).
+    let url = if proxy.starts_with("unix:") { proxy } else { format!("http://{proxy}/x") };
+    Ok(Server { name, child, url, admin, _dir: dir, rotate: Rotator::File(token) })
 }
 
 fn nginx_include(token: &str) -> String {
@@ -873,11 +915,13 @@ struct NginxOpts {
     h2c: bool,
     /// `grpc_pass` to the origin's TLS port (HTTP/2 upstream) instead of `proxy_pass`.
     grpc: bool,
+    /// It listens on a Unix socket (`listen unix:PATH;`) instead of TCP.
+    unix: bool,
 }
 
 impl Default for NginxOpts {
     fn default() -> Self {
-        NginxOpts { workers: 1, buffering: None, h2c: false, grpc: false }
+        NginxOpts { workers: 1, buffering: None, h2c: false, grpc: false, unix: false }
     }
 }
 
@@ -937,11 +981,9 @@ fn start_nginx_with(origin: &Origin, opts: NginxOpts) -> Result<Server, String> 
     }
     // An h2c client's connection would get a GOAWAY after nginx's default 1000 requests, its
     // streams then in flight failing at the client.
-    let listen = if opts.h2c {
-        format!("127.0.0.1:{port} http2;\n    keepalive_requests 1000000")
-    } else {
-        format!("127.0.0.1:{port}")
-    };
+    let socket = dir.path().join("nginx.sock");
+    let address = if opts.unix { format!("unix:{}", socket.display()) } else { format!("127.0.0.1:{port}") };
+    let listen = if opts.h2c { format!("{address} http2;\n    keepalive_requests 1000000") } else { address };
     std::fs::write(
         &conf,
         format!(
@@ -958,14 +1000,22 @@ fn start_nginx_with(origin: &Origin, opts: NginxOpts) -> Result<Server, String> 
     .unwrap();
     let prefix = dir.path().to_owned();
     let args = ["-p".as_ref(), prefix.as_os_str(), "-c".as_ref(), conf.as_os_str()];
-    spawn_peer("nginx", &args, port, dir, Rotator::Nginx { include })
+    let at = if opts.unix { Listening::Unix(socket) } else { Listening::Tcp(port) };
+    spawn_peer("nginx", &args, at, dir, Rotator::Nginx { include })
 }
 
-/// Starts a peer proxy (pinned, output discarded) and waits until it accepts on `port`.
+/// Where a peer proxy listens.
+enum Listening {
+    Tcp(u16),
+    /// A Unix socket: its [`Server::url`] is `unix:PATH`.
+    Unix(PathBuf),
+}
+
+/// Starts a peer proxy (pinned, output discarded) and waits until it accepts where it listens.
 fn spawn_peer(
     name: &'static str,
     args: &[&std::ffi::OsStr],
-    port: u16,
+    at: Listening,
     dir: tempfile::TempDir,
     rotate: Rotator,
 ) -> Result<Server, String> {
@@ -976,8 +1026,15 @@ fn spawn_peer(
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("{name}: {e}"))?;
-    let server = Server { name, child, url: format!("http://127.0.0.1:{port}/x"), admin: None, _dir: dir, rotate };
-    wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), name)?;
+    let url = match &at {
+        Listening::Tcp(port) => format!("http://127.0.0.1:{port}/x"),
+        Listening::Unix(path) => format!("unix:{}", path.display()),
+    };
+    let server = Server { name, child, url, admin: None, _dir: dir, rotate };
+    match at {
+        Listening::Tcp(port) => wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), name)?,
+        Listening::Unix(path) => unix::wait_unix(&path, name)?,
+    }
     Ok(server)
 }
 
@@ -1025,7 +1082,7 @@ fn start_haproxy_with(origin: &Origin, h2c: bool) -> Result<Server, String> {
     )
     .unwrap();
     let args = ["-db".as_ref(), "-f".as_ref(), conf.as_os_str()];
-    spawn_peer("haproxy", &args, port, dir, Rotator::Haproxy { socket, map })
+    spawn_peer("haproxy", &args, Listening::Tcp(port), dir, Rotator::Haproxy { socket, map })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1237,16 +1294,19 @@ fn run(opts: &Opts) -> Result<(), String> {
         let scaling = if opts.scaling { Some(scaling::scaling_runs(opts, &wanted)?) } else { None };
         let bodies = if opts.bodies { Some(bodies::body_runs(opts, &origin_server, &wanted)?) } else { None };
         let h2 = if opts.h2 { Some(h2::h2_runs(opts, &wanted)?) } else { None };
-        Ok::<_, String>((samples, missing, rotation, soak, callgrind, Later { idle, scaling, bodies, h2 }))
+        let unix = if opts.unix { Some(unix::unix_runs(opts, &origin_server, &wanted)?) } else { None };
+        let grpc = if opts.grpc { Some(grpc::grpc_runs(opts, &wanted)?) } else { None };
+        Ok::<_, String>((samples, missing, rotation, soak, callgrind, Later { idle, scaling, bodies, h2, unix, grpc }))
     })();
     drop(origin_server);
     let (samples, missing, rotation, soak, callgrind, later) = result?;
-    let Later { idle, scaling, bodies, h2 } = later;
+    let Later { idle, scaling, bodies, h2, unix, grpc } = later;
     let intercept = match opts.intercept {
         Some(rounds) => Some(intercept_runs(&opts.sidekey, rounds, opts.duration)?),
         None => None,
     };
-    report(opts, &samples, &missing, Extra { rotation, soak, callgrind, intercept, idle, scaling, bodies, h2 })
+    let extra = Extra { rotation, soak, callgrind, intercept, idle, scaling, bodies, h2, unix, grpc };
+    report(opts, &samples, &missing, extra)
 }
 
 /// Instructions per request in sidekey's own process, counted by callgrind (stable where
@@ -1486,20 +1546,15 @@ fn exact_c1(url: &str, secs: u64) -> Result<Exact, String> {
     })
 }
 
-/// The `--c1-client` mode: `GET` requests one at a time on a keep-alive connection (opened
-/// again when the server closes it between answers, as nginx does after
-/// `keepalive_requests`), each timed from its write to the last byte of its answer, for `secs`
-/// (the first 200 ms not counted). Returns the JSON line the harness reads.
+/// The `--c1-client` mode: `GET` requests one at a time on a keep-alive connection to
+/// `http://HOST:PORT/PATH` or to a Unix socket as `unix:SOCKET` (opened again when the server
+/// closes it between answers, as nginx does after `keepalive_requests`), each timed from its
+/// write to the last byte of its answer, for `secs` (the first 200 ms not counted). Returns the
+/// JSON line the harness reads.
 fn c1_client(url: &str, secs: f64) -> Result<String, String> {
-    let rest = url.strip_prefix("http://").ok_or("the c1 client speaks plain HTTP")?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let connect = || -> Result<std::net::TcpStream, String> {
-        let s = std::net::TcpStream::connect(authority).map_err(|e| format!("{authority}: {e}"))?;
-        s.set_nodelay(true).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-        Ok(s)
-    };
-    let request = load_request(authority, path);
+    let (target, authority, path) = unix::parse(url)?;
+    let connect = || unix::connect(&target);
+    let request = load_request(&authority, &path);
     let (start, mut reconnects) = (Instant::now(), 0u64);
     let (warm, end) = (start + Duration::from_millis(200), start + Duration::from_secs_f64(secs));
     let mut lat: Vec<u64> = Vec::with_capacity(4_000_000);
@@ -1815,6 +1870,8 @@ struct Extra {
     scaling: Option<(Vec<Value>, Value)>,
     bodies: Option<Vec<Value>>,
     h2: Option<Vec<Value>>,
+    unix: Option<Vec<Value>>,
+    grpc: Option<Vec<Value>>,
 }
 
 /// The results of the runs added with the second performance issue.
@@ -1823,6 +1880,8 @@ struct Later {
     scaling: Option<(Vec<Value>, Value)>,
     bodies: Option<Vec<Value>>,
     h2: Option<Vec<Value>>,
+    unix: Option<Vec<Value>>,
+    grpc: Option<Vec<Value>>,
 }
 
 /// A ratio of two targets' samples of one round, given that round's direct sample if any.
@@ -1902,7 +1961,7 @@ fn exact_table(samples: &BTreeMap<&str, Vec<Sample>>, rows: &mut [Value], versus
 }
 
 fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String], extra: Extra) -> Result<(), String> {
-    let Extra { rotation, soak, callgrind, intercept, idle, scaling, bodies, h2 } = extra;
+    let Extra { rotation, soak, callgrind, intercept, idle, scaling, bodies, h2, unix, grpc } = extra;
     let med = |name: &str, f: &dyn Fn(&Sample) -> f64| samples.get(name).map(|v| median(v.iter().map(f).collect()));
     let direct = |f: &dyn Fn(&Sample) -> f64| med("direct", f).unwrap_or(f64::NAN);
     let mut rows = Vec::new();
@@ -2061,6 +2120,12 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
     if let Some(rows) = &h2 {
         h2::print(rows);
     }
+    if let Some(rows) = &unix {
+        unix::print(rows);
+    }
+    if let Some(rows) = &grpc {
+        grpc::print(rows);
+    }
     let layout = link_order_coverage(&opts.sidekey);
     if let Some(l) = &layout {
         println!(
@@ -2092,6 +2157,8 @@ fn report(opts: &Opts, samples: &BTreeMap<&str, Vec<Sample>>, missing: &[String]
         "scaling_rotation": scaling.as_ref().map(|s| &s.1),
         "bodies": bodies,
         "h2": h2,
+        "unix": unix,
+        "grpc": grpc,
         "link_order": layout,
         "skipped": missing,
     });

@@ -9,16 +9,19 @@
 //! - HTTP/1.1 clients, HTTP/2 upstream: wrk at concurrency 64 against sidekey, HAProxy and
 //!   nginx with `grpc_pass`, and nginx with `proxy_pass` over TLS HTTP/1.1 for reference.
 //!
-//! Per round and target, a warm-up, then `--duration` of load: requests/s, mean latency, the
-//! proxy's CPU per request, errors. Pinned as the comparison rounds are (load generator and
+//! Per round and target, a fresh proxy instance, a warm-up, then `--duration` of load:
+//! requests/s, mean latency, the proxy's CPU per request, errors, and the connections the
+//! origin accepted from that instance over its warm-up and run (sidekey's h2c path multiplexes
+//! every stream over one; h2load's direct run opens its 4). Pinned as the comparison rounds are (load generator and
 //! origin on CPU 0, the proxy on CPU 1).
 
 use serde_json::{json, Value};
 
 use super::{median, Origin, Server};
 
-/// The figures of one run: (req/s, mean latency µs, CPU µs per request, errors).
-type Figures = (f64, f64, Option<f64>, u64);
+/// The figures of one run: (req/s, mean latency µs, CPU µs per request, errors, upstream
+/// connections).
+type Figures = (f64, f64, Option<f64>, u64, u64);
 
 /// h2load's figures for `secs` of load: (req/s, mean µs, requests succeeded, errors).
 fn h2load(url: &str, secs: u64) -> Result<(f64, f64, u64, u64), String> {
@@ -68,7 +71,7 @@ fn h2load(url: &str, secs: u64) -> Result<(f64, f64, u64, u64), String> {
     Ok((rps, mean, succeeded, errors))
 }
 
-fn measure(url: &str, server: Option<&Server>, secs: u64, h2c: bool) -> Result<Figures, String> {
+fn measure(url: &str, server: Option<&Server>, secs: u64, h2c: bool) -> Result<(f64, f64, Option<f64>, u64), String> {
     let before = |s: Option<&Server>| s.map(|s| s.cpu_us().0);
     if h2c {
         h2load(url, 1)?;
@@ -114,15 +117,20 @@ pub fn h2_runs(opts: &super::Opts, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<
             let shift = (round - 1) % order.len().max(1);
             order.rotate_left(shift);
             for target in order {
+                let connections = || super::origin_stats(origin.plain)["connections"].as_u64().unwrap_or(0);
+                let before = connections();
                 let server = start(opts, &origin, target, h2c)?;
                 let url = server.as_ref().map_or(format!("https://127.0.0.1:{tls_port}/x"), |s| s.url.clone());
-                let f = measure(&url, server.as_ref(), opts.duration, h2c)?;
+                let (rps, mean, cpu, errors) = measure(&url, server.as_ref(), opts.duration, h2c)?;
+                // Less the connection that read the count after.
+                let f = (rps, mean, cpu, errors, connections() - before - 1);
                 eprintln!(
-                    "load:   {target:36} {:.0} req/s, mean {:.0} µs, {} µs CPU/req, {} errors",
+                    "load:   {target:36} {:.0} req/s, mean {:.0} µs, {} µs CPU/req, {} errors, {} upstream connections",
                     f.0,
                     f.1,
                     f.2.map_or("-".into(), |c| format!("{c:.1}")),
-                    f.3
+                    f.3,
+                    f.4
                 );
                 match figures.iter_mut().find(|x| x.0 == (path, target)) {
                     Some(x) => x.1.push(f),
@@ -143,6 +151,7 @@ pub fn h2_runs(opts: &super::Opts, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<
                 "mean_us": median(f.iter().map(|x| x.1).collect()),
                 "cpu_us_per_request": (!cpu.is_empty()).then(|| median(cpu)),
                 "errors": f.iter().map(|x| x.3).sum::<u64>(),
+                "upstream_connections_max": f.iter().map(|x| x.4).max(),
                 "rounds": f.len(),
             })
         })
@@ -151,18 +160,19 @@ pub fn h2_runs(opts: &super::Opts, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<
 
 /// The HTTP/2 table.
 pub fn print(rows: &[Value]) {
-    println!("\n| HTTP/2 | target | req/s | mean µs | CPU µs/req | errors |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("\n| HTTP/2 | target | req/s | mean µs | CPU µs/req | errors | upstream connections (most in a round) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
         let f = |k: &str, d: usize| r[k].as_f64().map_or("-".into(), |x| format!("{x:.d$}"));
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             r["path"].as_str().unwrap_or_default(),
             r["target"].as_str().unwrap_or_default(),
             f("rps", 0),
             f("mean_us", 0),
             f("cpu_us_per_request", 1),
-            r["errors"]
+            r["errors"],
+            r["upstream_connections_max"]
         );
     }
 }
