@@ -125,6 +125,39 @@ fn the_picture_is_well_formed_and_shows_each_figure() {
 }
 
 #[test]
+fn the_h2_unix_and_grpc_rows_get_panels_of_their_own() {
+    let mut doc = result();
+    doc["h2"] = json!([
+        { "path": "h2c in, HTTP/2 upstream", "target": "sidekey", "rps": 61234.0 },
+        { "path": "HTTP/1.1 in, HTTP/2 upstream", "target": "nginx grpc_pass", "rps": 40321.0 },
+    ]);
+    doc["unix"] = json!([
+        { "target": "direct", "p50_us": 13.8, "added_p50_us": null, "cpu_us_per_request": null },
+        { "target": "sidekey tcp", "added_p50_us": 18.4, "added_p99_us": 34.0, "cpu_us_per_request": 11.7 },
+        { "target": "sidekey unix", "added_p50_us": 15.3, "added_p99_us": 30.5, "cpu_us_per_request": 10.2 },
+        { "target": "nginx unix", "added_p50_us": 16.0, "added_p99_us": 41.0, "cpu_us_per_request": 10.9 },
+    ]);
+    doc["grpc"] = json!([
+        { "target": "direct", "p50_us": 310.0, "added_p50_us": null },
+        { "target": "sidekey", "added_p50_us": 42.5, "added_p99_us": 61.0 },
+        { "target": "nginx grpc_pass", "added_p50_us": 55.0, "added_p99_us": -3.0 },
+    ]);
+    let text = svg::render(&doc);
+    well_formed(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    // The first test's 24, then 2 HTTP/2 bars; the Unix latency legend (2) and bars (3 x 2) and
+    // its CPU bars (3); the gRPC legend (2) and bars (2 x 2).
+    assert_eq!(text.matches("<rect").count(), 24 + 2 + 2 + 6 + 3 + 2 + 4, "{text}");
+    for figure in ["61234 req/s", "40321 req/s", "15.3 µs", "30.5 µs", "10.2 µs", "42.5 µs", "-3.00 µs"] {
+        assert!(text.contains(figure), "{figure} missing:\n{text}");
+    }
+    for label in ["sidekey, h2c in", "nginx grpc_pass, HTTP/1.1 in", "sidekey unix", "nginx unix", "nginx grpc_pass"] {
+        assert!(text.contains(&format!(">{label}</text>")), "{label} missing:\n{text}");
+    }
+    // The direct rows have no added figure: named in the first two panels only.
+    assert_eq!(text.matches(">direct</text>").count(), 2, "{text}");
+}
+
+#[test]
 fn panels_the_run_did_not_measure_say_so() {
     let mut doc = result();
     doc.as_object_mut().unwrap().remove("idle");

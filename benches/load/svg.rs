@@ -1,8 +1,8 @@
 //! The picture of a harness run, drawn from its JSON result (`target/load/result.svg` beside
 //! `result.json`, or `--svg-from JSON --svg FILE` for an older result): latency percentiles
 //! per target at concurrency 1, requests/s and CPU per request at concurrency 64, bytes per
-//! idle keep-alive connection, and, when the run had them, the worker-scaling and
-//! large-body rows. Plain SVG text: bars with their figures written on them, one panel per
+//! idle keep-alive connection, and, when the run had them, the worker-scaling, large-body,
+//! HTTP/2, Unix-socket and gRPC rows. Plain SVG text: bars with their figures written on them, one panel per
 //! measure; a panel whose figures the run did not take says so.
 
 use serde_json::Value;
@@ -202,6 +202,53 @@ pub fn render(doc: &Value) -> String {
                 .filter_map(|r| Some((r["label"].as_str()?.to_owned(), vec![r["mib_per_s"].as_f64()])))
                 .collect(),
             unit: "MiB/s",
+        });
+    }
+    if let Some(rows) = doc["h2"].as_array() {
+        panels.push(Panel {
+            title: "HTTP/2 upstream (requests/s; h2c clients: h2load, HTTP/1.1 clients: wrk c64)".into(),
+            series: vec!["req/s"],
+            rows: rows
+                .iter()
+                .filter_map(|r| {
+                    let path = if r["path"].as_str()?.starts_with("h2c") { "h2c in" } else { "HTTP/1.1 in" };
+                    Some((format!("{}, {path}", r["target"].as_str()?), vec![r["rps"].as_f64()]))
+                })
+                .collect(),
+            unit: "req/s",
+        });
+    }
+    let proxied = |key: &str| -> Vec<(String, &Value)> {
+        by_target(doc, key).into_iter().filter(|(_, r)| r["added_p50_us"].is_number()).collect()
+    };
+    if doc["unix"].is_array() {
+        let rows = proxied("unix");
+        panels.push(Panel {
+            title: "Unix socket against TCP: added latency at concurrency 1 (µs, timed to the ns; less is better)"
+                .into(),
+            series: vec!["added p50", "added p99"],
+            rows: rows
+                .iter()
+                .map(|(t, r)| (t.clone(), vec![r["added_p50_us"].as_f64(), r["added_p99_us"].as_f64()]))
+                .collect(),
+            unit: "µs",
+        });
+        panels.push(Panel {
+            title: "Unix socket against TCP: CPU per request at concurrency 64 (µs; less is better)".into(),
+            series: vec!["CPU"],
+            rows: rows.iter().map(|(t, r)| (t.clone(), vec![r["cpu_us_per_request"].as_f64()])).collect(),
+            unit: "µs",
+        });
+    }
+    if doc["grpc"].is_array() {
+        panels.push(Panel {
+            title: "A unary gRPC call's added latency at concurrency 1 (µs; less is better)".into(),
+            series: vec!["added p50", "added p99"],
+            rows: proxied("grpc")
+                .iter()
+                .map(|(t, r)| (t.clone(), vec![r["added_p50_us"].as_f64(), r["added_p99_us"].as_f64()]))
+                .collect(),
+            unit: "µs",
         });
     }
     let height = TOP + panels.iter().map(|p| p.height() + 20.0).sum::<f64>() + 20.0;
