@@ -60,11 +60,24 @@
 //!
 //! `--h2`: HTTP/2 against an origin serving it over TLS: h2c clients (h2load) and HTTP/1.1
 //! clients (wrk) through sidekey, HAProxy and nginx (`grpc_pass`, its one HTTP/2 upstream, and
-//! `proxy_pass` over HTTP/1.1) (`benches/load/h2.rs`).
+//! `proxy_pass` over HTTP/1.1) (`benches/load/h2.rs`), with the upstream connections each
+//! proxy instance opened.
+//!
+//! `--unix`: sidekey (`listen.proxy = "unix:PATH"`) and nginx (`listen unix:PATH;`) on a Unix
+//! socket against each on TCP loopback, the same origin behind them: added latency at
+//! concurrency 1 (p50/p99, by the `--c1-exact` client, which also speaks `unix:PATH`) and
+//! requests/s and CPU per request at concurrency 64 (by this program's `--c64-client`, one
+//! thread driving 64 keep-alive connections: wrk has no Unix sockets) (`benches/load/unix.rs`).
+//!
+//! `--grpc`: a unary gRPC call (grpcio's server over TLS) directly, through sidekey and through
+//! nginx `grpc_pass`, h2c in, by this program's `--grpc-client` (one HTTP/2 connection, one
+//! call at a time, real gRPC frames, each call timed to its trailers): the added p50/p99 at
+//! concurrency 1 and the proxy's CPU per call (`benches/load/grpc.rs`).
 //!
 //! Each run also writes its picture beside the JSON (`result.svg`, or `--svg FILE`): latency
 //! percentiles at concurrency 1, requests/s and CPU per request at 64, bytes per idle
-//! connection (`benches/load/svg.rs`); `--svg-from JSON` draws it again from an earlier result.
+//! connection, and the scaling, body, HTTP/2, Unix-socket and gRPC rows when the run had them
+//! (`benches/load/svg.rs`); `--svg-from JSON` draws it again from an earlier result.
 //!
 //! `--soak SECS` adds, per proxy, a concurrency-64 run of SECS with its RSS read every 10 s
 //! (memory must stay flat).

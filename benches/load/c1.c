@@ -2,6 +2,7 @@
  *
  *   cc -O2 -o /tmp/c1 benches/load/c1.c
  *   taskset -c 0 /tmp/c1 127.0.0.1 PORT SECONDS
+ *   taskset -c 0 /tmp/c1 unix:/path/to/proxy.sock - SECONDS    # a Unix socket (Host: localhost)
  *
  * One keep-alive connection (opened again when the server closes it, as nginx does after
  * `keepalive_requests`), `GET /x` with `User-Agent` and `Accept` as the load harness sends it,
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,36 +33,56 @@ static int by_value(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static int open_connection(const struct sockaddr_in *addr) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    if (fd < 0 || connect(fd, (const struct sockaddr *)addr, sizeof *addr) != 0) {
+/* Where to connect: an IPv4 address and port, or a Unix socket's path. */
+static struct sockaddr_storage target;
+static socklen_t target_len;
+
+static int open_connection(void) {
+    int fd = socket(target.ss_family, SOCK_STREAM, 0), one = 1;
+    if (fd < 0 || connect(fd, (const struct sockaddr *)&target, target_len) != 0) {
         perror("connect");
         exit(1);
     }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (target.ss_family == AF_INET)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
 }
 
 int main(int argc, char **argv) {
     if (argc != 4) {
-        fprintf(stderr, "usage: %s HOST PORT SECONDS\n", argv[0]);
+        fprintf(stderr, "usage: %s HOST PORT SECONDS\n       %s unix:PATH - SECONDS\n", argv[0], argv[0]);
         return 2;
     }
-    struct sockaddr_in addr = {0};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(atoi(argv[2]));
-    if (inet_pton(AF_INET, argv[1], &addr.sin_addr) != 1) {
-        fprintf(stderr, "not an IPv4 address: %s\n", argv[1]);
-        return 2;
+    char host[128];
+    if (strncmp(argv[1], "unix:", 5) == 0) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&target;
+        if (strlen(argv[1] + 5) >= sizeof un->sun_path) {
+            fprintf(stderr, "socket path too long: %s\n", argv[1] + 5);
+            return 2;
+        }
+        un->sun_family = AF_UNIX;
+        strcpy(un->sun_path, argv[1] + 5);
+        target_len = sizeof *un;
+        snprintf(host, sizeof host, "localhost");
+    } else {
+        struct sockaddr_in *in = (struct sockaddr_in *)&target;
+        in->sin_family = AF_INET;
+        in->sin_port = htons(atoi(argv[2]));
+        if (inet_pton(AF_INET, argv[1], &in->sin_addr) != 1) {
+            fprintf(stderr, "not an IPv4 address: %s\n", argv[1]);
+            return 2;
+        }
+        target_len = sizeof *in;
+        snprintf(host, sizeof host, "%s:%s", argv[1], argv[2]);
     }
     char req[256];
-    int req_len = snprintf(req, sizeof req, "GET /x HTTP/1.1\r\nHost: %s:%s\r\nUser-Agent: load\r\nAccept: */*\r\n\r\n",
-                           argv[1], argv[2]);
+    int req_len =
+        snprintf(req, sizeof req, "GET /x HTTP/1.1\r\nHost: %s\r\nUser-Agent: load\r\nAccept: */*\r\n\r\n", host);
     long cap = 8000000, n = 0, reconnects = 0;
     long *lat = malloc(cap * sizeof *lat);
     static char buf[65536];
     long start = now_ns(), end = start + (long)(atof(argv[3]) * 1e9), warm = start + 200000000L;
-    int fd = open_connection(&addr);
+    int fd = open_connection();
     while (n < cap) {
         long t0 = now_ns();
         if (t0 > end)
@@ -74,7 +96,7 @@ int main(int argc, char **argv) {
             ssize_t r = recv(fd, buf + got, sizeof buf - 1 - got, 0);
             if (r <= 0 && got == 0) { /* closed between answers: again on a new connection */
                 close(fd);
-                fd = open_connection(&addr);
+                fd = open_connection();
                 reconnects++;
                 goto next;
             }
