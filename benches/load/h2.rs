@@ -11,17 +11,26 @@
 //!
 //! Per round and target, a fresh proxy instance, a warm-up, then `--duration` of load:
 //! requests/s, mean latency, the proxy's CPU per request, errors, and the connections the
-//! origin accepted from that instance over its warm-up and run (sidekey's h2c path multiplexes
-//! every stream over one; h2load's direct run opens its 4). Pinned as the comparison rounds are (load generator and
+//! origin accepted from that instance over its warm-up and run, and within the run alone (the
+//! most in a round; h2load's direct run opens 4 each time). Pinned as the comparison rounds are (load generator and
 //! origin on CPU 0, the proxy on CPU 1).
 
 use serde_json::{json, Value};
 
 use super::{median, Origin, Server};
 
-/// The figures of one run: (req/s, mean latency µs, CPU µs per request, errors, upstream
-/// connections).
-type Figures = (f64, f64, Option<f64>, u64, u64);
+/// The figures of one run.
+#[derive(Clone, Copy)]
+struct Figures {
+    rps: f64,
+    mean_us: f64,
+    cpu: Option<f64>,
+    errors: u64,
+    /// The connections the origin accepted from the proxy instance: over its warm-up and run,
+    /// and within the measured run alone.
+    upstream: u64,
+    upstream_in_run: u64,
+}
 
 /// h2load's figures for `secs` of load: (req/s, mean µs, requests succeeded, errors).
 fn h2load(url: &str, secs: u64) -> Result<(f64, f64, u64, u64), String> {
@@ -71,21 +80,39 @@ fn h2load(url: &str, secs: u64) -> Result<(f64, f64, u64, u64), String> {
     Ok((rps, mean, succeeded, errors))
 }
 
-fn measure(url: &str, server: Option<&Server>, secs: u64, h2c: bool) -> Result<(f64, f64, Option<f64>, u64), String> {
+/// The origin's count of accepted connections (the one that reads it included).
+fn origin_connections(origin: &Origin) -> u64 {
+    super::origin_stats(origin.plain)["connections"].as_u64().unwrap_or(0)
+}
+
+/// A warm-up and a run against `url`, `started` the origin's connection count read before the
+/// proxy instance started.
+fn measure(
+    origin: &Origin,
+    url: &str,
+    server: Option<&Server>,
+    secs: u64,
+    h2c: bool,
+    started: u64,
+) -> Result<Figures, String> {
     let before = |s: Option<&Server>| s.map(|s| s.cpu_us().0);
     if h2c {
         h2load(url, 1)?;
-        let cpu = before(server);
-        let (rps, mean, done, errors) = h2load(url, secs)?;
-        let cpu = server.zip(cpu).map(|(s, b)| (s.cpu_us().0 - b) as f64 / done.max(1) as f64);
-        Ok((rps, mean, cpu, errors))
     } else {
         super::wrk(url, 64, 1)?;
-        let cpu = before(server);
-        let load = super::wrk(url, 64, secs)?;
-        let cpu = server.zip(cpu).map(|(s, b)| (s.cpu_us().0 - b) as f64 / load.requests.max(1) as f64);
-        Ok((load.requests as f64 / load.duration_s, load.mean, cpu, load.errors))
     }
+    let warm = origin_connections(origin);
+    let cpu = before(server);
+    let (rps, mean_us, done, errors) = if h2c {
+        h2load(url, secs)?
+    } else {
+        let load = super::wrk(url, 64, secs)?;
+        (load.requests as f64 / load.duration_s, load.mean, load.requests, load.errors)
+    };
+    let cpu = server.zip(cpu).map(|(s, b)| (s.cpu_us().0 - b) as f64 / done.max(1) as f64);
+    // Each count's own connection is left out.
+    let end = origin_connections(origin);
+    Ok(Figures { rps, mean_us, cpu, errors, upstream: end - started - 2, upstream_in_run: end - warm - 1 })
 }
 
 fn start(opts: &super::Opts, origin: &Origin, target: &str, h2c: bool) -> Result<Option<Server>, String> {
@@ -117,20 +144,19 @@ pub fn h2_runs(opts: &super::Opts, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<
             let shift = (round - 1) % order.len().max(1);
             order.rotate_left(shift);
             for target in order {
-                let connections = || super::origin_stats(origin.plain)["connections"].as_u64().unwrap_or(0);
-                let before = connections();
+                let started = origin_connections(&origin);
                 let server = start(opts, &origin, target, h2c)?;
                 let url = server.as_ref().map_or(format!("https://127.0.0.1:{tls_port}/x"), |s| s.url.clone());
-                let (rps, mean, cpu, errors) = measure(&url, server.as_ref(), opts.duration, h2c)?;
-                // Less the connection that read the count after.
-                let f = (rps, mean, cpu, errors, connections() - before - 1);
+                let f = measure(&origin, &url, server.as_ref(), opts.duration, h2c, started)?;
                 eprintln!(
-                    "load:   {target:36} {:.0} req/s, mean {:.0} µs, {} µs CPU/req, {} errors, {} upstream connections",
-                    f.0,
-                    f.1,
-                    f.2.map_or("-".into(), |c| format!("{c:.1}")),
-                    f.3,
-                    f.4
+                    "load:   {target:36} {:.0} req/s, mean {:.0} µs, {} µs CPU/req, {} errors, {} upstream connections \
+                     ({} in the measured run)",
+                    f.rps,
+                    f.mean_us,
+                    f.cpu.map_or("-".into(), |c| format!("{c:.1}")),
+                    f.errors,
+                    f.upstream,
+                    f.upstream_in_run
                 );
                 match figures.iter_mut().find(|x| x.0 == (path, target)) {
                     Some(x) => x.1.push(f),
@@ -144,14 +170,15 @@ pub fn h2_runs(opts: &super::Opts, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<
     Ok(figures
         .into_iter()
         .map(|((path, target), f)| {
-            let cpu: Vec<f64> = f.iter().filter_map(|x| x.2).collect();
+            let cpu: Vec<f64> = f.iter().filter_map(|x| x.cpu).collect();
             json!({
                 "path": path, "target": target,
-                "rps": median(f.iter().map(|x| x.0).collect()),
-                "mean_us": median(f.iter().map(|x| x.1).collect()),
+                "rps": median(f.iter().map(|x| x.rps).collect()),
+                "mean_us": median(f.iter().map(|x| x.mean_us).collect()),
                 "cpu_us_per_request": (!cpu.is_empty()).then(|| median(cpu)),
-                "errors": f.iter().map(|x| x.3).sum::<u64>(),
-                "upstream_connections_max": f.iter().map(|x| x.4).max(),
+                "errors": f.iter().map(|x| x.errors).sum::<u64>(),
+                "upstream_connections_max": f.iter().map(|x| x.upstream).max(),
+                "upstream_connections_in_run_max": f.iter().map(|x| x.upstream_in_run).max(),
                 "rounds": f.len(),
             })
         })
@@ -160,19 +187,22 @@ pub fn h2_runs(opts: &super::Opts, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<
 
 /// The HTTP/2 table.
 pub fn print(rows: &[Value]) {
-    println!("\n| HTTP/2 | target | req/s | mean µs | CPU µs/req | errors | upstream connections (most in a round) |");
+    println!(
+        "\n| HTTP/2 | target | req/s | mean µs | CPU µs/req | errors | upstream connections, warm-up and run (in the run) |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for r in rows {
         let f = |k: &str, d: usize| r[k].as_f64().map_or("-".into(), |x| format!("{x:.d$}"));
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} ({}) |",
             r["path"].as_str().unwrap_or_default(),
             r["target"].as_str().unwrap_or_default(),
             f("rps", 0),
             f("mean_us", 0),
             f("cpu_us_per_request", 1),
             r["errors"],
-            r["upstream_connections_max"]
+            r["upstream_connections_max"],
+            r["upstream_connections_in_run_max"]
         );
     }
 }
