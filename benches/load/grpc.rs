@@ -157,6 +157,9 @@ pub fn grpc_client(url: &str, secs: f64, ca: Option<&Path>) -> Result<String, St
                 lat.push(elapsed.as_nanos() as u64);
             } else {
                 let said: Value = serde_json::from_slice(&message[5..]).map_err(|e| format!("the answer: {e}"))?;
+                if said["body"].as_str().map(str::as_bytes) != Some(MESSAGE) {
+                    return Err(format!("the server answered {said}, not the message sent"));
+                }
                 authorization = said["authorization"].clone();
             }
         }
