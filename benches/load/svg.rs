@@ -31,9 +31,10 @@ pub fn escape(text: &str) -> String {
 
 /// A figure as the bars show it: three significant digits at most, thousands in full.
 fn figure(v: f64) -> String {
-    if v >= 100.0 {
+    // A negative figure (an added latency below the direct run's) is written as its size is.
+    if v.abs() >= 100.0 {
         format!("{v:.0}")
-    } else if v >= 10.0 {
+    } else if v.abs() >= 10.0 {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
