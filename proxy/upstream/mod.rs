@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -276,7 +276,16 @@ pub struct Pool {
     h2_epoch: AtomicU32,
     /// Sweeps so far (see [`sweep`]).
     epoch: AtomicU32,
+    /// What ALPN chose for the last connection made: [`ALPN_UNKNOWN`] until the first.
+    alpn: AtomicU8,
+    /// Held while a connection that may turn out HTTP/2 is made: requests that find no
+    /// connection wait for it and share it, rather than each opening one of their own.
+    connecting: tokio::sync::Mutex<()>,
 }
+
+const ALPN_UNKNOWN: u8 = 0;
+const ALPN_H1: u8 = 1;
+const ALPN_H2: u8 = 2;
 
 struct H1 {
     conn: Box<crate::upstream::h1::Conn>,
@@ -400,6 +409,8 @@ impl Pool {
             h2: Mutex::new(None),
             h2_epoch: AtomicU32::new(0),
             epoch: AtomicU32::new(0),
+            alpn: AtomicU8::new(ALPN_UNKNOWN),
+            connecting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -477,7 +488,7 @@ impl Pool {
         for attempt in first..=ATTEMPTS {
             let (conn, reused) = match self.checkout() {
                 Some(c) => (c, true),
-                None => (Box::pin(self.connect()).await?, false),
+                None => Box::pin(self.connect_or_join()).await?,
             };
             match conn {
                 Conn::H1(conn) => {
@@ -545,10 +556,31 @@ impl Pool {
         }
     }
 
+    /// A new connection, or the HTTP/2 one another request was making meanwhile (`true`: a
+    /// connection made before this request, as a pooled one is). Only a TLS upstream may choose
+    /// HTTP/2, and until its first connection says which it chose, requests take turns.
+    async fn connect_or_join(&self) -> Result<(Conn, bool), UpstreamError> {
+        let may_be_h2 = || self.alpn.load(Ordering::Relaxed) != ALPN_H1;
+        if self.origin.scheme() != Some(&Scheme::HTTPS) || !may_be_h2() {
+            return Ok((self.connect().await?, false));
+        }
+        let turn = self.connecting.lock().await;
+        if let Some(conn) = self.checkout() {
+            return Ok((conn, true));
+        }
+        if !may_be_h2() {
+            // HTTP/1.1 after all: one connection each, made side by side.
+            drop(turn);
+        }
+        Ok((self.connect().await?, false))
+    }
+
     /// A new connection: TCP, TLS where the scheme says, HTTP/2 when ALPN chose it.
     async fn connect(&self) -> Result<Conn, UpstreamError> {
         let io = self.connector.clone().oneshot(self.origin.clone()).await.map_err(UpstreamError::Connect)?;
-        if io.connected().is_negotiated_h2() {
+        let h2 = io.connected().is_negotiated_h2();
+        self.alpn.store(if h2 { ALPN_H2 } else { ALPN_H1 }, Ordering::Relaxed);
+        if h2 {
             let (send, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .handshake(io)

@@ -185,13 +185,12 @@ async fn a_connection_idle_for_two_sweeps_is_closed_and_a_recently_used_one_kept
     assert_eq!(closed, (1, "closed by the client".to_owned()));
 }
 
-#[tokio::test]
-async fn the_http2_connection_is_shared_and_let_go_when_unused_for_two_sweeps() {
-    // A TLS origin offering h2 by ALPN, with a certificate from a throwaway CA.
+/// A TLS origin offering h2 by ALPN, with a certificate from a throwaway CA: its port, the
+/// directory holding the CA's file, and its events ("connection", "closed").
+async fn h2_origin() -> (u16, tempfile::TempDir, mpsc::UnboundedReceiver<&'static str>) {
     let ca = crate::pki::Ca::generate().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
     let (chain, key) = ca.mint("localhost").unwrap();
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -203,7 +202,7 @@ async fn the_http2_connection_is_shared_and_let_go_when_unused_for_two_sweeps() 
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let (events, mut seen) = mpsc::unbounded_channel::<&'static str>();
+    let (events, seen) = mpsc::unbounded_channel::<&'static str>();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
@@ -220,6 +219,13 @@ async fn the_http2_connection_is_shared_and_let_go_when_unused_for_two_sweeps() 
             });
         }
     });
+    (port, dir, seen)
+}
+
+#[tokio::test]
+async fn the_http2_connection_is_shared_and_let_go_when_unused_for_two_sweeps() {
+    let (port, dir, mut seen) = h2_origin().await;
+    let ca_file = dir.path().join("ca.pem");
     let client = build_client(&[ca_file], Duration::from_secs(5)).unwrap();
     let pool = client.pool(&Scheme::HTTPS, &Authority::try_from(format!("localhost:{port}").as_str()).unwrap());
     let get = || async {
@@ -241,6 +247,28 @@ async fn the_http2_connection_is_shared_and_let_go_when_unused_for_two_sweeps() 
     assert_eq!(pool.connections(), 0);
     let closed = tokio::time::timeout(Duration::from_secs(10), seen.recv()).await.unwrap();
     assert_eq!(closed, Some("closed"), "a second connection was opened, or the first stayed open");
+}
+
+#[tokio::test]
+async fn requests_that_find_no_connection_to_an_http2_upstream_share_the_first() {
+    let (port, dir, mut seen) = h2_origin().await;
+    let client = build_client(&[dir.path().join("ca.pem")], Duration::from_secs(5)).unwrap();
+    let pool = client.pool(&Scheme::HTTPS, &Authority::try_from(format!("localhost:{port}").as_str()).unwrap());
+    // Sixteen requests at once on a fresh pool: none knows yet that the upstream speaks HTTP/2.
+    let gets = (0..16).map(|_| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let req = Request::get(format!("https://localhost:{port}/")).body(Body::Empty).unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(10), pool.request(req, soon())).await.unwrap().unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes()
+        })
+    });
+    for got in futures_util::future::join_all(gets).await {
+        assert_eq!(got.unwrap(), "ok");
+    }
+    assert_eq!(seen.recv().await, Some("connection"));
+    assert!(seen.try_recv().is_err(), "more than one connection was opened");
+    assert_eq!(pool.connections(), 1);
 }
 
 #[test]
