@@ -6,10 +6,8 @@ use std::io;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::fields::Lines;
-use super::{content_length, invalid, Fields};
+use super::{content_length, invalid, Fields, Limits};
 
-/// Most header fields in a response head.
-const MAX_HEADERS: usize = 128;
 /// Where the answer's body ends (RFC 9112, section 6.3).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Framing {
@@ -47,7 +45,7 @@ pub struct FrameFields {
 /// The head at the start of `buf` and its length, `None` while incomplete.
 pub fn parse_head(buf: &[u8]) -> io::Result<Option<(Head, usize)>> {
     // Slots left uninitialised: setting up 128 empty ones cost more than parsing a small head.
-    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; Limits::ANSWER.headers];
     let mut parsed = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,

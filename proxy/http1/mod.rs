@@ -1,15 +1,41 @@
 //! HTTP/1.1 without I/O: header fields kept as they came ([`Fields`]), the numbers a head
-//! carries, and socket helpers that read into and write from plain buffers. The proxy
-//! listener's own loop ([`crate::listen`]) and the upstream client ([`crate::upstream`]) both
-//! build on it.
+//! carries, where a body ends ([`chunked`]), the limits a message is read within ([`Limits`]),
+//! and socket helpers that read into and write from plain buffers. The proxy listener's own
+//! loop ([`crate::listen`]) and the upstream client ([`crate::upstream`]) both build on it.
 
 use std::io;
 
 pub mod answer;
+pub mod chunked;
 mod fields;
 pub mod socket;
 
 pub use fields::{AnswerFields, Fields};
+
+/// What a message is read within, on either side: a head past these is not read as one (the
+/// listener's loop hands it to hyper's server, which refuses it; the upstream client fails
+/// the exchange), a chunked body past them does not parse.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Longest head: the request or status line and the header fields, blank line included.
+    pub head_bytes: usize,
+    /// Most header fields in a head.
+    pub headers: usize,
+    /// Longest chunk-size line, its extensions and CRLF included.
+    pub chunk_line: usize,
+    /// Most bytes of trailer fields after a chunked body's last chunk.
+    pub trailer_bytes: usize,
+}
+
+impl Limits {
+    /// A client's request, as the listener reads it unless configured otherwise
+    /// (`[limits] max_header_bytes`, `max_headers` set the head's two); the loop parses this
+    /// many header fields in place (hyper's default) and hands a head with more to hyper.
+    pub const REQUEST: Limits =
+        Limits { head_bytes: 64 * 1024, headers: 100, chunk_line: 1024, trailer_bytes: 8 * 1024 };
+    /// An upstream's answer (nginx reads 4 or 8 KiB of an upstream's head by default).
+    pub const ANSWER: Limits = Limits { head_bytes: 64 * 1024, headers: 128, ..Limits::REQUEST };
+}
 
 /// The length a `Content-Length` field's `items` give, with `seen` from the fields before.
 pub fn content_length<'a>(items: impl Iterator<Item = &'a [u8]>, mut seen: Option<u64>) -> io::Result<Option<u64>> {

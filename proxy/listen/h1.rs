@@ -32,7 +32,8 @@ use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{Body as DataBody, Streamed};
-use crate::http1::{itoa, push_hex, AnswerFields};
+use crate::http1::chunked::{Decoder, Step};
+use crate::http1::{itoa, push_hex, AnswerFields, Limits};
 use crate::upstream::ProxyBody;
 
 /// Reads take at least this much room: a connection's block for request heads starts at this
@@ -40,8 +41,6 @@ use crate::upstream::ProxyBody;
 /// connection holds it (nginx's `client_header_buffer_size` is as large; 4 KiB took 12.1
 /// against 9.0 KiB of memory per idle connection).
 const READ_ROOM: usize = 1024;
-/// Headers parsed in place; more goes to hyper (whose default limit this is).
-const MAX_HEADERS: usize = 100;
 /// A body chunk up to this size goes out in one write with what precedes it (the head, a
 /// chunk's size line), copied into the connection's write buffer; a larger one is written
 /// from where it is.
@@ -53,10 +52,6 @@ pub(crate) const BODY_MAX: usize = 16 * 1024;
 /// a new one is made when less than `STREAM_ROOM` is left in the last.
 const STREAM_READ: usize = 64 * 1024;
 const STREAM_ROOM: usize = 4096;
-/// Longest chunk size line (with its extensions), and most bytes of trailer fields, in a
-/// chunked body.
-const CHUNK_LINE_MAX: usize = 1024;
-const TRAILERS_MAX: usize = 8 * 1024;
 /// Chunks of a streamed body read ahead of the upstream's taking them.
 const STREAM_AHEAD: usize = 2;
 /// How long, and how many bytes of a body not read, a closing connection reads and drops (see
@@ -87,13 +82,6 @@ pub(crate) enum End {
     HandOver(Vec<u8>),
 }
 
-/// What the connection's limits allow of a head.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct HeadLimits {
-    pub max_bytes: usize,
-    pub max_headers: usize,
-}
-
 /// A request head read whole and served here.
 #[derive(Debug)]
 pub(crate) struct Head {
@@ -119,6 +107,16 @@ pub(crate) enum Framing {
     Chunked,
 }
 
+impl Framing {
+    /// Where a body so framed ends, read within `limits`.
+    pub(crate) fn decoder(self, limits: &Limits) -> Decoder {
+        match self {
+            Framing::Length(n) => Decoder::length(n),
+            Framing::Chunked => Decoder::chunked(limits),
+        }
+    }
+}
+
 /// What the bytes at the start of a read buffer are.
 #[derive(Debug)]
 // Returned once per request and taken apart at once: boxing the request would cost an
@@ -133,16 +131,17 @@ pub(crate) enum Parsed {
 }
 
 /// Parses the request head at the start of `buf`.
-pub(crate) fn parse(buf: &[u8], limits: HeadLimits) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+pub(crate) fn parse(buf: &[u8], limits: Limits) -> Parsed {
+    // Parsed in place up to the default count; a head with more is hyper's.
+    let mut headers = [httparse::EMPTY_HEADER; Limits::REQUEST.headers];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len <= limits.max_bytes => len,
-        Ok(httparse::Status::Partial) if buf.len() < limits.max_bytes => return Parsed::Partial,
+        Ok(httparse::Status::Complete(len)) if len <= limits.head_bytes => len,
+        Ok(httparse::Status::Partial) if buf.len() < limits.head_bytes => return Parsed::Partial,
         _ => return Parsed::HandOver,
     };
     let (Some(method), Some(path), Some(1)) = (req.method, req.path, req.version) else { return Parsed::HandOver };
-    if !path.starts_with('/') || req.headers.len() > limits.max_headers {
+    if !path.starts_with('/') || req.headers.len() > limits.headers {
         return Parsed::HandOver;
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::HandOver };
@@ -237,7 +236,7 @@ pub(crate) async fn serve<I, F, Fut, B, G>(
     handler: &F,
     begin: impl Fn() -> G,
     closing: &AtomicBool,
-    limits: HeadLimits,
+    limits: Limits,
 ) -> io::Result<End>
 where
     G: InFlight,
@@ -252,7 +251,7 @@ where
     loop {
         // How much the request read so far needs: its head and body (the head's limit until
         // the head is read).
-        let (mut need, mut body_due) = (limits.max_bytes, false);
+        let (mut need, mut body_due) = (limits.head_bytes, false);
         // A head read whole whose short body is on its way: kept, not parsed again on every
         // read of a body that comes a few bytes at a time.
         let mut parsed: Option<Head> = None;
@@ -308,7 +307,7 @@ where
         let mut cut = false;
         if let Some((framing, tx)) = head.stream {
             let pumped = {
-                let mut pump = pin!(pump(&mut *io, &mut buf, framing, tx, head.expect));
+                let mut pump = pin!(pump(&mut *io, &mut buf, framing, tx, head.expect, &limits));
                 // The answer first: a request refused before its body is read (no route, not
                 // allowed) is answered without `100 Continue` and without its body.
                 let mut pumping = false;
@@ -337,7 +336,7 @@ where
         let response = match early {
             Some(response) => Some(response),
             None => {
-                let max = limits.max_bytes;
+                let max = limits.head_bytes;
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(Ok(response)) = answer.as_mut().poll(cx) {
                         return Poll::Ready(Some(response));
@@ -597,6 +596,7 @@ async fn pump<I>(
     framing: Framing,
     tx: tokio::sync::mpsc::Sender<Bytes>,
     expect: bool,
+    limits: &Limits,
 ) -> Pumped
 where
     I: AsyncRead + AsyncWrite + Unpin,
@@ -615,7 +615,7 @@ where
     };
     let (mut more, mut eof) = (!buf.is_empty() && short, false);
     buf.clear();
-    let mut decoder = Decoder::new(framing);
+    let mut decoder = framing.decoder(limits);
     let pumped = loop {
         if more && !eof {
             let room = reserve_stream_read(&mut read);
@@ -679,99 +679,6 @@ fn reserve_stream_read(read: &mut bytes::BytesMut) -> usize {
     read.capacity() - read.len()
 }
 
-/// What comes next of a streamed body, from the bytes read of it.
-#[derive(Debug, PartialEq)]
-enum Step {
-    /// This many bytes of its data.
-    Data(usize),
-    /// This many bytes of framing.
-    Skip(usize),
-    /// Nothing until more is read.
-    More,
-    /// Its end, after this many bytes of framing.
-    End(usize),
-}
-
-/// Where a streamed body is: the length left of a stated one, or the part of a chunked one
-/// (RFC 9112, section 7.1; chunk extensions and trailer fields are read and dropped).
-#[derive(Debug)]
-enum Decoder {
-    Length(u64),
-    Size,
-    Data(u64),
-    DataEnd,
-    /// Trailer fields, and how many bytes of them so far.
-    Trailers(usize),
-}
-
-impl Decoder {
-    fn new(framing: Framing) -> Decoder {
-        match framing {
-            Framing::Length(n) => Decoder::Length(n),
-            Framing::Chunked => Decoder::Size,
-        }
-    }
-
-    fn step(&mut self, buf: &[u8]) -> Result<Step, &'static str> {
-        let line = |buf: &[u8]| buf.windows(2).position(|w| w == b"\r\n");
-        match self {
-            Decoder::Length(0) => Ok(Step::End(0)),
-            Decoder::Length(_) | Decoder::Data(_) if buf.is_empty() => Ok(Step::More),
-            Decoder::Length(left) => {
-                let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= n as u64;
-                Ok(Step::Data(n))
-            }
-            Decoder::Data(left) => {
-                let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                *left -= n as u64;
-                if *left == 0 {
-                    *self = Decoder::DataEnd;
-                }
-                Ok(Step::Data(n))
-            }
-            Decoder::DataEnd => match buf {
-                [b'\r', b'\n', ..] => {
-                    *self = Decoder::Size;
-                    Ok(Step::Skip(2))
-                }
-                [] | [b'\r'] => Ok(Step::More),
-                _ => Err("a chunk's data is not followed by CRLF"),
-            },
-            Decoder::Size => match httparse::parse_chunk_size(buf) {
-                // No digit at all, or a bare LF inside an extension, `httparse` takes; not here.
-                Ok(httparse::Status::Complete(_)) if !buf[0].is_ascii_hexdigit() => {
-                    Err("a chunk size that does not parse")
-                }
-                Ok(httparse::Status::Complete((used, _))) if used > CHUNK_LINE_MAX => Err("a chunk size line too long"),
-                Ok(httparse::Status::Complete((used, _))) if buf[..used - 2].contains(&b'\n') => {
-                    Err("a bare LF in a chunk size line")
-                }
-                Ok(httparse::Status::Complete((used, size))) => {
-                    *self = if size == 0 { Decoder::Trailers(0) } else { Decoder::Data(size) };
-                    Ok(Step::Skip(used))
-                }
-                Ok(httparse::Status::Partial) if buf.len() < CHUNK_LINE_MAX => Ok(Step::More),
-                Ok(httparse::Status::Partial) => Err("a chunk size line too long"),
-                Err(_) => Err("a chunk size that does not parse"),
-            },
-            Decoder::Trailers(seen) => match line(buf) {
-                Some(0) => Ok(Step::End(2)),
-                Some(n) if *seen + n + 2 > TRAILERS_MAX => Err("trailer fields too long"),
-                Some(n) if buf[..n].contains(&b'\n') || !buf[..n].contains(&b':') => {
-                    Err("a trailer field that does not parse")
-                }
-                Some(n) => {
-                    *seen += n + 2;
-                    Ok(Step::Skip(n + 2))
-                }
-                None if *seen + buf.len() > TRAILERS_MAX => Err("trailer fields too long"),
-                None => Ok(Step::More),
-            },
-        }
-    }
-}
-
 /// For the fuzz target `client_requests`: the input's first byte picks the listener's limits
 /// (odd: 64 bytes and 4 headers; even: 8 KiB and 100), the rest is everything a client sends
 /// before closing its side. The loop serves it with a handler that answers every request, and
@@ -787,9 +694,9 @@ pub fn fuzz_requests(data: &[u8]) -> Option<usize> {
     }
     let (&first, input) = data.split_first()?;
     let limits = if first & 1 == 1 {
-        HeadLimits { max_bytes: 64, max_headers: 4 }
+        Limits { head_bytes: 64, headers: 4, ..Limits::REQUEST }
     } else {
-        HeadLimits { max_bytes: 8192, max_headers: MAX_HEADERS }
+        Limits { head_bytes: 8192, ..Limits::REQUEST }
     };
     RUNTIME.with(|runtime| {
         runtime.block_on(async {
@@ -913,7 +820,7 @@ pub fn serve_dribbled(head: &[u8], body_len: usize) -> usize {
         std::future::ready(Ok::<_, Infallible>(answer))
     };
     let closing = AtomicBool::new(false);
-    let limits = HeadLimits { max_bytes: 1024 * 1024, max_headers: MAX_HEADERS };
+    let limits = Limits { head_bytes: 1024 * 1024, ..Limits::REQUEST };
     let mut io = Dribble { head, body: body_len };
     let serving = serve(&mut io, Vec::new(), &handler, || (), &closing, limits);
     let _ = futures_util::FutureExt::now_or_never(serving);
@@ -926,7 +833,7 @@ pub fn serve_dribbled(head: &[u8], body_len: usize) -> usize {
 /// empty one), its method and path. `None` when `input` does not hold it whole.
 #[cfg(any(test, feature = "fuzzing"))]
 fn framed_length(input: &[u8]) -> Option<(usize, String, String)> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; Limits::REQUEST.headers];
     let mut req = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(head) = req.parse(input).ok()? else { return None };
     let (method, path) = (req.method?.to_owned(), req.path?.to_owned());

@@ -606,9 +606,10 @@ async fn connection<I, F, Fut, B>(
         // The proxy listener: sidekey's own loop serves the common request (see `listen::h1`),
         // hyper the rest of a connection from the first request it does not.
         let closing = Arc::new(AtomicBool::new(false));
-        let limits = crate::listen::h1::HeadLimits {
-            max_bytes: ctx.limits.max_header_bytes.max(crate::config::MIN_HEADER_BYTES),
-            max_headers: ctx.limits.max_headers,
+        let limits = crate::http1::Limits {
+            head_bytes: ctx.limits.max_header_bytes.max(crate::config::MIN_HEADER_BYTES),
+            headers: ctx.limits.max_headers,
+            ..crate::http1::Limits::REQUEST
         };
         let flag = closing.clone();
         let (h1, own_watch) = (&ctx.h1, watch.clone());

@@ -34,21 +34,17 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::Body as DataBody;
 use crate::http1::answer::{framing, parse_head, Framing, Head};
-use crate::http1::{itoa, push_hex, AnswerFields, Fields};
+use crate::http1::chunked::{Decoder, Step};
+use crate::http1::{itoa, push_hex, AnswerFields, Fields, Limits};
 use crate::upstream::ProxyBody;
 
 /// The byte stream to an upstream (TCP, or TLS over it).
 pub(crate) type Stream = hyper_util::rt::TokioIo<hyper_rustls::MaybeHttpsStream<crate::upstream::Dialed>>;
 
-/// Longest response head read (nginx reads 4 or 8 KiB of an upstream's head by default).
-const MAX_HEAD: usize = 64 * 1024;
 /// What a read asks for at least.
 const READ_CHUNK: usize = 4096;
 /// Largest read straight into a body chunk of its own.
 const BODY_CHUNK: usize = 16 * 1024;
-/// Longest chunk-size line, and all trailer lines together, of a chunked body.
-const MAX_CHUNK_LINE: usize = 4096;
-const MAX_TRAILERS: usize = 16 * 1024;
 
 /// An idle or busy HTTP/1.1 connection: the stream and what has been read from it.
 pub(crate) struct Conn {
@@ -336,7 +332,7 @@ impl Conn {
                         }
                         return Poll::Ready(Ok(head));
                     }
-                    Ok(None) if self.buf.len() >= MAX_HEAD => {
+                    Ok(None) if self.buf.len() >= Limits::ANSWER.head_bytes => {
                         return Poll::Ready(Err(invalid("the upstream's response head is too large")))
                     }
                     Ok(None) => {}
@@ -366,14 +362,18 @@ impl Conn {
         pool: Arc<crate::upstream::Pool>,
     ) -> Response<Body> {
         let fields = head.fields;
-        let mut response =
-            Response::new(Body { conn: None, framing, state: State::Start, reusable, pool: None, fields });
+        let state = match framing {
+            Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Framed(Decoder::length(n)),
+            Framing::Chunked => State::Framed(Decoder::chunked(&Limits::ANSWER)),
+            Framing::Close => State::Close,
+        };
+        let mut response = Response::new(Body { conn: None, framing, state, reusable, pool: None, fields });
         *response.status_mut() = head.status;
         *response.version_mut() = Version::HTTP_11;
         *response.headers_mut() = head.headers;
         let body = response.body_mut();
-        if framing == Framing::Length(0) {
-            body.state = State::Done;
+        if body.state == State::Done {
             if reusable && self.buf.is_empty() {
                 pool.put_back(self);
             }
@@ -649,18 +649,13 @@ async fn drain(mut conn: Box<Conn>, pool: Arc<crate::upstream::Pool>, head_reque
     let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
+/// Where an answer's body is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
-    /// Nothing read yet.
-    Start,
-    /// Bytes left of a `Length` body, or of the current chunk.
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    ChunkEnd,
-    /// A chunk-size line.
-    ChunkSize,
-    /// Trailer lines after the last chunk; how many bytes so far.
-    Trailers(usize),
+    /// Framed by its length or chunked: read to where the decoder says it ends.
+    Framed(Decoder),
+    /// Read to the end of the stream.
+    Close,
     Done,
 }
 
@@ -711,72 +706,52 @@ impl Body {
         Poll::Ready(Ok(Bytes::from(chunk)))
     }
 
-    /// A line ending in CRLF at the start of the buffer (its length with the CRLF), reading
-    /// more while there is none; an error past `max` bytes.
-    fn poll_line(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
-        let conn = self.conn.as_mut().expect("a body being read has its connection");
-        loop {
-            if let Some(i) = conn.buf.windows(2).position(|w| w == b"\r\n") {
-                return Poll::Ready(Ok(i + 2));
+    /// The next data of a body framed by its length or chunked, as `decoder` reads it: data
+    /// already buffered is copied out; else, within a chunk, a read of its own is handed on.
+    fn poll_framed(&mut self, cx: &mut Context<'_>, mut decoder: Decoder) -> Poll<Option<io::Result<Bytes>>> {
+        let result = loop {
+            // Kept where a return below leaves it.
+            self.state = State::Framed(decoder);
+            let conn = self.conn.as_mut().expect("a body being read has its connection");
+            if let Some(left) = decoder.data_left().filter(|&n| n > 0 && conn.buf.is_empty()) {
+                break match ready!(self.poll_data(cx, left)) {
+                    Ok(data) if data.is_empty() => Some(Err(closed_early())),
+                    Ok(data) => {
+                        decoder.took(data.len() as u64);
+                        Some(Ok(data))
+                    }
+                    Err(e) => Some(Err(e)),
+                };
             }
-            if conn.buf.len() > max {
-                return Poll::Ready(Err(invalid("a chunked body's line is too long")));
+            match decoder.step(&conn.buf) {
+                Ok(Step::Data(n)) => {
+                    let data = Bytes::copy_from_slice(&conn.buf[..n]);
+                    conn.buf.drain(..n);
+                    break Some(Ok(data));
+                }
+                Ok(Step::Skip(n)) => {
+                    conn.buf.drain(..n);
+                }
+                Ok(Step::More) => match conn.poll_fill(cx) {
+                    Poll::Ready(Ok(0)) => break Some(Err(closed_early())),
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => break Some(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Ok(Step::End(n)) => {
+                    conn.buf.drain(..n);
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Err(why) => break Some(Err(invalid(why))),
             }
-            if ready!(conn.poll_fill(cx))? == 0 {
-                return Poll::Ready(Err(closed_early()));
-            }
+        };
+        self.state = State::Framed(decoder);
+        // A body of a stated length read whole: the connection is free at once.
+        if matches!(result, Some(Ok(_))) && decoder.data_left() == Some(0) {
+            self.finish();
         }
-    }
-
-    fn poll_chunked(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
-        loop {
-            match self.state {
-                State::Start | State::ChunkSize => {
-                    let len = ready!(self.poll_line(cx, MAX_CHUNK_LINE))?;
-                    let conn = self.conn.as_mut().expect("connection");
-                    let line = &conn.buf[..len - 2];
-                    let size = line.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
-                    if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
-                        return Poll::Ready(Some(Err(invalid("a chunk size is not a hex number"))));
-                    }
-                    let size = u64::from_str_radix(std::str::from_utf8(size).expect("hex digits"), 16).expect("fits");
-                    conn.buf.drain(..len);
-                    self.state = if size == 0 { State::Trailers(0) } else { State::Data(size) };
-                }
-                State::Data(left) => {
-                    let data = ready!(self.poll_data(cx, left))?;
-                    if data.is_empty() {
-                        return Poll::Ready(Some(Err(closed_early())));
-                    }
-                    let left = left - data.len() as u64;
-                    self.state = if left == 0 { State::ChunkEnd } else { State::Data(left) };
-                    return Poll::Ready(Some(Ok(data)));
-                }
-                State::ChunkEnd => {
-                    let conn = self.conn.as_mut().expect("connection");
-                    while conn.buf.len() < 2 {
-                        if ready!(conn.poll_fill(cx))? == 0 {
-                            return Poll::Ready(Some(Err(closed_early())));
-                        }
-                    }
-                    if &conn.buf[..2] != b"\r\n" {
-                        return Poll::Ready(Some(Err(invalid("a chunk does not end in CRLF"))));
-                    }
-                    conn.buf.drain(..2);
-                    self.state = State::ChunkSize;
-                }
-                State::Trailers(seen) => {
-                    let len = ready!(self.poll_line(cx, MAX_TRAILERS - seen))?;
-                    self.conn.as_mut().expect("connection").buf.drain(..len);
-                    if len == 2 {
-                        self.finish();
-                        return Poll::Ready(None);
-                    }
-                    self.state = State::Trailers(seen + len);
-                }
-                State::Done => return Poll::Ready(None),
-            }
-        }
+        Poll::Ready(result)
     }
 }
 
@@ -799,27 +774,9 @@ impl hyper::body::Body for Body {
         if this.state == State::Done {
             return Poll::Ready(None);
         }
-        let result = match this.framing {
-            Framing::Chunked => ready!(this.poll_chunked(cx)),
-            Framing::Length(total) => {
-                let left = match this.state {
-                    State::Data(left) => left,
-                    _ => total,
-                };
-                match ready!(this.poll_data(cx, left)) {
-                    Ok(data) if data.is_empty() => Some(Err(closed_early())),
-                    Ok(data) => {
-                        let left = left - data.len() as u64;
-                        this.state = State::Data(left);
-                        if left == 0 {
-                            this.finish();
-                        }
-                        Some(Ok(data))
-                    }
-                    Err(e) => Some(Err(e)),
-                }
-            }
-            Framing::Close => match ready!(this.poll_data(cx, BODY_CHUNK as u64)) {
+        let result = match this.state {
+            State::Framed(decoder) => ready!(this.poll_framed(cx, decoder)),
+            State::Close => match ready!(this.poll_data(cx, BODY_CHUNK as u64)) {
                 Ok(data) if data.is_empty() => {
                     this.state = State::Done;
                     this.conn = None;
@@ -828,6 +785,7 @@ impl hyper::body::Body for Body {
                 Ok(data) => Some(Ok(data)),
                 Err(e) => Some(Err(e)),
             },
+            State::Done => None,
         };
         if matches!(result, Some(Err(_))) {
             // The connection is out of step: closed with the body.
@@ -845,8 +803,7 @@ impl hyper::body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match (self.framing, self.state) {
             (_, State::Done) => SizeHint::with_exact(0),
-            (Framing::Length(_), State::Data(left)) => SizeHint::with_exact(left),
-            (Framing::Length(total), _) => SizeHint::with_exact(total),
+            (Framing::Length(_), State::Framed(decoder)) => SizeHint::with_exact(decoder.data_left().unwrap_or(0)),
             _ => SizeHint::default(),
         }
     }

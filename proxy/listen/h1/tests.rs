@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
-const LIMITS: HeadLimits = HeadLimits { max_bytes: 8192, max_headers: 100 };
+const LIMITS: Limits = Limits { head_bytes: 8192, headers: 100, ..Limits::REQUEST };
 
 type TestBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -111,7 +111,7 @@ fn the_common_request_is_read_here_and_every_other_goes_to_hyper() {
         assert!(matches!(parse(other, LIMITS), Parsed::HandOver), "served here: {:?}", String::from_utf8_lossy(other));
     }
     // The listener's limits: hyper refuses what is over them.
-    let tight = HeadLimits { max_bytes: 64, max_headers: 2 };
+    let tight = Limits { head_bytes: 64, headers: 2, ..Limits::REQUEST };
     assert!(matches!(parse(b"GET /x HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", tight), Parsed::HandOver));
     let long = format!("GET /{} HTTP/1.1\r\n\r\n", "x".repeat(64));
     assert!(matches!(parse(long.as_bytes(), tight), Parsed::HandOver));
@@ -355,7 +355,8 @@ fn the_fuzz_entry_serves_what_a_client_sends() {
 /// Runs a decoder over `input` as a pump would, fed `piece` bytes at a time: the data, and
 /// how much of the input the body took; or why it failed.
 fn decode(framing: Framing, input: &[u8], piece: usize) -> Result<(Vec<u8>, usize), &'static str> {
-    let (mut decoder, mut data, mut buf, mut fed, mut taken) = (Decoder::new(framing), Vec::new(), Vec::new(), 0, 0);
+    let (mut decoder, mut data, mut buf, mut fed, mut taken) =
+        (framing.decoder(&Limits::REQUEST), Vec::new(), Vec::new(), 0, 0);
     loop {
         match decoder.step(&buf)? {
             Step::Data(n) => {
@@ -388,8 +389,8 @@ fn streamed_bodies_are_decoded_to_their_end_and_bad_chunks_refused() {
         assert_eq!((data.as_slice(), taken), (&b"1234567"[..], 7), "{piece}");
         assert_eq!(decode(Framing::Chunked, b"0\r\n\r\n", piece).unwrap(), (Vec::new(), 5));
     }
-    let long_line = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(CHUNK_LINE_MAX));
-    let long_trailers = format!("0\r\nX-T: {}\r\n\r\n", "t".repeat(TRAILERS_MAX));
+    let long_line = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(Limits::REQUEST.chunk_line));
+    let long_trailers = format!("0\r\nX-T: {}\r\n\r\n", "t".repeat(Limits::REQUEST.trailer_bytes));
     for (bad, why) in [
         (&b"5\r\nhelloX\r\n0\r\n\r\n"[..], "a chunk's data is not followed by CRLF"),
         (b"5\nhello\r\n0\r\n\r\n", "a chunk size that does not parse"),
