@@ -27,8 +27,9 @@
 //! - [`config`]: the TOML model, loading with key and line, validation; pure syntax (templates,
 //!   host:port, paths), no runtime module.
 //! - [`audit`], [`metrics`], `process_metrics`, [`telemetry`]: what the operator sees.
-//! - [`http1`]: HTTP/1.1 without I/O (fields as they came, the answer head, numbers, socket
-//!   helpers). [`body`]: the one body type. [`upload`]: a streamed body's inactivity bound.
+//! - [`http1`]: HTTP/1.1 without I/O (fields as they came, the answer head, the one body
+//!   decoder `http1::chunked`, the limits `http1::Limits`, numbers, socket helpers). [`body`]:
+//!   the one body type. [`upload`]: a streamed body's inactivity bound.
 //! - [`upstream`]: the pool, TLS, HTTP/1.1 exchange and HTTP/2; `upstream::ProxyBody`.
 //! - [`route`]: request -> route. [`error`]: typed errors and their answers. [`token`]: values,
 //!   sources, refresh.

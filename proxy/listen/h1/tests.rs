@@ -1,5 +1,7 @@
 use super::*;
-use http::HeaderValue;
+use crate::http1::chunked::Step;
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use std::sync::atomic::AtomicUsize;

@@ -29,13 +29,13 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::{Body as _, Frame, SizeHint};
+use hyper::body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::Body as DataBody;
 use crate::http1::answer::{framing, parse_head, Framing, Head};
-use crate::http1::chunked::{Decoder, Step};
-use crate::http1::{itoa, push_hex, AnswerFields, Fields, Limits};
+use crate::http1::chunked::Decoder;
+use crate::http1::{itoa, push_hex, Fields, Limits};
 use crate::upstream::ProxyBody;
 
 /// The byte stream to an upstream (TCP, or TLS over it).
@@ -649,166 +649,6 @@ async fn drain(mut conn: Box<Conn>, pool: Arc<crate::upstream::Pool>, head_reque
     let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
-/// Where an answer's body is.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum State {
-    /// Framed by its length or chunked: read to where the decoder says it ends.
-    Framed(Decoder),
-    /// Read to the end of the stream.
-    Close,
-    Done,
-}
-
-/// The body of an answer, read from its connection as it is polled; the connection goes back
-/// into its pool when the last of it has been read (or is closed, when it cannot be used
-/// again or the body is dropped before its end).
-pub struct Body {
-    conn: Option<Box<Conn>>,
-    framing: Framing,
-    state: State,
-    reusable: bool,
-    pool: Option<Arc<crate::upstream::Pool>>,
-    /// The answer's header fields, while they wait here (see [`Fields`]).
-    fields: Option<Fields>,
-}
-
-impl std::fmt::Debug for Body {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Body").field("framing", &self.framing).field("state", &self.state).finish()
-    }
-}
-
-impl Body {
-    /// The body is read: the connection goes back into the pool when it can be used again.
-    fn finish(&mut self) {
-        self.state = State::Done;
-        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
-            if self.reusable && conn.buf.is_empty() {
-                pool.put_back(conn);
-            }
-        }
-    }
-
-    /// Up to `limit` bytes of data: what is buffered, else one read.
-    fn poll_data(&mut self, cx: &mut Context<'_>, limit: u64) -> Poll<io::Result<Bytes>> {
-        let conn = self.conn.as_mut().expect("a body being read has its connection");
-        if !conn.buf.is_empty() {
-            let n = (conn.buf.len() as u64).min(limit) as usize;
-            let data = Bytes::copy_from_slice(&conn.buf[..n]);
-            conn.buf.drain(..n);
-            return Poll::Ready(Ok(data));
-        }
-        // A chunk of its own, at most what the body has left (so that no read takes bytes of
-        // the next answer), handed on without a copy.
-        let want = limit.min(BODY_CHUNK as u64) as usize;
-        let mut chunk = Vec::with_capacity(want);
-        ready!(crate::http1::socket::poll_read_spare(Pin::new(&mut conn.io), cx, &mut chunk, want, want))?;
-        Poll::Ready(Ok(Bytes::from(chunk)))
-    }
-
-    /// The next data of a body framed by its length or chunked, as `decoder` reads it: data
-    /// already buffered is copied out; else, within a chunk, a read of its own is handed on.
-    fn poll_framed(&mut self, cx: &mut Context<'_>, mut decoder: Decoder) -> Poll<Option<io::Result<Bytes>>> {
-        let result = loop {
-            // Kept where a return below leaves it.
-            self.state = State::Framed(decoder);
-            let conn = self.conn.as_mut().expect("a body being read has its connection");
-            if let Some(left) = decoder.data_left().filter(|&n| n > 0 && conn.buf.is_empty()) {
-                break match ready!(self.poll_data(cx, left)) {
-                    Ok(data) if data.is_empty() => Some(Err(closed_early())),
-                    Ok(data) => {
-                        decoder.took(data.len() as u64);
-                        Some(Ok(data))
-                    }
-                    Err(e) => Some(Err(e)),
-                };
-            }
-            match decoder.step(&conn.buf) {
-                Ok(Step::Data(n)) => {
-                    let data = Bytes::copy_from_slice(&conn.buf[..n]);
-                    conn.buf.drain(..n);
-                    break Some(Ok(data));
-                }
-                Ok(Step::Skip(n)) => {
-                    conn.buf.drain(..n);
-                }
-                Ok(Step::More) => match conn.poll_fill(cx) {
-                    Poll::Ready(Ok(0)) => break Some(Err(closed_early())),
-                    Poll::Ready(Ok(_)) => {}
-                    Poll::Ready(Err(e)) => break Some(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                },
-                Ok(Step::End(n)) => {
-                    conn.buf.drain(..n);
-                    self.finish();
-                    return Poll::Ready(None);
-                }
-                Err(why) => break Some(Err(invalid(why))),
-            }
-        };
-        self.state = State::Framed(decoder);
-        // A body of a stated length read whole: the connection is free at once.
-        if matches!(result, Some(Ok(_))) && decoder.data_left() == Some(0) {
-            self.finish();
-        }
-        Poll::Ready(result)
-    }
-}
-
-fn closed_early() -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, "the upstream closed the connection within a response body")
-}
-
-impl AnswerFields for Body {
-    fn take_fields(&mut self) -> Option<Fields> {
-        self.fields.take()
-    }
-}
-
-impl hyper::body::Body for Body {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let this = self.get_mut();
-        if this.state == State::Done {
-            return Poll::Ready(None);
-        }
-        let result = match this.state {
-            State::Framed(decoder) => ready!(this.poll_framed(cx, decoder)),
-            State::Close => match ready!(this.poll_data(cx, BODY_CHUNK as u64)) {
-                Ok(data) if data.is_empty() => {
-                    this.state = State::Done;
-                    this.conn = None;
-                    None
-                }
-                Ok(data) => Some(Ok(data)),
-                Err(e) => Some(Err(e)),
-            },
-            State::Done => None,
-        };
-        if matches!(result, Some(Err(_))) {
-            // The connection is out of step: closed with the body.
-            this.state = State::Done;
-            this.conn = None;
-            this.pool = None;
-        }
-        Poll::Ready(result.map(|r| r.map(Frame::data)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.state == State::Done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match (self.framing, self.state) {
-            (_, State::Done) => SizeHint::with_exact(0),
-            (Framing::Length(_), State::Framed(decoder)) => SizeHint::with_exact(decoder.data_left().unwrap_or(0)),
-            _ => SizeHint::default(),
-        }
-    }
-}
-
 impl crate::upstream::Pool {
     /// Sends `req` on `conn` (`true`: a pooled one), or on an idle connection or a new one,
     /// then reads the answer's head, by `deadline`; should a pooled connection turn out closed
@@ -843,79 +683,14 @@ impl crate::upstream::Pool {
     }
 }
 
-/// For the fuzz target `upstream_answer`: `data` after its first byte (odd: the request is a
-/// HEAD, even: a GET) as an upstream's whole answer on a connection, read through the pool's
-/// own code path; the status and body read, or `None` where the answer was refused. Panics
-/// where a body came out of another length than its head's one `Content-Length` said.
-#[doc(hidden)]
+mod answer;
 #[cfg(any(test, feature = "fuzzing"))]
-pub fn fuzz_answer(data: &[u8]) -> Option<(u16, Vec<u8>)> {
-    use crate::body::Body as DataBody;
-    use http_body_util::BodyExt;
-    use tokio::io::AsyncWriteExt;
-    thread_local! {
-        static RUNTIME: tokio::runtime::Runtime =
-            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for the fuzz target");
-    }
-    static POOL: std::sync::OnceLock<Arc<crate::upstream::Pool>> = std::sync::OnceLock::new();
-    let (&first, answer) = data.split_first()?;
-    let head_request = first & 1 == 1;
-    RUNTIME.with(|runtime| {
-        runtime.block_on(async {
-            let pool = POOL
-                .get_or_init(|| {
-                    let client =
-                        crate::upstream::build_client(&[], std::time::Duration::from_secs(1)).expect("a client");
-                    client.pool(&http::uri::Scheme::HTTP, &http::uri::Authority::from_static("fuzz.invalid"))
-                })
-                .clone();
-            let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
-            let answer = answer.to_vec();
-            let upstream = tokio::spawn(async move {
-                let _ = theirs.write_all(&answer).await;
-                let _ = theirs.shutdown().await;
-                // Kept open for reading: the request's bytes land here.
-                std::future::pending::<()>().await;
-            });
-            let io = hyper_rustls::MaybeHttpsStream::Http(crate::upstream::Dialed::Memory(
-                hyper_util::rt::TokioIo::new(ours),
-            ));
-            let method = if head_request { Method::HEAD } else { Method::GET };
-            let req = Request::builder()
-                .method(method)
-                .uri("/")
-                .header(http::header::HOST, "fuzz.invalid")
-                .body(DataBody::Empty)
-                .expect("a request");
-            let encoded = Encoded::new(req, &pool.host);
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-            let conn = Conn::new(hyper_util::rt::TokioIo::new(io));
-            let result = match conn.exchange(encoded, pool.clone(), deadline).await {
-                Err(_) => None,
-                Ok(response) => {
-                    let (parts, body) = response.into_parts();
-                    let body = body.collect().await.ok().map(|b| b.to_bytes().to_vec());
-                    let lengths: Vec<_> = parts.headers.get_all(CONTENT_LENGTH).iter().collect();
-                    let bodiless =
-                        head_request || parts.status.is_informational() || matches!(parts.status.as_u16(), 204 | 304);
-                    if let (Some(body), [length], false, false) =
-                        (&body, &lengths[..], bodiless, parts.headers.contains_key(TRANSFER_ENCODING))
-                    {
-                        if let Some(n) = length.to_str().ok().and_then(|l| l.parse::<usize>().ok()) {
-                            assert_eq!(body.len(), n, "a body read to another length than its Content-Length");
-                        }
-                    }
-                    body.map(|b| (parts.status.as_u16(), b))
-                }
-            };
-            // Nothing outlives the input: the upstream's end, and a connection put back.
-            upstream.abort();
-            let _ = upstream.await;
-            while pool.checkout_h1().is_some() {}
-            result
-        })
-    })
-}
+mod fuzz;
+
+pub use answer::Body;
+use answer::State;
+#[cfg(any(test, feature = "fuzzing"))]
+pub use fuzz::fuzz_answer;
 
 #[cfg(test)]
 mod tests;

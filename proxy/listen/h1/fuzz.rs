@@ -1,0 +1,214 @@
+//! The loop over in-memory streams: the entry points of the fuzz targets `client_requests` and
+//! `own_loop_vs_hyper`, and of the benchmark of a dribbled body.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+#[cfg(any(test, feature = "fuzzing"))]
+use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::serve;
+#[cfg(any(test, feature = "fuzzing"))]
+use super::End;
+#[cfg(any(test, feature = "fuzzing"))]
+use crate::body::Body as DataBody;
+use crate::http1::Limits;
+use crate::upstream::ProxyBody;
+#[cfg(any(test, feature = "fuzzing"))]
+use hyper::body::Body as _;
+
+/// For the fuzz target `client_requests`: the input's first byte picks the listener's limits
+/// (odd: 64 bytes and 4 headers; even: 8 KiB and 100), the rest is everything a client sends
+/// before closing its side. The loop serves it with a handler that answers every request, and
+/// whatever the bytes, it ends without a panic; a hand-over to hyper carries exactly the bytes
+/// after the ones served. The number of requests served.
+#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn fuzz_requests(data: &[u8]) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for the fuzz target");
+    }
+    let (&first, input) = data.split_first()?;
+    let limits = if first & 1 == 1 {
+        Limits { head_bytes: 64, headers: 4, ..Limits::REQUEST }
+    } else {
+        Limits { head_bytes: 8192, ..Limits::REQUEST }
+    };
+    RUNTIME.with(|runtime| {
+        runtime.block_on(async {
+            let (client, mut server) = tokio::io::duplex(64 * 1024);
+            let (mut from_server, mut to_server) = tokio::io::split(client);
+            let sent = input.to_vec();
+            let writer = tokio::spawn(async move {
+                let _ = to_server.write_all(&sent).await;
+                let _ = to_server.shutdown().await;
+            });
+            let reader = tokio::spawn(async move {
+                let mut answers = Vec::new();
+                let _ = from_server.read_to_end(&mut answers).await;
+            });
+            let served = std::sync::atomic::AtomicUsize::new(0);
+            // Where the requests served end in the input, read apart from the loop (see
+            // [`framed_length`]); `None` once a request served does not come whole in it.
+            let consumed = std::cell::Cell::new(Some(0usize));
+            let handler = |req: Request<ProxyBody>| {
+                served.fetch_add(1, Ordering::Relaxed);
+                if let Some(at) = consumed.get() {
+                    let framed = framed_length(&input[at..]);
+                    if let Some((_, method, path)) = &framed {
+                        assert_eq!(req.method().as_str(), method, "the request served is not the next in the input");
+                        assert!(path.starts_with(req.uri().path()), "the request served is not the next in the input");
+                    }
+                    consumed.set(framed.map(|(len, _, _)| at + len));
+                }
+                async move {
+                    let length = req.body().size_hint().exact();
+                    match req.into_body() {
+                        // A body read here is all its `Content-Length` says, no more, no less.
+                        DataBody::Fields(fields) => {
+                            assert_eq!(
+                                fields.length().unwrap_or(0),
+                                fields.body().len() as u64,
+                                "a body read short or long"
+                            );
+                        }
+                        // So is a streamed one that comes whole.
+                        DataBody::Streamed(body) => {
+                            if let Ok(got) = http_body_util::BodyExt::collect(body).await {
+                                let got = got.to_bytes().len() as u64;
+                                assert!(
+                                    length.is_none_or(|n| n == got),
+                                    "a streamed body of {got} bytes for {length:?}"
+                                );
+                            }
+                        }
+                        other => panic!("a request served here with {other:?}"),
+                    }
+                    Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from_static(b"ok"))))
+                }
+            };
+            let closing = AtomicBool::new(false);
+            let end = serve(&mut server, Vec::new(), &handler, || (), &closing, limits).await;
+            if let Ok(End::HandOver(mut rest)) = end {
+                // What hyper would read: the bytes handed over, then those not read yet.
+                assert!(!rest.is_empty(), "a hand-over with nothing to hand over");
+                let _ = server.read_to_end(&mut rest).await;
+                let consumed = consumed.get().expect("a hand-over after a request that did not come whole");
+                assert!(
+                    rest == input[consumed..],
+                    "a hand-over of {} bytes that are not the input after the requests served ({consumed} of {})",
+                    rest.len(),
+                    input.len()
+                );
+            }
+            drop(server);
+            let _ = writer.await;
+            let _ = reader.await;
+            Some(served.load(Ordering::Relaxed))
+        })
+    })
+}
+
+/// Serves one request whose head (`head`, ending in `Content-Length: N` and the blank line)
+/// arrives whole and whose short body of N bytes then arrives one byte per read, over an
+/// in-memory stream, answered `204` at once: for the benchmark of a dribbled body
+/// (`benches/hot_path.rs`). Returns how many requests were served (1).
+#[doc(hidden)]
+pub fn serve_dribbled(head: &[u8], body_len: usize) -> usize {
+    /// The head in one read, then one byte of the body per read; writes are dropped.
+    struct Dribble<'a> {
+        head: &'a [u8],
+        body: usize,
+    }
+    impl AsyncRead for Dribble<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if !self.head.is_empty() {
+                let n = self.head.len().min(buf.remaining());
+                buf.put_slice(&self.head[..n]);
+                self.head = &self.head[n..];
+            } else if self.body > 0 {
+                buf.put_slice(b"x");
+                self.body -= 1;
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+    impl AsyncWrite for Dribble<'_> {
+        fn poll_write(self: Pin<&mut Self>, _: &mut std::task::Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    let served = std::sync::atomic::AtomicUsize::new(0);
+    let handler = |_: Request<ProxyBody>| {
+        served.fetch_add(1, Ordering::Relaxed);
+        let mut answer = Response::new(http_body_util::Full::new(Bytes::new()));
+        *answer.status_mut() = StatusCode::NO_CONTENT;
+        std::future::ready(Ok::<_, Infallible>(answer))
+    };
+    let closing = AtomicBool::new(false);
+    let limits = Limits { head_bytes: 1024 * 1024, ..Limits::REQUEST };
+    let mut io = Dribble { head, body: body_len };
+    let serving = serve(&mut io, Vec::new(), &handler, || (), &closing, limits);
+    let _ = futures_util::FutureExt::now_or_never(serving);
+    served.load(Ordering::Relaxed)
+}
+
+/// The fuzz target's own reading of the request at the start of `input`, apart from the loop's:
+/// its length as HTTP/1.1 frames it (the head as `httparse` reads it, then a `Content-Length`
+/// body, or a chunked one: size lines to their CRLF, data and CRLF, then trailer lines to an
+/// empty one), its method and path. `None` when `input` does not hold it whole.
+#[cfg(any(test, feature = "fuzzing"))]
+fn framed_length(input: &[u8]) -> Option<(usize, String, String)> {
+    let mut headers = [httparse::EMPTY_HEADER; Limits::REQUEST.headers];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head) = req.parse(input).ok()? else { return None };
+    let (method, path) = (req.method?.to_owned(), req.path?.to_owned());
+    let field = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let line_end = |at: usize| input.get(at..)?.windows(2).position(|w| w == b"\r\n").map(|n| at + n);
+    let end = if field("transfer-encoding").is_none() {
+        let length = match field("content-length") {
+            Some(v) => std::str::from_utf8(v).ok()?.parse::<usize>().ok()?,
+            None => 0,
+        };
+        head.checked_add(length)?
+    } else {
+        let mut at = head;
+        loop {
+            let end = line_end(at)?;
+            let digits = input[at..end].iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            let size = usize::from_str_radix(std::str::from_utf8(&input[at..at + digits]).ok()?, 16).ok()?;
+            at = end + 2;
+            if size == 0 {
+                loop {
+                    let end = line_end(at)?;
+                    let empty = end == at;
+                    at = end + 2;
+                    if empty {
+                        break;
+                    }
+                }
+                break at;
+            }
+            at = at.checked_add(size)?.checked_add(2)?;
+        }
+    };
+    (end <= input.len()).then_some((end, method, path))
+}
