@@ -20,7 +20,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet
 fi
 
-targets=(config header_format route upstream_answer client_requests)
+targets=(config header_format route upstream_answer client_requests own_loop_vs_hyper)
 build_log="$(mktemp)"
 if ! cargo +nightly fuzz build >"$build_log" 2>&1; then
   # CI keeps the end of its output: the compiler's own messages, without cargo-fuzz's

@@ -55,10 +55,10 @@ pub mod headers;
 pub mod health;
 pub mod http1;
 #[doc(hidden)]
-#[cfg(any(test, feature = "fuzzing"))]
-pub use listen::fuzz_requests;
-#[doc(hidden)]
 pub use listen::serve_dribbled;
+#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
+pub use listen::{fuzz_own_loop_vs_hyper, fuzz_requests};
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
 pub use upstream::fuzz_answer;

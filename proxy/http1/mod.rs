@@ -23,7 +23,10 @@ pub struct Limits {
     pub headers: usize,
     /// Longest chunk-size line, its extensions and CRLF included.
     pub chunk_line: usize,
-    /// Most bytes of trailer fields after a chunked body's last chunk.
+    /// Most bytes of chunk extensions in a chunked body, all its size lines together.
+    pub chunk_extensions: usize,
+    /// Most bytes of trailer fields after a chunked body's last chunk (their count is bounded
+    /// by `headers`).
     pub trailer_bytes: usize,
 }
 
@@ -31,8 +34,13 @@ impl Limits {
     /// A client's request, as the listener reads it unless configured otherwise
     /// (`[limits] max_header_bytes`, `max_headers` set the head's two); the loop parses this
     /// many header fields in place (hyper's default) and hands a head with more to hyper.
-    pub const REQUEST: Limits =
-        Limits { head_bytes: 64 * 1024, headers: 100, chunk_line: 1024, trailer_bytes: 8 * 1024 };
+    pub const REQUEST: Limits = Limits {
+        head_bytes: 64 * 1024,
+        headers: 100,
+        chunk_line: 1024,
+        chunk_extensions: 16 * 1024,
+        trailer_bytes: 8 * 1024,
+    };
     /// An upstream's answer (nginx reads 4 or 8 KiB of an upstream's head by default).
     pub const ANSWER: Limits = Limits { head_bytes: 64 * 1024, headers: 128, ..Limits::REQUEST };
 }

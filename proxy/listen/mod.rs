@@ -40,9 +40,11 @@ use crate::workers::Workers;
 pub(crate) mod h1;
 pub mod unix;
 #[cfg(any(test, feature = "fuzzing"))]
+pub use h1::fuzz_own_loop_vs_hyper;
+#[cfg(any(test, feature = "fuzzing"))]
 pub use h1::fuzz_requests;
 #[doc(hidden)]
-pub use h1::serve_dribbled;
+pub use h1::{serve_dribbled, serve_one};
 
 /// An instant and the coarse clock's reading then: what [`now_ms`] counts from.
 fn epoch() -> (Instant, coarsetime::Instant) {
@@ -511,28 +513,6 @@ impl<F: Future> Future for Closable<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         self.project().serving.poll(cx)
     }
-}
-
-/// Serves one stream as the proxy listener serves a client's connection (its own HTTP/1.1
-/// loop for the common request, hyper's server for the rest), with the default `[limits]`,
-/// until the client is done: the whole stack over an in-memory stream, for benchmarks.
-#[doc(hidden)]
-pub async fn serve_one<I, F, Fut, B>(io: I, handler: F)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<ProxyBody>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<http::Response<B>, Infallible>> + Send + 'static,
-    B: Body + crate::http1::AnswerFields + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let limits = Limits::default();
-    let (h1, h2) = builders(&limits);
-    let ctx = Arc::new(ConnCtx { h1, h2, limits, what: "proxy", tunnels: true });
-    // Never told to stop: the sender lives as long as the connection.
-    let (_stop_tx, stop) = watch::channel(false);
-    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    connection(io, peer, ctx, stop, handler, true).await;
 }
 
 /// Serves one client connection until it closes, times out, or is drained at shutdown; then

@@ -72,7 +72,7 @@ where
     };
     let (mut more, mut eof) = (!buf.is_empty() && short, false);
     buf.clear();
-    let mut decoder = framing.decoder(limits);
+    let mut decoder = framing.decoder();
     let pumped = loop {
         if more && !eof {
             let room = reserve_stream_read(&mut read);
@@ -87,7 +87,7 @@ where
                 Poll::Pending => more = false,
             }
         }
-        match decoder.step(&read) {
+        match decoder.step(&read, limits) {
             Ok(Step::Data(n)) => {
                 if tx.send(read.split_to(n).freeze()).await.is_err() {
                     break Pumped::Unread;

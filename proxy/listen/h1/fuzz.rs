@@ -2,6 +2,7 @@
 //! `own_loop_vs_hyper`, and of the benchmark of a dribbled body.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use hyper::body::Body;
 #[cfg(any(test, feature = "fuzzing"))]
 use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -20,8 +22,6 @@ use super::End;
 use crate::body::Body as DataBody;
 use crate::http1::Limits;
 use crate::upstream::ProxyBody;
-#[cfg(any(test, feature = "fuzzing"))]
-use hyper::body::Body as _;
 
 /// For the fuzz target `client_requests`: the input's first byte picks the listener's limits
 /// (odd: 64 bytes and 4 headers; even: 8 KiB and 100), the rest is everything a client sends
@@ -211,4 +211,179 @@ fn framed_length(input: &[u8]) -> Option<(usize, String, String)> {
         }
     };
     (end <= input.len()).then_some((end, method, path))
+}
+
+/// Serves one stream as the proxy listener serves a client's connection (its own HTTP/1.1
+/// loop for the common request, hyper's server for the rest), with the default `[limits]`,
+/// until the client is done: the whole stack over an in-memory stream, for benchmarks.
+#[doc(hidden)]
+pub async fn serve_one<I, F, Fut, B>(io: I, handler: F)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<ProxyBody>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body + crate::http1::AnswerFields + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_one_as(io, handler, true).await;
+}
+
+/// [`serve_one`], or (without `own_loop`) the same with hyper's server for every request: the
+/// listener's connection code as it serves a listener without tunnels, with the same builders.
+async fn serve_one_as<I, F, Fut, B>(io: I, handler: F, own_loop: bool)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<ProxyBody>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body + crate::http1::AnswerFields + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use crate::listen::{builders, connection, ConnCtx};
+    let limits = crate::config::Limits::default();
+    let (h1, h2) = builders(&limits);
+    let ctx = std::sync::Arc::new(ConnCtx { h1, h2, limits, what: "proxy", tunnels: own_loop });
+    // Never told to stop: the sender lives as long as the connection.
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    connection(io, peer, ctx, stop, handler, own_loop).await;
+}
+
+/// What a handler saw of one request, for [`fuzz_own_loop_vs_hyper`].
+#[cfg(any(test, feature = "fuzzing"))]
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Seen {
+    method: String,
+    target: String,
+    /// The header fields by name (sorted), each name's values in order; those of the hop
+    /// (RFC 9110, section 7.6.1) and an `Expect: 100-continue` left out (see below).
+    fields: Vec<(String, Vec<Vec<u8>>)>,
+    /// The whole body, or `None` where it failed before its end.
+    body: Option<Vec<u8>>,
+}
+
+/// Serves `input` (all a client sends before it closes its side) on one connection as
+/// [`serve_one_as`] does, with a handler that records each request whole and answers `200`:
+/// what it saw, in order.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) async fn serve_recorded(input: &[u8], own_loop: bool) -> Vec<Seen> {
+    use http_body_util::BodyExt;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncReadExt;
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let record = seen.clone();
+    let handler = move |req: Request<ProxyBody>| {
+        let record = record.clone();
+        async move {
+            let (parts, body) = DataBody::fields_to_header_map(req, true).into_parts();
+            let mut fields = std::collections::BTreeMap::<String, Vec<Vec<u8>>>::new();
+            for (name, value) in parts.headers.iter() {
+                // The own loop keeps the hop's fields out of those it passes on (the handler
+                // leaves them out of hyper's), and answers `100-continue` itself (hyper when
+                // the body is read): neither reaches an upstream either way.
+                let continues = name == http::header::EXPECT && value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+                if !continues && !crate::headers::is_hop_by_hop_name(name.as_str().as_bytes()) {
+                    fields.entry(name.as_str().to_owned()).or_default().push(value.as_bytes().to_vec());
+                }
+            }
+            let at = {
+                let mut seen = record.lock().expect("the record");
+                let (method, target) = (parts.method.to_string(), parts.uri.to_string());
+                seen.push(Seen { method, target, fields: fields.into_iter().collect(), body: None });
+                seen.len() - 1
+            };
+            let body = body.collect().await.ok().map(|b| b.to_bytes().to_vec());
+            record.lock().expect("the record")[at].body = body;
+            Ok::<_, Infallible>(Response::new(http_body_util::Full::new(Bytes::from_static(b"ok"))))
+        }
+    };
+    // The clock stands still while anything can run, and goes on to the next timer when
+    // nothing can: the client closes its side once the server has done all it can with what
+    // was sent (a client that closes at once would see hyper drop the requests under way, as
+    // it does at a half-close), and no wait depends on how busy the machine is.
+    tokio::time::pause();
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let (mut from_server, mut to_server) = tokio::io::split(client);
+    let sent = input.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = to_server.write_all(&sent).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        let _ = to_server.shutdown().await;
+    });
+    let reader = tokio::spawn(async move {
+        let mut answers = Vec::new();
+        let _ = from_server.read_to_end(&mut answers).await;
+    });
+    let served = tokio::time::timeout(std::time::Duration::from_secs(600), serve_one_as(server, handler, own_loop));
+    served.await.expect("a connection whose client closed its side ends");
+    let _ = writer.await;
+    let _ = reader.await;
+    tokio::time::resume();
+    let seen = std::mem::take(&mut *seen.lock().expect("the record"));
+    seen
+}
+
+/// For the fuzz target `own_loop_vs_hyper`: `data` is everything a client sends on one
+/// connection before closing its side. It is served twice, as the proxy listener serves it
+/// (the own loop, then hyper's server from its hand-over on) and by hyper's server alone,
+/// each with a handler that records every request whole (see [`Seen`]); panics where the two
+/// disagree on which requests are served, on any of their heads, or on where and how each body
+/// ends, but for the known differences [`compare`] names. The number of requests served.
+#[doc(hidden)]
+#[cfg(any(test, feature = "fuzzing"))]
+pub fn fuzz_own_loop_vs_hyper(data: &[u8]) -> usize {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime for the fuzz target");
+    }
+    RUNTIME.with(|runtime| {
+        runtime.block_on(async {
+            let own = serve_recorded(data, true).await;
+            let hyper = serve_recorded(data, false).await;
+            compare(data, &own, &hyper);
+            own.len()
+        })
+    })
+}
+
+/// Panics where the own loop's record and hyper's disagree, but for these known differences,
+/// each by design:
+/// 1. A short body (up to [`super::BODY_MAX`]) is read whole before the own loop hands its
+///    request on, as nginx buffers one; hyper hands the request on at once and its body fails
+///    when the client closes first. Where the input ends within such a body, the last request
+///    hyper saw (its body failed) is not seen by the own loop at all.
+/// 2. Chunked bodies are read within stricter bounds than hyper's ([`Limits::REQUEST`]: a
+///    chunk-size line of at most 1 KiB, trailer fields of at most 8 KiB; and `httparse`'s chunk
+///    size of at most 16 hex digits, where hyper takes any number of leading zeros). Where the
+///    input holds such a line, a body hyper read whole may fail in the own loop, which then
+///    closes the connection (hyper goes on).
+#[cfg(any(test, feature = "fuzzing"))]
+fn compare(input: &[u8], own: &[Seen], hyper: &[Seen]) {
+    let past_bounds = || {
+        let limits = Limits::REQUEST;
+        input.len() > limits.trailer_bytes
+            || input.split(|&b| b == b'\n').any(|line| {
+                line.len() >= limits.chunk_line || line.iter().take_while(|b| b.is_ascii_hexdigit()).count() > 16
+            })
+    };
+    for (i, theirs) in hyper.iter().enumerate() {
+        let Some(ours) = own.get(i) else {
+            // Known difference 1.
+            if i == own.len() && i + 1 == hyper.len() && theirs.body.is_none() {
+                return;
+            }
+            panic!("hyper served request {i} and the own loop did not: {theirs:?}\nown loop: {own:?}");
+        };
+        if ours == theirs {
+            continue;
+        }
+        let same_head = (&ours.method, &ours.target, &ours.fields) == (&theirs.method, &theirs.target, &theirs.fields);
+        // Known difference 2.
+        if same_head && ours.body.is_none() && theirs.body.is_some() && i + 1 == own.len() && past_bounds() {
+            return;
+        }
+        panic!("request {i} differs:\nown loop: {ours:?}\nhyper:    {theirs:?}");
+    }
+    assert!(own.len() <= hyper.len(), "the own loop served requests hyper did not: {own:?}\nhyper: {hyper:?}");
 }

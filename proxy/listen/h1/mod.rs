@@ -108,11 +108,11 @@ pub(crate) enum Framing {
 }
 
 impl Framing {
-    /// Where a body so framed ends, read within `limits`.
-    pub(crate) fn decoder(self, limits: &Limits) -> Decoder {
+    /// Where a body so framed ends.
+    pub(crate) fn decoder(self) -> Decoder {
         match self {
             Framing::Length(n) => Decoder::length(n),
-            Framing::Chunked => Decoder::chunked(limits),
+            Framing::Chunked => Decoder::chunked(),
         }
     }
 }
@@ -384,8 +384,8 @@ mod write;
 
 use body::{linger, pump, Pumped};
 #[cfg(any(test, feature = "fuzzing"))]
-pub use fuzz::fuzz_requests;
-pub use fuzz::serve_dribbled;
+pub use fuzz::{fuzz_own_loop_vs_hyper, fuzz_requests};
+pub use fuzz::{serve_dribbled, serve_one};
 use write::write_response;
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use hyper::body::{Frame, SizeHint};
 use super::{invalid, Conn, BODY_CHUNK};
 use crate::http1::answer::Framing;
 use crate::http1::chunked::{Decoder, Step};
-use crate::http1::{AnswerFields, Fields};
+use crate::http1::{AnswerFields, Fields, Limits};
 
 /// Where an answer's body is.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -87,7 +87,7 @@ impl Body {
                     Err(e) => Some(Err(e)),
                 };
             }
-            match decoder.step(&conn.buf) {
+            match decoder.step(&conn.buf, &Limits::ANSWER) {
                 Ok(Step::Data(n)) => {
                     let data = Bytes::copy_from_slice(&conn.buf[..n]);
                     conn.buf.drain(..n);

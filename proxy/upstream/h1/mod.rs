@@ -365,7 +365,7 @@ impl Conn {
         let state = match framing {
             Framing::Length(0) => State::Done,
             Framing::Length(n) => State::Framed(Decoder::length(n)),
-            Framing::Chunked => State::Framed(Decoder::chunked(&Limits::ANSWER)),
+            Framing::Chunked => State::Framed(Decoder::chunked()),
             Framing::Close => State::Close,
         };
         let mut response = Response::new(Body { conn: None, framing, state, reusable, pool: None, fields });
