@@ -13,11 +13,13 @@
 //! ([`AllowList::check_path`]), and a method-override header must name a method the rules
 //! permit as well ([`METHOD_OVERRIDES`]).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::Method;
+use http::{HeaderMap, Method};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::http1::Fields;
 
 /// One glob segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -319,39 +321,95 @@ impl Bucket {
     }
 }
 
-/// A cap on concurrent upstream requests. Fails fast: a request over it is refused, not queued.
-#[derive(Debug)]
-pub struct InFlight {
-    max: usize,
-    now: Arc<AtomicUsize>,
+/// A route's policy, compiled from its config: what may pass, how fast, how many at once.
+#[derive(Debug, Default)]
+pub struct Policy {
+    allow: AllowList,
+    bucket: Option<Bucket>,
+    /// `max_in_flight`: one permit per request between admission and its answer's head.
+    in_flight: Option<Arc<Semaphore>>,
 }
 
-/// Holds one in-flight slot until dropped.
-pub struct Slot(Arc<AtomicUsize>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+impl Policy {
+    pub fn new(allow: AllowList, bucket: Option<Bucket>, max_in_flight: Option<usize>) -> Policy {
+        // More permits than a semaphore holds would be no cap at all: the largest it holds is one.
+        let in_flight = max_in_flight.map(|max| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))));
+        Policy { allow, bucket, in_flight }
     }
 }
 
-impl InFlight {
-    pub fn new(max: usize) -> InFlight {
-        InFlight { max, now: Arc::new(AtomicUsize::new(0)) }
-    }
+/// A request's header fields, wherever the listener kept them: the own loop's fields as they
+/// came, or a header map.
+#[derive(Clone, Copy)]
+pub enum Headers<'a> {
+    Map(&'a HeaderMap),
+    Fields(&'a Fields),
+}
 
-    pub fn try_enter(&self) -> Option<Slot> {
-        let mut cur = self.now.load(Ordering::Acquire);
-        loop {
-            if cur >= self.max {
-                return None;
-            }
-            match self.now.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(Slot(self.now.clone())),
-                Err(c) => cur = c,
-            }
+impl Headers<'_> {
+    /// Whether every value of the field `name` satisfies `ok`.
+    fn all(self, name: &str, mut ok: impl FnMut(&[u8]) -> bool) -> bool {
+        match self {
+            Headers::Map(map) => map.get_all(name).iter().all(|v| ok(v.as_bytes())),
+            Headers::Fields(fields) => fields.values(name.as_bytes()).all(ok),
         }
     }
+}
+
+/// An admitted request's hold on its route's in-flight cap, released when dropped (its
+/// answer's head is back, it failed, or the client went away).
+#[derive(Debug, Default)]
+pub struct Permit(Option<OwnedSemaphorePermit>);
+
+impl Permit {
+    /// Gives the in-flight slot back now.
+    pub fn release(&mut self) {
+        self.0 = None;
+    }
+}
+
+/// Why policy refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// A path an upstream could read otherwise than the rules do ([`AllowList::check_path`]).
+    BadPath,
+    /// No `allow` rule permits the method (or a method-override header's) for the path.
+    NotAllowed,
+    /// `max_in_flight` requests are upstream already.
+    InFlight,
+    /// The `rate` bucket is empty; a token is due in `wait`.
+    RateLimited { wait: Duration },
+}
+
+/// Admission: the allow rules (with the path and method-override checks they bring), then the
+/// in-flight cap, then the rate. `path` is the request's path past the route's prefix. Nothing
+/// is taken from the bucket for a request the rules or the cap refuse.
+#[inline]
+pub fn admit(policy: &Policy, method: &Method, path: &str, headers: Headers<'_>) -> Result<Permit, Denial> {
+    let allow = &policy.allow;
+    if !allow.is_empty() {
+        if !allow.check_path(path) {
+            return Err(Denial::BadPath);
+        }
+        if !allow.allows(method, path) || !overrides_allowed(allow, path, headers) {
+            return Err(Denial::NotAllowed);
+        }
+    }
+    let permit = match &policy.in_flight {
+        Some(cap) => Some(cap.clone().try_acquire_owned().map_err(|_| Denial::InFlight)?),
+        None => None,
+    };
+    if let Some(bucket) = &policy.bucket {
+        bucket.take().map_err(|wait| Denial::RateLimited { wait })?;
+    }
+    Ok(Permit(permit))
+}
+
+/// Whether every method-override header the request carries names a method `allow` permits
+/// for `path` (a value that is no method is refused too).
+fn overrides_allowed(allow: &AllowList, path: &str, headers: Headers<'_>) -> bool {
+    let permitted = |value: &[u8]| Method::from_bytes(value.trim_ascii()).is_ok_and(|m| allow.allows(&m, path));
+    METHOD_OVERRIDES.iter().all(|name| headers.all(name, permitted))
 }
 
 #[cfg(test)]
@@ -432,13 +490,42 @@ mod tests {
         assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1));
     }
 
+    fn request(rules: &[&str], cap: Option<usize>) -> Policy {
+        let allow = AllowList::new(rules.iter().map(|r| Rule::parse(r).unwrap()).collect());
+        Policy::new(allow, None, cap)
+    }
+
     #[test]
     fn in_flight_caps_and_releases() {
-        let f = InFlight::new(2);
-        let a = f.try_enter().unwrap();
-        let _b = f.try_enter().unwrap();
-        assert!(f.try_enter().is_none());
-        drop(a);
-        assert!(f.try_enter().is_some());
+        let p = request(&[], Some(2));
+        let none = HeaderMap::new();
+        let get = |p: &Policy| admit(p, &Method::GET, "/x", Headers::Map(&none));
+        let mut a = get(&p).unwrap();
+        let _b = get(&p).unwrap();
+        assert_eq!(get(&p).unwrap_err(), Denial::InFlight);
+        a.release();
+        let c = get(&p).unwrap();
+        assert_eq!(get(&p).unwrap_err(), Denial::InFlight);
+        drop(c);
+        assert!(get(&p).is_ok());
+        // A cap above what a semaphore holds is no cap, not a panic.
+        assert!(get(&request(&[], Some(usize::MAX))).is_ok());
+    }
+
+    #[test]
+    fn admission_checks_rules_then_cap_then_rate() {
+        let none = HeaderMap::new();
+        let mut p = request(&["GET /ok/**"], Some(1));
+        p.bucket = Some(Bucket::new(1.0, 1.0));
+        assert_eq!(admit(&p, &Method::GET, "/ok/..;/x", Headers::Map(&none)).unwrap_err(), Denial::BadPath);
+        assert_eq!(admit(&p, &Method::POST, "/ok/x", Headers::Map(&none)).unwrap_err(), Denial::NotAllowed);
+        let mut over = HeaderMap::new();
+        over.insert("x-http-method-override", "DELETE".parse().unwrap());
+        assert_eq!(admit(&p, &Method::GET, "/ok/x", Headers::Map(&over)).unwrap_err(), Denial::NotAllowed);
+        // Refusals by the rules took nothing from the bucket; a refusal by the cap neither.
+        let held = admit(&p, &Method::GET, "/ok/x", Headers::Map(&none)).unwrap();
+        assert_eq!(admit(&p, &Method::GET, "/ok/x", Headers::Map(&none)).unwrap_err(), Denial::InFlight);
+        drop(held);
+        assert!(matches!(admit(&p, &Method::GET, "/ok/x", Headers::Map(&none)), Err(Denial::RateLimited { .. })));
     }
 }

@@ -26,6 +26,7 @@ use crate::inject::{attach, AttachError, Credential, Inject};
 use crate::intercept::Intercept;
 use crate::listen::Tunnel;
 use crate::metrics::RouteMetrics;
+use crate::policy::{admit, Denial, Headers, Permit, Policy};
 use crate::route::{own_values, strip_hop_by_hop, strip_request_hop_by_hop, RouteTable, Target};
 use crate::token::Token;
 use crate::upstream::ProxyBody;
@@ -50,18 +51,9 @@ pub struct Route {
     /// Requests and 401s, for the audit log's usage summary (kept across reloads by name).
     pub usage: Arc<RouteUsage>,
     /// Least privilege: what may pass, how fast, how many at once.
-    pub allow: crate::policy::AllowList,
-    pub bucket: Option<crate::policy::Bucket>,
-    pub in_flight: Option<crate::policy::InFlight>,
-    /// `sidekey_requests_denied_total{route,reason}`, in [`Denial`] order: not_allowed, rate_limited.
+    pub policy: Policy,
+    /// `sidekey_requests_denied_total{route,reason}`: not_allowed, rate_limited.
     pub denied: [metrics::Counter; 2],
-}
-
-/// Why policy refused a request; the index into [`Route::denied`].
-#[derive(Clone, Copy)]
-enum Denial {
-    NotAllowed = 0,
-    RateLimited = 1,
 }
 
 /// A route's request and 401 counts since start.
@@ -141,7 +133,7 @@ impl Proxy {
                 shared: self.routes.load_full(),
                 route: None,
                 start: Instant::now(),
-                slot: None,
+                permit: Permit::default(),
                 method: None,
                 step,
             };
@@ -156,8 +148,8 @@ impl Proxy {
         let start = Instant::now();
         let shared = self.routes.load_full();
         let method = if shared.access_log { Some(req.method().clone()) } else { None };
-        let Prepared { route, slot, step } = RouteSet::prepare(&shared, req, via, start);
-        Handling { shared, route, start, slot, method, step }
+        let Prepared { route, permit, step } = RouteSet::prepare(&shared, req, via, start);
+        Handling { shared, route, start, permit, method, step }
     }
 }
 
@@ -168,8 +160,9 @@ pub struct Handling<S> {
     /// Index of the matched route in `shared`.
     route: Option<usize>,
     start: Instant,
-    /// The route's in-flight slot, held until the upstream's answer is back.
-    slot: Option<crate::policy::Slot>,
+    /// The route's in-flight permit, held until the upstream's answer head is back (or the
+    /// request fails, or the client goes away and this is dropped).
+    permit: Permit,
     /// The request's method, kept for the access log only when it is on.
     method: Option<Method>,
     #[pin]
@@ -208,7 +201,7 @@ enum Step<S> {
 
 struct Prepared<S> {
     route: Option<usize>,
-    slot: Option<crate::policy::Slot>,
+    permit: Permit,
     step: Step<S>,
 }
 
@@ -273,7 +266,7 @@ impl<S: UpstreamAnswer> Future for Handling<S> {
                 StepProj::Connect(f) => return f.as_mut().poll(cx),
             };
         };
-        this.slot.take();
+        this.permit.release();
         let response = this.shared.finish(this.route.map(|i| &this.shared.routes[i]), result, *this.start);
         if let Some(method) = this.method.take() {
             access_log(&method, this.route.map(|i| &this.shared.routes[i]), &response, *this.start);
@@ -431,106 +424,102 @@ impl Proxy {
 }
 
 impl RouteSet {
-    /// Routes a request, applies policy and the credential, and hands it to the route's
-    /// upstream (or answers it). No `await`: see [`Proxy::handle_via`].
+    /// A request's way through the handler, one stage after another: route -> policy::admit ->
+    /// the upstream URI -> token -> inject::attach -> upstream (or an answer of our own at the
+    /// stage that refuses it). No `await`: see [`Proxy::handle_via`].
     fn prepare(
         this: &Arc<RouteSet>,
         req: Request<ProxyBody>,
         via: Option<&str>,
         start: Instant,
     ) -> Prepared<impl UpstreamAnswer> {
-        let done = |route: Option<usize>, result| Prepared { route, slot: None, step: Step::Done(Some(result)) };
-        if req.method() == Method::CONNECT {
-            // Only on the listener itself, never inside a tunnel.
-            return done(None, Err(ProxyError::ConnectRefused));
-        }
-        let found = match via {
-            None => this.table.find(req.version(), req.uri(), || request_host(&req)),
-            Some(authority) => this.table.find_via(authority, req.uri()),
+        let done = |route: Option<usize>, result| Prepared {
+            route,
+            permit: Permit::default(),
+            step: Step::Done(Some(result)),
         };
-        let m = match found {
+        let m = match this.route(&req, via) {
             Ok(m) => m,
-            Err(no) => return done(None, Err(ProxyError::NoRoute(no))),
+            Err(e) => return done(None, Err(e)),
         };
         let (index, route) = (m.route, &this.routes[m.route]);
-        // An upload is bounded by its progress, not by `timeout` from now (see `upload`).
-        let upload = match req.body() {
-            DataBody::Streamed(u) => Some(u.progress()),
-            _ => None,
+        let permit = match admit(&route.policy, req.method(), &m.rest, request_headers(&req)) {
+            Ok(permit) => permit,
+            Err(why) => return done(Some(index), Err(route.refuse(why))),
         };
-        if !route.allow.is_empty() {
-            if !route.allow.check_path(&m.rest) {
-                return done(Some(index), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath)));
-            }
-            if !route.allow.allows(req.method(), &m.rest) || !overrides_allowed(&route.allow, &req, &m.rest) {
-                route.count_denial(Denial::NotAllowed);
-                return done(Some(index), Err(ProxyError::NotAllowed));
-            }
-        }
-        // Origin form: the route's upstream pool adds the authority (HTTP/1.1's `Host` written
-        // with the head, HTTP/2's `:scheme` and `:authority`); SigV4 signs the absolute URL.
-        let query_value = match &route.inject {
-            Inject::Query(_) => match route.token.current().filter(|v| v.is_usable(std::time::SystemTime::now())) {
-                Some(value) => Some(value),
-                None => {
-                    let token = route.token.name().to_owned();
-                    return done(Some(index), Err(ProxyError::TokenUnavailable { token }));
-                }
-            },
-            _ => None,
-        };
-        let uri = match &route.inject {
-            // A presigned URL's signature would be a second one beside sidekey's.
-            Inject::Sign(_) => {
-                let query = crate::inject::SigV4::strip_query_signature(req.uri().query());
-                route.target.uri(&m.rest, query.as_deref())
-            }
-            _ => route.target.origin_uri(&m.rest, req.uri().query()),
-        };
-        let Ok(uri) = uri else {
+        let Ok(uri) = route.upstream_uri(&req, &m.rest) else {
             return done(Some(index), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath)));
         };
-        let slot = match &route.in_flight {
-            Some(cap) => match cap.try_enter() {
-                Some(slot) => Some(slot),
-                None => {
-                    route.count_denial(Denial::RateLimited);
-                    return done(Some(index), Err(ProxyError::RateLimited { retry_after_secs: 1 }));
-                }
-            },
-            None => None,
+        let step = match &route.inject {
+            Inject::Header { name, format } => Self::send_header(this, index, req, uri, (name, *format), start),
+            _ => Self::send_other_form(this, index, req, uri),
         };
-        if let Some(bucket) = &route.bucket {
-            if let Err(wait) = bucket.take() {
-                route.count_denial(Denial::RateLimited);
-                let retry_after_secs = wait.as_secs_f64().ceil() as u64;
-                return done(Some(index), Err(ProxyError::RateLimited { retry_after_secs }));
+        match step {
+            Ok(step) => Prepared { route: Some(index), permit, step },
+            Err(e) => done(Some(index), Err(e)),
+        }
+    }
+
+    /// Route: the route a request is for (never on a CONNECT, which only the listener itself
+    /// answers, never inside a tunnel). `via`: the CONNECT target of an intercepted tunnel.
+    fn route<'r>(&self, req: &'r Request<ProxyBody>, via: Option<&str>) -> Result<crate::route::Match<'r>, ProxyError> {
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::ConnectRefused);
+        }
+        let found = match via {
+            None => self.table.find(req.version(), req.uri(), || request_host(req)),
+            Some(authority) => self.table.find_via(authority, req.uri()),
+        };
+        found.map_err(ProxyError::NoRoute)
+    }
+
+    /// Token, attach and send, for another injection form than one header of one token: its
+    /// request goes through [`Route::send_other`], boxed.
+    fn send_other_form<S>(
+        this: &Arc<RouteSet>,
+        index: usize,
+        req: Request<ProxyBody>,
+        uri: http::Uri,
+    ) -> Result<Step<S>, ProxyError> {
+        let route = &this.routes[index];
+        let upload = upload_progress(&req);
+        let mut req = DataBody::fields_to_header_map(req, true);
+        *req.uri_mut() = uri;
+        if let Inject::Query(name) = &route.inject {
+            let Some(value) = route.token.current().filter(|v| v.is_usable(std::time::SystemTime::now())) else {
+                return Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() });
+            };
+            let query = Credential::Query { name, value: value.secret.expose() };
+            if attach(&mut req, query).is_err() {
+                return Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath));
             }
         }
-        let Inject::Header { name, format } = &route.inject else {
-            let shared = this.clone();
-            let mut req = DataBody::fields_to_header_map(req, true);
-            *req.uri_mut() = uri;
-            if let (Inject::Query(name), Some(value)) = (&route.inject, &query_value) {
-                let query = Credential::Query { name, value: value.secret.expose() };
-                if attach(&mut req, query).is_err() {
-                    return done(Some(index), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath)));
-                }
-            }
-            drop(query_value);
-            let step = match upload {
-                None => Step::Boxed(Box::pin(async move { shared.routes[index].send_other(req).await })),
-                Some(progress) => Step::Boxed(Box::pin(async move {
-                    let route = &shared.routes[index];
-                    route.bounded(route.send_other(req), progress, ProxyError::from_stall).await
-                })),
-            };
-            return Prepared { route: Some(index), slot, step };
+        let shared = this.clone();
+        Ok(match upload {
+            None => Step::Boxed(Box::pin(async move { shared.routes[index].send_other(req).await })),
+            Some(progress) => Step::Boxed(Box::pin(async move {
+                let route = &shared.routes[index];
+                route.bounded(route.send_other(req), progress, ProxyError::from_stall).await
+            })),
+        })
+    }
+
+    /// Token, attach and send, for the common route: one header of one token. The request is
+    /// handed to the upstream here; one that may need a 401 retry right after a rotation is
+    /// kept (or, with a body, read whole first).
+    fn send_header(
+        this: &Arc<RouteSet>,
+        index: usize,
+        req: Request<ProxyBody>,
+        uri: http::Uri,
+        (name, format): (&HeaderName, usize),
+        start: Instant,
+    ) -> Result<Step<impl UpstreamAnswer>, ProxyError> {
+        let route = &this.routes[index];
+        let Some(credential) = route.token.credential(format) else {
+            return Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() });
         };
-        let Some(credential) = route.token.credential(*format) else {
-            let token = route.token.name().to_owned();
-            return done(Some(index), Err(ProxyError::TokenUnavailable { token }));
-        };
+        let upload = upload_progress(&req);
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
         let client_on_h2 = parts.version == Version::HTTP_2;
@@ -551,15 +540,20 @@ impl RouteSet {
                 let mut req = Request::from_parts(parts, DataBody::Fields(fields));
                 attach_header(&mut req, name, credential.header);
                 let answer = route.start_send(req, start);
-                return Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept: None } };
+                return Ok(Step::Sent { route: index, answer, kept: None });
             }
             // Kept without the client's own field of that name.
             fields.remove(name);
-            let (name, format, used) = (name.clone(), *format, credential.generation);
-            let kept = Kept { parts, body: Bytes::new(), fields: Some(fields), name, format, used };
+            let kept = Kept {
+                parts,
+                body: Bytes::new(),
+                fields: Some(fields),
+                name: name.clone(),
+                format,
+                used: credential.generation,
+            };
             let answer = route.start_send(kept.request(credential.header), start);
-            let step = Step::Sent { route: index, answer, kept: Some(Box::new(kept)) };
-            return Prepared { route: Some(index), slot, step };
+            return Ok(Step::Sent { route: index, answer, kept: Some(Box::new(kept)) });
         }
         strip_request_hop_by_hop(&mut parts.headers, client_on_h2);
         // The client derives Host (or :authority) from the upstream URI.
@@ -567,22 +561,27 @@ impl RouteSet {
         let empty = body.is_end_stream();
         if replayable && !empty {
             // The body is read whole first, so that it can be sent twice.
-            let (shared, name, format) = (this.clone(), name.clone(), *format);
-            let step = Step::Boxed(Box::pin(async move {
+            let (shared, name) = (this.clone(), name.clone());
+            return Ok(Step::Boxed(Box::pin(async move {
                 let route = &shared.routes[index];
                 let send = route.send_replayable(parts, body, (name, format), credential);
                 match upload {
                     None => send.await,
                     Some(progress) => route.bounded(send, progress, ProxyError::from_stall).await,
                 }
-            }));
-            return Prepared { route: Some(index), slot, step };
+            })));
         }
         let (req, kept) = if replayable {
             // Kept until the answer is back (see `own_values`; the body is empty here).
             own_values(&mut parts.headers);
-            let (name, format, used) = (name.clone(), *format, credential.generation);
-            let kept = Kept { parts, body: Bytes::new(), fields: None, name, format, used };
+            let kept = Kept {
+                parts,
+                body: Bytes::new(),
+                fields: None,
+                name: name.clone(),
+                format,
+                used: credential.generation,
+            };
             (kept.request(credential.header), Some(Box::new(kept)))
         } else {
             let mut req = Request::from_parts(parts, body);
@@ -592,13 +591,36 @@ impl RouteSet {
         let answer = route.start_send(req, start);
         if let Some(progress) = upload {
             let shared = this.clone();
-            let step = Step::Boxed(Box::pin(async move {
+            return Ok(Step::Boxed(Box::pin(async move {
                 let route = &shared.routes[index];
                 route.answer(route.bounded(answer, progress, UpstreamError::from_stall).await)
-            }));
-            return Prepared { route: Some(index), slot, step };
+            })));
         }
-        Prepared { route: Some(index), slot, step: Step::Sent { route: index, answer, kept } }
+        Ok(Step::Sent { route: index, answer, kept })
+    }
+}
+
+/// An upload is bounded by its progress, not by `timeout` from now (see `upload`).
+fn upload_progress(req: &Request<ProxyBody>) -> Option<Arc<crate::upload::Progress>> {
+    match req.body() {
+        DataBody::Streamed(u) => Some(u.progress()),
+        _ => None,
+    }
+}
+
+impl Route {
+    /// The upstream URI for the path past the prefix, in origin form: the route's upstream
+    /// pool adds the authority (HTTP/1.1's `Host` written with the head, HTTP/2's `:scheme` and
+    /// `:authority`); SigV4 signs the absolute URL.
+    fn upstream_uri(&self, req: &Request<ProxyBody>, rest: &str) -> Result<http::Uri, http::Error> {
+        match &self.inject {
+            // A presigned URL's signature would be a second one beside sidekey's.
+            Inject::Sign(_) => {
+                let query = crate::inject::SigV4::strip_query_signature(req.uri().query());
+                self.target.uri(rest, query.as_deref())
+            }
+            _ => self.target.origin_uri(rest, req.uri().query()),
+        }
     }
 }
 
@@ -751,13 +773,22 @@ impl Route {
     }
 
     /// Counts a refusal by policy in the metric and the route's usage.
-    fn count_denial(&self, why: Denial) {
+    /// The answer to a request policy refused, counted in the metric and the route's usage
+    /// (a path refused as unreadable is a bad request, not a denial).
+    fn refuse(&self, why: Denial) -> ProxyError {
         use std::sync::atomic::Ordering::Relaxed;
-        self.denied[why as usize].increment(1);
-        match why {
-            Denial::NotAllowed => self.usage.denied_not_allowed.fetch_add(1, Relaxed),
-            Denial::RateLimited => self.usage.denied_rate_limited.fetch_add(1, Relaxed),
+        let (counter, usage, error) = match why {
+            Denial::BadPath => return ProxyError::NoRoute(crate::route::NoRoute::BadPath),
+            Denial::NotAllowed => (0, &self.usage.denied_not_allowed, ProxyError::NotAllowed),
+            Denial::InFlight => (1, &self.usage.denied_rate_limited, ProxyError::RateLimited { retry_after_secs: 1 }),
+            Denial::RateLimited { wait } => {
+                let retry_after_secs = wait.as_secs_f64().ceil() as u64;
+                (1, &self.usage.denied_rate_limited, ProxyError::RateLimited { retry_after_secs })
+            }
         };
+        self.denied[counter].increment(1);
+        usage.fetch_add(1, Relaxed);
+        error
     }
 
     /// Accounts for an upstream 401; a propagation failure with `on_401 = "refresh"` starts
@@ -839,14 +870,12 @@ impl Route {
     }
 }
 
-/// Whether every method-override header the request carries names a method `allow` permits
-/// for `path` (a value that is no method is refused too).
-fn overrides_allowed(allow: &crate::policy::AllowList, req: &Request<ProxyBody>, path: &str) -> bool {
-    let permitted = |value: &[u8]| Method::from_bytes(value.trim_ascii()).is_ok_and(|m| allow.allows(&m, path));
-    crate::policy::METHOD_OVERRIDES.iter().all(|name| match req.body() {
-        DataBody::Fields(fields) => fields.values(name.as_bytes()).all(permitted),
-        _ => req.headers().get_all(*name).iter().all(|v| permitted(v.as_bytes())),
-    })
+/// A request's header fields, where the listener kept them, as policy reads them.
+fn request_headers(req: &Request<ProxyBody>) -> Headers<'_> {
+    match req.body() {
+        DataBody::Fields(fields) => Headers::Fields(fields),
+        _ => Headers::Map(req.headers()),
+    }
 }
 
 /// A request's `Host`, from the fields the own loop kept or from its header map, where it is

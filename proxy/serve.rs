@@ -320,19 +320,21 @@ fn build_routes(
             send_timeout: rc.send_timeout.unwrap_or(config.upstream.send_timeout),
             metrics: RouteMetrics::new(&rc.name, Some(token.name())),
             usage: usage.entry(rc.name.clone()).or_default().clone(),
-            allow: crate::policy::AllowList::new(
-                rc.allow.iter().flatten().filter_map(|r| crate::policy::Rule::parse(r).ok()).collect(),
-            )
-            .with_encoded_slash(rc.allow_encoded_slash),
-            bucket: match &rc.rate {
-                Some(rate) => {
-                    let per_sec = crate::policy::parse_rate(rate).map_err(err)?;
-                    let burst = rc.burst.map_or(per_sec.ceil().max(1.0), f64::from);
-                    Some(crate::policy::Bucket::new(per_sec, burst))
-                }
-                None => None,
-            },
-            in_flight: rc.max_in_flight.map(crate::policy::InFlight::new),
+            policy: crate::policy::Policy::new(
+                crate::policy::AllowList::new(
+                    rc.allow.iter().flatten().filter_map(|r| crate::policy::Rule::parse(r).ok()).collect(),
+                )
+                .with_encoded_slash(rc.allow_encoded_slash),
+                match &rc.rate {
+                    Some(rate) => {
+                        let per_sec = crate::policy::parse_rate(rate).map_err(err)?;
+                        let burst = rc.burst.map_or(per_sec.ceil().max(1.0), f64::from);
+                        Some(crate::policy::Bucket::new(per_sec, burst))
+                    }
+                    None => None,
+                },
+                rc.max_in_flight,
+            ),
             denied: ["not_allowed", "rate_limited"].map(|reason| {
                 metrics::counter!("sidekey_requests_denied_total", "route" => rc.name.clone(), "reason" => reason)
             }),
