@@ -82,10 +82,12 @@ fn route_lookup(c: &mut Criterion) {
 }
 
 fn allow_list(c: &mut Criterion) {
+    use sidekey::config::rules::AllowRule;
     use sidekey::policy::{AllowList, Rule};
     let rules: Vec<Rule> = (0..19)
-        .map(|i| Rule::parse(&format!("GET /service{i}/v1/**")).unwrap())
-        .chain(std::iter::once(Rule::parse("POST /repos/*/issues/**").unwrap()))
+        .map(|i| AllowRule::parse(&format!("GET /service{i}/v1/**")).unwrap())
+        .chain(std::iter::once(AllowRule::parse("POST /repos/*/issues/**").unwrap()))
+        .map(Rule::from)
         .collect();
     let list = AllowList::new(rules);
     let method = http::Method::POST;

@@ -25,7 +25,7 @@
 //! - [`headers`], [`pki`], [`safety`], [`shutdown`]: hop-by-hop fields, certificates and trust
 //!   roots, what counts as local, the stop signal.
 //! - [`config`]: the TOML model, loading with key and line, validation; pure syntax (templates,
-//!   host:port, paths), no runtime module.
+//!   host:port, paths, allow rules and rates), no runtime module.
 //! - [`audit`], [`metrics`], `process_metrics`, [`telemetry`]: what the operator sees.
 //! - [`http1`]: HTTP/1.1 without I/O (fields as they came, the answer head, the one body
 //!   decoder `http1::chunked`, the limits `http1::Limits`, numbers, socket helpers). [`body`]:
@@ -33,8 +33,8 @@
 //! - [`upstream`]: the pool, TLS, HTTP/1.1 exchange and HTTP/2; `upstream::ProxyBody`.
 //! - [`route`]: request -> route. [`error`]: typed errors and their answers. [`token`]: values,
 //!   sources, refresh.
-//! - [`policy`], [`inject`] (`attach`, Basic, SigV4), [`intercept`] (CONNECT, the local CA's
-//!   leaves).
+//! - [`policy`] (`admit`: allow rules compiled from config's, rate, in-flight cap), [`inject`]
+//!   (`attach`, Basic, SigV4), [`intercept`] (CONNECT, the local CA's leaves).
 //! - [`proxy`]: the data-plane handler. [`listen`], [`workers`]: accept loops and guards.
 //! - [`admin`], `admin_guard`, [`live`]: the admin API over the running state.
 //! - [`serve`], [`reload`], [`demo`], [`health`]: assembly, reload, the demo, `sidekey health`.

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::Admin;
 use crate::audit::Audit;
+use crate::config::rules::AllowRule;
 use crate::config::Config;
 use crate::config::Injection;
 use crate::inject::Inject;
@@ -322,12 +323,12 @@ fn build_routes(
             usage: usage.entry(rc.name.clone()).or_default().clone(),
             policy: crate::policy::Policy::new(
                 crate::policy::AllowList::new(
-                    rc.allow.iter().flatten().filter_map(|r| crate::policy::Rule::parse(r).ok()).collect(),
+                    rc.allow.iter().flatten().filter_map(|r| AllowRule::parse(r).ok()).map(crate::policy::Rule::from).collect(),
                 )
                 .with_encoded_slash(rc.allow_encoded_slash),
                 match &rc.rate {
                     Some(rate) => {
-                        let per_sec = crate::policy::parse_rate(rate).map_err(err)?;
+                        let per_sec = crate::config::rules::parse_rate(rate).map_err(err)?;
                         let burst = rc.burst.map_or(per_sec.ceil().max(1.0), f64::from);
                         Some(crate::policy::Bucket::new(per_sec, burst))
                     }

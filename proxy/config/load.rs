@@ -658,10 +658,10 @@ impl<'a> Loader<'a> {
             for (j, rule) in r.allow.iter().flatten().enumerate() {
                 let mut path = child(&base, "allow");
                 path.push(Seg::Index(j));
-                match crate::policy::Rule::parse(rule) {
+                match super::rules::AllowRule::parse(rule) {
                     Ok(_) => {}
-                    Err(crate::policy::RuleProblem::Invalid(m)) => self.error(&path, m),
-                    Err(crate::policy::RuleProblem::NeverMatches(m)) => {
+                    Err(super::rules::RuleProblem::Invalid(m)) => self.error(&path, m),
+                    Err(super::rules::RuleProblem::NeverMatches(m)) => {
                         let line = self.line_of_path(&path);
                         self.warnings.push(ConfigError {
                             key: path_string(&path),
@@ -672,7 +672,7 @@ impl<'a> Loader<'a> {
                 }
             }
             if let Some(rate) = &r.rate {
-                if let Err(m) = crate::policy::parse_rate(rate) {
+                if let Err(m) = super::rules::parse_rate(rate) {
                     self.error(&child(&base, "rate"), m);
                 }
             }

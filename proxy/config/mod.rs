@@ -21,6 +21,7 @@ mod hostport;
 pub mod identity;
 mod load;
 pub mod paths;
+pub mod rules;
 pub mod template;
 
 pub use hostport::HostPort;
