@@ -1,4 +1,7 @@
 //! The data plane: route the request, inject the token, forward, stream the answer back.
+//! [`RouteSet::prepare`] reads the stages in order: route -> `policy::admit` -> the upstream URI
+//! -> token -> `inject::attach` -> upstream. Beside it: `connect` (CONNECT, interception),
+//! `forms` (the injection forms other than one header), `retry` (the 401 retry after a rotation).
 //!
 //! Per request the work is: one route lookup, one lock-free load of the token snapshot and a
 //! clone of its pre-rendered header, a header clean-up, and the upstream call. Everything
@@ -16,21 +19,24 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderName};
 use http::{HeaderValue, StatusCode};
 use http::{Method, Request, Response, Version};
-use http_body_util::BodyExt;
 use hyper::body::Body;
 
 use crate::body::Body as DataBody;
-use crate::config::HostPort;
 use crate::error::{error_chain, ProxyError};
-use crate::inject::{attach, AttachError, Credential, Inject};
+use crate::inject::{attach, Credential, Inject};
 use crate::intercept::Intercept;
-use crate::listen::Tunnel;
 use crate::metrics::RouteMetrics;
 use crate::policy::{admit, Denial, Headers, Permit, Policy};
 use crate::route::{own_values, strip_hop_by_hop, strip_request_hop_by_hop, RouteTable, Target};
 use crate::token::Token;
 use crate::upstream::ProxyBody;
 use crate::upstream::{Pool, UpstreamError};
+
+mod connect;
+mod forms;
+mod retry;
+
+use retry::Kept;
 
 /// One configured route, ready to serve.
 pub struct Route {
@@ -205,37 +211,6 @@ struct Prepared<S> {
     step: Step<S>,
 }
 
-/// A request kept whole (its body read) right after a rotation, so that a 401 to it can be
-/// retried with the value the rotation replaced.
-struct Kept {
-    parts: http::request::Parts,
-    body: Bytes,
-    /// The request's fields, where the own loop kept them as they came (the credential's name
-    /// left out of them).
-    fields: Option<crate::http1::Fields>,
-    /// The credential's header, its format number, and the generation the first attempt used.
-    name: HeaderName,
-    format: usize,
-    used: u64,
-}
-
-impl Kept {
-    /// A copy to send, with `header` as its credential.
-    fn request(&self, header: HeaderValue) -> Request<ProxyBody> {
-        let body = match &self.fields {
-            Some(fields) => DataBody::Fields(fields.clone()),
-            None => DataBody::Full(self.body.clone()),
-        };
-        let mut req = Request::new(body);
-        *req.method_mut() = self.parts.method.clone();
-        *req.uri_mut() = self.parts.uri.clone();
-        *req.version_mut() = self.parts.version;
-        *req.headers_mut() = self.parts.headers.clone();
-        attach_header(&mut req, &self.name, header);
-        req
-    }
-}
-
 /// [`attach`] for a header, which cannot fail.
 fn attach_header(req: &mut Request<ProxyBody>, name: &HeaderName, value: HeaderValue) {
     let attached = attach(req, Credential::Header(name, value));
@@ -333,95 +308,6 @@ fn grpc_unauthenticated(headers: &http::HeaderMap) -> bool {
 }
 
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-
-/// What a CONNECT became, for `sidekey_connect_total{result}`.
-fn count_connect(result: &'static str) {
-    metrics::counter!("sidekey_connect_total", "result" => result).increment(1);
-}
-
-impl Proxy {
-    /// `CONNECT host:port`: intercepted when a route names the host, tunnelled untouched when it
-    /// is a passthrough host, refused otherwise (sidekey is never an open proxy).
-    async fn connect(&self, mut req: Request<ProxyBody>) -> Response<ProxyBody> {
-        let result = self.open_tunnel(&mut req).await;
-        let (outcome, response) = match result {
-            Ok((outcome, response)) => (outcome, response),
-            Err(e) => {
-                let outcome = match e {
-                    ProxyError::ConnectRefused | ProxyError::ConnectTarget => "refused",
-                    _ => "failed",
-                };
-                (outcome, e.into_response())
-            }
-        };
-        count_connect(outcome);
-        let target = req.uri().authority().map(|a| a.as_str()).unwrap_or("");
-        tracing::debug!(target, outcome, status = response.status().as_u16(), "CONNECT");
-        response
-    }
-
-    async fn open_tunnel(
-        &self,
-        req: &mut Request<ProxyBody>,
-    ) -> Result<(&'static str, Response<ProxyBody>), ProxyError> {
-        let authority = req.uri().authority().cloned().ok_or(ProxyError::ConnectTarget)?;
-        let target = HostPort::parse(authority.as_str(), 443).map_err(|_| ProxyError::ConnectTarget)?;
-        let Some(intercept) = &self.intercept else { return Err(ProxyError::ConnectRefused) };
-        // Absent for HTTP/2 CONNECT: clients use HTTP/1.1 to talk to an HTTP proxy.
-        let Some(tunnel) = req.extensions_mut().remove::<Tunnel>() else { return Err(ProxyError::ConnectRefused) };
-        let ok = || Response::new(DataBody::Empty);
-        if self.routes.load().table.host_route(authority.as_str()).is_some() {
-            let tls = intercept.server_config(&target.host).map_err(|e| {
-                tracing::error!(host = %target.host, error = %e, "cannot mint a certificate for an intercepted host");
-                ProxyError::InterceptFailed
-            })?;
-            let on_upgrade = hyper::upgrade::on(&mut *req);
-            let (proxy, via): (Proxy, Arc<str>) = (self.clone(), authority.as_str().into());
-            let inner = tunnel.clone();
-            tunnel.run(async move {
-                let upgraded = match on_upgrade.await {
-                    Ok(u) => u,
-                    Err(e) => return tracing::debug!(error = %e, "CONNECT upgrade failed"),
-                };
-                let accept = tokio_rustls::TlsAcceptor::from(tls).accept(hyper_util::rt::TokioIo::new(upgraded));
-                let stream = match tokio::time::timeout(inner.handshake_timeout(), accept).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        return tracing::warn!(target = %via, peer = %inner.peer, error = %e,
-                            "client TLS handshake failed in an intercepted tunnel (does the client trust sidekey's CA?)")
-                    }
-                    Err(_) => return tracing::debug!(target = %via, peer = %inner.peer, "client TLS handshake timed out"),
-                };
-                inner
-                    .serve(stream, move |req| {
-                        futures_util::FutureExt::map(proxy.handle_via(req, Some(&via)), Ok::<_, std::convert::Infallible>)
-                    })
-                    .await;
-            });
-            return Ok(("intercepted", ok()));
-        }
-        if intercept.is_passthrough(&target) {
-            let connect = tokio::net::TcpStream::connect((target.host.as_str(), target.port));
-            let mut upstream = match tokio::time::timeout(self.connect_timeout, connect).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::warn!(target = %authority, error = %e, "cannot reach a passthrough host");
-                    return Err(ProxyError::UpstreamUnreachable);
-                }
-                Err(_) => return Err(ProxyError::UpstreamTimeout),
-            };
-            let _ = upstream.set_nodelay(true);
-            let on_upgrade = hyper::upgrade::on(&mut *req);
-            tunnel.run(async move {
-                let Ok(upgraded) = on_upgrade.await else { return };
-                let mut client = hyper_util::rt::TokioIo::new(upgraded);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-            });
-            return Ok(("passthrough", ok()));
-        }
-        Err(ProxyError::ConnectRefused)
-    }
-}
 
 impl RouteSet {
     /// A request's way through the handler, one stage after another: route -> policy::admit ->
@@ -625,154 +511,6 @@ impl Route {
 }
 
 impl Route {
-    /// Sends a request of a route that injects otherwise than one header of one token (no
-    /// 401 retry: that is for a single rotating token).
-    async fn send_other(&self, req: Request<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
-        let (mut parts, body) = req.into_parts();
-        let client_on_h2 = parts.version == Version::HTTP_2;
-        parts.version = Version::HTTP_11;
-        strip_request_hop_by_hop(&mut parts.headers, client_on_h2);
-        parts.headers.remove(header::HOST);
-        let mut req = Request::from_parts(parts, body);
-        match &self.inject {
-            Inject::Sign(signer) => return self.send_signed(signer, req).await,
-            // The query parameter is in the URI already.
-            Inject::Header { .. } | Inject::Query(_) => {}
-            Inject::Headers(list) => {
-                for (name, token, format) in list.iter() {
-                    let Some(credential) = token.credential(*format) else {
-                        return Err(ProxyError::TokenUnavailable { token: token.name().to_owned() });
-                    };
-                    attach_header(&mut req, name, credential.header);
-                }
-            }
-            Inject::Basic(basic) => match basic.credential() {
-                Ok(value) => attach_header(&mut req, &header::AUTHORIZATION, value),
-                Err(crate::inject::Unavailable::Token(token)) => return Err(ProxyError::TokenUnavailable { token }),
-                Err(crate::inject::Unavailable::NotHeaderSafe) => {
-                    tracing::warn!(route = %self.name, "the Basic credential's values make no valid header");
-                    return Err(ProxyError::TokenUnavailable { token: self.token.name().to_owned() });
-                }
-            },
-        }
-        for t in self.tokens.iter() {
-            t.count_request();
-        }
-        self.send(req).await
-    }
-
-    /// Signs and sends: a body within the signer's limit is buffered and signed with its hash;
-    /// a larger one, or one of unknown length, goes out unsigned where the service allows it
-    /// and is refused with 413 where it does not.
-    async fn send_signed(
-        &self,
-        signer: &crate::inject::SigV4,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (mut parts, body) = req.into_parts();
-        crate::inject::SigV4::strip_client_signature(&mut parts.headers);
-        if let Some(authority) = parts.uri.authority() {
-            let host = HeaderValue::from_str(authority.as_str()).map_err(|_| ProxyError::ClientBody)?;
-            parts.headers.insert(header::HOST, host);
-        }
-        let limit = signer.config.body_limit;
-        let exact = body.size_hint().exact();
-        let buffer = exact.map_or(!signer.unsigned_payload(), |n| n <= limit as u64);
-        let req = if buffer {
-            let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return Err(ProxyError::BodyTooLarge { limit });
-                }
-                Err(e) => {
-                    tracing::debug!(route = %self.name, error = %e, "client body failed");
-                    return Err(ProxyError::ClientBody);
-                }
-            };
-            let mut req = Request::from_parts(parts, DataBody::Full(bytes.clone()));
-            self.sign(signer, &mut req, Some(&bytes))?;
-            req
-        } else if signer.unsigned_payload() {
-            let mut req = Request::from_parts(parts, body);
-            self.sign(signer, &mut req, None)?;
-            req
-        } else {
-            return Err(ProxyError::BodyTooLarge { limit });
-        };
-        // Host stays as signed (the route's authority, which hyper would derive alike).
-        self.token.count_request();
-        self.send(req).await
-    }
-
-    fn sign(
-        &self,
-        signer: &crate::inject::SigV4,
-        req: &mut Request<ProxyBody>,
-        body: Option<&[u8]>,
-    ) -> Result<(), ProxyError> {
-        use crate::inject::SignError;
-        let signature = Credential::SigV4 { signer, token: &self.token, payload: body };
-        attach(req, signature).map_err(|e| match e {
-            AttachError::Sign(SignError::Unavailable) => ProxyError::TokenUnavailable { token: self.token.name().to_owned() },
-            AttachError::Sign(SignError::BadCredentials(why)) => {
-                tracing::warn!(route = %self.name, token = self.token.name(), error = %why, "cannot sign: the token holds no AWS credentials");
-                ProxyError::TokenUnavailable { token: self.token.name().to_owned() }
-            }
-            AttachError::Sign(SignError::Request(why)) => {
-                tracing::debug!(route = %self.name, error = %why, "cannot sign the request");
-                ProxyError::Unsignable
-            }
-            AttachError::BadUri => ProxyError::Unsignable,
-        })
-    }
-
-    /// Sends a request that may be sent twice: its body buffered, and once more with the
-    /// other token if the first answer is a 401 right after a rotation.
-    async fn send_replayable(
-        &self,
-        parts: http::request::Parts,
-        body: ProxyBody,
-        (name, format): (HeaderName, usize),
-        credential: crate::token::Credential,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let body = match body.collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                tracing::debug!(route = %self.name, error = %e, "client body failed");
-                return Err(ProxyError::ClientBody);
-            }
-        };
-        let kept = Kept { parts, body, fields: None, name, format, used: credential.generation };
-        let first = self.send(kept.request(credential.header)).await;
-        match first {
-            Ok(first) if first.status() == StatusCode::UNAUTHORIZED => self.retry_401(kept, first).await,
-            first => first,
-        }
-    }
-
-    /// After a 401 to a request kept for it: sends it again with the value the rotation
-    /// replaced (while the overlap lasts) or a freshly forced one; with neither, the client
-    /// gets the 401 (counted as every final one is).
-    async fn retry_401(&self, kept: Kept, first: Response<ProxyBody>) -> Result<Response<ProxyBody>, ProxyError> {
-        let Some((header, with)) = self.token.retry_credential(kept.format, kept.used).await else {
-            return Ok(first);
-        };
-        // The first answer was a 401 all the same: count it beside the retry's own answer.
-        self.metrics.count_unauthorized();
-        self.unauthorized();
-        drop(first);
-        let result = self.answer(self.start_send(kept.request(header), Instant::now()).await);
-        let outcome = match &result {
-            Ok(r) if r.status() == StatusCode::UNAUTHORIZED => "unauthorized",
-            Ok(_) => "success",
-            Err(_) => "error",
-        };
-        tracing::debug!(route = %self.name, token = self.token.name(), with, outcome, "retried a 401 right after a rotation");
-        metrics::counter!("sidekey_upstream_retries_total", "route" => self.name.to_string(), "token" => self.token.name().to_owned(), "with" => with, "outcome" => outcome).increment(1);
-        result
-    }
-
-    /// Counts a refusal by policy in the metric and the route's usage.
     /// The answer to a request policy refused, counted in the metric and the route's usage
     /// (a path refused as unreadable is a bad request, not a denial).
     fn refuse(&self, why: Denial) -> ProxyError {
