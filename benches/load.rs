@@ -47,7 +47,7 @@
 //! `--idle` (10 000 connections; `--idle-connections N` for another count) adds, per proxy and
 //! round (`--rounds`, at least 1), a fresh instance holding N idle keep-alive connections that
 //! have each served one request: the bytes of `VmRSS` each costs, the accepted count checked
-//! (`benches/load/idle.rs`).
+//! (`benches/load/idle.rs`); with `--baseline`, that build too, beside sidekey.
 //!
 //! `--scaling`: sidekey `[listen] workers = 1` against `= 2`, its default runtime on one CPU
 //! against two, nginx `worker_processes 1` against `2`, at concurrency 256 with nothing pinned

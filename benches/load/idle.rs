@@ -1,9 +1,9 @@
 //! `--idle`: what an idle keep-alive client connection costs each proxy in memory.
 //!
-//! Per proxy and round, a fresh instance (its connection cap raised above the count: sidekey's
-//! `[limits] max_connections`, nginx's `worker_connections`, HAProxy's `maxconn`; the harness
-//! raises its own `RLIMIT_NOFILE`, which the proxies inherit) serves a few warm-up requests;
-//! then N connections each send one request, read its answer whole, and stay open, waiting
+//! Per proxy (and the `--baseline` build, beside sidekey) and round, a fresh instance (its
+//! connection cap raised above the count: sidekey's `[limits] max_connections`, nginx's
+//! `worker_connections`, HAProxy's `maxconn`; the harness raises its own `RLIMIT_NOFILE`,
+//! which the proxies inherit) serves a few warm-up requests; then N connections each send one request, read its answer whole, and stay open, waiting
 //! as a client library's pooled connection waits for its next request. The proxy must hold
 //! all N (its established sockets on its port, from `/proc/net/tcp`; for sidekey also its
 //! `sidekey_open_connections` gauge); the figure is its processes' `VmRSS` with them less
@@ -189,13 +189,19 @@ pub fn idle_runs(
     }
     for round in 1..=rounds {
         eprintln!("load: idle connections, round {round} of {rounds}");
-        for name in ["sidekey", "nginx", "haproxy"] {
-            if !wanted(name) || (name == "haproxy" && haproxy_skipped.is_some()) {
+        for name in ["sidekey", "baseline", "nginx", "haproxy"] {
+            let wanted = match name {
+                "baseline" => opts.baseline.is_some(),
+                "haproxy" => wanted(name) && haproxy_skipped.is_none(),
+                _ => wanted(name),
+            };
+            if !wanted {
                 continue;
             }
-            let server = match name {
-                "sidekey" => super::start_sidekey(origin, "sidekey", &opts.sidekey, Run::default())?,
-                "nginx" => super::start_nginx(origin)?,
+            let server = match (name, &opts.baseline) {
+                ("sidekey", _) => super::start_sidekey(origin, "sidekey", &opts.sidekey, Run::default())?,
+                ("baseline", Some(bin)) => super::start_sidekey(origin, "baseline", bin, Run::default())?,
+                ("nginx", _) => super::start_nginx(origin)?,
                 _ => super::start_haproxy(origin)?,
             };
             let v = one(&server, n)?;

@@ -38,6 +38,7 @@ use crate::upstream::ProxyBody;
 use crate::workers::Workers;
 
 pub(crate) mod h1;
+mod idle;
 pub mod unix;
 #[cfg(any(test, feature = "fuzzing"))]
 pub use h1::fuzz_own_loop_vs_hyper;
@@ -580,8 +581,10 @@ async fn connection<I, F, Fut, B>(
         })
     });
     let ended: Option<Result<(), Box<dyn std::error::Error + Send + Sync>>> = if speaks == Speaks::Http2 {
-        let conn = std::pin::pin!(ctx.h2.serve_connection(TokioIo::new(io), service));
-        guards.drive(conn, Some(|c| c.graceful_shutdown()), &mut stop).await.map(|r| r.map_err(Into::into))
+        // hyper's connections are boxed (here and below): held inline, the largest of them
+        // would set the size of every connection's task, idle ones of the own loop among them.
+        let mut conn = Box::pin(ctx.h2.serve_connection(TokioIo::new(io), service));
+        guards.drive(conn.as_mut(), Some(|c| c.graceful_shutdown()), &mut stop).await.map(|r| r.map_err(Into::into))
     } else if tunnels {
         // The proxy listener: sidekey's own loop serves the common request (see `listen::h1`),
         // hyper the rest of a connection from the first request it does not.
@@ -603,7 +606,7 @@ async fn connection<I, F, Fut, B>(
             // The loop started from the sniffed bytes (`pre` is empty since): what it read and
             // did not serve is all that hyper's first reads are owed.
             io.pre = read;
-            let mut conn = std::pin::pin!(h1.serve_connection(TokioIo::new(io), service).with_upgrades());
+            let mut conn = Box::pin(h1.serve_connection(TokioIo::new(io), service).with_upgrades());
             let mut shut = false;
             std::future::poll_fn(|cx| {
                 if !shut && flag.load(Ordering::Relaxed) {
@@ -618,8 +621,8 @@ async fn connection<I, F, Fut, B>(
         let conn = std::pin::pin!(Closable { closing, serving });
         guards.drive(conn, Some(|c| c.close()), &mut stop).await
     } else {
-        let conn = std::pin::pin!(ctx.h1.serve_connection(TokioIo::new(io), service).with_upgrades());
-        guards.drive(conn, Some(|c| c.graceful_shutdown()), &mut stop).await.map(|r| r.map_err(Into::into))
+        let mut conn = Box::pin(ctx.h1.serve_connection(TokioIo::new(io), service).with_upgrades());
+        guards.drive(conn.as_mut(), Some(|c| c.graceful_shutdown()), &mut stop).await.map(|r| r.map_err(Into::into))
     };
     if let Some(Err(e)) = ended {
         tracing::debug!(listener = what, %peer, error = %e, "connection ended with an error");

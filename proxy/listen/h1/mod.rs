@@ -277,6 +277,11 @@ where
                     return Poll::Ready(None);
                 }
                 let room = need.saturating_sub(buf.len());
+                if buf.is_empty() {
+                    // Between requests: no buffer is held while none comes (see `listen::idle`).
+                    return super::idle::poll_read_next(Pin::new(&mut *io), cx, &mut buf, &mut out, READ_ROOM, room)
+                        .map(Some);
+                }
                 crate::http1::socket::poll_read_spare(Pin::new(&mut *io), cx, &mut buf, READ_ROOM, room).map(Some)
             })
             .await;
@@ -358,6 +363,7 @@ where
         };
         let Some(response) = response else { return Ok(End::Closed) };
         let close = head.close || cut || closing.load(Ordering::Relaxed);
+        super::idle::refill(&mut out);
         let whole = write_response(io, &mut out, response, head_request, close).await;
         if buf.is_empty() {
             drop(in_flight);
