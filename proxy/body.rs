@@ -111,4 +111,4 @@ where
     }
 }
 
-pub use crate::upload::{BodyCut, Streamed};
+pub use crate::upload::Streamed;

@@ -44,14 +44,14 @@
 // allocator); everywhere else it is an error.
 #![deny(unsafe_code)]
 
-pub mod admin;
-pub mod admin_guard;
+pub(crate) mod admin;
+pub(crate) mod admin_guard;
 pub mod audit;
-pub mod body;
+pub(crate) mod body;
 pub mod config;
 pub mod demo;
-pub mod error;
-pub mod headers;
+pub(crate) mod error;
+pub(crate) mod headers;
 pub mod health;
 pub mod http1;
 #[doc(hidden)]
@@ -62,29 +62,29 @@ pub use listen::{fuzz_own_loop_vs_hyper, fuzz_requests};
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzzing"))]
 pub use upstream::fuzz_answer;
-pub mod inject;
-pub mod intercept;
+pub(crate) mod inject;
+pub(crate) mod intercept;
 pub mod kube;
 pub mod listen;
-pub mod live;
+pub(crate) mod live;
 #[allow(unsafe_code)]
 pub mod memory;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod process_metrics;
-pub mod proxy;
+pub(crate) mod proxy;
 pub mod reload;
 pub mod route;
-pub mod safety;
+pub(crate) mod safety;
 pub mod secret;
-pub mod serve;
-pub mod shutdown;
+pub(crate) mod serve;
+pub(crate) mod shutdown;
 pub mod telemetry;
 pub mod token;
-pub mod upload;
+pub(crate) mod upload;
 pub mod upstream;
-pub mod workers;
+pub(crate) mod workers;
 
 pub use config::Config;
 pub use serve::{start, Running};

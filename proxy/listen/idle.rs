@@ -152,7 +152,7 @@ mod tests {
                 let answer = http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")));
                 std::future::ready(Ok::<_, std::convert::Infallible>(answer))
             };
-            let limits = crate::listen::h1::HeadLimits { max_bytes: 8192, max_headers: 100 };
+            let limits = crate::http1::Limits { head_bytes: 8192, headers: 100, ..crate::http1::Limits::REQUEST };
             crate::listen::h1::serve(&mut server, Vec::new(), &handler, || (), &AtomicBool::new(false), limits).await
         });
         let request = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Marker: in-the-read-buffer\r\n\r\n";
