@@ -37,9 +37,9 @@ use crate::http1::{AnswerFields, Limits};
 use crate::upstream::ProxyBody;
 
 /// Reads take at least this much room: a connection's block for request heads starts at this
-/// size (or its first head's) and grows while a head does not fit. An idle keep-alive
-/// connection holds it (nginx's `client_header_buffer_size` is as large; 4 KiB took 12.1
-/// against 9.0 KiB of memory per idle connection).
+/// size (or its first head's) and grows while a head does not fit. Small, as nginx's
+/// `client_header_buffer_size` is: a busy connection keeps it between requests, and a larger
+/// one costs memory on every connection.
 const READ_ROOM: usize = 1024;
 /// A body chunk up to this size goes out in one write with what precedes it (the head, a
 /// chunk's size line), copied into the connection's write buffer; a larger one is written
