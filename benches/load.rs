@@ -1596,16 +1596,7 @@ fn c1_client(url: &str, secs: f64) -> Result<String, String> {
             got += n;
             if need.is_none() {
                 if let Some(head) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {
-                    let length = buf[..head]
-                        .split(|&b| b == b'\n')
-                        .find_map(|l| {
-                            let l = l.strip_suffix(b"\r").unwrap_or(l);
-                            let colon = l.iter().position(|&b| b == b':')?;
-                            l[..colon].eq_ignore_ascii_case(b"content-length").then(|| l[colon + 1..].trim_ascii())
-                        })
-                        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
-                        .ok_or("an answer without Content-Length")?;
-                    need = Some(head + 4 + length);
+                    need = Some(head + 4 + unix::content_length(&buf[..head])?);
                 }
             }
             if need.is_some_and(|n| got >= n) {

@@ -111,16 +111,19 @@ fn answer_len(buf: &[u8]) -> Result<Option<usize>, String> {
         let line = buf.split(|&b| b == b'\r').next().unwrap_or_default();
         return Err(format!("unexpected answer: {}", String::from_utf8_lossy(line)));
     }
-    let length = buf[..head]
-        .split(|&b| b == b'\n')
+    Ok(Some(head + 4 + content_length(&buf[..head])?))
+}
+
+/// The `Content-Length` of an answer's head (status line and fields, without the blank line).
+pub fn content_length(head: &[u8]) -> Result<usize, String> {
+    head.split(|&b| b == b'\n')
         .find_map(|l| {
             let l = l.strip_suffix(b"\r").unwrap_or(l);
             let colon = l.iter().position(|&b| b == b':')?;
             l[..colon].eq_ignore_ascii_case(b"content-length").then(|| l[colon + 1..].trim_ascii())
         })
         .and_then(|v| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
-        .ok_or("an answer without Content-Length")?;
-    Ok(Some(head + 4 + length))
+        .ok_or_else(|| "an answer without Content-Length".to_owned())
 }
 
 /// The `--c64-client URL CONNECTIONS SECS` mode: `CONNECTIONS` keep-alive connections on one
