@@ -5,11 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{header, Request, Uri};
-use http_body_util::Full;
+use http::Uri;
 
 use crate::config::{self, SecretRef};
-use crate::secret::zeroizing_bytes;
 use crate::upstream::SourceClient;
 
 use super::fetch::exchange;
@@ -96,11 +94,7 @@ impl TokenExchangeSource {
         if let Some(a) = &actor {
             form.append("actor_token", a.expose());
         }
-        let req = Request::post(self.token_url.clone())
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::ACCEPT, "application/json")
-            .body(Full::new(zeroizing_bytes(form.into_bytes())))
-            .map_err(|e| SourceError::Config(e.to_string()))?;
+        let req = form.post(&self.token_url, Some("application/json"))?;
         let now = SystemTime::now();
         let secrets: Vec<&crate::secret::Secret> = std::iter::once(&subject).chain(actor.as_ref()).collect();
         let (status, bytes) = exchange(&self.client, req, self.timeout).await.map_err(|e| e.scrub(&secrets))?;

@@ -129,11 +129,7 @@ impl OAuth2Source {
         form.append("client_id", &self.client_id);
         form.append("client_assertion_type", JWT_BEARER);
         form.append("client_assertion", jwt.expose());
-        let req = Request::post(self.token_url.clone())
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::ACCEPT, "application/json")
-            .body(Full::new(zeroizing_bytes(form.into_bytes())))
-            .map_err(|e| SourceError::Config(e.to_string()))?;
+        let req = form.post(&self.token_url, Some("application/json"))?;
         let now = SystemTime::now();
         let (status, bytes) = exchange(&self.client, req, self.timeout).await.map_err(|e| e.scrub(&[&jwt]))?;
         token_answer(&self.token_url, status, &bytes, now).map_err(|e| e.scrub(&[&jwt]))
@@ -238,6 +234,19 @@ impl Form {
 
     pub(super) fn into_bytes(self) -> Zeroizing<Vec<u8>> {
         self.0
+    }
+
+    /// A POST of this form to `url`, asking for `accept` where given.
+    pub(super) fn post(
+        self,
+        url: &Uri,
+        accept: Option<&'static str>,
+    ) -> Result<Request<Full<bytes::Bytes>>, SourceError> {
+        let mut req = Request::post(url.clone()).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some(accept) = accept {
+            req = req.header(header::ACCEPT, accept);
+        }
+        req.body(Full::new(zeroizing_bytes(self.into_bytes()))).map_err(|e| SourceError::Config(e.to_string()))
     }
 }
 

@@ -11,12 +11,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{header, Request, Uri};
-use http_body_util::Full;
+use http::Uri;
 use zeroize::Zeroizing;
 
 use crate::config::{self, SecretRef};
-use crate::secret::{zeroizing_bytes, Secret};
+use crate::secret::Secret;
 use crate::upstream::SourceClient;
 
 use super::fetch::{excerpt, exchange};
@@ -119,10 +118,7 @@ impl WebIdentitySource {
         form.append("RoleSessionName", &call.session_name);
         form.append("WebIdentityToken", jwt.expose());
         // Unsigned: the web identity token is the credential.
-        let req = Request::post(call.endpoint.clone())
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Full::new(zeroizing_bytes(form.into_bytes())))
-            .map_err(|e| SourceError::Config(e.to_string()))?;
+        let req = form.post(&call.endpoint, None)?;
         let (status, bytes) = exchange(&self.client, req, self.config.timeout).await.map_err(|e| e.scrub(&[&jwt]))?;
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| SourceError::Malformed(format!("STS at {} answered with non-UTF-8", call.endpoint)))?;
