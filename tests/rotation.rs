@@ -61,34 +61,6 @@ path = {path:?}
     )
 }
 
-/// Requests in a loop on keep-alive connections until told to stop; counts failures.
-fn background_load(
-    proxy: std::net::SocketAddr,
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let c = client();
-        while !stop.load(Ordering::SeqCst) {
-            let req = http::Request::get(format!("http://{proxy}/r/bg")).body(Default::default()).unwrap();
-            match tokio::time::timeout(WAIT, c.request(req)).await {
-                Ok(Ok(resp)) if resp.status() == 200 => {
-                    use http_body_util::BodyExt;
-                    // A body that fails to arrive whole is a failed request, whatever its status.
-                    match tokio::time::timeout(WAIT, resp.into_body().collect()).await {
-                        Ok(Ok(_)) => ok.fetch_add(1, Ordering::SeqCst),
-                        _ => failed.fetch_add(1, Ordering::SeqCst),
-                    };
-                }
-                _ => {
-                    failed.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }
-    })
-}
-
 async fn rotate_under_load(kubernetes: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("token");

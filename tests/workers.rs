@@ -58,26 +58,6 @@ async fn on_one_connection(proxy: std::net::SocketAddr, path: &str, n: usize) {
     }
 }
 
-/// Keep-alive requests on one connection of its own until told to stop.
-fn load(proxy: std::net::SocketAddr, stop: Arc<AtomicBool>, ok: Arc<AtomicUsize>, failed: Arc<AtomicUsize>) {
-    tokio::spawn(async move {
-        let c = client();
-        while !stop.load(Ordering::SeqCst) {
-            let req = http::Request::get(format!("http://{proxy}/r/bg")).body(Default::default()).unwrap();
-            match tokio::time::timeout(WAIT, c.request(req)).await {
-                Ok(Ok(resp)) if resp.status() == 200 => {
-                    use http_body_util::BodyExt;
-                    let _ = resp.into_body().collect().await;
-                    ok.fetch_add(1, Ordering::SeqCst);
-                }
-                _ => {
-                    failed.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        }
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_serve_in_turn_and_rotation_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,7 +105,7 @@ async fn two_workers_serve_in_turn_and_rotation_loses_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     for _ in 0..2 {
-        load(sk.proxy_addr, stop.clone(), ok.clone(), failed.clone());
+        background_load(sk.proxy_addr, stop.clone(), ok.clone(), failed.clone());
     }
     bounded("both load connections' first answers", async {
         while ok.load(Ordering::SeqCst) < 2 || sk.worker_connections().unwrap().iter().sum::<u64>() < 8 {

@@ -471,3 +471,30 @@ pub async fn wait_generation(running: &sidekey::Running, name: &str, generation:
         .await
         .unwrap();
 }
+
+/// Requests in a loop on keep-alive connections until told to stop; counts failures.
+pub fn background_load(
+    proxy: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let c = client();
+        while !stop.load(Ordering::SeqCst) {
+            let req = http::Request::get(format!("http://{proxy}/r/bg")).body(Default::default()).unwrap();
+            match tokio::time::timeout(WAIT, c.request(req)).await {
+                Ok(Ok(resp)) if resp.status() == 200 => {
+                    // A body that fails to arrive whole is a failed request, whatever its status.
+                    match tokio::time::timeout(WAIT, resp.into_body().collect()).await {
+                        Ok(Ok(_)) => ok.fetch_add(1, Ordering::SeqCst),
+                        _ => failed.fetch_add(1, Ordering::SeqCst),
+                    };
+                }
+                _ => {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    })
+}
