@@ -12,11 +12,14 @@
 //! warning, where that fails. Names missing from the order file (code changed since it was
 //! written) only lose their place; the build never fails for them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let order = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy/link-order.txt");
+    // Read when the script runs, not when it was compiled: a build script compiled in another
+    // checkout sharing this target directory is reused here, and would name that checkout's file.
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    let order = root.join("proxy/link-order.txt");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={}", order.display());
     // Debug builds have other symbol names and no use for the layout.

@@ -313,6 +313,8 @@ impl RouteSet {
     /// A request's way through the handler, one stage after another: route -> policy::admit ->
     /// the upstream URI -> token -> inject::attach -> upstream (or an answer of our own at the
     /// stage that refuses it). No `await`: see [`Proxy::handle_via`].
+    // Inlined: the stages return the upstream's future by value, and a call each would copy it.
+    #[inline(always)]
     fn prepare(
         this: &Arc<RouteSet>,
         req: Request<ProxyBody>,
@@ -340,10 +342,9 @@ impl RouteSet {
             Inject::Header { name, format } => Self::send_header(this, index, req, uri, (name, *format), start),
             _ => Self::send_other_form(this, index, req, uri),
         };
-        match step {
-            Ok(step) => Prepared { route: Some(index), permit, step },
-            Err(e) => done(Some(index), Err(e)),
-        }
+        // A request refused at the last stages (no token) holds no permit.
+        let permit = if matches!(step, Step::Done(_)) { Permit::default() } else { permit };
+        Prepared { route: Some(index), permit, step }
     }
 
     /// Route: the route a request is for (never on a CONNECT, which only the listener itself
@@ -361,38 +362,35 @@ impl RouteSet {
 
     /// Token, attach and send, for another injection form than one header of one token: its
     /// request goes through [`Route::send_other`], boxed.
-    fn send_other_form<S>(
-        this: &Arc<RouteSet>,
-        index: usize,
-        req: Request<ProxyBody>,
-        uri: http::Uri,
-    ) -> Result<Step<S>, ProxyError> {
+    fn send_other_form<S>(this: &Arc<RouteSet>, index: usize, req: Request<ProxyBody>, uri: http::Uri) -> Step<S> {
         let route = &this.routes[index];
         let upload = upload_progress(&req);
         let mut req = DataBody::fields_to_header_map(req, true);
         *req.uri_mut() = uri;
         if let Inject::Query(name) = &route.inject {
             let Some(value) = route.token.current().filter(|v| v.is_usable(std::time::SystemTime::now())) else {
-                return Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() });
+                return Step::Done(Some(Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() })));
             };
             let query = Credential::Query { name, value: value.secret.expose() };
             if attach(&mut req, query).is_err() {
-                return Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath));
+                return Step::Done(Some(Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath))));
             }
         }
         let shared = this.clone();
-        Ok(match upload {
+        match upload {
             None => Step::Boxed(Box::pin(async move { shared.routes[index].send_other(req).await })),
             Some(progress) => Step::Boxed(Box::pin(async move {
                 let route = &shared.routes[index];
                 route.bounded(route.send_other(req), progress, ProxyError::from_stall).await
             })),
-        })
+        }
     }
 
     /// Token, attach and send, for the common route: one header of one token. The request is
     /// handed to the upstream here; one that may need a 401 retry right after a rotation is
     /// kept (or, with a body, read whole first).
+    // Inlined: see `RouteSet::prepare`.
+    #[inline(always)]
     fn send_header(
         this: &Arc<RouteSet>,
         index: usize,
@@ -400,10 +398,10 @@ impl RouteSet {
         uri: http::Uri,
         (name, format): (&HeaderName, usize),
         start: Instant,
-    ) -> Result<Step<impl UpstreamAnswer>, ProxyError> {
+    ) -> Step<impl UpstreamAnswer> {
         let route = &this.routes[index];
         let Some(credential) = route.token.credential(format) else {
-            return Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() });
+            return Step::Done(Some(Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() })));
         };
         let upload = upload_progress(&req);
         let (mut parts, body) = req.into_parts();
@@ -426,7 +424,7 @@ impl RouteSet {
                 let mut req = Request::from_parts(parts, DataBody::Fields(fields));
                 attach_header(&mut req, name, credential.header);
                 let answer = route.start_send(req, start);
-                return Ok(Step::Sent { route: index, answer, kept: None });
+                return Step::Sent { route: index, answer, kept: None };
             }
             // Kept without the client's own field of that name.
             fields.remove(name);
@@ -439,7 +437,7 @@ impl RouteSet {
                 used: credential.generation,
             };
             let answer = route.start_send(kept.request(credential.header), start);
-            return Ok(Step::Sent { route: index, answer, kept: Some(Box::new(kept)) });
+            return Step::Sent { route: index, answer, kept: Some(Box::new(kept)) };
         }
         strip_request_hop_by_hop(&mut parts.headers, client_on_h2);
         // The client derives Host (or :authority) from the upstream URI.
@@ -448,14 +446,14 @@ impl RouteSet {
         if replayable && !empty {
             // The body is read whole first, so that it can be sent twice.
             let (shared, name) = (this.clone(), name.clone());
-            return Ok(Step::Boxed(Box::pin(async move {
+            return Step::Boxed(Box::pin(async move {
                 let route = &shared.routes[index];
                 let send = route.send_replayable(parts, body, (name, format), credential);
                 match upload {
                     None => send.await,
                     Some(progress) => route.bounded(send, progress, ProxyError::from_stall).await,
                 }
-            })));
+            }));
         }
         let (req, kept) = if replayable {
             // Kept until the answer is back (see `own_values`; the body is empty here).
@@ -477,12 +475,12 @@ impl RouteSet {
         let answer = route.start_send(req, start);
         if let Some(progress) = upload {
             let shared = this.clone();
-            return Ok(Step::Boxed(Box::pin(async move {
+            return Step::Boxed(Box::pin(async move {
                 let route = &shared.routes[index];
                 route.answer(route.bounded(answer, progress, UpstreamError::from_stall).await)
-            })));
+            }));
         }
-        Ok(Step::Sent { route: index, answer, kept })
+        Step::Sent { route: index, answer, kept }
     }
 }
 
@@ -543,6 +541,8 @@ impl Route {
 
     /// Hands one request, its credential attached, to the upstream; the answer is due within
     /// the route's timeout (an upload's is its progress's: [`Route::bounded`]).
+    // Inlined: see `RouteSet::prepare`.
+    #[inline(always)]
     fn start_send(&self, req: Request<ProxyBody>, start: Instant) -> impl UpstreamAnswer {
         // The deadline from the request's start (read once for its metrics as well).
         let deadline = match req.body() {

@@ -1,8 +1,6 @@
 //! Socket reads into and writes from plain buffers, with nothing of a request left behind in
 //! a buffer of ours.
 
-use bytes::BufMut;
-
 /// Writes of several buffers up to this size in all are gathered into one (see
 /// [`poll_write_gathered`]).
 pub const SCRATCH_MAX: usize = 4096;
@@ -46,6 +44,7 @@ pub fn poll_write_gathered<W: tokio::io::AsyncWrite + ?Sized>(
 /// Reads from `io` into the spare capacity of `buf` (at least `min_spare` bytes of it, made
 /// room for first), at most `max` bytes: the number of bytes read, 0 at the end of the
 /// stream. No byte is zeroed first, as a read into an initialised buffer would need.
+#[allow(unsafe_code)]
 pub fn poll_read_spare<R: tokio::io::AsyncRead + ?Sized>(
     io: std::pin::Pin<&mut R>,
     cx: &mut std::task::Context<'_>,
@@ -56,7 +55,18 @@ pub fn poll_read_spare<R: tokio::io::AsyncRead + ?Sized>(
     if buf.capacity() - buf.len() < min_spare {
         buf.reserve(min_spare);
     }
-    tokio_util::io::poll_read_buf(io, cx, &mut buf.limit(max))
+    // By hand, not `tokio_util::io::poll_read_buf` through `BufMut::limit`: this runs for every
+    // read of a request, and that way costs more instructions than the read's own bookkeeping.
+    let len = buf.len();
+    let spare = buf.spare_capacity_mut();
+    let room = spare.len().min(max);
+    let mut read = tokio::io::ReadBuf::uninit(&mut spare[..room]);
+    std::task::ready!(io.poll_read(cx, &mut read))?;
+    let n = read.filled().len();
+    // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity (`ReadBuf`
+    // tracks what it filled, and a reader may not shrink it).
+    unsafe { buf.set_len(len + n) };
+    std::task::Poll::Ready(Ok(n))
 }
 
 /// Reads from `io` into the spare capacity of `buf` (a block whose data goes on as `Bytes`):

@@ -27,48 +27,46 @@ pub(crate) fn take() -> Vec<u8> {
     SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten().unwrap_or_default()
 }
 
-/// Gives `buf` (empty, nothing left in its allocation) to this thread's spares, or frees it.
-fn give(buf: Vec<u8>) {
-    if buf.capacity() == 0 || buf.capacity() > SPARE_MAX {
-        return;
-    }
+/// Gives `bufs` (empty, nothing left in their allocations) to this thread's spares, or frees
+/// them.
+fn give(bufs: [Vec<u8>; 2]) {
     let _ = SPARE.try_with(move |s| {
         let mut s = s.borrow_mut();
-        if s.len() < SPARES {
-            s.push(buf);
+        for buf in bufs {
+            if buf.capacity() != 0 && buf.capacity() <= SPARE_MAX && s.len() < SPARES {
+                s.push(buf);
+            }
         }
     });
 }
 
 /// Reads the first bytes of a connection's next request into `buf` (empty), at least
 /// `min_spare` of room made first, at most `max` bytes, as
-/// [`crate::http1::socket::poll_read_spare`]. When none have come, `buf` (its whole allocation
-/// wiped: it held the requests before) and `out` (the write buffer, empty and wiped by its last
-/// flush) go to the thread's spares, and the connection holds no buffer while it waits; a
-/// buffer is taken back when it is polled again, as its socket has bytes (or a guard woke it).
+/// [`crate::http1::socket::poll_read_spare`]. When none have come, `buf` and `out` (the write
+/// buffer, empty and wiped by its last flush) go to the thread's spares, and the connection
+/// holds no buffer while it waits; a buffer is taken back when it is polled again, as its
+/// socket has bytes (or a guard woke it). `dirty`: how many bytes at the start of `buf`'s
+/// allocation its requests were read into (the most it held); they are wiped before it goes.
+/// The rest of its allocation holds nothing: a spare's is wiped whole, and what grew it came
+/// from the allocator (`memory::ZeroOnFree` wipes what is freed).
 pub(crate) fn poll_read_next<R: AsyncRead + ?Sized>(
     io: Pin<&mut R>,
     cx: &mut Context<'_>,
     buf: &mut Vec<u8>,
     out: &mut Vec<u8>,
+    dirty: &mut usize,
     min_spare: usize,
     max: usize,
 ) -> Poll<std::io::Result<usize>> {
     debug_assert!(buf.is_empty() && out.is_empty());
-    // A spare is clean; a buffer the connection held carried its requests.
-    let held = buf.capacity() != 0;
-    if !held {
+    if buf.capacity() == 0 {
         *buf = take();
     }
     let read = crate::http1::socket::poll_read_spare(io, cx, buf, min_spare, max);
     if read.is_pending() {
         let mut spare = std::mem::take(buf);
-        if held {
-            let all = spare.capacity();
-            crate::memory::wipe_allocation(&mut spare, all);
-        }
-        give(spare);
-        give(std::mem::take(out));
+        crate::memory::wipe_allocation(&mut spare, std::mem::take(dirty));
+        give([spare, std::mem::take(out)]);
     }
     read
 }
@@ -86,20 +84,21 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// This thread's spares: each one's capacity, and whether its whole allocation is zero
-    /// (asked only of those whose every byte was written: `wiped_at`).
+    /// This thread's spares: each one's capacity, and whether the first `len` bytes of its
+    /// allocation are zero, asked of those `wiped` names as `(index, len)` (bytes written,
+    /// see the callers).
     #[allow(unsafe_code)]
-    fn spares(wiped_at: &[usize]) -> Vec<(usize, bool)> {
+    fn spares(wiped: &[(usize, usize)]) -> Vec<(usize, bool)> {
         SPARE.with(|s| {
             s.borrow()
                 .iter()
                 .enumerate()
                 .map(|(i, b)| {
-                    let zero = wiped_at.contains(&i) && {
-                        // SAFETY: every byte of this allocation was written (see the callers).
-                        let all = unsafe { std::slice::from_raw_parts(b.as_ptr(), b.capacity()) };
-                        all.iter().all(|&x| x == 0)
-                    };
+                    let zero = wiped.iter().find(|w| w.0 == i).is_some_and(|&(_, len)| {
+                        // SAFETY: these bytes of the allocation were written (see the callers).
+                        let written = unsafe { std::slice::from_raw_parts(b.as_ptr(), len.min(b.capacity())) };
+                        written.iter().all(|&x| x == 0)
+                    });
                     (b.capacity(), zero)
                 })
                 .collect()
@@ -130,12 +129,14 @@ mod tests {
         let mut buf = vec![b'x'; 2048];
         buf.clear();
         let mut out = Vec::with_capacity(512);
-        let read = poll_read_next(Pin::new(&mut io), &mut cx, &mut buf, &mut out, 1024, 8192);
+        let mut dirty = 2048;
+        let read = poll_read_next(Pin::new(&mut io), &mut cx, &mut buf, &mut out, &mut dirty, 1024, 8192);
         assert!(read.is_pending());
         assert_eq!((buf.capacity(), out.capacity()), (0, 0), "a connection waiting holds a buffer");
-        assert_eq!(spares(&[0]), [(2048, true), (512, false)], "the read buffer kept what it carried");
+        assert_eq!(spares(&[(0, 2048)]), [(2048, true), (512, false)], "the read buffer kept what it carried");
         // Bytes in: a spare takes them.
-        let read = poll_read_next(Pin::new(&mut io), &mut cx, &mut buf, &mut out, 1024, 8192);
+        assert_eq!(dirty, 0);
+        let read = poll_read_next(Pin::new(&mut io), &mut cx, &mut buf, &mut out, &mut dirty, 1024, 8192);
         assert!(matches!(read, Poll::Ready(Ok(3))));
         assert_eq!(buf, b"GET");
         assert_eq!(spares(&[]).len(), 1);
@@ -166,9 +167,9 @@ mod tests {
                 got.extend_from_slice(&chunk[..n]);
             }
             // The answer was written in the task's poll that then found nothing more to read (this
-            // runtime has one thread): its buffers are this thread's spares, the read buffer wiped
-            // (and so written whole), whatever the request it served.
-            let wiped: Vec<bool> = spares(&[0]).iter().map(|s| s.1).collect();
+            // runtime has one thread): its buffers are this thread's spares, the bytes the
+            // request was read into wiped.
+            let wiped: Vec<bool> = spares(&[(0, request.len())]).iter().map(|s| s.1).collect();
             assert_eq!(wiped, [true, false], "the idle connection's buffers are not the thread's spares, or not wiped");
         }
         drop(client);

@@ -248,6 +248,8 @@ where
 {
     let mut buf = read;
     let mut out: Vec<u8> = Vec::new();
+    // The most `buf` has held since it was last wiped (see `listen::idle`).
+    let mut dirty = 0;
     loop {
         // How much the request read so far needs: its head and body (the head's limit until
         // the head is read).
@@ -279,8 +281,16 @@ where
                 let room = need.saturating_sub(buf.len());
                 if buf.is_empty() {
                     // Between requests: no buffer is held while none comes (see `listen::idle`).
-                    return super::idle::poll_read_next(Pin::new(&mut *io), cx, &mut buf, &mut out, READ_ROOM, room)
-                        .map(Some);
+                    return super::idle::poll_read_next(
+                        Pin::new(&mut *io),
+                        cx,
+                        &mut buf,
+                        &mut out,
+                        &mut dirty,
+                        READ_ROOM,
+                        room,
+                    )
+                    .map(Some);
                 }
                 crate::http1::socket::poll_read_spare(Pin::new(&mut *io), cx, &mut buf, READ_ROOM, room).map(Some)
             })
@@ -298,6 +308,8 @@ where
                 fields.set_body(&buf[head.len..end]);
             }
         }
+        // Between one clearing and the next, `buf` only grows.
+        dirty = dirty.max(buf.len());
         if end == buf.len() {
             buf.clear();
         } else {
