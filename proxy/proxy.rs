@@ -211,6 +211,13 @@ struct Prepared<S> {
     step: Step<S>,
 }
 
+impl<S> Prepared<S> {
+    /// Answered at the stage that refuses it, holding no permit.
+    fn done(route: Option<usize>, result: Result<Response<ProxyBody>, ProxyError>) -> Prepared<S> {
+        Prepared { route, permit: Permit::default(), step: Step::Done(Some(result)) }
+    }
+}
+
 /// [`attach`] for a header, which cannot fail.
 fn attach_header(req: &mut Request<ProxyBody>, name: &HeaderName, value: HeaderValue) {
     let attached = attach(req, Credential::Header(name, value));
@@ -321,11 +328,7 @@ impl RouteSet {
         via: Option<&str>,
         start: Instant,
     ) -> Prepared<impl UpstreamAnswer> {
-        let done = |route: Option<usize>, result| Prepared {
-            route,
-            permit: Permit::default(),
-            step: Step::Done(Some(result)),
-        };
+        let done = Prepared::done;
         let m = match this.route(&req, via) {
             Ok(m) => m,
             Err(e) => return done(None, Err(e)),
@@ -338,13 +341,13 @@ impl RouteSet {
         let Ok(uri) = route.upstream_uri(&req, &m.rest) else {
             return done(Some(index), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath)));
         };
-        let step = match &route.inject {
-            Inject::Header { name, format } => Self::send_header(this, index, req, uri, (name, *format), start),
-            _ => Self::send_other_form(this, index, req, uri),
-        };
-        // A request refused at the last stages (no token) holds no permit.
-        let permit = if matches!(step, Step::Done(_)) { Permit::default() } else { permit };
-        Prepared { route: Some(index), permit, step }
+        match &route.inject {
+            Inject::Header { name, format } => Self::send_header(this, index, req, uri, (name, *format), start, permit),
+            _ => match Self::send_other_form(this, index, req, uri) {
+                Ok(step) => Prepared { route: Some(index), permit, step },
+                Err(e) => done(Some(index), Err(e)),
+            },
+        }
     }
 
     /// Route: the route a request is for (never on a CONNECT, which only the listener itself
@@ -362,33 +365,39 @@ impl RouteSet {
 
     /// Token, attach and send, for another injection form than one header of one token: its
     /// request goes through [`Route::send_other`], boxed.
-    fn send_other_form<S>(this: &Arc<RouteSet>, index: usize, req: Request<ProxyBody>, uri: http::Uri) -> Step<S> {
+    fn send_other_form<S>(
+        this: &Arc<RouteSet>,
+        index: usize,
+        req: Request<ProxyBody>,
+        uri: http::Uri,
+    ) -> Result<Step<S>, ProxyError> {
         let route = &this.routes[index];
         let upload = upload_progress(&req);
         let mut req = DataBody::fields_to_header_map(req, true);
         *req.uri_mut() = uri;
         if let Inject::Query(name) = &route.inject {
             let Some(value) = route.token.current().filter(|v| v.is_usable(std::time::SystemTime::now())) else {
-                return Step::Done(Some(Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() })));
+                return Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() });
             };
             let query = Credential::Query { name, value: value.secret.expose() };
             if attach(&mut req, query).is_err() {
-                return Step::Done(Some(Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath))));
+                return Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath));
             }
         }
         let shared = this.clone();
-        match upload {
+        Ok(match upload {
             None => Step::Boxed(Box::pin(async move { shared.routes[index].send_other(req).await })),
             Some(progress) => Step::Boxed(Box::pin(async move {
                 let route = &shared.routes[index];
                 route.bounded(route.send_other(req), progress, ProxyError::from_stall).await
             })),
-        }
+        })
     }
 
     /// Token, attach and send, for the common route: one header of one token. The request is
     /// handed to the upstream here; one that may need a 401 retry right after a rotation is
-    /// kept (or, with a body, read whole first).
+    /// kept (or, with a body, read whole first). Each way out builds the whole [`Prepared`]
+    /// (with `permit`, or none when refused), so the upstream's future is not moved again.
     // Inlined: see `RouteSet::prepare`.
     #[inline(always)]
     fn send_header(
@@ -398,10 +407,14 @@ impl RouteSet {
         uri: http::Uri,
         (name, format): (&HeaderName, usize),
         start: Instant,
-    ) -> Step<impl UpstreamAnswer> {
+        permit: Permit,
+    ) -> Prepared<impl UpstreamAnswer> {
         let route = &this.routes[index];
         let Some(credential) = route.token.credential(format) else {
-            return Step::Done(Some(Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() })));
+            return Prepared::done(
+                Some(index),
+                Err(ProxyError::TokenUnavailable { token: route.token.name().to_owned() }),
+            );
         };
         let upload = upload_progress(&req);
         let (mut parts, body) = req.into_parts();
@@ -424,7 +437,7 @@ impl RouteSet {
                 let mut req = Request::from_parts(parts, DataBody::Fields(fields));
                 attach_header(&mut req, name, credential.header);
                 let answer = route.start_send(req, start);
-                return Step::Sent { route: index, answer, kept: None };
+                return Prepared { route: Some(index), permit, step: Step::Sent { route: index, answer, kept: None } };
             }
             // Kept without the client's own field of that name.
             fields.remove(name);
@@ -437,7 +450,8 @@ impl RouteSet {
                 used: credential.generation,
             };
             let answer = route.start_send(kept.request(credential.header), start);
-            return Step::Sent { route: index, answer, kept: Some(Box::new(kept)) };
+            let step = Step::Sent { route: index, answer, kept: Some(Box::new(kept)) };
+            return Prepared { route: Some(index), permit, step };
         }
         strip_request_hop_by_hop(&mut parts.headers, client_on_h2);
         // The client derives Host (or :authority) from the upstream URI.
@@ -446,7 +460,7 @@ impl RouteSet {
         if replayable && !empty {
             // The body is read whole first, so that it can be sent twice.
             let (shared, name) = (this.clone(), name.clone());
-            return Step::Boxed(Box::pin(async move {
+            let step = Step::Boxed(Box::pin(async move {
                 let route = &shared.routes[index];
                 let send = route.send_replayable(parts, body, (name, format), credential);
                 match upload {
@@ -454,6 +468,7 @@ impl RouteSet {
                     Some(progress) => route.bounded(send, progress, ProxyError::from_stall).await,
                 }
             }));
+            return Prepared { route: Some(index), permit, step };
         }
         let (req, kept) = if replayable {
             // Kept until the answer is back (see `own_values`; the body is empty here).
@@ -475,12 +490,13 @@ impl RouteSet {
         let answer = route.start_send(req, start);
         if let Some(progress) = upload {
             let shared = this.clone();
-            return Step::Boxed(Box::pin(async move {
+            let step = Step::Boxed(Box::pin(async move {
                 let route = &shared.routes[index];
                 route.answer(route.bounded(answer, progress, UpstreamError::from_stall).await)
             }));
+            return Prepared { route: Some(index), permit, step };
         }
-        Step::Sent { route: index, answer, kept }
+        Prepared { route: Some(index), permit, step: Step::Sent { route: index, answer, kept } }
     }
 }
 
