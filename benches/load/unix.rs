@@ -114,6 +114,18 @@ fn answer_len(buf: &[u8]) -> Result<Option<usize>, String> {
     Ok(Some(head + 4 + content_length(&buf[..head])?))
 }
 
+/// Whether an answer's head says `Connection: close`: the server closes the connection after
+/// it (nginx does after `keepalive_requests`), which is no error.
+fn closes(buf: &[u8]) -> bool {
+    let head = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf, |end| &buf[..end]);
+    head.split(|&b| b == b'\n').any(|l| {
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        l.iter().position(|&b| b == b':').is_some_and(|colon| {
+            l[..colon].eq_ignore_ascii_case(b"connection") && l[colon + 1..].trim_ascii().eq_ignore_ascii_case(b"close")
+        })
+    })
+}
+
 /// The `Content-Length` of an answer's head (status line and fields, without the blank line).
 pub fn content_length(head: &[u8]) -> Result<usize, String> {
     head.split(|&b| b == b'\n')
@@ -129,7 +141,8 @@ pub fn content_length(head: &[u8]) -> Result<usize, String> {
 /// The `--c64-client URL CONNECTIONS SECS` mode: `CONNECTIONS` keep-alive connections on one
 /// thread (a current-thread runtime), each sending `GET` (or the `--post` document) once its
 /// previous answer is whole, for `secs`. Returns the JSON line the harness reads: requests
-/// completed, errors (a connection closed or failing within an answer: opened again), the
+/// completed, errors (a connection closed or failing within an answer: opened again; one the
+/// server closes after an answer that says so is opened again without one), the
 /// time taken.
 pub fn c64_client(url: &str, connections: usize, secs: f64) -> Result<String, String> {
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -189,6 +202,9 @@ pub fn c64_client(url: &str, connections: usize, secs: f64) -> Result<String, St
                             }
                         }
                         done += 1;
+                        if closes(&buf[..got]) {
+                            continue 'connection;
+                        }
                     }
                 }
                 (done, errors)
