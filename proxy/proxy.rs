@@ -328,24 +328,23 @@ impl RouteSet {
         via: Option<&str>,
         start: Instant,
     ) -> Prepared<impl UpstreamAnswer> {
-        let done = Prepared::done;
         let m = match this.route(&req, via) {
             Ok(m) => m,
-            Err(e) => return done(None, Err(e)),
+            Err(e) => return Prepared::done(None, Err(e)),
         };
         let (index, route) = (m.route, &this.routes[m.route]);
         let permit = match admit(&route.policy, req.method(), &m.rest, request_headers(&req)) {
             Ok(permit) => permit,
-            Err(why) => return done(Some(index), Err(route.refuse(why))),
+            Err(why) => return Prepared::done(Some(index), Err(route.refuse(why))),
         };
         let Ok(uri) = route.upstream_uri(&req, &m.rest) else {
-            return done(Some(index), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath)));
+            return Prepared::done(Some(index), Err(ProxyError::NoRoute(crate::route::NoRoute::BadPath)));
         };
         match &route.inject {
             Inject::Header { name, format } => Self::send_header(this, index, req, uri, (name, *format), start, permit),
             _ => match Self::send_other_form(this, index, req, uri) {
                 Ok(step) => Prepared { route: Some(index), permit, step },
-                Err(e) => done(Some(index), Err(e)),
+                Err(e) => Prepared::done(Some(index), Err(e)),
             },
         }
     }

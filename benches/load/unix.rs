@@ -118,22 +118,21 @@ fn answer_len(buf: &[u8]) -> Result<Option<usize>, String> {
 /// it (nginx does after `keepalive_requests`), which is no error.
 fn closes(buf: &[u8]) -> bool {
     let head = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf, |end| &buf[..end]);
-    head.split(|&b| b == b'\n').any(|l| {
+    field(head, b"connection").is_some_and(|v| v.eq_ignore_ascii_case(b"close"))
+}
+
+/// The value of the first field named `name` in an answer's head, trimmed.
+fn field<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    head.split(|&b| b == b'\n').find_map(|l| {
         let l = l.strip_suffix(b"\r").unwrap_or(l);
-        l.iter().position(|&b| b == b':').is_some_and(|colon| {
-            l[..colon].eq_ignore_ascii_case(b"connection") && l[colon + 1..].trim_ascii().eq_ignore_ascii_case(b"close")
-        })
+        let colon = l.iter().position(|&b| b == b':')?;
+        l[..colon].eq_ignore_ascii_case(name).then(|| l[colon + 1..].trim_ascii())
     })
 }
 
 /// The `Content-Length` of an answer's head (status line and fields, without the blank line).
 pub fn content_length(head: &[u8]) -> Result<usize, String> {
-    head.split(|&b| b == b'\n')
-        .find_map(|l| {
-            let l = l.strip_suffix(b"\r").unwrap_or(l);
-            let colon = l.iter().position(|&b| b == b':')?;
-            l[..colon].eq_ignore_ascii_case(b"content-length").then(|| l[colon + 1..].trim_ascii())
-        })
+    field(head, b"content-length")
         .and_then(|v| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
         .ok_or_else(|| "an answer without Content-Length".to_owned())
 }

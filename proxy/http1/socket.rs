@@ -61,10 +61,14 @@ pub fn poll_read_spare<R: tokio::io::AsyncRead + ?Sized>(
     let spare = buf.spare_capacity_mut();
     let room = spare.len().min(max);
     let mut read = tokio::io::ReadBuf::uninit(&mut spare[..room]);
+    let at = read.filled().as_ptr();
     std::task::ready!(io.poll_read(cx, &mut read))?;
+    // A reader may put another `ReadBuf` in its place (safe code can): then what it filled is
+    // not this buffer's (tokio-util's `poll_read_buf` checks the same).
+    assert_eq!(at, read.filled().as_ptr(), "the reader swapped the ReadBuf");
     let n = read.filled().len();
-    // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity (`ReadBuf`
-    // tracks what it filled, and a reader may not shrink it).
+    // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity: `ReadBuf`
+    // tracks what it filled, a reader may not shrink it, and it is still this buffer's (above).
     unsafe { buf.set_len(len + n) };
     std::task::Poll::Ready(Ok(n))
 }
@@ -83,6 +87,33 @@ pub fn poll_read_bytes<R: tokio::io::AsyncRead + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fills a `ReadBuf` of its own in place of the one it is given (which safe code can do).
+    struct Swapper;
+
+    impl tokio::io::AsyncRead for Swapper {
+        fn poll_read(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let own: &'static mut [std::mem::MaybeUninit<u8>] =
+                Box::leak(Box::new([std::mem::MaybeUninit::uninit(); 8]));
+            let mut other = tokio::io::ReadBuf::uninit(own);
+            other.put_slice(b"12345678");
+            *buf = other;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "the reader swapped the ReadBuf")]
+    fn a_reader_that_swaps_the_read_buffer_is_refused_not_trusted() {
+        let mut io = Swapper;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut buf = Vec::new();
+        let _ = poll_read_spare(std::pin::Pin::new(&mut io), &mut cx, &mut buf, 16, 16);
+    }
 
     /// Records each write: its bytes, and whether it came vectored. Accepts at most `limit`
     /// bytes per write.
